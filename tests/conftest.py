@@ -1,0 +1,69 @@
+"""Shared fixtures: tiny datasets built in code, and the shared MOSI folder when present."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parent.parent
+MOSI_DIR = REPO.parent / "shared" / "data" / "mosi"
+
+
+def mmsa_split(n: int, *, seq: int = 5, da: int = 4, dv: int = 3, aligned: bool = False,
+               seed: int = 0, prefix: str = "vid") -> dict:
+    """One split of an MMSA pickle with the exact field names the MMSA toolkit uses."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"{prefix}{i // 3}$_${i % 3}" for i in range(n)])
+    raw_text = np.array([f"utterance number {i} was {'good' if i % 2 else 'bad'}" for i in range(n)])
+    audio = rng.normal(size=(n, seq, da)).astype(np.float32)
+    vision = rng.normal(size=(n, seq, dv)).astype(np.float32)
+    lengths = rng.integers(1, seq + 1, size=n)
+    for i, k in enumerate(lengths):  # zero padding past each length, as MMSA stores it
+        audio[i, k:] = 0
+        vision[i, k:] = 0
+    reg = np.round(rng.uniform(-3, 3, size=n), 1).astype(np.float32)
+    part = {
+        "id": ids,
+        "raw_text": raw_text,
+        "text_bert": rng.integers(0, 100, size=(n, 3, 8)).astype(np.float32),
+        "audio": audio,
+        "vision": vision,
+        "regression_labels": reg,
+        "classification_labels": (reg > 0).astype(np.float32),
+    }
+    if not aligned:
+        part["audio_lengths"] = [int(k) for k in lengths]
+        part["vision_lengths"] = lengths.astype(np.int64)
+    return part
+
+
+@pytest.fixture
+def make_mmsa(tmp_path):
+    """Write an MMSA pickle (train/valid/test) and return its path."""
+
+    def make(name: str = "tiny.pkl", sizes=(6, 3, 3), aligned: bool = False, mutate=None) -> Path:
+        data = {split: mmsa_split(n, aligned=aligned, seed=i, prefix=split[:2])
+                for i, (split, n) in enumerate(zip(("train", "valid", "test"), sizes, strict=True))}
+        if mutate:
+            mutate(data)
+        path = tmp_path / name
+        with path.open("wb") as f:
+            pickle.dump(data, f, protocol=4)
+        return path
+
+    return make
+
+
+@pytest.fixture
+def mosi_dir() -> Path:
+    if not (MOSI_DIR / "mosi_label.csv").is_file():
+        pytest.skip(f"the shared MOSI data is not at {MOSI_DIR} (it is never committed)")
+    return MOSI_DIR

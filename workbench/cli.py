@@ -1,0 +1,249 @@
+"""The ``workbench`` command.
+
+Data commands take a SOURCE (a data YAML config, or a dataset path: .pkl, .csv/.jsonl,
+or a directory) followed by ``key=value`` overrides of :class:`DataConfig` fields::
+
+    workbench data stats configs/data/mosi.yaml
+    workbench data import configs/data/mosi.yaml --out runs/data/mosi
+    workbench data validate my.pkl nonfinite=zero
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from workbench.config import ConfigError, DataConfig, load_config
+
+app = typer.Typer(
+    help="Distil multimodal LLM teachers into compact multimodal sentiment students.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Import, validate and describe datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+log = logging.getLogger("workbench")
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(message)s",
+        handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
+        force=True,
+    )
+    for noisy in ("httpx", "urllib3", "datasets", "filelock", "fsspec"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _fail(msg: str, code: int = 2) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {msg}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def data_config(source: str, overrides: list[str]) -> DataConfig:
+    """A :class:`DataConfig` from a YAML file or a dataset path, plus overrides."""
+    overrides = [o.removeprefix("data.") for o in overrides]
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ConfigError(f"expected key=value overrides after SOURCE, got {bad}")
+    if source.endswith((".yaml", ".yml")):
+        return load_config(DataConfig, source, overrides)
+    from workbench.data import imported_info
+
+    info = imported_info(source)
+    seeded = []
+    if info is not None:  # an imported dataset describes itself; overrides still win
+        seeded = [f"name={info.name}", f"task={info.task}", f"metric_set={info.metric_set}",
+                  f"label_range={list(info.label_range)}", f"class_names={info.class_names}"]
+    return load_config(DataConfig, None, [f"path={source}", *seeded, *overrides])
+
+
+SourceArg = Annotated[str, typer.Argument(help="Data YAML config, or a dataset path.")]
+OverridesArg = Annotated[
+    list[str] | None, typer.Argument(help="DataConfig overrides, e.g. modalities=[text,audio].")
+]
+
+
+def _load(source: str, overrides: list[str] | None):
+    from workbench.data import DataError, load_dataset
+
+    try:
+        cfg = data_config(source, overrides or [])
+        return cfg, load_dataset(cfg)
+    except (ConfigError, DataError) as e:
+        raise _fail(str(e)) from None
+
+
+@data_app.command("validate")
+def data_validate(source: SourceArg, overrides: OverridesArg = None) -> None:
+    """Check a dataset: duplicate ids, empty text, NaN/inf, shapes, labels, splits, media."""
+    cfg, ds = _load(source, overrides)
+    console.print(f"[green]ok[/]: {ds.num_rows()} samples in {cfg.path} "
+                  f"({', '.join(f'{s}={ds.num_rows(s)}' for s in ds.splits)}), "
+                  f"fingerprint {ds.fingerprint}")
+
+
+@data_app.command("import")
+def data_import(
+    source: SourceArg,
+    overrides: OverridesArg = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs/data"),
+    force: Annotated[bool, typer.Option(help="Overwrite a non-empty --out.")] = False,
+) -> None:
+    """Convert an MMSA pickle or a manifest (+ .npz) to the internal Arrow format."""
+    from workbench.config import dump_config
+
+    if out.exists() and any(out.iterdir()) and not force:
+        raise _fail(f"{out} exists and is not empty: choose another --out or pass --force")
+    cfg, ds = _load(source, overrides)
+    ds.save(out)
+    dump_config(cfg, out, "data_config.yaml")
+    console.print(f"wrote {ds!r} to {out}")
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs/synth"),
+    n: Annotated[int, typer.Option(help="Number of utterances.")] = 600,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Generate the synthetic MSA dataset (manifest.csv + features.npz + data.yaml)."""
+    import yaml
+
+    from workbench.data.synth import SynthSpec, write
+
+    if n < 20:
+        raise _fail(f"--n={n} is too small to fill train/valid/test; use at least 20")
+    manifest = write(out, SynthSpec(n=n, seed=seed))
+    cfg = {"name": "synth", "path": str(manifest), "features": str(out / "features.npz"),
+           "feature_keys": {"audio": "audio", "vision": "vision"},
+           "modalities": ["text", "audio", "vision"], "task": "regression",
+           "metric_set": "mosi", "label_range": [-3, 3]}
+    (out / "data.yaml").write_text(
+        "# Synthetic MSA data written by `workbench data synth` (not real data).\n"
+        + yaml.safe_dump(cfg, sort_keys=False))
+    console.print(f"wrote {n} synthetic utterances to {manifest}; config: {out / 'data.yaml'}")
+
+
+def _label_stats(values: list[float]) -> dict[str, Any]:
+    import numpy as np
+
+    a = np.asarray(values, dtype=np.float64)
+    if a.size == 0:
+        return {}
+    return {
+        "mean": round(float(a.mean()), 4), "std": round(float(a.std()), 4),
+        "min": float(a.min()), "max": float(a.max()),
+        "positive": int((a > 0).sum()), "negative": int((a < 0).sum()), "zero": int((a == 0).sum()),
+    }
+
+
+def dataset_stats(ds) -> dict[str, Any]:
+    """Split sizes, label distribution and modality availability of ``ds``."""
+    import numpy as np
+
+    from workbench.data import availability_counts
+
+    out: dict[str, Any] = {
+        "name": ds.info.name, "fingerprint": ds.fingerprint, "task": ds.info.task,
+        "metric_set": ds.info.metric_set, "modalities": ds.info.modalities,
+        "feature_dims": ds.info.feature_dims, "feature_kind": ds.info.feature_kind, "splits": {},
+    }
+    for split in ds.splits:
+        samples = ds.samples(split)
+        entry: dict[str, Any] = {"n": len(samples)}
+        if ds.info.task == "regression":
+            labels = [s.label for s in samples if s.label is not None]
+            entry["label"] = _label_stats(labels)
+            lo, hi = ds.info.label_range
+            if labels:
+                r = np.clip(np.round(np.asarray(labels)), lo, hi).astype(int)
+                entry["label_hist"] = {int(k): int((r == k).sum()) for k in range(int(lo), int(hi) + 1)}
+        else:
+            names = ds.info.class_names
+            entry["classes"] = {names[k]: sum(1 for s in samples if s.label_class == k)
+                                for k in range(len(names))}
+        entry["available"] = availability_counts(samples, ds.info.modalities)
+        out["splits"][split] = entry
+    return out
+
+
+@data_app.command("stats")
+def data_stats(
+    source: SourceArg,
+    overrides: OverridesArg = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Split sizes, label distribution, modality availability."""
+    _, ds = _load(source, overrides)
+    stats = dataset_stats(ds)
+    if as_json:
+        print(json.dumps(stats, indent=2))
+        return
+    console.print(f"[bold]{stats['name']}[/]  task={stats['task']}  metrics={stats['metric_set']}  "
+                  f"fingerprint={stats['fingerprint']}")
+    dims = ", ".join(f"{m}: {stats['feature_kind'][m]} d={d}" for m, d in stats["feature_dims"].items())
+    console.print(f"modalities: {', '.join(stats['modalities'])}" + (f"  ({dims})" if dims else ""))
+    table = Table()
+    table.add_column("split")
+    table.add_column("n", justify="right")
+    for m in stats["modalities"]:
+        table.add_column(f"has {m}", justify="right")
+    table.add_column("labels")
+    for split, e in stats["splits"].items():
+        if "label" in e:
+            lab = e["label"]
+            desc = (f"mean {lab['mean']:+.2f} sd {lab['std']:.2f} "
+                    f"+{lab['positive']}/-{lab['negative']}/0:{lab['zero']}") if lab else "-"
+            if "label_hist" in e:
+                desc += "  " + " ".join(f"{k:+d}:{v}" for k, v in e["label_hist"].items())
+        else:
+            desc = " ".join(f"{k}:{v}" for k, v in e["classes"].items())
+        table.add_row(split, str(e["n"]), *[str(e["available"][m]) for m in stats["modalities"]], desc)
+    console.print(table)
+
+
+@app.command()
+def doctor() -> None:
+    """Versions, devices, and which optional backends work here (and why not)."""
+    from workbench.doctor import report
+
+    rows = report()
+    table = Table(title="workbench doctor")
+    table.add_column("check")
+    table.add_column("status")
+    table.add_column("detail", overflow="fold")
+    for name, ok, detail in rows:
+        mark = {True: "[green]ok[/]", False: "[red]no[/]", None: "[yellow]info[/]"}[ok]
+        table.add_row(name, mark, escape(detail))
+    console.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,596 @@
+"""Typed configuration: one dataclass per concern, YAML in, dotted overrides, strict keys.
+
+Every config is a plain dataclass. :func:`load_config` reads a YAML file into one,
+applies ``section.field=value`` overrides from the command line, rejects keys the
+dataclass does not have (suggesting the nearest valid name), converts values to the
+annotated types, and runs each dataclass's ``__post_init__`` cross-field checks.
+
+A section of a YAML file may be a path to another YAML file instead of a mapping
+(``data: ../data/mosi.yaml``); it is resolved relative to the file that names it.
+:func:`dump_config` writes the resolved config (with versions) into an output dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "TeacherConfig",
+    "CacheConfig",
+    "StudentConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "DistillConfig",
+    "load_config",
+    "from_dict",
+    "to_dict",
+    "apply_overrides",
+    "dump_config",
+    "config_class_for",
+]
+
+MODALITIES = ("text", "audio", "vision")
+SPLITS = ("train", "valid", "test")
+
+
+class ConfigError(ValueError):
+    """A config value, key or file is wrong. The message says where and what to do."""
+
+
+def _check(cond: bool, field_name: str, value: Any, fix: str) -> None:
+    if not cond:
+        raise ConfigError(f"{field_name}={value!r} is invalid: {fix}")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class DataConfig:
+    """Where a dataset lives and how to read it."""
+
+    path: str = ""
+    """Dataset location: an MMSA pickle (.pkl), a manifest (.csv/.jsonl), or a directory
+    written by ``workbench data import`` (Hugging Face ``datasets`` on disk)."""
+    format: Literal["auto", "mmsa", "manifest", "hf"] = "auto"
+    """Reader to use; ``auto`` picks from the path (.pkl -> mmsa, .csv/.jsonl -> manifest,
+    directory -> hf)."""
+    name: str = ""
+    """Dataset name shown in reports (defaults to the file or directory stem)."""
+    modalities: list[str] = field(default_factory=lambda: ["text", "audio", "vision"])
+    """Modalities to keep; features of the others are dropped on load."""
+    task: Literal["regression", "classification"] = "regression"
+    """Regression on a sentiment score, or classification into ``class_names``."""
+    metric_set: Literal["mosi", "sims", "classification"] = "mosi"
+    """Which metric definitions apply (MOSI/MOSEI scale, SIMS scale, or plain classes)."""
+    label_range: tuple[float, float] = (-3.0, 3.0)
+    """Declared range of the score labels; labels outside it are rejected."""
+    class_names: list[str] = field(default_factory=list)
+    """Names of the classes for classification datasets, in label-index order."""
+    # Manifest reader --------------------------------------------------------
+    id_column: str = "id"
+    """Manifest column holding the sample id (ignored when ``id_format`` is set)."""
+    id_format: str = ""
+    """Build ids from other columns, e.g. ``"{video_id}_{clip_id}"``."""
+    text_column: str = "text"
+    label_column: str = "label"
+    class_column: str = ""
+    """Manifest column holding a class index or name (optional)."""
+    split_column: str = "split"
+    """Manifest column holding the split of each row."""
+    split_names: dict[str, str] = field(default_factory=dict)
+    """Map raw split values to train/valid/test, e.g. ``{dev: valid, val: valid}``."""
+    frames_column: str = ""
+    """Manifest column with video frame / image paths (``;``-separated)."""
+    audio_file_column: str = ""
+    """Manifest column with an audio file path."""
+    video_file_column: str = ""
+    """Manifest column with a video file path."""
+    media_root: str = ""
+    """Directory that relative media paths are resolved against (default: the manifest's)."""
+    features: str = ""
+    """Optional ``.npz`` with per-sample feature arrays keyed by id."""
+    features_id_key: str = "id"
+    """Array in ``features`` holding the sample ids."""
+    feature_keys: dict[str, str] = field(default_factory=lambda: {"audio": "audio", "vision": "vision"})
+    """Which ``features`` array feeds each modality, e.g. ``{audio: audio, vision: video}``."""
+    # MMSA reader ------------------------------------------------------------
+    mmsa_text_key: Literal["raw_text"] = "raw_text"
+    """MMSA field with the transcript (the student tokenizes it itself)."""
+    # Validation -------------------------------------------------------------
+    check_media: bool = True
+    """Fail when a referenced media file does not exist."""
+    nonfinite: Literal["error", "zero"] = "error"
+    """NaN/inf in features: fail (default), or replace them with 0 as the MMSA toolkit
+    does for the -inf values in its MOSI/MOSEI audio features."""
+
+    def __post_init__(self) -> None:
+        for m in self.modalities:
+            _check(m in MODALITIES, "data.modalities", self.modalities,
+                   f"each entry must be one of {list(MODALITIES)}")
+        _check(len(self.modalities) > 0, "data.modalities", self.modalities,
+               "keep at least one modality, e.g. [text, audio]")
+        self.label_range = tuple(float(x) for x in self.label_range)  # type: ignore[assignment]
+        _check(len(self.label_range) == 2 and self.label_range[0] < self.label_range[1],
+               "data.label_range", self.label_range, "give [low, high] with low < high")
+        if self.task == "classification":
+            _check(len(self.class_names) >= 2, "data.class_names", self.class_names,
+                   "classification needs at least two class names")
+            _check(self.metric_set == "classification", "data.metric_set", self.metric_set,
+                   "set data.metric_set=classification for a classification task")
+        else:
+            _check(self.metric_set != "classification", "data.metric_set", self.metric_set,
+                   "use mosi or sims for a regression task, or set data.task=classification")
+        for raw, split in self.split_names.items():
+            _check(split in SPLITS, f"data.split_names.{raw}", split,
+                   f"map each raw split to one of {list(SPLITS)}")
+        for mod in self.feature_keys:
+            _check(mod in ("audio", "vision"), "data.feature_keys", self.feature_keys,
+                   "keys must be audio and/or vision")
+
+
+# ------------------------------------------------------------------------ teacher
+
+
+@dataclass
+class PriceConfig:
+    """Price of a teacher's tokens, in US dollars per million tokens."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.input_per_mtok >= 0, "teacher.price.input_per_mtok", self.input_per_mtok,
+               "prices are non-negative")
+        _check(self.output_per_mtok >= 0, "teacher.price.output_per_mtok", self.output_per_mtok,
+               "prices are non-negative")
+
+
+@dataclass
+class TeacherConfig:
+    """A teacher model and how to reach it."""
+
+    backend: Literal["openai_compat", "vllm_engine", "hf_local"] = "hf_local"
+    """``openai_compat`` (any OpenAI-compatible server), ``vllm_engine`` (in-process vLLM,
+    GPU), or ``hf_local`` (transformers on CPU/GPU)."""
+    model: str = "gemma3-270m"
+    """Model name sent to the API, or a local directory / ``.gguf`` file. ``gemma3-270m``
+    means the GGUF shipped in the ``models`` extra."""
+    revision: str = ""
+    """Model revision or checksum; part of the cache key."""
+    base_url: str = ""
+    """Endpoint for ``openai_compat``, e.g. ``http://127.0.0.1:8080/v1``."""
+    api_key_env: str = ""
+    """Name of the environment variable that holds the API key (never the key itself)."""
+    temperature: float = 0.0
+    max_tokens: int = 64
+    top_logprobs: int = 20
+    """How many alternatives per position to request for soft labels."""
+    seed: int = 0
+    max_concurrency: int = 8
+    requests_per_minute: int = 0
+    """0 means no limit."""
+    tokens_per_minute: int = 0
+    """0 means no limit."""
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    batch_size: int = 8
+    """Prompts per generate call for in-process backends."""
+    device: str = "auto"
+    dtype: str = "auto"
+    price: PriceConfig = field(default_factory=PriceConfig)
+    budget_usd: float = 0.0
+    """Stop the job cleanly once this much has been spent (0: no cap)."""
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.backend == "openai_compat":
+            _check(bool(self.base_url), "teacher.base_url", self.base_url,
+                   "openai_compat needs the endpoint, e.g. http://127.0.0.1:8080/v1")
+        _check(not self.api_key_env.startswith(("sk-", "sk_")), "teacher.api_key_env",
+               "<redacted>", "name the environment variable that holds the key, not the key")
+        _check(0.0 <= self.temperature <= 2.0, "teacher.temperature", self.temperature,
+               "use a value in [0, 2]; 0 for deterministic soft labels")
+        _check(self.max_tokens >= 1, "teacher.max_tokens", self.max_tokens, "use at least 1")
+        _check(0 <= self.top_logprobs <= 20, "teacher.top_logprobs", self.top_logprobs,
+               "OpenAI-compatible servers accept 0..20")
+        _check(self.max_concurrency >= 1, "teacher.max_concurrency", self.max_concurrency,
+               "use at least 1")
+        _check(self.timeout_s > 0, "teacher.timeout_s", self.timeout_s, "use a positive number")
+        _check(self.max_retries >= 0, "teacher.max_retries", self.max_retries, "use 0 or more")
+        _check(self.batch_size >= 1, "teacher.batch_size", self.batch_size, "use at least 1")
+        _check(self.budget_usd >= 0, "teacher.budget_usd", self.budget_usd,
+               "use 0 for no cap or a positive amount")
+
+
+# -------------------------------------------------------------------------- cache
+
+
+@dataclass
+class CacheConfig:
+    """Where teacher outputs are stored and how many failures a job tolerates."""
+
+    dir: str = "runs/cache"
+    """Cache directory (holds ``cache.sqlite`` and ``manifest.json``)."""
+    template: str = "sentiment_score"
+    """Prompt template name (see ``prompts/templates``)."""
+    max_error_rate: float = 0.05
+    """Fail the job once more than this fraction of finished requests are errors."""
+    min_ok_fraction: float = 0.9
+    """Consumers (training) refuse a cache with fewer ok rows than this fraction."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.max_error_rate <= 1.0, "cache.max_error_rate", self.max_error_rate,
+               "use a fraction in [0, 1]")
+        _check(0.0 <= self.min_ok_fraction <= 1.0, "cache.min_ok_fraction",
+               self.min_ok_fraction, "use a fraction in [0, 1]")
+
+
+# ------------------------------------------------------------------------ student
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["query", "value"])
+
+    def __post_init__(self) -> None:
+        _check(self.r >= 1, "student.lora.r", self.r, "use a rank of at least 1")
+        _check(0.0 <= self.dropout < 1.0, "student.lora.dropout", self.dropout, "use [0, 1)")
+        _check(len(self.target_modules) > 0, "student.lora.target_modules",
+               self.target_modules, "name at least one module, e.g. [query, value]")
+
+
+@dataclass
+class StudentConfig:
+    """The compact multimodal student."""
+
+    text_encoder: str = "minilm"
+    """A local transformers encoder directory; ``minilm`` means the MiniLM-L6 shipped in
+    the ``models`` extra."""
+    text_mode: Literal["lora", "frozen", "full"] = "lora"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    quantize: Literal["none", "8bit", "4bit"] = "none"
+    """Load the text encoder's base weights through bitsandbytes (QLoRA)."""
+    max_text_len: int = 64
+    hidden: int = 128
+    """Width of the fused representation."""
+    bottleneck_tokens: int = 4
+    dropout: float = 0.1
+    prompted: bool = False
+    """Add the branch that reads the teacher's cached description (MMSLF teacher network)."""
+
+    def __post_init__(self) -> None:
+        _check(self.hidden >= 8, "student.hidden", self.hidden, "use at least 8")
+        _check(self.max_text_len >= 8, "student.max_text_len", self.max_text_len,
+               "use at least 8 tokens")
+        _check(0.0 <= self.dropout < 1.0, "student.dropout", self.dropout, "use [0, 1)")
+        if self.quantize != "none":
+            _check(self.text_mode != "full", "student.quantize", self.quantize,
+                   "quantized bases cannot be fully fine-tuned; set student.text_mode=lora")
+
+
+# -------------------------------------------------------------------------- train
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop."""
+
+    output_dir: str = "runs/student"
+    seed: int = 1111
+    epochs: int = 10
+    batch_size: int = 32
+    grad_accum: int = 1
+    lr: float = 5e-4
+    encoder_lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    task_loss: Literal["l1", "mse", "ce"] = "l1"
+    select_metric: str = "valid_mae"
+    """Validation metric that picks the checkpoint (``valid_`` + a metric name)."""
+    select_mode: Literal["min", "max"] = "min"
+    early_stop_patience: int = 5
+    num_workers: int = 0
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", self.epochs, "use at least 1")
+        _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "use at least 1")
+        _check(self.grad_accum >= 1, "train.grad_accum", self.grad_accum, "use at least 1")
+        _check(self.lr > 0, "train.lr", self.lr, "use a positive learning rate")
+        _check(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", self.warmup_ratio,
+               "use a fraction in [0, 1)")
+        _check(self.select_metric.startswith("valid_"), "train.select_metric",
+               self.select_metric,
+               "checkpoints are selected on the validation split only; use valid_<metric>")
+
+
+# --------------------------------------------------------------------------- eval
+
+
+@dataclass
+class EvalConfig:
+    """How a checkpoint is evaluated."""
+
+    split: str = "test"
+    missing_rates: list[float] = field(default_factory=list)
+    """Rates for the LNLN sweep, e.g. [0.0, 0.1, ..., 0.9]; empty: no sweep."""
+    seeds: list[int] = field(default_factory=lambda: [1111, 1112, 1113])
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.split in SPLITS, "eval.split", self.split, f"use one of {list(SPLITS)}")
+        for r in self.missing_rates:
+            _check(0.0 <= r <= 1.0, "eval.missing_rates", self.missing_rates,
+                   "rates are fractions in [0, 1]")
+
+
+# ------------------------------------------------------------------------ distill
+
+
+@dataclass
+class DistillConfig:
+    """A whole distillation run: ``accelerate launch distill.py --config ...``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+# ------------------------------------------------------------------ (de)serialise
+
+T = TypeVar("T")
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp``; ``where`` names the key."""
+    tp, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where} is null: give a value of type {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=where)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            near = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{where}={value!r} is not allowed{hint}: use one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str) and origin is list:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where} must have {len(args)} items, got {value!r}")
+            return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        item = args[0] if args else Any
+        out = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        kt, vt = args if args else (Any, Any)
+        return {_convert(k, kt, where): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}={value!r} must be true or false")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}={value!r} must be a number")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}={value!r} must be a number") from None
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where}={value!r} must be an integer")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}={value!r} must be an integer") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with a suggestion."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean {(prefix + '.' if prefix else '') + near[0]!r}?" if near else ""
+            raise ConfigError(
+                f"unknown key {where!r} for {cls.__name__}{hint} Valid keys: {', '.join(names)}"
+            )
+        kwargs[key] = _convert(value, hints[key], where)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:  # a required field without default
+        raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass as plain YAML/JSON-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    return obj
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a nested mapping (values parsed as YAML)."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _resolve_includes(cls: type, data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Replace sections given as file paths by that file's mapping (recursively).
+
+    An include path is relative to the file that names it; data paths inside any config
+    are relative to the working directory, as with every other command-line path.
+    """
+    if not dataclasses.is_dataclass(cls):
+        return data
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for key, value in data.items():
+        tp = _strip_optional(hints.get(key, Any))[0]
+        if dataclasses.is_dataclass(tp):
+            if isinstance(value, str):
+                inc = (base / value).resolve()
+                out[key] = _resolve_includes(tp, _read_yaml(inc), inc.parent)
+            elif isinstance(value, dict):
+                out[key] = _resolve_includes(tp, value, base)
+    return out
+
+
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+) -> T:
+    """Read ``path`` (YAML) into ``cls``, apply ``overrides``, validate, and return it.
+
+    Relative data paths are resolved against the current directory.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        data = _resolve_includes(cls, _read_yaml(p), p.parent)
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        if path is not None:
+            raise ConfigError(f"{path}: {e}") from None
+        raise
+
+
+def config_class_for(path: str | Path) -> type | None:
+    """The config dataclass a file under ``configs/`` holds, from its folder name."""
+    parts = Path(path).parts
+    table = {"data": DataConfig, "teachers": TeacherConfig, "distill": DistillConfig,
+             "eval": EvalConfig, "cache": CacheConfig}
+    for part in reversed(parts[:-1]):
+        if part in table:
+            return table[part]
+    return None
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape results."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("msa-workbench", "torch", "transformers", "peft", "accelerate", "datasets",
+                "openai", "numpy", "scikit-learn", "bitsandbytes", "vllm", "llama-cpp-python"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def dump_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config to ``out_dir/name`` and versions to ``versions.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = out / name
+    target.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    (out / "versions.json").write_text(json.dumps(versions(), indent=2) + "\n")
+    return target

@@ -1,0 +1,199 @@
+"""Reader for a manifest (CSV or JSONL: id, text, label, split, media paths) plus an
+optional ``.npz`` of per-sample feature arrays keyed by id.
+
+The ``.npz`` holds an id array (``data.features_id_key``) and, per modality, an array of
+utterance vectors ``(N, d)`` or padded sequences ``(N, T, d)`` with an optional
+``<key>_lengths`` array. A modality that covers only some samples has its own id array
+``<key>_ids``. Rows of the manifest without a feature row simply lack that
+modality.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import string
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from workbench.config import DataConfig
+from workbench.data.schema import DataError, Media, Sample
+
+log = logging.getLogger(__name__)
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, row) pairs; line numbers as an editor shows them."""
+    if path.suffix.lower() == ".jsonl":
+        with path.open(encoding="utf-8") as f:
+            for lineno, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{lineno}: each line must be a JSON object")
+                yield lineno, row
+    else:
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            for row in reader:
+                yield reader.line_num, row
+
+
+def _id_builder(cfg: DataConfig, path: Path):
+    if cfg.id_format:
+        fields = [f for _, f, _, _ in string.Formatter().parse(cfg.id_format) if f]
+
+        def build(row: dict[str, Any], lineno: int) -> str:
+            missing = [f for f in fields if f not in row]
+            if missing:
+                raise DataError(
+                    f"{path}:{lineno}: data.id_format={cfg.id_format!r} needs column(s) "
+                    f"{missing}; the file has {sorted(row)}"
+                )
+            return cfg.id_format.format(**{k: str(v) for k, v in row.items()})
+
+        return build
+
+    def build_col(row: dict[str, Any], lineno: int) -> str:
+        if cfg.id_column not in row:
+            raise DataError(
+                f"{path}:{lineno}: no id column {cfg.id_column!r} (columns: {sorted(row)}); "
+                "set data.id_column or data.id_format"
+            )
+        return str(row[cfg.id_column])
+
+    return build_col
+
+
+def _optional_float(value: Any, path: Path, lineno: int, column: str) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}:{lineno}: {column}={value!r} is not a number") from None
+
+
+def _class_index(value: Any, cfg: DataConfig, path: Path, lineno: int) -> int | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str) and value in cfg.class_names:
+        return cfg.class_names.index(value)
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise DataError(
+            f"{path}:{lineno}: {cfg.class_column}={value!r} is neither a class index nor one "
+            f"of data.class_names={cfg.class_names}"
+        ) from None
+
+
+def load_features(cfg: DataConfig) -> dict[str, tuple[dict[str, int], np.ndarray, np.ndarray | None]]:
+    """Per modality: (id -> row, array, lengths or None) from ``cfg.features``."""
+    if not cfg.features:
+        return {}
+    fpath = Path(cfg.features)
+    if not fpath.is_file():
+        raise DataError(f"feature file {fpath} does not exist: check data.features")
+    out = {}
+    with np.load(fpath, allow_pickle=False) as npz:
+        ids = [str(x) for x in npz[cfg.features_id_key]] if cfg.features_id_key in npz.files else None
+        for mod in ("audio", "vision"):
+            if mod not in cfg.modalities or mod not in cfg.feature_keys:
+                continue
+            key = cfg.feature_keys[mod]
+            if key not in npz.files:
+                raise DataError(
+                    f"{fpath}: no array {key!r} for {mod} (arrays: {npz.files}); "
+                    f"fix data.feature_keys.{mod} or drop {mod} from data.modalities"
+                )
+            # A modality may cover a subset of samples: then its ids are in `<key>_ids`.
+            mod_ids = [str(x) for x in npz[f"{key}_ids"]] if f"{key}_ids" in npz.files else ids
+            if mod_ids is None:
+                raise DataError(
+                    f"{fpath}: no id array {cfg.features_id_key!r} or {key + '_ids'!r} "
+                    f"(arrays: {npz.files}); set data.features_id_key"
+                )
+            index = {sid: i for i, sid in enumerate(mod_ids)}
+            if len(index) != len(mod_ids):
+                dup = sorted({s for s in mod_ids if mod_ids.count(s) > 1})
+                raise DataError(f"{fpath}: duplicate ids for {key!r}: {dup[:10]}")
+            arr = npz[key]
+            if arr.shape[0] != len(mod_ids):
+                raise DataError(f"{fpath}: {key!r} has {arr.shape[0]} rows for {len(mod_ids)} ids")
+            if arr.ndim not in (2, 3):
+                raise DataError(f"{fpath}: {key!r} must be (N, d) or (N, T, d), got {arr.shape}")
+            lengths = npz[f"{key}_lengths"] if f"{key}_lengths" in npz.files else None
+            out[mod] = (index, arr.astype(np.float32, copy=False), lengths)
+    return out
+
+
+def read_manifest(cfg: DataConfig) -> list[Sample]:
+    """Read a CSV/JSONL manifest (and its optional feature file) into samples."""
+    path = Path(cfg.path)
+    if not path.is_file():
+        raise DataError(f"manifest {path} does not exist: check data.path")
+    media_root = Path(cfg.media_root) if cfg.media_root else path.parent
+    make_id = _id_builder(cfg, path)
+    feats = load_features(cfg)
+    samples: list[Sample] = []
+    for lineno, row in _rows(path):
+        for col in (cfg.text_column, cfg.split_column):
+            if col not in row:
+                raise DataError(f"{path}:{lineno}: no column {col!r} (columns: {sorted(row)})")
+        sid = make_id(row, lineno)
+        raw_split = str(row[cfg.split_column]).strip()
+        split = cfg.split_names.get(raw_split, raw_split)
+        media = Media(
+            frames=[
+                str(media_root / p.strip())
+                for p in str(row.get(cfg.frames_column) or "").split(";")
+                if p.strip()
+            ]
+            if cfg.frames_column
+            else [],
+            audio_file=str(media_root / row[cfg.audio_file_column])
+            if cfg.audio_file_column and row.get(cfg.audio_file_column)
+            else None,
+            video_file=str(media_root / row[cfg.video_file_column])
+            if cfg.video_file_column and row.get(cfg.video_file_column)
+            else None,
+        )
+        used = {cfg.id_column, cfg.text_column, cfg.label_column, cfg.split_column,
+                cfg.class_column, cfg.frames_column, cfg.audio_file_column, cfg.video_file_column}
+        s = Sample(
+            id=sid,
+            text=str(row[cfg.text_column] or "").strip(),
+            split=split,
+            label=_optional_float(row.get(cfg.label_column), path, lineno, cfg.label_column),
+            label_class=_class_index(row.get(cfg.class_column), cfg, path, lineno)
+            if cfg.class_column
+            else None,
+            media=media,
+            meta={k: v for k, v in row.items() if k not in used and v not in (None, "")},
+        )
+        s.meta["source_line"] = lineno
+        for mod, (index, arr, lengths) in feats.items():
+            j = index.get(sid)
+            if j is None:
+                continue
+            setattr(s, mod, arr[j])
+            if arr.ndim == 3:
+                setattr(s, f"{mod}_length", int(lengths[j]) if lengths is not None else arr.shape[1])
+        samples.append(s)
+    if feats:
+        known = {s.id for s in samples}
+        for mod, (index, _, _) in feats.items():
+            extra = len(set(index) - known)
+            if extra:
+                log.warning("%s: %d %s feature rows have no manifest row", cfg.features, extra, mod)
+    log.info("read %d samples from %s", len(samples), path)
+    return samples

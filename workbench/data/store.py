@@ -1,0 +1,310 @@
+"""The internal dataset format: Hugging Face ``datasets`` on disk (Arrow, memory-mapped).
+
+:class:`MSADataset` holds one Arrow table per split plus a small ``DataInfo`` (what the
+dataset is: task, metric set, label range, modalities, feature dims, fingerprint).
+``workbench data import`` writes one with :meth:`MSADataset.save`; later stages open it
+with :meth:`MSADataset.load` and read rows without copying the table into memory.
+
+Features are stored flattened (``audio`` as ``list<float32>`` plus ``audio_shape``), so
+utterance vectors ``(d,)`` and padded sequences ``(T, d)`` share one column type.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from workbench.config import SPLITS, DataConfig
+from workbench.data.schema import FEATURE_MODALITIES, DataError, Media, Sample
+
+log = logging.getLogger(__name__)
+
+INFO_FILE = "workbench_dataset.json"
+FORMAT_VERSION = 1
+
+ARROW_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("text", pa.string()),
+    ("split", pa.string()),
+    ("label", pa.float64()),
+    ("label_class", pa.int32()),
+    ("audio", pa.list_(pa.float32())),
+    ("audio_shape", pa.list_(pa.int32())),
+    ("audio_length", pa.int32()),
+    ("vision", pa.list_(pa.float32())),
+    ("vision_shape", pa.list_(pa.int32())),
+    ("vision_length", pa.int32()),
+    ("frames", pa.list_(pa.string())),
+    ("audio_file", pa.string()),
+    ("video_file", pa.string()),
+    ("meta", pa.string()),
+])
+
+
+@dataclass
+class DataInfo:
+    """What a dataset is; stored next to the Arrow files and in every checkpoint."""
+
+    name: str
+    task: str
+    metric_set: str
+    label_range: tuple[float, float]
+    class_names: list[str]
+    modalities: list[str]
+    feature_dims: dict[str, int] = field(default_factory=dict)
+    """Last dimension of each feature modality present."""
+    feature_kind: dict[str, str] = field(default_factory=dict)
+    """``vector`` (utterance level) or ``sequence`` per feature modality."""
+    fingerprint: str = ""
+    source: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["label_range"] = list(self.label_range)
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> DataInfo:
+        d = dict(d)
+        d["label_range"] = tuple(d["label_range"])
+        return cls(**d)
+
+
+# ------------------------------------------------------------------ fingerprints
+
+_MEDIA_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of a media file, memoised on (path, size, mtime)."""
+    p = Path(path)
+    st = p.stat()
+    key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
+    cached = _MEDIA_HASHES.get(key)
+    if cached is None:
+        h = hashlib.sha256()
+        with p.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        cached = _MEDIA_HASHES[key] = h.hexdigest()
+    return cached
+
+
+def media_hashes(sample: Sample) -> list[str]:
+    return [file_sha256(p) if Path(p).exists() else f"missing:{p}" for p in sample.media.paths()]
+
+
+def _update_sample_hash(h: Any, s: Sample) -> None:
+    h.update(json.dumps([s.id, s.text, s.split, s.label, s.label_class], default=str).encode())
+    for mod in FEATURE_MODALITIES:
+        feat = s.feature(mod)
+        if feat is None:
+            h.update(b"\x00none")
+            continue
+        a = np.ascontiguousarray(feat, dtype="<f4")
+        h.update(json.dumps([mod, list(a.shape), s.length(mod)]).encode())
+        h.update(a.tobytes())
+    h.update(json.dumps(media_hashes(s)).encode())
+
+
+def fingerprint(samples: list[Sample]) -> str:
+    """Content hash of a dataset: ids, texts, labels, splits, features, media bytes.
+
+    Independent of sample order, so the same data read through another reader hashes
+    the same.
+    """
+    h = hashlib.sha256(f"workbench-data-v{FORMAT_VERSION}".encode())
+    for s in sorted(samples, key=lambda s: s.id):
+        _update_sample_hash(h, s)
+    return h.hexdigest()[:16]
+
+
+# ------------------------------------------------------------------ conversions
+
+
+def _feature_columns(samples: list[Sample], mod: str) -> tuple[list, list, list]:
+    vals, shapes, lens = [], [], []
+    for s in samples:
+        feat = s.feature(mod)
+        if feat is None:
+            vals.append(None)
+            shapes.append(None)
+        else:
+            vals.append(np.asarray(feat, dtype=np.float32).reshape(-1))
+            shapes.append(list(feat.shape))
+        lens.append(s.length(mod))
+    return vals, shapes, lens
+
+
+def samples_to_table(samples: list[Sample]) -> pa.Table:
+    cols: dict[str, Any] = {
+        "id": [s.id for s in samples],
+        "text": [s.text for s in samples],
+        "split": [s.split for s in samples],
+        "label": [s.label for s in samples],
+        "label_class": [s.label_class for s in samples],
+        "frames": [s.media.frames for s in samples],
+        "audio_file": [s.media.audio_file for s in samples],
+        "video_file": [s.media.video_file for s in samples],
+        "meta": [json.dumps(s.meta, default=str) if s.meta else None for s in samples],
+    }
+    for mod in FEATURE_MODALITIES:
+        vals, shapes, lens = _feature_columns(samples, mod)
+        cols[mod] = pa.array(vals, type=pa.list_(pa.float32()))
+        cols[f"{mod}_shape"] = shapes
+        cols[f"{mod}_length"] = lens
+    return pa.table({name: cols[name] for name in ARROW_SCHEMA.names}, schema=ARROW_SCHEMA)
+
+
+def _row_sample(table: pa.Table, i: int) -> Sample:
+    def get(col: str) -> Any:
+        return table.column(col)[i].as_py()
+
+    s = Sample(
+        id=get("id"), text=get("text"), split=get("split"), label=get("label"),
+        label_class=get("label_class"),
+        media=Media(frames=get("frames") or [], audio_file=get("audio_file"),
+                    video_file=get("video_file")),
+        meta=json.loads(get("meta")) if get("meta") else {},
+    )
+    for mod in FEATURE_MODALITIES:
+        scalar = table.column(mod)[i]
+        if scalar.is_valid:
+            shape = get(f"{mod}_shape")
+            flat = scalar.values.to_numpy(zero_copy_only=False)
+            setattr(s, mod, flat.reshape(shape))
+            setattr(s, f"{mod}_length", get(f"{mod}_length"))
+    return s
+
+
+def infer_info(samples: list[Sample], cfg: DataConfig, source: str) -> DataInfo:
+    dims: dict[str, int] = {}
+    kind: dict[str, str] = {}
+    for mod in FEATURE_MODALITIES:
+        feat = next((s.feature(mod) for s in samples if s.feature(mod) is not None), None)
+        if feat is not None:
+            dims[mod] = int(feat.shape[-1])
+            kind[mod] = "vector" if feat.ndim == 1 else "sequence"
+    present = [m for m in cfg.modalities if m == "text" or m in dims
+               or any(s.has(m) for s in samples)]
+    return DataInfo(
+        name=cfg.name or Path(source).stem,
+        task=cfg.task,
+        metric_set=cfg.metric_set,
+        label_range=tuple(cfg.label_range),  # type: ignore[arg-type]
+        class_names=list(cfg.class_names),
+        modalities=present,
+        feature_dims=dims,
+        feature_kind=kind,
+        fingerprint=fingerprint(samples),
+        source=str(source),
+    )
+
+
+# ------------------------------------------------------------------ the dataset
+
+
+class MSADataset:
+    """Samples of one dataset, by split, backed by Arrow tables."""
+
+    def __init__(self, tables: dict[str, pa.Table], info: DataInfo) -> None:
+        self.tables = tables
+        self.info = info
+
+    # construction -----------------------------------------------------------
+    @classmethod
+    def from_samples(cls, samples: list[Sample], info: DataInfo) -> MSADataset:
+        by_split: dict[str, list[Sample]] = {}
+        for s in samples:
+            by_split.setdefault(s.split, []).append(s)
+        tables = {sp: samples_to_table(by_split[sp]) for sp in SPLITS if sp in by_split}
+        return cls(tables, info)
+
+    def save(self, out_dir: str | Path) -> Path:
+        """Write as a Hugging Face ``DatasetDict`` on disk plus ``workbench_dataset.json``."""
+        import datasets.utils as hf_tqdm
+        from datasets import Dataset, DatasetDict
+
+        out = Path(out_dir)
+        dd = DatasetDict({sp: Dataset(t) for sp, t in self.tables.items()})
+        was_disabled = hf_tqdm.are_progress_bars_disabled()
+        hf_tqdm.disable_progress_bars()  # library code: no progress bars of its own
+        try:
+            dd.save_to_disk(str(out))
+        finally:
+            if not was_disabled:
+                hf_tqdm.enable_progress_bars()
+        (out / INFO_FILE).write_text(json.dumps(self.info.to_json(), indent=2) + "\n")
+        return out
+
+    @classmethod
+    def load(cls, path: str | Path) -> MSADataset:
+        """Open a directory written by :meth:`save` (memory-mapped)."""
+        from datasets import load_from_disk
+
+        p = Path(path)
+        info_path = p / INFO_FILE
+        if not info_path.is_file():
+            raise DataError(
+                f"{p} is not a workbench dataset (no {INFO_FILE}); create one with "
+                "`workbench data import`, or point data.path at the source file"
+            )
+        info = DataInfo.from_json(json.loads(info_path.read_text()))
+        if info.format_version != FORMAT_VERSION:
+            raise DataError(
+                f"{p}: dataset format v{info.format_version}, this workbench reads "
+                f"v{FORMAT_VERSION}; re-run `workbench data import`"
+            )
+        dd = load_from_disk(str(p))
+        tables = {sp: dd[sp].data.table for sp in dd}
+        return cls(tables, info)
+
+    # access -----------------------------------------------------------------
+    @property
+    def fingerprint(self) -> str:
+        return self.info.fingerprint
+
+    @property
+    def splits(self) -> list[str]:
+        return list(self.tables)
+
+    def num_rows(self, split: str | None = None) -> int:
+        if split is None:
+            return sum(t.num_rows for t in self.tables.values())
+        return self.table(split).num_rows
+
+    def table(self, split: str) -> pa.Table:
+        if split not in self.tables:
+            raise DataError(
+                f"split {split!r} is not in dataset {self.info.name!r} "
+                f"(it has {self.splits}); choose one of those"
+            )
+        return self.tables[split]
+
+    def sample(self, split: str, i: int) -> Sample:
+        return _row_sample(self.table(split), i)
+
+    def iter_samples(self, split: str | None = None) -> Iterator[Sample]:
+        for sp in [split] if split else self.splits:
+            t = self.table(sp)
+            for i in range(t.num_rows):
+                yield _row_sample(t, i)
+
+    def samples(self, split: str | None = None) -> list[Sample]:
+        return list(self.iter_samples(split))
+
+    def column(self, split: str, name: str) -> list[Any]:
+        return self.table(split).column(name).to_pylist()
+
+    def __repr__(self) -> str:
+        sizes = ", ".join(f"{sp}={t.num_rows}" for sp, t in self.tables.items())
+        return f"MSADataset({self.info.name!r}, {sizes}, fingerprint={self.fingerprint})"

