@@ -174,8 +174,12 @@ class TeacherConfig:
     """Endpoint for ``openai_compat``, e.g. ``http://127.0.0.1:8080/v1``."""
     api_key_env: str = ""
     """Name of the environment variable that holds the API key (never the key itself)."""
+    api: Literal["chat", "completions"] = "chat"
+    """``chat``: send chat messages (instruction-tuned models); ``completions``: send the
+    rendered plain prompt ending in the template's answer prefix (base models)."""
     temperature: float = 0.0
-    max_tokens: int = 64
+    max_tokens: int = 0
+    """Cap on generated tokens; 0 uses each template's own bound."""
     top_logprobs: int = 20
     """How many alternatives per position to request for soft labels."""
     seed: int = 0
@@ -205,7 +209,8 @@ class TeacherConfig:
                "<redacted>", "name the environment variable that holds the key, not the key")
         _check(0.0 <= self.temperature <= 2.0, "teacher.temperature", self.temperature,
                "use a value in [0, 2]; 0 for deterministic soft labels")
-        _check(self.max_tokens >= 1, "teacher.max_tokens", self.max_tokens, "use at least 1")
+        _check(self.max_tokens >= 0, "teacher.max_tokens", self.max_tokens,
+               "use 0 (the template's bound) or a positive cap")
         _check(0 <= self.top_logprobs <= 20, "teacher.top_logprobs", self.top_logprobs,
                "OpenAI-compatible servers accept 0..20")
         _check(self.max_concurrency >= 1, "teacher.max_concurrency", self.max_concurrency,
@@ -232,6 +237,8 @@ class CacheConfig:
     """Fail the job once more than this fraction of finished requests are errors."""
     min_ok_fraction: float = 0.9
     """Consumers (training) refuse a cache with fewer ok rows than this fraction."""
+    cue_fields: list[str] = field(default_factory=list)
+    """Manifest columns shown to the teacher as cues (e.g. [audio_cues, visual_cues])."""
 
     def __post_init__(self) -> None:
         _check(0.0 <= self.max_error_rate <= 1.0, "cache.max_error_rate", self.max_error_rate,
@@ -275,9 +282,41 @@ class StudentConfig:
     dropout: float = 0.1
     prompted: bool = False
     """Add the branch that reads the teacher's cached description (MMSLF teacher network)."""
+    heads: int = 4
+    """Attention heads in the sequence encoders and the fusion (must divide ``hidden``)."""
+    seq_encoder: Literal["transformer", "gru"] = "transformer"
+    """Encoder for audio / visual frame sequences (utterance vectors always use an MLP)."""
+    seq_layers: int = 1
+    """Layers of the sequence encoder."""
+    quant_compute_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Compute dtype of a 4-bit base (``float32`` on CPU; ``bfloat16`` on recent GPUs)."""
+    gradient_checkpointing: bool = False
+    """Activation checkpointing in the text encoder (passed to PEFT's k-bit preparation
+    for quantized bases)."""
+    prompt_encoder: str = ""
+    """Frozen encoder for the teacher's descriptions in the prompted network; empty: the
+    same model as ``text_encoder`` (a separate, frozen copy)."""
+    prompt_max_len: int = 128
+    """Token budget for a description."""
+    prompt_fusion: Literal["film", "tokens"] = "film"
+    """How a description modulates fusion: ``film`` conditions the bottleneck queries and
+    scales/shifts the fused vector; ``tokens`` adds its token states as extra keys that
+    every bottleneck reads."""
+    kd_repr_dim: int = 0
+    """Width of the teacher representation that the student's distillation projection
+    maps its fused vector to; 0: same as ``hidden``."""
 
     def __post_init__(self) -> None:
         _check(self.hidden >= 8, "student.hidden", self.hidden, "use at least 8")
+        _check(self.heads >= 1 and self.hidden % self.heads == 0, "student.heads", self.heads,
+               f"use a head count that divides student.hidden={self.hidden}, e.g. 4")
+        _check(self.seq_layers >= 1, "student.seq_layers", self.seq_layers, "use at least 1")
+        _check(self.bottleneck_tokens >= 1, "student.bottleneck_tokens",
+               self.bottleneck_tokens, "use at least 1 bottleneck token")
+        _check(self.prompt_max_len >= 8, "student.prompt_max_len", self.prompt_max_len,
+               "use at least 8 tokens")
+        _check(self.kd_repr_dim >= 0, "student.kd_repr_dim", self.kd_repr_dim,
+               "use 0 (same as student.hidden) or a positive width")
         _check(self.max_text_len >= 8, "student.max_text_len", self.max_text_len,
                "use at least 8 tokens")
         _check(0.0 <= self.dropout < 1.0, "student.dropout", self.dropout, "use [0, 1)")
@@ -310,8 +349,27 @@ class TrainConfig:
     select_mode: Literal["min", "max"] = "min"
     early_stop_patience: int = 5
     num_workers: int = 0
+    weighting: Literal["none", "quality"] = "none"
+    """Per-sample weights: ``none`` (all ones) or ``quality`` (teacher confidence,
+    off-label mass, teacher-gold agreement, augmentation consistency; see
+    ``students.weighting``)."""
+    weight_floor: float = 0.1
+    """Smallest quality weight, so no sample is silently dropped (in (0, 1])."""
+    weight_agreement_scale: float = 0.0
+    """|teacher expected score - gold| at which agreement reaches 0; 0: half the width of
+    the dataset's label range."""
+    missing_train: bool = False
+    """LNLN missing-modality training: random per-sample, per-modality missing rates."""
+    missing_complete_fraction: float = 0.5
+    """Fraction of training samples kept complete under ``missing_train``."""
 
     def __post_init__(self) -> None:
+        _check(0.0 < self.weight_floor <= 1.0, "train.weight_floor", self.weight_floor,
+               "use a floor in (0, 1]; 1 turns quality weighting into all ones")
+        _check(self.weight_agreement_scale >= 0, "train.weight_agreement_scale",
+               self.weight_agreement_scale, "use 0 (half the label range) or a positive number")
+        _check(0.0 <= self.missing_complete_fraction <= 1.0, "train.missing_complete_fraction",
+               self.missing_complete_fraction, "use a fraction in [0, 1]")
         _check(self.epochs >= 1, "train.epochs", self.epochs, "use at least 1")
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "use at least 1")
         _check(self.grad_accum >= 1, "train.grad_accum", self.grad_accum, "use at least 1")

@@ -1,0 +1,338 @@
+"""The compact multimodal student and the prompted (privileged) network.
+
+``build_student(cfg, info, bins)`` assembles: a pre-trained text encoder (LoRA / frozen /
+full, optional 8-bit / 4-bit base), one small encoder per feature modality the dataset
+has, :class:`~students.fusion.GatedBottleneckFusion`, a prediction head, a head over the
+label bins, one auxiliary head per modality, and a linear projection of the fused vector
+for representation distillation. With ``cfg.prompted`` it also gets the
+:class:`DescriptionBranch` (MMSLF's teacher network): a frozen text encoder reads the
+teacher's cached description, and its projection modulates fusion.
+
+How the bins relate to the scalar prediction
+--------------------------------------------
+For a regression dataset, ``pred`` comes from the regression head and ``bin_logits``
+from a separate linear head over the bins (e.g. the seven integers -3..3 of MOSI). The
+bin distribution ``q = softmax(bin_logits)`` has its own scalar estimate
+``E_q[bin] = sum_i q_i * bins[i]`` (:meth:`StudentModel.expected_score`), bounded by the
+outer bins. The two heads share the fused representation and are tied only through the
+losses the trainer adds: KL(teacher || q) shapes the distribution, an expected-score loss
+ties ``E_q`` to the teacher's expected score, and the task loss fits ``pred`` to gold.
+``pred`` is what metrics read. For a classification dataset the bins are the classes and
+``bin_logits`` *is* ``pred`` (the class logits).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from students.encoders import (
+    Encoded,
+    TextEncoder,
+    build_feature_encoder,
+    feature_modalities,
+    masked_mean,
+)
+from students.fusion import GatedBottleneckFusion
+from students.losses import expected_score
+from workbench.config import StudentConfig
+from workbench.data.store import DataInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ParamCount:
+    """Numbers of parameters (4-bit weights counted unpacked)."""
+
+    total: int
+    trainable: int
+
+
+def _numel(p: nn.Parameter) -> int:
+    qs = getattr(p, "quant_state", None)  # bitsandbytes Params4bit stores two values a byte
+    if qs is not None and getattr(qs, "shape", None) is not None:
+        return int(torch.Size(qs.shape).numel())
+    return p.numel()
+
+
+def count_parameters(module: nn.Module) -> ParamCount:
+    """Total and trainable parameters of ``module``."""
+    total = trainable = 0
+    for p in module.parameters():
+        n = _numel(p)
+        total += n
+        if p.requires_grad:
+            trainable += n
+    return ParamCount(total=total, trainable=trainable)
+
+
+@dataclass
+class StudentOutput:
+    """What :meth:`StudentModel.forward` returns.
+
+    * ``pred``: (B,) regression score, or (B, C) class logits.
+    * ``bin_logits``: (B, n_bins) logits over the label bins, or None without bins.
+    * ``fused``: (B, hidden) fused representation (what a prompted teacher hands down).
+    * ``projected``: (B, kd_repr_dim) ``fused`` through the representation-distillation
+      projection (compare it with the prompted network's ``fused``).
+    * ``unimodal``: per modality ('text', 'audio', 'vision'), the auxiliary head's
+      prediction, shaped like ``pred``; mask it with the batch's ``<m>_avail``.
+    * ``gates``: per non-text modality, the (B, hidden) gate after availability.
+    * ``attention``: fusion attention maps (see :mod:`students.fusion`), or None.
+    """
+
+    pred: Tensor
+    bin_logits: Tensor | None
+    fused: Tensor
+    projected: Tensor
+    unimodal: dict[str, Tensor]
+    gates: dict[str, Tensor]
+    attention: dict[str, Tensor] | None
+
+
+@dataclass
+class DescriptionEncoding:
+    """The description branch's output: pooled (B, h), token states, availability (B,)."""
+
+    pooled: Tensor
+    tokens: Encoded
+    available: Tensor
+
+
+class DescriptionBranch(nn.Module):
+    """Frozen text encoder + trainable projection for the teacher's descriptions.
+
+    An empty description (no teacher output for the sample) contributes nothing: its
+    pooled vector, token mask and FiLM terms are zeroed.
+    """
+
+    def __init__(self, cfg: StudentConfig, device: str | torch.device | None) -> None:
+        super().__init__()
+        self.encoder = TextEncoder(cfg.prompt_encoder or cfg.text_encoder, mode="frozen",
+                                   quantize=cfg.quantize,
+                                   compute_dtype=cfg.quant_compute_dtype, device=device)
+        self.max_len = cfg.prompt_max_len
+        self.mode = cfg.prompt_fusion
+        self.proj = nn.Sequential(nn.Linear(self.encoder.out_dim, cfg.hidden),
+                                  nn.LayerNorm(cfg.hidden))
+        # Only the film mode has FiLM weights (no parameter without a gradient, which
+        # distributed training would reject).
+        self.film = nn.Linear(cfg.hidden, 2 * cfg.hidden) if self.mode == "film" else None
+
+    def forward(self, descriptions: list[str], device: torch.device) -> DescriptionEncoding:
+        if not isinstance(descriptions, (list, tuple)) or not all(
+                isinstance(d, str) for d in descriptions):
+            raise TypeError("batch['descriptions'] must be a list of strings ('' where a sample "
+                            f"has none), got {type(descriptions).__name__}")
+        available = torch.tensor([1.0 if d.strip() else 0.0 for d in descriptions],
+                                 device=device)
+        tok = self.encoder.tokenizer(list(descriptions), padding=True, truncation=True,
+                                     max_length=self.max_len, return_tensors="pt")
+        tok = {k: v.to(device) for k, v in tok.items()}
+        enc = self.encoder(tok["input_ids"], tok["attention_mask"], tok.get("token_type_ids"))
+        tokens = self.proj(enc.tokens)
+        mask = enc.mask & available.bool().unsqueeze(1)
+        pooled = masked_mean(tokens, enc.mask) * available.unsqueeze(1)
+        return DescriptionEncoding(pooled=pooled,
+                                   tokens=Encoded(tokens=tokens * mask.unsqueeze(-1), mask=mask,
+                                                  pooled=pooled),
+                                   available=available)
+
+    def modulate(self, fused: Tensor, desc: DescriptionEncoding) -> Tensor:
+        """FiLM: ``fused * (1 + gamma) + beta``, with gamma, beta from the description."""
+        if self.film is None:
+            raise ValueError("FiLM needs student.prompt_fusion=film")
+        gamma, beta = self.film(desc.pooled).chunk(2, dim=-1)
+        a = desc.available.unsqueeze(1)
+        return fused * (1.0 + gamma * a) + beta * a
+
+
+def _check_bins(bins: list[float] | None, info: DataInfo) -> list[float] | None:
+    if info.task == "classification":
+        n = len(info.class_names)
+        if bins is None:
+            return [float(i) for i in range(n)]
+        if len(bins) != n:
+            raise ValueError(f"bins has {len(bins)} entries but dataset {info.name!r} has {n} "
+                             "classes; pass one bin per class (or None)")
+    if bins is None:
+        return None
+    vals = [float(b) for b in bins]
+    if len(vals) < 2 or any(b >= c for b, c in zip(vals, vals[1:], strict=False)):
+        raise ValueError(f"bins={bins!r}: give at least two strictly increasing values, e.g. "
+                         "[-3, -2, -1, 0, 1, 2, 3] for MOSI")
+    return vals
+
+
+class StudentModel(nn.Module):
+    """Text encoder + audio / visual encoders + gated bottleneck fusion + heads.
+
+    Build it with :func:`build_student`. ``forward(batch)`` takes the dict made by
+    :class:`students.collate.Collator` and returns a :class:`StudentOutput`.
+    """
+
+    def __init__(self, cfg: StudentConfig, info: DataInfo, bins: list[float] | None = None,
+                 device: str | torch.device | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.info = info
+        self.task = info.task
+        self.out_dim = 1 if info.task == "regression" else len(info.class_names)
+        self.bin_values = _check_bins(bins, info)
+        self.register_buffer(
+            "bins", torch.tensor(self.bin_values or [], dtype=torch.float32), persistent=False)
+        h = cfg.hidden
+        self.text = TextEncoder(cfg.text_encoder, cfg.text_mode, cfg.lora, cfg.quantize,
+                                cfg.quant_compute_dtype, cfg.gradient_checkpointing, device)
+        self.text_proj = nn.Sequential(nn.Linear(self.text.out_dim, h), nn.LayerNorm(h))
+        self.modalities = feature_modalities(info)
+        if cfg.prompted and cfg.prompt_fusion == "tokens" and not self.modalities:
+            raise ValueError(
+                f"student.prompt_fusion=tokens: dataset {info.name!r} has no audio / visual "
+                "features, so no bottleneck would read the description; set "
+                "student.prompt_fusion=film")
+        self.feature_kind = {m: info.feature_kind[m] for m in self.modalities}
+        self.encoders = nn.ModuleDict({
+            m: build_feature_encoder(info.feature_kind[m], info.feature_dims[m], h,
+                                     cfg.seq_encoder, cfg.seq_layers, cfg.heads, cfg.dropout)
+            for m in self.modalities
+        })
+        self.fusion = GatedBottleneckFusion(h, self.modalities, cfg.bottleneck_tokens,
+                                            cfg.heads, cfg.dropout)
+        self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(h, h), nn.GELU(),
+                                  nn.Dropout(cfg.dropout), nn.Linear(h, self.out_dim))
+        self.bin_head = (nn.Linear(h, len(self.bin_values))
+                         if self.bin_values is not None and self.task == "regression" else None)
+        self.unimodal_heads = nn.ModuleDict({
+            m: nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, self.out_dim))
+            for m in ["text", *self.modalities]
+        })
+        self.kd_proj = nn.Linear(h, cfg.kd_repr_dim or h)
+        self.prompt = DescriptionBranch(cfg, device) if cfg.prompted else None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def tokenizer(self) -> Any:
+        """The text encoder's tokenizer (what the collator must use)."""
+        return self.text.tokenizer
+
+    @property
+    def device(self) -> torch.device:
+        return self.text_proj[0].weight.device
+
+    def parameter_counts(self) -> dict[str, ParamCount]:
+        """Total / trainable parameters per component and overall (``all``)."""
+        parts: dict[str, nn.Module] = {"text_encoder": self.text, "text_proj": self.text_proj}
+        for m in self.modalities:
+            parts[f"{m}_encoder"] = self.encoders[m]
+        parts["fusion"] = self.fusion
+        heads = nn.ModuleList([self.head, self.unimodal_heads, self.kd_proj]
+                              + ([self.bin_head] if self.bin_head is not None else []))
+        parts["heads"] = heads
+        if self.prompt is not None:
+            parts["description_branch"] = self.prompt
+        out = {k: count_parameters(v) for k, v in parts.items()}
+        out["all"] = count_parameters(self)
+        return out
+
+    def param_groups(self, lr: float, encoder_lr: float, weight_decay: float
+                     ) -> list[dict[str, Any]]:
+        """Optimizer groups: the text encoder's trainable weights at ``encoder_lr``, the
+        rest at ``lr``; biases and norm weights (1-D) without weight decay."""
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            key = (name.startswith("text."), p.ndim <= 1)
+            groups.setdefault(key, []).append(p)
+        return [{"params": ps, "lr": encoder_lr if enc else lr,
+                 "weight_decay": 0.0 if no_decay else weight_decay}
+                for (enc, no_decay), ps in sorted(groups.items())]
+
+    def expected_score(self, bin_logits: Tensor) -> Tensor:
+        """``sum_i softmax(bin_logits)_i * bins[i]``: the bin head's scalar estimate."""
+        if self.bin_values is None:
+            raise ValueError("this student was built without bins; pass bins to build_student")
+        return expected_score(bin_logits, self.bins)
+
+    # --------------------------------------------------------------------- forward
+    def _get(self, batch: dict[str, Any], key: str) -> Any:
+        if key not in batch:
+            raise KeyError(f"batch has no {key!r}; build batches with students.collate.Collator "
+                           f"for dataset {self.info.name!r} (modalities {self.modalities})")
+        return batch[key]
+
+    def forward(self, batch: dict[str, Any], return_attention: bool = False) -> StudentOutput:
+        """Run the student on a collated batch (see :mod:`students.collate`)."""
+        te = self.text(self._get(batch, "input_ids"), self._get(batch, "attention_mask"),
+                       batch.get("token_type_ids"))
+        tok = self.text_proj(te.tokens)
+        text = Encoded(tokens=tok, mask=te.mask, pooled=masked_mean(tok, te.mask))
+        others: dict[str, Encoded] = {}
+        avail: dict[str, Tensor] = {}
+        for m in self.modalities:
+            x = self._get(batch, m)
+            keep = self._get(batch, f"{m}_keep")
+            if self.feature_kind[m] == "vector":
+                others[m] = self.encoders[m](x, keep)
+            else:
+                others[m] = self.encoders[m](x, self._get(batch, f"{m}_lengths"), keep)
+            avail[m] = self._get(batch, f"{m}_avail")
+        desc = None
+        cond = extra = None
+        if self.prompt is not None:
+            desc = self.prompt(self._get(batch, "descriptions"), self.device)
+            if self.prompt.mode == "film":
+                cond = desc.pooled
+            else:
+                extra = desc.tokens
+        fo = self.fusion(text, others, avail, query_cond=cond, extra_keys=extra,
+                         return_attention=return_attention)
+        fused = fo.fused
+        if desc is not None and self.prompt is not None and self.prompt.mode == "film":
+            fused = self.prompt.modulate(fused, desc)
+        pred = self._shape(self.head(fused))
+        if self.task == "classification":
+            bin_logits = pred
+        else:
+            bin_logits = self.bin_head(fused) if self.bin_head is not None else None
+        pooled = {"text": text.pooled, **{m: others[m].pooled for m in self.modalities}}
+        unimodal = {m: self._shape(self.unimodal_heads[m](v)) for m, v in pooled.items()}
+        return StudentOutput(pred=pred, bin_logits=bin_logits, fused=fused,
+                             projected=self.kd_proj(fused), unimodal=unimodal, gates=fo.gates,
+                             attention=fo.attention)
+
+    def _shape(self, y: Tensor) -> Tensor:
+        return y.squeeze(-1) if self.out_dim == 1 else y
+
+
+def build_student(cfg: StudentConfig, info: DataInfo, bins: list[float] | None = None,
+                  device: str | torch.device | None = None) -> StudentModel:
+    """Build the student (or, with ``cfg.prompted``, the prompted network) for ``info``.
+
+    ``bins`` are the label bins the teacher's soft labels are over (e.g. -3..3 for MOSI);
+    without them the model has no bin head. ``device`` places the model; a quantized text
+    base is loaded straight onto it (bitsandbytes weights cannot be moved afterwards).
+    """
+    model = StudentModel(cfg, info, bins, device)
+    if device is not None:
+        quantized = cfg.quantize != "none"
+        for name, child in model.named_children():
+            if quantized and name in ("text", "prompt"):
+                if name == "prompt":
+                    for part in (child.proj, child.film):
+                        if part is not None:
+                            part.to(device)
+                continue
+            child.to(device)
+        model.bins = model.bins.to(device)
+    counts = model.parameter_counts()["all"]
+    log.info("student for %s: modalities=text+%s prompted=%s params total=%d trainable=%d",
+             info.name, "+".join(model.modalities) or "none", cfg.prompted, counts.total,
+             counts.trainable)
+    return model
