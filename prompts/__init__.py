@@ -1,1 +1,242 @@
-"""prompts."""
+"""Versioned prompt templates rendered into OpenAI-style chat messages.
+
+A template is a YAML file (``prompts/templates/<name>.yaml``, or any path) with Jinja
+``system`` / ``user`` strings and what the teacher's answer is read as (``output``:
+``soft_label``, ``description`` or ``text``). Rendering a template for a sample gives a
+:class:`Rendered` request: chat messages (text parts, plus image parts for video frames),
+the same request as one plain prompt for base models, and what the cache stores.
+
+A template that shows the gold label to the teacher must say so (``uses_gold_label``);
+rendering it without a label fails, and consumers refuse its outputs on valid/test.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import mimetypes
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import yaml
+
+from workbench.data.schema import Sample
+from workbench.data.store import DataInfo, file_sha256
+
+TEMPLATE_DIR = Path(__file__).parent / "templates"
+OUTPUTS = ("soft_label", "description", "text")
+MEDIA_URL_PREFIX = "sha256:"
+
+__all__ = ["Template", "Rendered", "Scale", "load_template", "list_templates", "render",
+           "materialize_messages", "TemplateError"]
+
+
+class TemplateError(ValueError):
+    """A template file is malformed, or cannot be rendered for a sample."""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The label set a soft-label template asks for."""
+
+    labels: tuple[str, ...]
+    values: tuple[float, ...]
+    names: tuple[str, ...]
+
+
+@dataclass
+class Template:
+    name: str
+    version: int
+    output: str
+    uses_gold_label: bool
+    system: str
+    user: str
+    answer_prefix: str
+    max_tokens: int
+    max_chars: int
+    max_frames: int
+    stop: tuple[str, ...]
+    """Generation stops at the first of these strings."""
+    scales: dict[str, dict[str, Any]]
+    source: str
+    text: str = field(repr=False)
+    """The file's full text; its hash enters every cache key."""
+
+    @property
+    def hash(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+    def scale(self, info: DataInfo) -> Scale:
+        """The label scale for a dataset: by metric set, or its class names."""
+        if self.output != "soft_label":
+            raise TemplateError(f"template {self.name!r} has output={self.output!r}: no label scale")
+        if info.metric_set == "classification":
+            names = tuple(info.class_names)
+            return Scale(labels=names, values=tuple(float(i) for i in range(len(names))), names=names)
+        spec = self.scales.get(info.metric_set)
+        if spec is None:
+            raise TemplateError(
+                f"template {self.name!r} ({self.source}) has no scale for metric set "
+                f"{info.metric_set!r}; add one under `scales:` (has {sorted(self.scales)})"
+            )
+        labels = tuple(str(x) for x in spec["labels"])
+        values = tuple(float(x) for x in spec["values"])
+        names = tuple(str(x) for x in spec.get("names", labels))
+        if not (len(labels) == len(values) == len(names)):
+            raise TemplateError(f"{self.source}: scale {info.metric_set!r} has labels, values "
+                                "and names of different lengths")
+        return Scale(labels=labels, values=values, names=names)
+
+
+_ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
+                          keep_trailing_newline=False)
+_REQUIRED = ("name", "version", "output", "system", "user")
+
+
+def list_templates() -> list[str]:
+    return sorted(p.stem for p in TEMPLATE_DIR.glob("*.yaml"))
+
+
+@lru_cache(maxsize=64)
+def _load(path: str) -> Template:
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise TemplateError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(d, dict):
+        raise TemplateError(f"{p}: a template is a mapping with keys {list(_REQUIRED)}")
+    missing = [k for k in _REQUIRED if k not in d]
+    if missing:
+        raise TemplateError(f"{p}: missing key(s) {missing}")
+    if d["output"] not in OUTPUTS:
+        raise TemplateError(f"{p}: output={d['output']!r}; use one of {list(OUTPUTS)}")
+    known = set(_REQUIRED) | {"uses_gold_label", "answer_prefix", "max_tokens", "max_chars",
+                              "max_frames", "scales", "description", "stop"}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise TemplateError(f"{p}: unknown key(s) {unknown}; known: {sorted(known)}")
+    for part in ("system", "user"):
+        try:
+            _ENV.parse(d[part])
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateError(f"{p}: {part} is not a valid Jinja template (line {e.lineno}): {e.message}") from None
+    if d["output"] == "soft_label" and not d.get("scales"):
+        raise TemplateError(f"{p}: a soft_label template needs `scales`")
+    return Template(
+        name=str(d["name"]), version=int(d["version"]), output=d["output"],
+        uses_gold_label=bool(d.get("uses_gold_label", False)), system=str(d["system"]),
+        user=str(d["user"]), answer_prefix=str(d.get("answer_prefix", "")),
+        max_tokens=int(d.get("max_tokens", 64)), max_chars=int(d.get("max_chars", 2000)),
+        max_frames=int(d.get("max_frames", 4)), stop=tuple(str(x) for x in d.get("stop") or ()),
+        scales=dict(d.get("scales") or {}),
+        source=str(p), text=text,
+    )
+
+
+def load_template(name_or_path: str) -> Template:
+    """A template by name (``prompts/templates/<name>.yaml``) or by file path."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") and p.is_file():
+        return _load(str(p.resolve()))
+    builtin = TEMPLATE_DIR / f"{name_or_path}.yaml"
+    if builtin.is_file():
+        return _load(str(builtin))
+    raise TemplateError(f"no template {name_or_path!r}: use one of {list_templates()} or a .yaml path")
+
+
+@dataclass
+class Rendered:
+    """One request, ready for any backend and for the cache."""
+
+    messages: list[dict[str, Any]]
+    """Chat messages; image parts carry ``sha256:<hash>`` URLs (see materialize_messages)."""
+    prompt: str
+    """The same request as one plain-text prompt ending in the answer prefix (base models)."""
+    media: dict[str, str]
+    """hash -> file path of each image part."""
+    scale: Scale | None
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Rendered:
+        sc = d.get("scale")
+        scale = None if sc is None else Scale(tuple(sc["labels"]), tuple(sc["values"]), tuple(sc["names"]))
+        return cls(messages=d["messages"], prompt=d["prompt"], media=d.get("media", {}), scale=scale)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"messages": self.messages, "prompt": self.prompt, "media": self.media,
+                "scale": None if self.scale is None else
+                {"labels": list(self.scale.labels), "values": list(self.scale.values),
+                 "names": list(self.scale.names)}}
+
+
+def _frames(sample: Sample, k: int) -> list[str]:
+    frames = sample.media.frames
+    if len(frames) <= k:
+        return list(frames)
+    step = len(frames) / k
+    return [frames[int(i * step + step / 2)] for i in range(k)]
+
+
+def render(template: Template, sample: Sample, info: DataInfo, *, cue_fields: list[str] | tuple[str, ...] = (),
+           variant: int = 0) -> Rendered:
+    """Render ``template`` for ``sample``; raises TemplateError naming the sample on failure."""
+    scale = template.scale(info) if template.output == "soft_label" else None
+    frames = _frames(sample, template.max_frames) if "vision" in info.modalities else []
+    cues = {f.replace("_", " "): sample.meta[f] for f in cue_fields if sample.meta.get(f) not in (None, "")}
+    ctx: dict[str, Any] = {
+        "text": sample.text, "frames": frames, "cues": cues, "variant": variant,
+        "scale": [{"token": t, "name": n, "value": v}
+                  for t, n, v in zip(scale.labels, scale.names, scale.values, strict=True)]
+        if scale else [],
+        "label_range": list(info.label_range),
+    }
+    if template.uses_gold_label:
+        if sample.label is None and sample.label_class is None:
+            raise TemplateError(f"template {template.name!r} shows the gold label but sample "
+                                f"{sample.id!r} has none")
+        ctx["label"] = sample.label if sample.label is not None else info.class_names[sample.label_class]
+    try:
+        system = _ENV.from_string(template.system).render(ctx).strip()
+        user = _ENV.from_string(template.user).render(ctx).strip()
+    except jinja2.UndefinedError as e:
+        hint = " (declare uses_gold_label: true to use `label`)" if "label" in str(e) else ""
+        raise TemplateError(f"template {template.name!r} on sample {sample.id!r}: {e}{hint}") from None
+    media = {file_sha256(f): f for f in frames}
+    content: str | list[dict[str, Any]]
+    if media:
+        content = [{"type": "text", "text": user}] + [
+            {"type": "image_url", "image_url": {"url": MEDIA_URL_PREFIX + h}} for h in media]
+    else:
+        content = user
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": content}]
+    prompt = f"{system}\n\n{user}\n{template.answer_prefix}".rstrip()
+    return Rendered(messages=messages, prompt=prompt, media=media, scale=scale)
+
+
+def _data_url(path: str, expected_hash: str) -> str:
+    if file_sha256(path) != expected_hash:
+        raise TemplateError(f"media file {path} changed since it was rendered; rerun the job")
+    mime = mimetypes.guess_type(path)[0] or "image/jpeg"
+    return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def materialize_messages(messages: list[dict[str, Any]], media: dict[str, str]) -> list[dict[str, Any]]:
+    """Messages with ``sha256:`` image URLs replaced by base64 data URLs of the files."""
+    out = []
+    for m in messages:
+        if isinstance(m["content"], list):
+            parts = []
+            for part in m["content"]:
+                if part.get("type") == "image_url" and part["image_url"]["url"].startswith(MEDIA_URL_PREFIX):
+                    h = part["image_url"]["url"][len(MEDIA_URL_PREFIX):]
+                    part = {"type": "image_url", "image_url": {"url": _data_url(media[h], h)}}
+                parts.append(part)
+            m = {**m, "content": parts}
+        out.append(m)
+    return out

@@ -1,1 +1,42 @@
-"""teachers."""
+"""Teachers: a small protocol, an explicit dict of backends, soft labels, the caching job."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from workbench.config import TeacherConfig
+
+from teachers.base import RawOutput, Teacher, TeacherRequest, TeacherUnavailable
+
+
+def _openai_compat(cfg: TeacherConfig) -> Teacher:
+    from teachers.openai_compat import OpenAICompatTeacher
+
+    return OpenAICompatTeacher(cfg)
+
+
+def _vllm_engine(cfg: TeacherConfig) -> Teacher:
+    from teachers.vllm_engine import VLLMTeacher
+
+    return VLLMTeacher(cfg)
+
+
+def _hf_local(cfg: TeacherConfig) -> Teacher:
+    from teachers.hf_local import HFLocalTeacher
+
+    return HFLocalTeacher(cfg)
+
+
+BACKENDS: dict[str, Callable[[TeacherConfig], Teacher]] = {
+    "openai_compat": _openai_compat,
+    "vllm_engine": _vllm_engine,
+    "hf_local": _hf_local,
+}
+
+
+def make_teacher(cfg: TeacherConfig) -> Teacher:
+    """The backend ``cfg.backend`` names (not yet loaded)."""
+    return BACKENDS[cfg.backend](cfg)
+
+
+__all__ = ["BACKENDS", "RawOutput", "Teacher", "TeacherRequest", "TeacherUnavailable", "make_teacher"]

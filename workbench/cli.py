@@ -31,6 +31,9 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Import, validate and describe datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
+cache_app = typer.Typer(help="Teacher caching jobs: run, status, retry, export, merge.",
+                        no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -219,6 +222,230 @@ def data_stats(
             desc = " ".join(f"{k}:{v}" for k, v in e["classes"].items())
         table.add_row(split, str(e["n"]), *[str(e["available"][m]) for m in stats["modalities"]], desc)
     console.print(table)
+
+
+# ------------------------------------------------------------------------- cache
+
+
+def _split_overrides(overrides: list[str]) -> dict[str, list[str]]:
+    """Route ``teacher.x=1 cache.y=2 data.z=3`` to their sections."""
+    out: dict[str, list[str]] = {"teacher": [], "cache": [], "data": []}
+    for o in overrides:
+        section, _, rest = o.partition(".")
+        if section not in out or not rest or "=" not in rest:
+            raise ConfigError(f"override {o!r} must look like teacher.KEY=V, cache.KEY=V or data.KEY=V")
+        out[section].append(rest)
+    return out
+
+
+def _parse_shard(shard: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in shard.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard={shard!r} must look like i/N, e.g. 0/4") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ConfigError(f"--shard={shard!r}: need 0 <= i < N")
+    return i, n
+
+
+class _JobProgress:
+    """A rich progress bar: done/total, ok/errors, tokens, cost, ETA."""
+
+    def __init__(self, total: int, label: str) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("ETA"),
+            TimeRemainingColumn(), console=err_console, transient=False)
+        self.task = self.progress.add_task(label, total=total, stats="")
+
+    def __enter__(self):
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.progress.__exit__(*exc)
+
+    def __call__(self, report, _out) -> None:
+        stats = (f"ok {report.ok} err {report.errors}  tok {report.tokens_in}+{report.tokens_out}"
+                 f"  ${report.cost_usd:.4f}")
+        self.progress.update(self.task, completed=sum(report.finished.values()), stats=stats)
+
+
+def _print_report(report, store, job: str) -> None:
+    st = store.status(job)
+    console.print(
+        f"job {job}: {report.selected} samples, {report.unique_keys} keys, "
+        f"{report.already_ok} already cached, {report.sent} sent "
+        f"({report.ok} ok, {report.errors} errors, {report.retries} retries) in {report.wall_s:.1f}s; "
+        f"tokens {report.tokens_in}+{report.tokens_out}, cost ${report.cost_usd:.4f}")
+    if report.sent == 0:
+        console.print("nothing to do: every key is already in the cache (no teacher calls)")
+    if report.stopped == "budget":
+        console.print(f"[yellow]stopped: teacher.budget_usd reached; rerun with a larger budget "
+                      f"to continue[/]")
+    console.print(f"cache now: {st['ok']}/{st['keys']} ok, errors {st['errors'] or 'none'}, "
+                  f"pending {st['pending']}")
+
+
+@cache_app.command("run")
+def cache_run(
+    teacher: Annotated[Path, typer.Option(help="Teacher YAML (configs/teachers/...).")],
+    data: Annotated[str, typer.Option(help="Data YAML config or dataset path.")],
+    template: Annotated[str, typer.Option(help="Template name or .yaml path.")] = "sentiment_score",
+    cache: Annotated[Path, typer.Option(help="Cache directory.")] = Path("runs/cache"),
+    splits: Annotated[str, typer.Option(help="Comma-separated splits (default: all).")] = "",
+    shard: Annotated[str, typer.Option(help="Deterministic subset i/N of the samples.")] = "0/1",
+    variants: Annotated[int, typer.Option(help="Requests per sample (e.g. k paraphrases).")] = 1,
+    limit: Annotated[int, typer.Option(help="Only the first N selected samples (0: all).")] = 0,
+    overrides: Annotated[list[str] | None, typer.Argument(help="teacher.K=V, cache.K=V, data.K=V")] = None,
+) -> None:
+    """Ask a teacher about every sample and store the answers (resumable)."""
+    from prompts import TemplateError, load_template
+    from teachers import make_teacher
+    from teachers.job import CachingJob, JobFailed
+    from workbench.cache.store import CacheStore
+    from workbench.config import CacheConfig, TeacherConfig, dump_config
+    from workbench.data import DataError, load_dataset
+
+    try:
+        ov = _split_overrides(overrides or [])
+        tcfg = load_config(TeacherConfig, teacher, ov["teacher"])
+        ccfg = load_config(CacheConfig, None, [f"dir={cache}", f"template={template}", *ov["cache"]])
+        dcfg = data_config(data, ov["data"])
+        tmpl = load_template(ccfg.template)
+        ds = load_dataset(dcfg)
+        wanted = [s for s in splits.split(",") if s] or None
+        shard_t = _parse_shard(shard)
+    except (ConfigError, DataError, TemplateError) as e:
+        raise _fail(str(e)) from None
+    backend = make_teacher(tcfg)
+    with CacheStore(ccfg.dir) as store:
+        job = CachingJob(tcfg, ccfg, tmpl, ds, store, backend.model_id())
+        planned = job.plan(wanted, shard_t, variants)
+        if limit:
+            planned = planned[:limit]
+        dump_config({"teacher": tcfg, "cache": ccfg, "data": dcfg}, ccfg.dir / Path("jobs") / job.job_id)
+        todo = len({p.key for p in planned} - store.ok_keys())
+        try:
+            if todo:
+                backend.load()
+                with _JobProgress(todo, f"{tmpl.name} x {tcfg.model}") as bar:
+                    report = job.run(backend, planned, progress=bar)
+            else:
+                report = job.run(backend, planned)
+        except JobFailed as e:
+            raise _fail(str(e), code=1) from None
+        finally:
+            backend.close()
+        _print_report(report, store, job.job_id)
+
+
+def _store(cache: Path):
+    from workbench.cache.store import CacheError, CacheStore
+
+    try:
+        return CacheStore(cache, create=False)
+    except CacheError as e:
+        raise _fail(str(e)) from None
+
+
+@cache_app.command("status")
+def cache_status(
+    cache: Annotated[Path, typer.Argument(help="Cache directory.")] = Path("runs/cache"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Counts by status and error kind, tokens and cost, per job."""
+    with _store(cache) as store:
+        jobs = store.jobs()
+        out = {"cache": str(cache), "total": store.status(),
+               "jobs": [{**j, "status": store.status(j["job"])} for j in jobs]}
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    table = Table(title=f"cache {cache}")
+    for col in ("job", "template", "teacher", "data", "ok/keys", "errors", "pending",
+                "tokens in+out", "cost $", "mean latency s"):
+        table.add_column(col)
+    for j in out["jobs"]:
+        st = j["status"]
+        errs = ", ".join(f"{k}={v}" for k, v in st["errors"].items()) or "-"
+        table.add_row(j["job"], j["template"], j["teacher"], f"{j['data_name']} ({j['data_fingerprint']})",
+                      f"{st['ok']}/{st['keys']}", errs, str(st["pending"]),
+                      f"{st['tokens_in']}+{st['tokens_out']}", f"{st['cost_usd']:.4f}",
+                      f"{st['mean_latency_s']:.3f}")
+    console.print(table)
+
+
+@cache_app.command("retry")
+def cache_retry(
+    cache: Annotated[Path, typer.Argument(help="Cache directory.")],
+    teacher: Annotated[Path, typer.Option(help="Teacher YAML; must be the model the job used.")],
+    errors: Annotated[str, typer.Option(help="Comma-separated error kinds (default: all).")] = "",
+    job: Annotated[str, typer.Option(help="Job id (default: every job in the cache).")] = "",
+    overrides: Annotated[list[str] | None, typer.Argument(help="teacher.K=V")] = None,
+) -> None:
+    """Re-send the requests whose current answer is an error (from the stored requests)."""
+    from teachers import make_teacher
+    from teachers.job import JobFailed, retry_errors
+    from workbench.config import TeacherConfig
+
+    try:
+        ov = _split_overrides(overrides or [])
+        tcfg = load_config(TeacherConfig, teacher, ov["teacher"])
+    except ConfigError as e:
+        raise _fail(str(e)) from None
+    kinds = [k for k in errors.split(",") if k]
+    backend = make_teacher(tcfg)
+    with _store(cache) as store:
+        try:
+            reports = retry_errors(store, backend, tcfg, kinds=kinds, job=job or None)
+        except (JobFailed, ValueError) as e:
+            raise _fail(str(e), code=1) from None
+        finally:
+            backend.close()
+        if not reports:
+            console.print("no error rows to retry")
+        for r in reports:
+            _print_report(r, store, r.job)
+
+
+@cache_app.command("export")
+def cache_export(
+    cache: Annotated[Path, typer.Argument(help="Cache directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help=".parquet file or a directory (hf).")],
+    fmt: Annotated[str, typer.Option("--format", help="parquet or hf.")] = "parquet",
+    job: Annotated[str, typer.Option(help="Only this job id.")] = "",
+) -> None:
+    """Write the cache (one row per job and sample) as Parquet or a HF dataset on disk."""
+    from workbench.cache.export import export
+
+    if fmt not in ("parquet", "hf"):
+        raise _fail(f"--format={fmt!r}: use parquet or hf")
+    with _store(cache) as store:
+        n = export(store, out, fmt, job or None)
+    console.print(f"wrote {n} rows to {out}")
+
+
+@cache_app.command("merge")
+def cache_merge(
+    dest: Annotated[Path, typer.Argument(help="Cache directory to merge into (created if absent).")],
+    sources: Annotated[list[Path], typer.Argument(help="Cache directories to merge from.")],
+) -> None:
+    """Combine caches (e.g. shards from several machines) by key; idempotent."""
+    from workbench.cache.store import CacheError, CacheStore
+
+    with CacheStore(dest) as store:
+        for src in sources:
+            try:
+                added = store.merge_from(src)
+            except CacheError as e:
+                raise _fail(str(e)) from None
+            console.print(f"merged {src}: {added['attempts_added']} attempts added")
+        st = store.status()
+    console.print(f"{dest}: {st['ok']}/{st['keys']} keys ok")
 
 
 @app.command()

@@ -182,6 +182,8 @@ class TeacherConfig:
     """Cap on generated tokens; 0 uses each template's own bound."""
     top_logprobs: int = 20
     """How many alternatives per position to request for soft labels."""
+    repetition_penalty: float = 1.0
+    """>1 discourages repeats (small base models loop without it); 1.0 is off."""
     seed: int = 0
     max_concurrency: int = 8
     requests_per_minute: int = 0
@@ -213,6 +215,8 @@ class TeacherConfig:
                "use 0 (the template's bound) or a positive cap")
         _check(0 <= self.top_logprobs <= 20, "teacher.top_logprobs", self.top_logprobs,
                "OpenAI-compatible servers accept 0..20")
+        _check(self.repetition_penalty > 0, "teacher.repetition_penalty", self.repetition_penalty,
+               "use 1.0 (off) or a value such as 1.2")
         _check(self.max_concurrency >= 1, "teacher.max_concurrency", self.max_concurrency,
                "use at least 1")
         _check(self.timeout_s > 0, "teacher.timeout_s", self.timeout_s, "use a positive number")

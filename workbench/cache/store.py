@@ -1,0 +1,314 @@
+"""The teacher-output cache: one SQLite file (WAL) per cache directory.
+
+Tables
+  jobs         one row per job spec (template, teacher, decoding, data fingerprint)
+  requests     key -> the request a teacher was sent (messages with media by hash, params)
+  sample_keys  (job, sample id) -> key: which key answers which sample in which job
+  outputs      append-only attempts; at most one ``ok`` row per key (a partial unique
+               index), so two writers can never duplicate an answer
+
+A key's current state is its ok row if it has one, else its latest error. Every attempt
+is committed as soon as it finishes, so killing a job loses at most the in-flight
+requests. ``manifest.json`` beside the database describes the jobs for humans and for
+consumers that check what a cache was made from.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from workbench.cache.records import OK, SoftLabel, TeacherOutput, stable_hash
+
+DB_FILE = "cache.sqlite"
+MANIFEST_FILE = "manifest.json"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
+CREATE TABLE IF NOT EXISTS jobs (job TEXT PRIMARY KEY, spec TEXT NOT NULL, created_at REAL);
+CREATE TABLE IF NOT EXISTS requests (
+    key TEXT PRIMARY KEY, request TEXT NOT NULL, created_at REAL);
+CREATE TABLE IF NOT EXISTS sample_keys (
+    job TEXT NOT NULL, sample_id TEXT NOT NULL, split TEXT, key TEXT NOT NULL,
+    PRIMARY KEY (job, sample_id));
+CREATE INDEX IF NOT EXISTS sample_keys_key ON sample_keys(key);
+CREATE TABLE IF NOT EXISTS outputs (
+    attempt TEXT PRIMARY KEY, key TEXT NOT NULL, status TEXT NOT NULL, error TEXT,
+    raw_text TEXT, description TEXT, soft_label TEXT, top_logprobs TEXT,
+    tokens_in INTEGER, tokens_out INTEGER, latency_s REAL, cost_usd REAL,
+    retries INTEGER, created_at REAL, meta TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS outputs_ok_once ON outputs(key) WHERE status = 'ok';
+CREATE INDEX IF NOT EXISTS outputs_key ON outputs(key, created_at);
+"""
+
+_OUT_COLS = ("attempt", "key", "status", "error", "raw_text", "description", "soft_label",
+             "top_logprobs", "tokens_in", "tokens_out", "latency_s", "cost_usd", "retries",
+             "created_at", "meta")
+
+
+class CacheError(RuntimeError):
+    """The cache directory is missing, unreadable, or does not match what was asked."""
+
+
+@dataclass
+class JobSpec:
+    """What determines a job's answers; its hash is the job id."""
+
+    template: str
+    template_version: int
+    template_hash: str
+    uses_gold_label: bool
+    output: str
+    """``soft_label``, ``description`` or ``text``."""
+    teacher: str
+    """Model id (name and revision) as it enters the keys."""
+    backend: str
+    decoding: dict[str, Any]
+    data_name: str
+    data_fingerprint: str
+
+    @property
+    def job_id(self) -> str:
+        return stable_hash(self.__dict__, 16)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"job": self.job_id, **self.__dict__}
+
+
+def _row_to_output(row: sqlite3.Row) -> TeacherOutput:
+    sl = json.loads(row["soft_label"]) if row["soft_label"] else None
+    return TeacherOutput(
+        key=row["key"], status=row["status"], error=row["error"] or "",
+        raw_text=row["raw_text"] or "", description=row["description"],
+        soft_label=SoftLabel.from_json(sl) if sl else None,
+        top_logprobs=json.loads(row["top_logprobs"]) if row["top_logprobs"] else None,
+        tokens_in=row["tokens_in"] or 0, tokens_out=row["tokens_out"] or 0,
+        latency_s=row["latency_s"] or 0.0, cost_usd=row["cost_usd"] or 0.0,
+        retries=row["retries"] or 0, created_at=row["created_at"] or 0.0,
+        meta=json.loads(row["meta"]) if row["meta"] else {},
+    )
+
+
+class CacheStore:
+    """Read and append teacher outputs in ``cache_dir``."""
+
+    def __init__(self, cache_dir: str | Path, *, create: bool = True, timeout_s: float = 60.0):
+        self.dir = Path(cache_dir)
+        db = self.dir / DB_FILE
+        if not db.is_file() and not create:
+            raise CacheError(f"no cache at {self.dir} (missing {DB_FILE}); run `workbench cache run` first")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.conn = sqlite3.connect(str(db), timeout=timeout_s, isolation_level=None)
+        self.conn.row_factory = sqlite3.Row
+        self.conn.execute("PRAGMA journal_mode=WAL")
+        self.conn.execute("PRAGMA synchronous=NORMAL")
+        self.conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+        with self.transaction():
+            for statement in _SCHEMA.split(";"):  # executescript would commit mid-way
+                if statement.strip():
+                    self.conn.execute(statement)
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
+                              (str(SCHEMA_VERSION),))
+        version = int(self.conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0])
+        if version != SCHEMA_VERSION:
+            raise CacheError(f"{db}: cache schema v{version}, this workbench reads v{SCHEMA_VERSION}")
+
+    # plumbing ---------------------------------------------------------------
+    class _Tx:
+        def __init__(self, conn: sqlite3.Connection) -> None:
+            self.conn = conn
+
+        def __enter__(self) -> sqlite3.Connection:
+            self.conn.execute("BEGIN IMMEDIATE")
+            return self.conn
+
+        def __exit__(self, exc_type, exc, tb) -> None:
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+
+    def transaction(self) -> _Tx:
+        """A write transaction (taken immediately, so concurrent writers queue, not fail)."""
+        return self._Tx(self.conn)
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> CacheStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # jobs and requests ------------------------------------------------------
+    def register_job(self, spec: JobSpec) -> str:
+        with self.transaction() as c:
+            c.execute("INSERT OR IGNORE INTO jobs VALUES (?, ?, ?)",
+                      (spec.job_id, json.dumps(spec.to_json(), sort_keys=True), time.time()))
+        self.write_manifest()
+        return spec.job_id
+
+    def jobs(self) -> list[dict[str, Any]]:
+        rows = self.conn.execute("SELECT spec FROM jobs ORDER BY created_at").fetchall()
+        return [json.loads(r["spec"]) for r in rows]
+
+    def add_requests(self, job: str, items: Iterable[tuple[str, str, str, dict[str, Any]]]) -> None:
+        """Record (sample id, split, key, request) for ``job``; idempotent."""
+        now = time.time()
+        items = list(items)
+        with self.transaction() as c:
+            c.executemany("INSERT OR IGNORE INTO requests VALUES (?, ?, ?)",
+                          [(k, json.dumps(req, sort_keys=True), now) for _, _, k, req in items])
+            c.executemany("INSERT OR REPLACE INTO sample_keys VALUES (?, ?, ?, ?)",
+                          [(job, sid, split, k) for sid, split, k, _ in items])
+
+    def request(self, key: str) -> dict[str, Any]:
+        row = self.conn.execute("SELECT request FROM requests WHERE key=?", (key,)).fetchone()
+        if row is None:
+            raise CacheError(f"{self.dir}: no stored request for key {key}")
+        return json.loads(row["request"])
+
+    def sample_keys(self, job: str) -> dict[str, tuple[str, str]]:
+        """sample id -> (split, key) for ``job``."""
+        rows = self.conn.execute("SELECT sample_id, split, key FROM sample_keys WHERE job=?", (job,))
+        return {r["sample_id"]: (r["split"], r["key"]) for r in rows}
+
+    # outputs ----------------------------------------------------------------
+    def put(self, out: TeacherOutput) -> bool:
+        """Append one attempt; False if ``out`` is ok and the key already had an ok row."""
+        row = self._row(out)
+        with self.transaction() as c:
+            cur = c.execute(
+                f"INSERT OR IGNORE INTO outputs ({', '.join(_OUT_COLS)}) "
+                f"VALUES ({', '.join('?' * len(_OUT_COLS))})", row)
+        return cur.rowcount == 1
+
+    @staticmethod
+    def _row(out: TeacherOutput) -> tuple[Any, ...]:
+        return (
+            uuid.uuid4().hex, out.key, out.status, out.error, out.raw_text, out.description,
+            json.dumps(out.soft_label.to_json()) if out.soft_label else None,
+            json.dumps(out.top_logprobs) if out.top_logprobs is not None else None,
+            out.tokens_in, out.tokens_out, out.latency_s, out.cost_usd, out.retries,
+            out.created_at or time.time(), json.dumps(out.meta) if out.meta else None,
+        )
+
+    def ok_keys(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT key FROM outputs WHERE status='ok'")}
+
+    def _current_rows(self, job: str | None) -> Iterator[sqlite3.Row]:
+        """The current row of every key (of ``job``): its ok row, else its latest error."""
+        scope = "WHERE key IN (SELECT key FROM sample_keys WHERE job = :job)" if job else ""
+        sql = f"""
+            SELECT * FROM (
+                SELECT o.*, ROW_NUMBER() OVER (
+                    PARTITION BY key ORDER BY (status = 'ok') DESC, created_at DESC) AS rn
+                FROM outputs o {scope}) WHERE rn = 1"""
+        return iter(self.conn.execute(sql, {"job": job}))
+
+    def current(self, job: str | None = None) -> dict[str, TeacherOutput]:
+        """key -> current output, for every key that has at least one attempt."""
+        return {r["key"]: _row_to_output(r) for r in self._current_rows(job)}
+
+    def error_keys(self, kinds: Iterable[str] | None = None, job: str | None = None) -> list[str]:
+        kinds = set(kinds or [])
+        return sorted(k for k, o in self.current(job).items()
+                      if not o.ok and (not kinds or o.status in kinds))
+
+    def attempts(self, key: str) -> list[TeacherOutput]:
+        rows = self.conn.execute("SELECT * FROM outputs WHERE key=? ORDER BY created_at", (key,))
+        return [_row_to_output(r) for r in rows]
+
+    def count_rows(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM outputs").fetchone()[0]
+
+    # reporting --------------------------------------------------------------
+    def status(self, job: str | None = None) -> dict[str, Any]:
+        """Counts by status and error kind, tokens, cost, retries (for ``job`` or all)."""
+        cur = self.current(job)
+        if job:
+            wanted = {k for _, k in self.sample_keys(job).values()}
+        else:
+            wanted = {r[0] for r in self.conn.execute("SELECT key FROM requests")}
+        counts = Counter(o.status for k, o in cur.items() if k in wanted)
+        scope = "WHERE key IN (SELECT key FROM sample_keys WHERE job = ?)" if job else ""
+        agg = self.conn.execute(
+            f"SELECT COUNT(*), COALESCE(SUM(tokens_in),0), COALESCE(SUM(tokens_out),0), "
+            f"COALESCE(SUM(cost_usd),0), COALESCE(SUM(retries),0), COALESCE(AVG(latency_s),0) "
+            f"FROM outputs {scope}", (job,) if job else ()).fetchone()
+        ok_lat = [o.latency_s for k, o in cur.items() if o.ok and k in wanted]
+        return {
+            "keys": len(wanted),
+            "ok": counts.get(OK, 0),
+            "errors": {k: v for k, v in sorted(counts.items()) if k != OK},
+            "pending": len(wanted) - sum(counts.values()),
+            "attempts": agg[0], "tokens_in": agg[1], "tokens_out": agg[2],
+            "cost_usd": round(agg[3], 6), "retries": agg[4],
+            "mean_latency_s": (sum(ok_lat) / len(ok_lat)) if ok_lat else 0.0,
+        }
+
+    def write_manifest(self) -> Path:
+        """``manifest.json``: the jobs this cache holds (atomic replace)."""
+        path = self.dir / MANIFEST_FILE
+        tmp = path.with_suffix(f".tmp{uuid.uuid4().hex[:6]}")
+        tmp.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "jobs": self.jobs()},
+                                  indent=2, sort_keys=True) + "\n")
+        tmp.replace(path)
+        return path
+
+    # sharing ----------------------------------------------------------------
+    def merge_from(self, other_dir: str | Path) -> dict[str, int]:
+        """Copy another cache's jobs, requests, mappings and attempts into this one.
+
+        Idempotent: attempts are keyed by their id and ok rows by key, so merging twice,
+        or merging caches that overlap, adds nothing twice.
+        """
+        other = Path(other_dir) / DB_FILE
+        if not other.is_file():
+            raise CacheError(f"no cache at {other_dir} (missing {DB_FILE})")
+        before = self.count_rows()
+        self.conn.execute("ATTACH DATABASE ? AS other", (str(other),))
+        try:
+            with self.transaction() as c:
+                c.execute("INSERT OR IGNORE INTO jobs SELECT * FROM other.jobs")
+                c.execute("INSERT OR IGNORE INTO requests SELECT * FROM other.requests")
+                c.execute("INSERT OR IGNORE INTO sample_keys SELECT * FROM other.sample_keys")
+                c.execute(f"INSERT OR IGNORE INTO outputs ({', '.join(_OUT_COLS)}) "
+                          f"SELECT {', '.join(_OUT_COLS)} FROM other.outputs ORDER BY created_at")
+        finally:
+            self.conn.execute("DETACH DATABASE other")
+        self.write_manifest()
+        return {"attempts_added": self.count_rows() - before}
+
+    def export_rows(self, job: str | None = None) -> list[dict[str, Any]]:
+        """One flat row per (job, sample): the sample's current output and the job spec."""
+        specs = {j["job"]: j for j in self.jobs()}
+        cur = self.current()
+        rows = []
+        q = "SELECT job, sample_id, split, key FROM sample_keys" + (" WHERE job=?" if job else "")
+        for r in self.conn.execute(q, (job,) if job else ()):
+            o = cur.get(r["key"])
+            spec = specs.get(r["job"], {})
+            sl = o.soft_label if o else None
+            rows.append({
+                "job": r["job"], "template": spec.get("template"), "teacher": spec.get("teacher"),
+                "data_fingerprint": spec.get("data_fingerprint"),
+                "sample_id": r["sample_id"], "split": r["split"], "key": r["key"],
+                "status": o.status if o else "pending", "error": o.error if o else "",
+                "raw_text": o.raw_text if o else None,
+                "description": o.description if o else None,
+                "soft_probs": sl.probs if sl else None,
+                "soft_values": sl.values if sl else None,
+                "soft_expected": sl.expected if sl else None,
+                "soft_entropy": sl.entropy if sl else None,
+                "soft_off_label_mass": sl.off_label_mass if sl else None,
+                "tokens_in": o.tokens_in if o else 0, "tokens_out": o.tokens_out if o else 0,
+                "latency_s": o.latency_s if o else 0.0, "cost_usd": o.cost_usd if o else 0.0,
+            })
+        return rows
