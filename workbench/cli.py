@@ -52,7 +52,7 @@ def _main(
         handlers=[RichHandler(console=err_console, show_path=False, show_time=False)],
         force=True,
     )
-    for noisy in ("httpx", "urllib3", "datasets", "filelock", "fsspec"):
+    for noisy in ("httpx", "httpx2", "openai", "urllib3", "datasets", "filelock", "fsspec"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 

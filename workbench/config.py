@@ -31,6 +31,8 @@ __all__ = [
     "CacheConfig",
     "StudentConfig",
     "TrainConfig",
+    "SignalsConfig",
+    "LossConfig",
     "EvalConfig",
     "DistillConfig",
     "load_config",
@@ -334,40 +336,86 @@ class StudentConfig:
 
 @dataclass
 class TrainConfig:
-    """The optimisation loop."""
+    """The optimisation loop (``students.trainer``)."""
 
     output_dir: str = "runs/student"
+    """Run directory: ``checkpoint-best/``, ``last/`` (resume state), ``prompted/`` (stage 1
+    of ``privileged: prompted``), the resolved config and, with tracking, the logs."""
     seed: int = 1111
+    """Seeds the weights' initialisation, the data order and the masks; each epoch's data
+    order and masks depend only on (seed, epoch), so a resumed run equals an unbroken one."""
     epochs: int = 10
     batch_size: int = 32
+    """Samples per process and step (before gradient accumulation)."""
     grad_accum: int = 1
+    """Batches whose gradients add up before each optimizer step."""
     lr: float = 5e-4
+    """Learning rate of everything but the text encoder (encoders, fusion, heads)."""
     encoder_lr: float = 1e-4
+    """Learning rate of the text encoder's trainable weights (LoRA adapter or, in ``full``
+    mode, the whole encoder)."""
     weight_decay: float = 0.01
+    """AdamW weight decay (biases and norm weights get none)."""
     warmup_ratio: float = 0.1
+    """Fraction of the optimizer steps with a linear warmup; a cosine decay follows."""
     max_grad_norm: float = 1.0
+    """Clip the gradient norm to this before each step; 0 turns clipping off."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast through accelerate; ``fp16`` needs a GPU, ``bf16`` a GPU or CPU with bf16."""
     task_loss: Literal["l1", "mse", "ce"] = "l1"
+    """Loss against gold labels: ``l1`` / ``mse`` for regression, ``ce`` for classification."""
     select_metric: str = "valid_mae"
-    """Validation metric that picks the checkpoint (``valid_`` + a metric name)."""
-    select_mode: Literal["min", "max"] = "min"
+    """Validation metric that picks the checkpoint (``valid_`` + a metric name of the
+    dataset's metric set, e.g. ``valid_mae``, ``valid_acc2_non0``)."""
+    select_mode: Literal["auto", "min", "max"] = "auto"
+    """Whether smaller or larger ``select_metric`` is better; ``auto`` takes it from the
+    metric (``eval.metrics.higher_is_better``); an explicit value must agree with it."""
     early_stop_patience: int = 5
+    """Stop after this many epochs without a better validation value; 0: never stop early."""
     num_workers: int = 0
+    """DataLoader worker processes (0: collate in the training process)."""
     weighting: Literal["none", "quality"] = "none"
     """Per-sample weights: ``none`` (all ones) or ``quality`` (teacher confidence,
     off-label mass, teacher-gold agreement, augmentation consistency; see
-    ``students.weighting``)."""
+    ``students.weighting``). ``quality`` needs teacher soft labels (``signals``)."""
     weight_floor: float = 0.1
     """Smallest quality weight, so no sample is silently dropped (in (0, 1])."""
     weight_agreement_scale: float = 0.0
     """|teacher expected score - gold| at which agreement reaches 0; 0: half the width of
     the dataset's label range."""
     missing_train: bool = False
-    """LNLN missing-modality training: random per-sample, per-modality missing rates."""
+    """LNLN missing-modality training: random per-sample, per-modality missing rates,
+    seeded by (seed, epoch, sample id). A privileged teacher always sees complete inputs."""
     missing_complete_fraction: float = 0.5
     """Fraction of training samples kept complete under ``missing_train``."""
+    privileged: Literal["none", "prompted"] = "none"
+    """MMSLF two-stage distillation. ``none``: train the model alone. ``prompted``: stage 1
+    trains the prompted network (this student plus a branch that reads the teacher's cached
+    descriptions, ``signals.description_template``) on gold labels into
+    ``<output_dir>/prompted/`` (or reuses ``prompted_checkpoint``); stage 2 trains the plain
+    student on gold labels, soft labels and privileged KD from that frozen network
+    (``loss.privileged_*``). The plain student never sees a description."""
+    prompted_checkpoint: str = ""
+    """``checkpoint-best`` directory of a trained prompted network to reuse as the
+    privileged teacher (empty: stage 1 runs inside this run)."""
+    prompted_epochs: int = 0
+    """Epochs of stage 1 (the prompted network); 0: the same as ``epochs``."""
+    log_with: Literal["none", "tensorboard"] = "none"
+    """Experiment tracking through accelerate's trackers: ``tensorboard`` writes event files
+    under ``<output_dir>/`` (needs the ``tensorboard`` package); ``none`` logs only text."""
+    overwrite: bool = False
+    """Start afresh in an ``output_dir`` that already holds a run. Without it such a run
+    must be continued (``--resume``) or written elsewhere."""
+    group_by_length: bool = False
+    """Batch training samples of similar text length together (within random groups of
+    50 batches; batch order still shuffled): much less padding, so faster steps on CPU."""
+    num_threads: int = 0
+    """Torch intra-op CPU threads per process; 0: torch's default (all cores). On a small
+    or shared machine 1 is often several times faster than oversubscribed threads."""
 
     def __post_init__(self) -> None:
+        _check(self.num_threads >= 0, "train.num_threads", self.num_threads,
+               "use 0 (torch's default) or a positive thread count")
         _check(0.0 < self.weight_floor <= 1.0, "train.weight_floor", self.weight_floor,
                "use a floor in (0, 1]; 1 turns quality weighting into all ones")
         _check(self.weight_agreement_scale >= 0, "train.weight_agreement_scale",
@@ -378,11 +426,25 @@ class TrainConfig:
         _check(self.batch_size >= 1, "train.batch_size", self.batch_size, "use at least 1")
         _check(self.grad_accum >= 1, "train.grad_accum", self.grad_accum, "use at least 1")
         _check(self.lr > 0, "train.lr", self.lr, "use a positive learning rate")
+        _check(self.encoder_lr >= 0, "train.encoder_lr", self.encoder_lr,
+               "use a non-negative learning rate (0 keeps the text encoder's weights fixed)")
+        _check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay,
+               "use 0 or a positive decay")
+        _check(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm,
+               "use 0 (no clipping) or a positive norm, e.g. 1.0")
         _check(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", self.warmup_ratio,
                "use a fraction in [0, 1)")
+        _check(self.early_stop_patience >= 0, "train.early_stop_patience",
+               self.early_stop_patience, "use 0 (no early stopping) or a positive count")
+        _check(self.num_workers >= 0, "train.num_workers", self.num_workers, "use 0 or more")
+        _check(self.prompted_epochs >= 0, "train.prompted_epochs", self.prompted_epochs,
+               "use 0 (same as train.epochs) or a positive count")
         _check(self.select_metric.startswith("valid_"), "train.select_metric",
                self.select_metric,
                "checkpoints are selected on the validation split only; use valid_<metric>")
+        _check(not self.prompted_checkpoint or self.privileged == "prompted",
+               "train.prompted_checkpoint", self.prompted_checkpoint,
+               "it is only read with train.privileged=prompted; set that or leave it empty")
 
 
 # --------------------------------------------------------------------------- eval
@@ -409,14 +471,106 @@ class EvalConfig:
 
 
 @dataclass
+class SignalsConfig:
+    """Which teacher outputs a distillation run reads from a cache (``workbench cache run``).
+
+    Training joins the dataset's samples to the cache by sample id and refuses to start
+    when the cache was made from other data, with another template or teacher, or holds
+    too few ok answers. An empty ``cache_dir`` means gold labels only.
+    """
+
+    cache_dir: str = ""
+    """Teacher cache directory (holds ``cache.sqlite``); empty: no teacher signals."""
+    soft_label_template: str = "sentiment_score"
+    """Template whose soft labels (distributions over the label bins) the student is
+    distilled from, on train samples; empty: no soft labels."""
+    description_template: str = "context_aware"
+    """Template whose descriptions the prompted network reads (``train.privileged:
+    prompted`` or ``student.prompted: true``), on train and valid samples; read only then."""
+    teacher: str = ""
+    """Use the cache's jobs of this teacher (model id, with or without ``@revision``);
+    empty: the only job of each template for this data."""
+    min_ok_fraction: float = 0.9
+    """Refuse a job with ok answers for fewer than this fraction of the samples asked for."""
+
+    def __post_init__(self) -> None:
+        _check(0.0 <= self.min_ok_fraction <= 1.0, "signals.min_ok_fraction",
+               self.min_ok_fraction, "use a fraction in [0, 1]")
+
+
+@dataclass
+class LossConfig:
+    """Weights of the distillation losses added to the gold-label task loss (weight 1).
+
+    A term whose signal is absent (no cache, no privileged network) is not computed.
+    """
+
+    soft_label_kd: float = 1.0
+    """Weight of ``T^2 KL(teacher || student)`` over the label bins (teacher soft labels)."""
+    expected_score: float = 0.5
+    """Weight of |student's expected score over the bins - teacher's expected score|
+    (regression only)."""
+    temperature: float = 1.0
+    """Distillation temperature ``T`` of the soft-label KD."""
+    privileged_pred: float = 1.0
+    """Weight of the KD from the prompted network's prediction (L1 for regression, KL of
+    the class distributions for classification)."""
+    privileged_repr: float = 0.5
+    """Weight of the KD from the prompted network's fused representation (through the
+    student's projection ``kd_proj``)."""
+    privileged_repr_kind: Literal["cosine", "mse"] = "cosine"
+    """Distance for the representation KD."""
+    privileged_attn: float = 0.0
+    """Weight of the KD from the prompted network's text-to-modality fusion attention."""
+    unimodal_aux: float = 0.0
+    """Weight of the gold-label loss of each modality's auxiliary head (averaged over the
+    modalities, each on the samples that have it)."""
+
+    def __post_init__(self) -> None:
+        for name in ("soft_label_kd", "expected_score", "privileged_pred", "privileged_repr",
+                     "privileged_attn", "unimodal_aux"):
+            _check(getattr(self, name) >= 0, f"loss.{name}", getattr(self, name),
+                   "use 0 (term off) or a positive weight")
+        _check(self.temperature > 0, "loss.temperature", self.temperature,
+               "use a positive temperature, e.g. 1.0 or 2.0")
+
+
+@dataclass
 class DistillConfig:
     """A whole distillation run: ``accelerate launch distill.py --config ...``."""
 
     data: DataConfig = field(default_factory=DataConfig)
-    cache: CacheConfig = field(default_factory=CacheConfig)
+    signals: SignalsConfig = field(default_factory=SignalsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        classification = self.data.task == "classification"
+        _check((self.train.task_loss == "ce") == classification, "train.task_loss",
+               self.train.task_loss,
+               "use ce for a classification dataset" if classification
+               else "use l1 or mse for a regression dataset (ce is for classification)")
+        sig = self.signals
+        # (student.prompted alone is checked when training starts: the config of a
+        # prompted checkpoint may be loaded without its cache.)
+        if self.train.privileged == "prompted":
+            _check(bool(sig.cache_dir), "signals.cache_dir", sig.cache_dir,
+                   "train.privileged=prompted needs the teacher's descriptions: point it "
+                   "at a teacher cache, or set train.privileged=none")
+            _check(bool(sig.description_template), "signals.description_template",
+                   sig.description_template,
+                   "train.privileged=prompted needs a description template, e.g. context_aware")
+        _check(not (self.train.privileged == "prompted" and self.student.prompted),
+               "student.prompted", self.student.prompted,
+               "with train.privileged=prompted the prompted network is stage 1 and the "
+               "student stays plain (it never sees descriptions); set student.prompted=false")
+        if self.train.weighting == "quality":
+            _check(bool(sig.cache_dir and sig.soft_label_template), "train.weighting",
+                   self.train.weighting,
+                   "quality weights score the teacher's soft labels: set signals.cache_dir "
+                   "and signals.soft_label_template, or train.weighting=none")
 
 
 # ------------------------------------------------------------------ (de)serialise

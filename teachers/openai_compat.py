@@ -1,0 +1,254 @@
+"""``openai_compat``: any OpenAI-compatible endpoint (OpenAI, ``vllm serve``, llama.cpp).
+
+The official ``openai`` async client with its own retries turned off; this module
+retries instead, so every attempt is counted: jittered exponential backoff on 429, 5xx,
+timeouts, connection errors and malformed bodies, honouring ``Retry-After``. Requests run
+with bounded concurrency under requests-per-minute and tokens-per-minute limits, each
+with a timeout. The API key is read from the environment variable the config names and
+goes nowhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Iterable
+from typing import Any
+
+from prompts import materialize_messages
+from workbench.config import TeacherConfig
+
+from teachers.base import OnResult, RawOutput, TeacherRequest
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF_S = 30.0
+MAX_RETRY_AFTER_S = 120.0
+
+
+class RateLimiter:
+    """Requests-per-minute and tokens-per-minute limits over a sliding 60 s window."""
+
+    def __init__(self, rpm: int, tpm: int, clock=time.monotonic) -> None:
+        self.rpm, self.tpm, self.clock = rpm, tpm, clock
+        self.events: deque[tuple[float, int]] = deque()
+        self.lock = asyncio.Lock()
+
+    def _delay(self, tokens: int) -> float:
+        now = self.clock()
+        while self.events and now - self.events[0][0] >= 60.0:
+            self.events.popleft()
+        wait = 0.0
+        if self.rpm and len(self.events) >= self.rpm:
+            wait = max(wait, 60.0 - (now - self.events[len(self.events) - self.rpm][0]))
+        if self.tpm:
+            used = sum(t for _, t in self.events)
+            if used + tokens > self.tpm and self.events:
+                # wait until enough of the window has expired
+                need = used + tokens - self.tpm
+                freed = 0
+                for ts, t in self.events:
+                    freed += t
+                    if freed >= need:
+                        wait = max(wait, 60.0 - (now - ts))
+                        break
+        return max(0.0, wait)
+
+    async def acquire(self, tokens: int) -> None:
+        if not (self.rpm or self.tpm):
+            return
+        async with self.lock:
+            while (delay := self._delay(tokens)) > 0:
+                await asyncio.sleep(delay)
+            self.events.append((self.clock(), tokens))
+
+
+def _retry_after(exc: Exception) -> float | None:
+    response = getattr(exc, "response", None)
+    if response is None:
+        return None
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return min(MAX_RETRY_AFTER_S, max(0.0, float(value)))
+    except ValueError:
+        return None
+
+
+def classify(exc: Exception) -> tuple[str, bool]:
+    """(error kind, retryable) for an exception raised by the openai client."""
+    import openai
+
+    if isinstance(exc, openai.RateLimitError):
+        return "rate_limited", True
+    if isinstance(exc, openai.APITimeoutError):
+        return "timeout", True
+    if isinstance(exc, openai.APIConnectionError):
+        return "connection", True
+    if isinstance(exc, openai.APIStatusError):
+        code = exc.status_code
+        if code >= 500:
+            return "server_error", True
+        if code == 408:
+            return "timeout", True
+        return "bad_request", False
+    if isinstance(exc, (openai.APIResponseValidationError, json.JSONDecodeError, ValueError,
+                        TypeError, AttributeError, KeyError)):
+        return "bad_response", True
+    raise exc
+
+
+def _chat_positions(choice: Any) -> list[dict[str, Any]] | None:
+    lp = getattr(choice, "logprobs", None)
+    content = getattr(lp, "content", None) if lp is not None else None
+    if not content:
+        return None
+    return [{"token": t.token, "logprob": float(t.logprob),
+             "top": [[a.token, float(a.logprob)] for a in (t.top_logprobs or [])]} for t in content]
+
+
+def _completion_positions(choice: Any) -> list[dict[str, Any]] | None:
+    lp = getattr(choice, "logprobs", None)
+    if lp is None or not getattr(lp, "tokens", None):
+        return None
+    tops = lp.top_logprobs or [None] * len(lp.tokens)
+    return [{"token": tok, "logprob": float(tlp) if tlp is not None else float("-inf"),
+             "top": [[k, float(v)] for k, v in (top or {}).items()]}
+            for tok, tlp, top in zip(lp.tokens, lp.token_logprobs, tops, strict=True)]
+
+
+class OpenAICompatTeacher:
+    name = "openai_compat"
+
+    def __init__(self, cfg: TeacherConfig) -> None:
+        self.cfg = cfg
+        self._api_key: str | None = None
+
+    def model_id(self) -> str:
+        return f"{self.cfg.model}@{self.cfg.revision}" if self.cfg.revision else self.cfg.model
+
+    def load(self) -> None:
+        if self.cfg.api_key_env:
+            key = os.environ.get(self.cfg.api_key_env)
+            if not key:
+                raise RuntimeError(
+                    f"teacher.api_key_env={self.cfg.api_key_env!r} but that environment variable "
+                    f"is not set: export {self.cfg.api_key_env}=... before running")
+            self._api_key = key
+        else:
+            self._api_key = "not-needed"  # local servers ignore it; the client requires one
+
+    def close(self) -> None:
+        self._api_key = None
+
+    # ------------------------------------------------------------------ calls
+    def _params(self, req: TeacherRequest) -> tuple[str, dict[str, Any]]:
+        cfg = self.cfg
+        p: dict[str, Any] = {"model": cfg.model, "max_tokens": req.max_tokens,
+                             "temperature": cfg.temperature, "seed": cfg.seed}
+        if req.stop:
+            p["stop"] = req.stop
+        if cfg.repetition_penalty != 1.0:  # vLLM and llama.cpp servers read it from the body
+            p["extra_body"] = {"repetition_penalty": cfg.repetition_penalty}
+        if cfg.api == "chat":
+            p["messages"] = materialize_messages(req.messages, req.media)
+            if req.want_logprobs:
+                p.update(logprobs=True, top_logprobs=cfg.top_logprobs)
+            return "chat", p
+        p["prompt"] = req.prompt
+        if req.want_logprobs:
+            p["logprobs"] = cfg.top_logprobs
+        return "completions", p
+
+    async def _call(self, client: Any, req: TeacherRequest) -> RawOutput:
+        kind, params = self._params(req)
+        if kind == "chat":
+            resp = await client.chat.completions.create(**params)
+        else:
+            resp = await client.completions.create(**params)
+        if isinstance(resp, (str, bytes)) or not getattr(resp, "choices", None):
+            raise ValueError(f"response has no choices: {str(resp)[:200]!r}")
+        choice = resp.choices[0]
+        if kind == "chat":
+            text = choice.message.content or ""
+            positions = _chat_positions(choice)
+        else:
+            text = choice.text or ""
+            positions = _completion_positions(choice)
+        usage = getattr(resp, "usage", None)
+        return RawOutput(
+            text=text, positions=positions,
+            tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
+            tokens_out=int(getattr(usage, "completion_tokens", 0) or 0),
+            finish_reason=getattr(choice, "finish_reason", "") or "")
+
+    async def _one(self, client: Any, req: TeacherRequest, limiter: RateLimiter) -> RawOutput:
+        cfg = self.cfg
+        est_tokens = len(req.prompt) // 4 + req.max_tokens
+        t0 = time.perf_counter()
+        retries = 0
+        while True:
+            await limiter.acquire(est_tokens)
+            try:
+                out = await self._call(client, req)
+            except Exception as e:  # noqa: BLE001 - classify() re-raises what it does not know
+                kind, retryable = classify(e)
+                if not retryable or retries >= cfg.max_retries:
+                    return RawOutput(error_kind=kind, error=f"{type(e).__name__}: {str(e)[:300]}",
+                                     retries=retries, latency_s=time.perf_counter() - t0)
+                delay = _retry_after(e)
+                if delay is None:
+                    delay = min(MAX_BACKOFF_S, 0.5 * 2 ** retries) * random.uniform(0.5, 1.5)
+                retries += 1
+                log.debug("%s on %s, retry %d in %.2fs", kind, req.key[:8], retries, delay)
+                await asyncio.sleep(delay)
+                continue
+            out.retries = retries
+            out.latency_s = time.perf_counter() - t0
+            return out
+
+    async def _run(self, requests: Iterable[TeacherRequest], on_result: OnResult) -> None:
+        from openai import AsyncOpenAI
+
+        cfg = self.cfg
+        # The client's connection pool is larger than any concurrency we allow; the
+        # semaphore below is what bounds requests in flight.
+        client = AsyncOpenAI(base_url=cfg.base_url, api_key=self._api_key, max_retries=0,
+                             timeout=cfg.timeout_s)
+        limiter = RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute)
+        sem = asyncio.Semaphore(cfg.max_concurrency)
+        stop = asyncio.Event()
+        tasks: set[asyncio.Task] = set()
+
+        async def worker(req: TeacherRequest) -> None:
+            try:
+                out = await self._one(client, req, limiter)
+                if on_result(req, out) is False:
+                    stop.set()
+            finally:
+                sem.release()
+
+        try:
+            for req in requests:
+                await sem.acquire()
+                if stop.is_set():
+                    sem.release()
+                    break
+                task = asyncio.create_task(worker(req))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            await client.close()
+
+    def generate(self, requests: Iterable[TeacherRequest], on_result: OnResult) -> None:
+        if self._api_key is None:
+            raise RuntimeError("call load() first")
+        asyncio.run(self._run(requests, on_result))

@@ -1,0 +1,139 @@
+"""A small OpenAI-compatible server on loopback that misbehaves on a schedule.
+
+A real server (llama.cpp, vLLM) will not produce 429s, hangs, malformed or truncated
+bodies on demand, so the fault-injection tests use this one. It answers
+``/v1/completions`` and ``/v1/chat/completions`` with a deterministic label and top-k
+log-probabilities. ``schedule`` maps a request's prompt to the behaviours of its
+successive attempts (the last one repeats): ``ok``, ``429``, ``500``, ``hang``,
+``malformed``, ``truncated``, ``nolabel``, ``slow`` (ok after ``slow_s``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+LABELS = ["negative", "neutral", "positive"]
+
+
+def label_for(prompt: str) -> str:
+    return LABELS[int(hashlib.md5(prompt.encode()).hexdigest(), 16) % 3]
+
+
+class FakeOpenAI:
+    def __init__(self, schedule: Callable[[str], list[str]] | None = None, *, hang_s: float = 5.0,
+                 slow_s: float = 0.05, retry_after: str = "0.05") -> None:
+        self.schedule = schedule or (lambda prompt: ["ok"])
+        self.hang_s, self.slow_s, self.retry_after = hang_s, slow_s, retry_after
+        self.attempts: Counter[str] = Counter()
+        self.behaviours: Counter[str] = Counter()
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeOpenAI:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def next_behaviour(self, prompt: str) -> str:
+        with self.lock:
+            n = self.attempts[prompt]
+            self.attempts[prompt] += 1
+            plan = self.schedule(prompt)
+            b = plan[min(n, len(plan) - 1)]
+            self.behaviours[b] += 1
+            return b
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _send(self, code: int, body: bytes, headers: dict[str, str] | None = None,
+                      length: int | None = None) -> None:
+                try:
+                    self._write(code, body, headers, length)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout): nothing to answer
+
+            def _write(self, code, body, headers, length) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(length if length is not None else len(body)))
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+                self.wfile.flush()
+
+            def do_POST(self):  # noqa: N802
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                chat = self.path.endswith("/chat/completions")
+                prompt = (body["messages"][-1]["content"] if chat else body["prompt"])
+                prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
+                b = fake.next_behaviour(prompt)
+                if b == "429":
+                    return self._send(429, b'{"error": {"message": "slow down"}}',
+                                      {"Retry-After": fake.retry_after})
+                if b == "500":
+                    return self._send(500, b'{"error": {"message": "boom"}}')
+                if b == "hang":
+                    time.sleep(fake.hang_s)
+                    return self._send(200, b"{}")
+                if b == "malformed":
+                    return self._send(200, b'{"choices": [{"text": "pos')
+                if b == "truncated":
+                    full = json.dumps(self._ok(body, chat, prompt, "ok")).encode()
+                    self._send(200, full[: len(full) // 2], length=len(full))
+                    self.close_connection = True
+                    return None
+                if b == "slow":
+                    time.sleep(fake.slow_s)
+                return self._send(200, json.dumps(self._ok(body, chat, prompt, b)).encode())
+
+            def _ok(self, body, chat, prompt, b):
+                label = label_for(prompt)
+                if b == "nolabel":
+                    tops = [["The", -0.1], ["I", -2.5], ["It", -3.0]]
+                    first = "The"
+                else:
+                    others = [lab for lab in LABELS if lab != label]
+                    tops = [[" " + label, -0.3], [" " + others[0], -2.0], [" " + others[1], -3.0],
+                            [" Positive" if label != "positive" else " Negative", -4.0], ["\n", -5.0]]
+                    first = " " + label
+                usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": 1,
+                         "total_tokens": len(prompt.split()) + 1}
+                if chat:
+                    lp = {"content": [{"token": first, "logprob": tops[0][1], "bytes": None,
+                                       "top_logprobs": [{"token": t, "logprob": v, "bytes": None}
+                                                        for t, v in tops]}]}
+                    choice = {"index": 0, "finish_reason": "stop", "logprobs": lp,
+                              "message": {"role": "assistant", "content": first}}
+                    return {"id": "x", "object": "chat.completion", "created": 0,
+                            "model": body["model"], "choices": [choice], "usage": usage}
+                lp = {"tokens": [first], "token_logprobs": [tops[0][1]],
+                      "top_logprobs": [dict(tops)], "text_offset": [0]}
+                return {"id": "x", "object": "text_completion", "created": 0, "model": body["model"],
+                        "choices": [{"index": 0, "text": first, "finish_reason": "stop",
+                                     "logprobs": lp if body.get("logprobs") else None}],
+                        "usage": usage}
+
+        return Handler
