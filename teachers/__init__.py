@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from workbench.config import TeacherConfig
-
 from teachers.base import RawOutput, Teacher, TeacherRequest, TeacherUnavailable
+from workbench.config import TeacherConfig
 
 
 def _openai_compat(cfg: TeacherConfig) -> Teacher:

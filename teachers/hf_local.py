@@ -12,10 +12,9 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
+from teachers.base import OnResult, RawOutput, TeacherRequest
 from workbench.config import TeacherConfig
 from workbench.models import resolve_teacher_model
-
-from teachers.base import OnResult, RawOutput, TeacherRequest
 
 log = logging.getLogger(__name__)
 

@@ -19,13 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from prompts import Rendered, Template, TemplateError, render
+from teachers.base import RawOutput, Teacher, TeacherRequest
+from teachers.softlabel import NoLabelError, soft_label
 from workbench.cache.records import OK, TeacherOutput, stable_hash
 from workbench.cache.store import CacheStore, JobSpec
 from workbench.config import CacheConfig, TeacherConfig
 from workbench.data import MSADataset, Sample
-
-from teachers.base import RawOutput, Teacher, TeacherRequest
-from teachers.softlabel import NoLabelError, soft_label
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from prompts import materialize_messages
-from workbench.config import TeacherConfig
-
 from teachers.base import OnResult, RawOutput, TeacherRequest
+from workbench.config import TeacherConfig
 
 log = logging.getLogger(__name__)
 

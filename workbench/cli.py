@@ -252,8 +252,14 @@ class _JobProgress:
     """A rich progress bar: done/total, ok/errors, tokens, cost, ETA."""
 
     def __init__(self, total: int, label: str) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -284,8 +290,8 @@ def _print_report(report, store, job: str) -> None:
     if report.sent == 0:
         console.print("nothing to do: every key is already in the cache (no teacher calls)")
     if report.stopped == "budget":
-        console.print(f"[yellow]stopped: teacher.budget_usd reached; rerun with a larger budget "
-                      f"to continue[/]")
+        console.print("[yellow]stopped: teacher.budget_usd reached; rerun with a larger budget "
+                      "to continue[/]")
     console.print(f"cache now: {st['ok']}/{st['keys']} ok, errors {st['errors'] or 'none'}, "
                   f"pending {st['pending']}")
 
