@@ -94,6 +94,12 @@ class Template:
 
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
                           keep_trailing_newline=False)
+
+
+@lru_cache(maxsize=256)
+def _compiled(source: str) -> jinja2.Template:
+    """Compile each template string once (compiling costs far more than rendering)."""
+    return _ENV.from_string(source)
 _REQUIRED = ("name", "version", "output", "system", "user")
 
 
@@ -202,8 +208,8 @@ def render(template: Template, sample: Sample, info: DataInfo, *, cue_fields: li
                                 f"{sample.id!r} has none")
         ctx["label"] = sample.label if sample.label is not None else info.class_names[sample.label_class]
     try:
-        system = _ENV.from_string(template.system).render(ctx).strip()
-        user = _ENV.from_string(template.user).render(ctx).strip()
+        system = _compiled(template.system).render(ctx).strip()
+        user = _compiled(template.user).render(ctx).strip()
     except jinja2.UndefinedError as e:
         hint = " (declare uses_gold_label: true to use `label`)" if "label" in str(e) else ""
         raise TemplateError(f"template {template.name!r} on sample {sample.id!r}: {e}{hint}") from None

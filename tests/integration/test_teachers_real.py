@@ -4,15 +4,11 @@ llama.cpp OpenAI-compatible server on loopback (openai_compat)."""
 import importlib.util
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 from typer.testing import CliRunner
 
+from tests.support.llama_server import llama_server
 from tests.support.teacher_env import api_teacher, run_job, tiny_dataset
 from workbench.cache.store import CacheStore
 from workbench.config import TeacherConfig
@@ -30,46 +26,17 @@ def gemma_gguf():
         pytest.skip(str(e))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def llama_server(gemma_gguf, tmp_path_factory):
+def llama_server_url(gemma_gguf):
     if importlib.util.find_spec("llama_cpp") is None:
         pytest.skip("llama-cpp-python is not installed (make test builds it: pip install -e '.[llamacpp]')")
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("llama") / "server.log"
-    log = log_path.open("wb")  # a pipe would fill with the load log and block the server
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "llama_cpp.server", "--model", str(gemma_gguf), "--model_alias",
-         "gemma3-270m", "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-         "--logits_all", "true", "--n_threads", "2"],
-        stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"llama.cpp server exited: {log_path.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("llama.cpp server did not start within 120 s")
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with llama_server(gemma_gguf) as url:
+        yield url
 
 
-def test_llamacpp_server_soft_labels_and_descriptions(llama_server, tmp_path):
+def test_llamacpp_server_soft_labels_and_descriptions(llama_server_url, tmp_path):
     ds = tiny_dataset(tmp_path, n=30)
-    tcfg = api_teacher(llama_server, model="gemma3-270m", max_concurrency=2, timeout_s=60)
+    tcfg = api_teacher(llama_server_url, model="gemma3-270m", max_concurrency=2, timeout_s=60)
     report, job = run_job(tcfg, ds, tmp_path / "c", splits=["valid"])
     assert report.sent > 0 and report.ok >= report.sent - 1
     with CacheStore(tmp_path / "c") as store:
@@ -79,7 +46,7 @@ def test_llamacpp_server_soft_labels_and_descriptions(llama_server, tmp_path):
         assert 0 <= o.soft_label.off_label_mass < 1
         assert o.top_logprobs and len(o.top_logprobs[0]["top"]) >= 5  # real top-k from the server
         assert o.tokens_in > 20
-    tcfg_d = api_teacher(llama_server, model="gemma3-270m", max_concurrency=2, timeout_s=60,
+    tcfg_d = api_teacher(llama_server_url, model="gemma3-270m", max_concurrency=2, timeout_s=60,
                          max_tokens=12)
     report, job = run_job(tcfg_d, ds, tmp_path / "c", template="context_aware", splits=["valid"])
     with CacheStore(tmp_path / "c") as store:

@@ -131,18 +131,18 @@ def fingerprint(samples: list[Sample]) -> str:
 # ------------------------------------------------------------------ conversions
 
 
-def _feature_columns(samples: list[Sample], mod: str) -> tuple[list, list, list]:
-    vals, shapes, lens = [], [], []
-    for s in samples:
-        feat = s.feature(mod)
-        if feat is None:
-            vals.append(None)
-            shapes.append(None)
-        else:
-            vals.append(np.asarray(feat, dtype=np.float32).reshape(-1))
-            shapes.append(list(feat.shape))
-        lens.append(s.length(mod))
-    return vals, shapes, lens
+def _feature_column(samples: list[Sample], mod: str) -> tuple[pa.Array, list, list]:
+    """The flattened feature column of ``mod`` built from offsets (no per-row conversion)."""
+    feats = [s.feature(mod) for s in samples]
+    flat = [np.asarray(f, dtype=np.float32).reshape(-1) for f in feats if f is not None]
+    sizes = np.array([0 if f is None else f.size for f in feats], dtype=np.int64)
+    offsets = np.zeros(len(feats) + 1, dtype=np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    values = pa.array(np.concatenate(flat) if flat else np.zeros(0, np.float32), type=pa.float32())
+    mask = pa.array([f is None for f in feats], type=pa.bool_())
+    column = pa.ListArray.from_arrays(pa.array(offsets), values, mask=mask)
+    shapes = [None if f is None else list(f.shape) for f in feats]
+    return column, shapes, [s.length(mod) for s in samples]
 
 
 def samples_to_table(samples: list[Sample]) -> pa.Table:
@@ -158,32 +158,40 @@ def samples_to_table(samples: list[Sample]) -> pa.Table:
         "meta": [json.dumps(s.meta, default=str) if s.meta else None for s in samples],
     }
     for mod in FEATURE_MODALITIES:
-        vals, shapes, lens = _feature_columns(samples, mod)
-        cols[mod] = pa.array(vals, type=pa.list_(pa.float32()))
-        cols[f"{mod}_shape"] = shapes
-        cols[f"{mod}_length"] = lens
+        cols[mod], cols[f"{mod}_shape"], cols[f"{mod}_length"] = _feature_column(samples, mod)
     return pa.table({name: cols[name] for name in ARROW_SCHEMA.names}, schema=ARROW_SCHEMA)
 
 
-def _row_sample(table: pa.Table, i: int) -> Sample:
-    def get(col: str) -> Any:
-        return table.column(col)[i].as_py()
+_SCALARS = ("id", "text", "split", "label", "label_class", "frames", "audio_file", "video_file",
+            "meta", "audio_shape", "audio_length", "vision_shape", "vision_length")
 
-    s = Sample(
-        id=get("id"), text=get("text"), split=get("split"), label=get("label"),
-        label_class=get("label_class"),
-        media=Media(frames=get("frames") or [], audio_file=get("audio_file"),
-                    video_file=get("video_file")),
-        meta=json.loads(get("meta")) if get("meta") else {},
-    )
+
+def _batch_samples(table: pa.Table) -> list[Sample]:
+    """Samples of a (small) table slice; feature arrays are zero-copy views of its buffers."""
+    rows = table.select(list(_SCALARS)).to_pylist()
+    feats = {}
     for mod in FEATURE_MODALITIES:
-        scalar = table.column(mod)[i]
-        if scalar.is_valid:
-            shape = get(f"{mod}_shape")
-            flat = scalar.values.to_numpy(zero_copy_only=False)
-            setattr(s, mod, flat.reshape(shape))
-            setattr(s, f"{mod}_length", get(f"{mod}_length"))
-    return s
+        col = table.column(mod).combine_chunks()
+        offsets = col.offsets.to_numpy()
+        feats[mod] = (col.is_valid().to_numpy(zero_copy_only=False),
+                      col.values.to_numpy(zero_copy_only=False), offsets)
+    out = []
+    for i, r in enumerate(rows):
+        s = Sample(
+            id=r["id"], text=r["text"], split=r["split"], label=r["label"], label_class=r["label_class"],
+            media=Media(frames=r["frames"] or [], audio_file=r["audio_file"], video_file=r["video_file"]),
+            meta=json.loads(r["meta"]) if r["meta"] else {},
+        )
+        for mod, (valid, values, offsets) in feats.items():
+            if valid[i]:
+                setattr(s, mod, values[offsets[i]:offsets[i + 1]].reshape(r[f"{mod}_shape"]))
+                setattr(s, f"{mod}_length", r[f"{mod}_length"])
+        out.append(s)
+    return out
+
+
+def _row_sample(table: pa.Table, i: int) -> Sample:
+    return _batch_samples(table.slice(i, 1))[0]
 
 
 def infer_info(samples: list[Sample], cfg: DataConfig, source: str) -> DataInfo:
@@ -293,11 +301,11 @@ class MSADataset:
     def sample(self, split: str, i: int) -> Sample:
         return _row_sample(self.table(split), i)
 
-    def iter_samples(self, split: str | None = None) -> Iterator[Sample]:
+    def iter_samples(self, split: str | None = None, batch: int = 1024) -> Iterator[Sample]:
         for sp in [split] if split else self.splits:
             t = self.table(sp)
-            for i in range(t.num_rows):
-                yield _row_sample(t, i)
+            for start in range(0, t.num_rows, batch):
+                yield from _batch_samples(t.slice(start, batch))
 
     def samples(self, split: str | None = None) -> list[Sample]:
         return list(self.iter_samples(split))
