@@ -1,0 +1,273 @@
+"""Student checkpoints: what a trained run leaves behind, and how to load it again.
+
+A checkpoint directory (``<output_dir>/checkpoint-best/``) holds:
+
+==========================  ===========================================================
+``config.yaml``             the resolved :class:`~workbench.config.DistillConfig`
+``versions.json``           Python and package versions that produced it
+``student.json``            format version, model kind (``student`` / ``prompted``),
+                            label bins, text mode, parameter counts
+``data_info.json``          the dataset's :class:`~workbench.data.store.DataInfo`
+                            (name, task, metric set, feature dims, fingerprint)
+``model.safetensors``       every weight except the text encoder's (feature encoders,
+                            fusion, heads, projections, the description branch's
+                            trainable projection)
+``adapter/``                ``text_mode: lora``: the PEFT adapter (``save_pretrained``:
+                            ``adapter_config.json`` + ``adapter_model.safetensors``)
+``text_encoder.safetensors`` ``text_mode: full``: the fine-tuned text encoder's weights
+``teacher_manifest.json``   the cache jobs the run trained on (with each job's
+                            ``uses_gold_label``) and the privileged network it learned from
+``selection.json``          how it was chosen: ``split: valid``, metric, mode, epoch,
+                            value, every validation metric of that epoch
+==========================  ===========================================================
+
+Frozen text encoders (``text_mode: frozen``, the description branch's encoder) are not
+copied: they are rebuilt from ``student.text_encoder`` / ``student.prompt_encoder``, which
+must therefore exist where the checkpoint is loaded (``minilm`` ships as a package).
+
+:func:`load_checkpoint` rebuilds the model from the config, loads the weights and
+returns ``(model, cfg, meta)``; the model is in eval mode.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from students.model import StudentModel, build_student
+from workbench.config import ConfigError, DistillConfig, dump_config, load_config
+from workbench.data.store import DataInfo
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "config.yaml"
+VERSIONS_FILE = "versions.json"
+STUDENT_FILE = "student.json"
+DATA_INFO_FILE = "data_info.json"
+WEIGHTS_FILE = "model.safetensors"
+ADAPTER_DIR = "adapter"
+TEXT_ENCODER_FILE = "text_encoder.safetensors"
+TEACHER_MANIFEST_FILE = "teacher_manifest.json"
+SELECTION_FILE = "selection.json"
+
+TEXT_PREFIX = "text.model."
+"""State-dict prefix of the student's text encoder (saved as adapter / full weights)."""
+FROZEN_PREFIXES = ("prompt.encoder.",)
+"""State-dict prefixes of frozen encoders that are rebuilt from their base, never saved."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is incomplete or does not fit the model it describes."""
+
+
+@dataclass
+class CheckpointMeta:
+    """Everything a checkpoint records besides the weights and the config."""
+
+    path: Path
+    """The checkpoint directory."""
+    info: DataInfo
+    """The dataset the model was trained on (task, metric set, features, fingerprint)."""
+    bins: list[float] | None
+    """Label bins of the model's bin head (the teacher's soft-label bins), or None."""
+    kind: str
+    """``student`` (plain) or ``prompted`` (reads teacher descriptions)."""
+    selection: dict[str, Any]
+    """``split`` (always ``valid``), ``metric``, ``mode``, ``epoch``, ``value``, ``metrics``."""
+    teacher_manifest: dict[str, Any]
+    """Cache jobs and privileged network the run trained on."""
+    versions: dict[str, str]
+    student: dict[str, Any]
+    """The whole ``student.json``."""
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path.parent} has no {path.name}; it is incomplete "
+                              "or not a student checkpoint (expected the files written by "
+                              "students.checkpoint.save_checkpoint)")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e}); the checkpoint is damaged") from None
+
+
+def split_state_dict(model: StudentModel, state_dict: dict[str, torch.Tensor]
+                     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(text encoder weights without their prefix, every other saved weight).
+
+    Frozen encoders (:data:`FROZEN_PREFIXES`) are dropped from both.
+    """
+    text: dict[str, torch.Tensor] = {}
+    rest: dict[str, torch.Tensor] = {}
+    for k, v in state_dict.items():
+        if k.startswith(TEXT_PREFIX):
+            text[k[len(TEXT_PREFIX):]] = v
+        elif k.startswith(FROZEN_PREFIXES):
+            continue
+        else:
+            rest[k] = v
+    return text, rest
+
+
+def _cpu(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu").contiguous() for k, v in sd.items()}
+
+
+def save_checkpoint(
+    model: StudentModel,
+    cfg: DistillConfig,
+    out_dir: str | Path,
+    *,
+    selection: dict[str, Any],
+    teacher_manifest: dict[str, Any],
+    state_dict: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``model`` (unwrapped from any DDP / FSDP wrapper) as a checkpoint in ``out_dir``.
+
+    ``state_dict`` is the model's full state dict when it had to be gathered from shards
+    (``accelerator.get_state_dict``); by default ``model.state_dict()``. The directory is
+    written beside the target and swapped in at the end, so a crash never leaves a half
+    written ``out_dir``. Returns ``out_dir``.
+    """
+    if selection.get("split") != "valid":
+        raise ValueError(f"selection.split={selection.get('split')!r}: checkpoints are "
+                         "selected on the validation split only")
+    out = Path(out_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    sd = state_dict if state_dict is not None else model.state_dict()
+    text_sd, rest = split_state_dict(model, sd)
+    save_file(_cpu(rest), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+    mode = model.cfg.text_mode
+    if mode == "lora":
+        from peft import get_peft_model_state_dict
+
+        adapter = get_peft_model_state_dict(model.text.model, state_dict=text_sd)
+        model.text.model.save_pretrained(str(tmp / ADAPTER_DIR), state_dict=_cpu(adapter),
+                                         safe_serialization=True)
+    elif mode == "full":
+        save_file(_cpu(text_sd), str(tmp / TEXT_ENCODER_FILE), metadata={"format": "pt"})
+    dump_config(cfg, tmp, CONFIG_FILE)  # also writes versions.json
+    counts = {k: {"total": v.total, "trainable": v.trainable}
+              for k, v in model.parameter_counts().items()}
+    _write_json(tmp / STUDENT_FILE, {
+        "format_version": FORMAT_VERSION,
+        "kind": "prompted" if model.prompt is not None else "student",
+        "bins": model.bin_values,
+        "text_mode": mode,
+        "modalities": ["text", *model.modalities],
+        "parameters": counts,
+    })
+    _write_json(tmp / DATA_INFO_FILE, model.info.to_json())
+    _write_json(tmp / TEACHER_MANIFEST_FILE, teacher_manifest)
+    _write_json(tmp / SELECTION_FILE, selection)
+    old = out.with_name(out.name + ".old")
+    if old.exists():
+        shutil.rmtree(old)
+    if out.exists():
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old.exists():
+        shutil.rmtree(old)
+    return out
+
+
+def read_meta(path: str | Path) -> CheckpointMeta:
+    """The recorded facts of a checkpoint, without building the model."""
+    p = Path(path)
+    if not p.is_dir():
+        raise CheckpointError(f"checkpoint {p} does not exist or is not a directory; pass a "
+                              "run's checkpoint-best/ directory")
+    student = _read_json(p / STUDENT_FILE)
+    if student.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(f"{p}: checkpoint format v{student.get('format_version')}, this "
+                              f"workbench reads v{FORMAT_VERSION}; retrain or use the workbench "
+                              "version in its versions.json")
+    info = DataInfo.from_json(_read_json(p / DATA_INFO_FILE))
+    return CheckpointMeta(
+        path=p, info=info, bins=student.get("bins"), kind=student.get("kind", "student"),
+        selection=_read_json(p / SELECTION_FILE),
+        teacher_manifest=_read_json(p / TEACHER_MANIFEST_FILE),
+        versions=_read_json(p / VERSIONS_FILE), student=student)
+
+
+def _load_weights(path: Path, what: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path.parent} has no {path.relative_to(path.parent)} "
+                              f"({what}); it is incomplete, re-save it from its run")
+    return load_file(str(path))
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
+                    ) -> tuple[StudentModel, DistillConfig, CheckpointMeta]:
+    """Rebuild the model a checkpoint holds and load its weights.
+
+    Returns ``(model, cfg, meta)``: the model in eval mode on ``device``, the run's
+    resolved config, and :class:`CheckpointMeta`. Raises :class:`CheckpointError` naming
+    the missing or mismatching file.
+    """
+    meta = read_meta(path)
+    p = meta.path
+    cfg_path = p / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise CheckpointError(f"checkpoint {p} has no {CONFIG_FILE}; it is incomplete")
+    try:
+        cfg = load_config(DistillConfig, cfg_path)
+    except ConfigError as e:
+        raise CheckpointError(f"checkpoint {p}: its {CONFIG_FILE} does not load with this "
+                              f"workbench: {e}") from None
+    if cfg.student.prompted != (meta.kind == "prompted"):
+        raise CheckpointError(f"checkpoint {p}: {STUDENT_FILE} says kind={meta.kind!r} but its "
+                              f"config has student.prompted={cfg.student.prompted}")
+    model = build_student(cfg.student, meta.info, meta.bins, device=device)
+    rest = _load_weights(p / WEIGHTS_FILE, "heads, feature encoders and fusion")
+    result = model.load_state_dict(rest, strict=False)
+    missing = [k for k in result.missing_keys
+               if not k.startswith(TEXT_PREFIX) and not k.startswith(FROZEN_PREFIXES)]
+    if missing or result.unexpected_keys:
+        raise CheckpointError(
+            f"checkpoint {p}: {WEIGHTS_FILE} does not fit the model its config builds "
+            f"(missing {missing[:8]}, unexpected {result.unexpected_keys[:8]}); was it written "
+            "by another workbench version or edited by hand?")
+    mode = cfg.student.text_mode
+    if mode == "lora":
+        from peft import set_peft_model_state_dict
+
+        adapter_dir = p / ADAPTER_DIR
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise CheckpointError(f"checkpoint {p} has no {ADAPTER_DIR}/adapter_config.json "
+                                  "(student.text_mode=lora); it is incomplete")
+        adapter = _load_weights(adapter_dir / "adapter_model.safetensors", "the LoRA adapter")
+        res = set_peft_model_state_dict(model.text.model, adapter)
+        bad = [k for k in getattr(res, "unexpected_keys", []) if "lora_" in k]
+        if bad:
+            raise CheckpointError(f"checkpoint {p}: the adapter does not fit the text encoder "
+                                  f"(unexpected {bad[:8]}); check student.lora in its config")
+    elif mode == "full":
+        text_sd = _load_weights(p / TEXT_ENCODER_FILE, "the fine-tuned text encoder")
+        res = model.text.model.load_state_dict(text_sd, strict=False)
+        if res.unexpected_keys or [k for k in res.missing_keys if "position_ids" not in k]:
+            raise CheckpointError(f"checkpoint {p}: {TEXT_ENCODER_FILE} does not fit "
+                                  f"{cfg.student.text_encoder} (missing {res.missing_keys[:8]}, "
+                                  f"unexpected {res.unexpected_keys[:8]})")
+    model.eval()
+    log.info("loaded %s checkpoint %s (selected on %s %s=%.4f at epoch %s)", meta.kind, p,
+             meta.selection.get("split"), meta.selection.get("metric"),
+             float(meta.selection.get("value", float("nan"))), meta.selection.get("epoch"))
+    return model, cfg, meta

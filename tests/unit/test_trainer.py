@@ -1,0 +1,345 @@
+"""The trainer's parts: data order, loss plan, collation for the plain student, a training
+step, selection rules, and the checks that refuse to start a run."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from students.collate import Collator, StudentItem, TeacherSignal
+from students.model import build_student
+from students.trainer import (
+    EpochSampler,
+    PrivilegedTarget,
+    TrainCollator,
+    TrainError,
+    compute_losses,
+    plan_losses,
+    privileged_targets,
+    selection_mode,
+    train,
+)
+from tests.unit.test_trainer_fixtures import distill_cfg, make_cache, tiny_data
+from workbench.cache.store import CacheError
+from workbench.config import ConfigError, DistillConfig, load_config
+from workbench.data import load_dataset
+from workbench.data.store import DataInfo
+
+BINS = [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: on a shared 2-core machine two threads run many times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return tiny_data(tmp_path_factory.mktemp("data"), n=48)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, data):
+    d = tmp_path_factory.mktemp("cache")
+    make_cache(d, data, "sentiment_score")
+    make_cache(d, data, "context_aware", splits=["train", "valid"])
+    return d
+
+
+# ----------------------------------------------------------------------------- sampler
+
+
+def test_epoch_sampler_order_depends_only_on_seed_and_epoch():
+    a, b = EpochSampler(50, seed=3), EpochSampler(50, seed=3)
+    a.set_epoch(4)
+    b.set_epoch(4)
+    assert list(a) == list(b) and sorted(a) == list(range(50))
+    b.set_epoch(5)
+    assert list(a) != list(b)
+    c = EpochSampler(50, seed=4)
+    c.set_epoch(4)
+    assert list(a) != list(c)
+
+
+def test_epoch_sampler_groups_by_length_with_the_short_batch_last():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 60, size=53).tolist()
+    s = EpochSampler(53, seed=1, lengths=lengths, batch_size=8, group=3)
+    s.set_epoch(2)
+    order = list(s)
+    assert sorted(order) == list(range(53))
+    batches = [order[i:i + 8] for i in range(0, 53, 8)]
+    assert len(batches[-1]) == 53 % 8
+    # within each batch, lengths are sorted (they came from one sorted group)
+    for bt in batches[:-1]:
+        ls = [lengths[i] for i in bt]
+        assert ls == sorted(ls, reverse=True)
+    s2 = EpochSampler(53, seed=1, lengths=lengths, batch_size=8, group=3)
+    s2.set_epoch(2)
+    assert list(s2) == order
+    # padding shrinks against random batches
+    rand = EpochSampler(53, seed=1)
+    rand.set_epoch(2)
+    ro = list(rand)
+
+    def pad(o):
+        return sum(max(lengths[i] for i in o[j:j + 8]) * len(o[j:j + 8]) for j in range(0, 53, 8))
+
+    assert pad(order) < pad(ro)
+
+
+# ---------------------------------------------------------------------- model and step
+
+
+def _info() -> DataInfo:
+    return DataInfo(name="tiny", task="regression", metric_set="mosi", label_range=(-3.0, 3.0),
+                    class_names=[], modalities=["text", "audio", "vision"],
+                    feature_dims={"audio": 6, "vision": 5},
+                    feature_kind={"audio": "vector", "vision": "vector"})
+
+
+def _items(n: int = 8, seed: int = 0, description: bool = False) -> list[StudentItem]:
+    from workbench.data.schema import Sample
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        y = float(np.round(rng.uniform(-3, 3), 1))
+        p = np.exp(-0.8 * (np.array(BINS) - y) ** 2)
+        p /= p.sum()
+        s = Sample(id=f"s{i}", text=f"the film was {'great' if y > 0 else 'dull'} number {i}",
+                   split="train", label=y,
+                   audio=(rng.normal(size=6) + y).astype(np.float32),
+                   vision=None if i == 3 else (rng.normal(size=5) - y).astype(np.float32))
+        sig = TeacherSignal(probs=p, expected=float(p @ np.array(BINS)),
+                            entropy=float(-(p * np.log(p)).sum()), off_mass=0.02,
+                            description=("the speaker sounds happy" if y > 0 else "sad")
+                            if description else None)
+        out.append(StudentItem(s, sig))
+    return out
+
+
+def _tiny_student(**kw):
+    from workbench.config import LoraConfig, StudentConfig
+
+    cfg = StudentConfig(hidden=16, heads=2, bottleneck_tokens=2, max_text_len=16,
+                        prompt_max_len=16, dropout=0.0,
+                        lora=LoraConfig(r=2, alpha=4, dropout=0.0), **kw)
+    torch.manual_seed(0)
+    return build_student(cfg, _info(), BINS)
+
+
+@pytest.fixture(scope="module")
+def student():
+    return _tiny_student()
+
+
+def test_a_training_step_reduces_the_loss(student, data):
+    cfg = load_config(DistillConfig, None, ["loss.unimodal_aux=0.3"])
+    plan = plan_losses(cfg, soft_labels=True, privileged=False)
+    assert plan.soft_kd > 0 and plan.expected > 0 and plan.unimodal_aux == pytest.approx(0.3)
+    coll = TrainCollator(Collator.for_model(student), weighting="quality")
+    batch = coll(_items())
+    assert batch["weights"].shape == (8,) and (batch["weights"] > 0).all()
+    opt = torch.optim.AdamW(student.param_groups(3e-3, 1e-3, 0.0))
+    student.train()
+    losses = []
+    for _ in range(12):
+        out = student(batch)
+        parts = compute_losses(out, batch, plan, student.bins)
+        assert set(parts) == {"task", "unimodal", "soft_kd", "expected", "total"}
+        opt.zero_grad()
+        parts["total"].backward()
+        opt.step()
+        losses.append(float(parts["total"].detach()))
+    assert losses[-1] < 0.8 * losses[0]
+
+
+def test_total_is_the_weighted_sum_of_the_terms(student):
+    cfg = load_config(DistillConfig, None, [
+        "loss.soft_label_kd=0.7", "loss.expected_score=0.2", "loss.privileged_pred=0.5",
+        "loss.privileged_repr=0.3", "loss.privileged_attn=0.4", "loss.unimodal_aux=0.1"])
+    plan = plan_losses(cfg, soft_labels=True, privileged=True)
+    items = _items()
+    student.eval()
+    with torch.no_grad():
+        ref = student(Collator.for_model(student)(items), return_attention=True)
+    n_tok = Collator.for_model(student)(items)["attention_mask"].sum(1).tolist()
+    priv = {it.sample.id: PrivilegedTarget(
+        pred=ref.pred[b] + 0.5, fused=ref.fused[b].flip(0),
+        attention={m: ref.attention[f"text_to_{m}"][b, :, :int(n_tok[b])] for m in ("audio", "vision")})
+        for b, it in enumerate(items)}
+    batch = TrainCollator(Collator.for_model(student), privileged=priv)(items)
+    with torch.no_grad():
+        out = student(batch, return_attention=True)
+        parts = compute_losses(out, batch, plan, student.bins)
+    w = {"task": 1.0, "unimodal": 0.1, "soft_kd": 0.7, "expected": 0.2, "priv_pred": 0.5,
+         "priv_repr": 0.3, "priv_attn": 0.4}
+    assert set(parts) == set(w) | {"total"}
+    assert float(parts["total"]) == pytest.approx(sum(w[k] * float(parts[k]) for k in w), rel=1e-5)
+    assert float(parts["priv_pred"]) == pytest.approx(0.5, abs=1e-4)  # pred offset by 0.5
+    assert float(parts["priv_attn"]) == pytest.approx(0.0, abs=1e-5)  # same maps
+
+
+def test_plain_batches_carry_no_descriptions_and_pad_privileged_attention(student):
+    prompted = _tiny_student(prompted=True)
+    items = _items(description=True)
+    targets = privileged_targets(prompted, items, batch_size=3, with_attention=True)
+    assert set(targets) == {it.sample.id for it in items}
+    batch = TrainCollator(Collator.for_model(student), privileged=targets)(items)
+    assert "descriptions" not in batch
+    length = batch["attention_mask"].shape[1]
+    for m in ("audio", "vision"):
+        a = batch["priv_attn"][m]
+        assert a.shape == (8, 2, length, 2)
+        # rows beyond a sample's real tokens are zero padding
+        for b in range(8):
+            n = int(batch["attention_mask"][b].sum())
+            assert torch.allclose(a[b, :, :n].sum(-1), torch.ones(2, n), atol=1e-5)
+            assert (a[b, :, n:] == 0).all()
+    kept = TrainCollator(Collator.for_model(prompted), drop_descriptions=False)(items)
+    assert kept["descriptions"][0].startswith(("the speaker", "sad"))
+
+
+# -------------------------------------------------------------------------- selection
+
+
+def test_selection_direction_comes_from_the_metric():
+    info = _info()
+    assert selection_mode(load_config(DistillConfig), info) == ("mae", "min")
+    cfg = load_config(DistillConfig, None, ["train.select_metric=valid_acc2_non0"])
+    assert selection_mode(cfg, info) == ("acc2_non0", "max")
+    bad = load_config(DistillConfig, None, ["train.select_metric=valid_acc7",
+                                            "train.select_mode=min"])
+    with pytest.raises(ConfigError, match="train.select_mode='min'.*set train.select_mode=auto"):
+        selection_mode(bad, info)
+    with pytest.raises(ConfigError, match="valid_f1_macro.*metric set 'mosi'"):
+        selection_mode(load_config(DistillConfig, None, ["train.select_metric=valid_f1_macro"]),
+                       info)
+    with pytest.raises(ConfigError, match="validation split only"):
+        load_config(DistillConfig, None, ["train.select_metric=test_mae"])
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["train.privileged=prompted"], "signals.cache_dir='' is invalid: train.privileged=prompted"),
+    (["train.weighting=quality"], "train.weighting='quality' is invalid: quality weights"),
+    (["train.task_loss=ce"], "train.task_loss='ce' is invalid: use l1 or mse"),
+    (["train.prompted_checkpoint=x"], "train.prompted_checkpoint='x' is invalid"),
+    (["signals.cache_dir=c", "train.privileged=prompted", "student.prompted=true"],
+     "student.prompted=True is invalid"),
+    (["loss.temperature=0"], "loss.temperature=0.0 is invalid"),
+    (["loss.soft_label_kd=-1"], "loss.soft_label_kd=-1.0 is invalid"),
+])
+def test_config_cross_field_checks(overrides, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(DistillConfig, None, overrides)
+    assert needle in str(e.value)
+
+
+# ------------------------------------------------------------------ refusals to start
+
+
+def test_refuses_a_missing_cache(tmp_path, data):
+    cfg = distill_cfg(tmp_path / "run", data, f"signals.cache_dir={tmp_path / 'nowhere'}")
+    with pytest.raises(CacheError, match="no teacher cache there.*signals.cache_dir=''"):
+        train(cfg)
+
+
+def test_refuses_a_cache_made_from_other_data(tmp_path, cache):
+    other = tiny_data(tmp_path / "other", n=48, seed=5)
+    cfg = distill_cfg(tmp_path / "run", other, f"signals.cache_dir={cache}")
+    fp = load_dataset(cfg.data).fingerprint
+    with pytest.raises(CacheError) as e:
+        train(cfg)
+    msg = str(e.value)
+    assert "made from other data" in msg and fp in msg and "soft_label_template" in msg
+    assert not (tmp_path / "run" / "checkpoint-best").exists()
+
+
+def test_refuses_too_few_ok_rows(tmp_path, data):
+    cache = tmp_path / "flaky"
+    make_cache(cache, data, "sentiment_score", fail_every=2)
+    cfg = distill_cfg(tmp_path / "run", data, f"signals.cache_dir={cache}")
+    n_train = load_dataset(cfg.data).num_rows("train")
+    with pytest.raises(CacheError) as e:
+        train(cfg)
+    msg = str(e.value)
+    assert f"of {n_train} samples" in msg and "min_ok_fraction=90%" in msg
+    # the threshold is a config field
+    cfg = distill_cfg(tmp_path / "run2", data, f"signals.cache_dir={cache}",
+                      "signals.min_ok_fraction=0.99", "train.epochs=1")
+    with pytest.raises(CacheError, match="min_ok_fraction=99%"):
+        train(cfg)
+
+
+def test_refuses_gold_label_descriptions_for_valid_samples(tmp_path, data, cache):
+    make_cache(cache, data, "context_aware_gold", splits=["train", "valid"])
+    cfg = distill_cfg(tmp_path / "run", data, f"signals.cache_dir={cache}",
+                      "train.privileged=prompted",
+                      "signals.description_template=context_aware_gold")
+    with pytest.raises(CacheError, match="showed the gold label.*\\['valid'\\]"):
+        train(cfg)
+
+
+def test_refuses_a_template_of_the_wrong_kind(tmp_path, data, cache):
+    cfg = distill_cfg(tmp_path / "run", data, f"signals.cache_dir={cache}",
+                      "signals.soft_label_template=context_aware")
+    with pytest.raises(CacheError, match="produced 'description' outputs.*need 'soft_label'"):
+        train(cfg)
+
+
+def test_refuses_an_output_dir_holding_a_run_and_a_resume_without_one(tmp_path, data):
+    out = tmp_path / "run"
+    (out / "checkpoint-best").mkdir(parents=True)
+    with pytest.raises(TrainError, match="already holds a run.*--resume.*train.overwrite=true"):
+        train(distill_cfg(out, data))
+    with pytest.raises(TrainError, match="holds no run to continue"):
+        train(distill_cfg(tmp_path / "fresh", data), resume=True)
+
+
+def test_tensorboard_tracking_says_what_is_missing(tmp_path, data):
+    from accelerate.utils import is_tensorboard_available
+
+    if is_tensorboard_available():
+        pytest.skip("tensorboard is installed here")
+    with pytest.raises(TrainError, match="needs the tensorboard package.*train.log_with=none"):
+        train(distill_cfg(tmp_path / "run", data, "train.log_with=tensorboard"))
+
+
+# ------------------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("mode", ["full", "frozen"])
+def test_checkpoint_roundtrip_in_full_and_frozen_text_modes(tmp_path, mode):
+    from students.checkpoint import load_checkpoint, save_checkpoint
+
+    model = _tiny_student(text_mode=mode)
+    with torch.no_grad():  # move the weights a checkpoint holds away from their init
+        for name, p in model.named_parameters():
+            if mode == "full" or not name.startswith("text.model."):
+                p.add_(0.01 * torch.randn_like(p))
+    cfg = load_config(DistillConfig, None, [f"student.text_mode={mode}", "student.hidden=16",
+                                            "student.heads=2", "student.bottleneck_tokens=2",
+                                            "student.max_text_len=16", "student.lora.r=2",
+                                            "student.lora.alpha=4", "student.dropout=0.0",
+                                            "student.prompt_max_len=16"])
+    with pytest.raises(ValueError, match="validation split only"):
+        save_checkpoint(model, cfg, tmp_path / "bad", selection={"split": "test"},
+                        teacher_manifest={})
+    sel = {"split": "valid", "metric": "valid_mae", "epoch": 1, "value": 0.5}
+    path = save_checkpoint(model, cfg, tmp_path / "ckpt", selection=sel, teacher_manifest={})
+    assert (path / "text_encoder.safetensors").is_file() == (mode == "full")
+    assert not (path / "adapter").exists()
+    loaded, _, meta = load_checkpoint(path)
+    items = _items()
+    model.eval()
+    batch = Collator.for_model(model)(items)
+    with torch.no_grad():
+        a, b = model(batch).pred, loaded(batch).pred
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert meta.bins == BINS and meta.selection == sel
