@@ -454,6 +454,189 @@ def cache_merge(
     console.print(f"{dest}: {st['ok']}/{st['keys']} keys ok")
 
 
+# -------------------------------------------------------------------------- eval
+
+
+def _metric_table(title: str, rows: dict[str, Any], metric_set: str, first: str) -> Table:
+    from eval.report import format_cell, order_metrics
+
+    cols = order_metrics((m for r in rows.values() for m in r), metric_set)
+    table = Table(title=title, title_justify="left")
+    table.add_column(first)
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, metrics in rows.items():
+        table.add_row(escape(str(name)), *[format_cell(c, metrics.get(c)) for c in cols])
+    return table
+
+
+def _print_cost(cost: dict[str, Any]) -> None:
+    p, size = cost["parameters"], cost["size"]
+    console.print(f"parameters {p['total']:,} total, {p['trainable']:,} trainable; checkpoint "
+                  f"{size['mb']:.2f} MB on disk"
+                  + (f" (without {'; '.join(size['excludes'])})" if size.get("excludes") else ""))
+    speed = cost.get("speed")
+    if speed is None:
+        return
+    lat, mem = speed["latency_batch1_ms"], speed["memory"]
+    mem_text = f"maxrss {mem['maxrss_mb']:.0f} MB"
+    if "rss_delta_mb" in mem:
+        mem_text = f"RSS +{mem['rss_delta_mb']:.0f} MB since load, " + mem_text
+    if "cuda_max_allocated_mb" in mem:
+        mem_text += f", CUDA peak {mem['cuda_max_allocated_mb']:.0f} MB"
+    console.print(f"student on {speed['device']} ({speed['threads']} threads): "
+                  f"{speed['throughput_samples_per_s']:.1f} samples/s at batch "
+                  f"{speed['batch_size']}; batch-1 latency p50 {lat['p50']:.1f} ms, p95 "
+                  f"{lat['p95']:.1f} ms; {mem_text}")
+    teacher, cmp_ = cost["teacher"], cost["comparison"]
+    if cmp_["teacher_job"] is None:
+        console.print(f"[yellow]teacher side unavailable[/]: {escape(teacher.get('note') or '')}"
+                      + "".join(f"\n  {escape(w)}: {escape(j.get('reason', ''))}"
+                                for w, j in teacher.get("jobs", {}).items()
+                                if not j.get("available")))
+        return
+    job = teacher["jobs"][cmp_["teacher_job"]]
+    per = job["per_sample"]
+    console.print(f"teacher {escape(str(job['teacher']))} ({cmp_['teacher_job']}, "
+                  f"{job['ok_samples']} cached samples): {per['latency_s'] * 1000:.1f} ms, "
+                  f"{per['tokens_in']:.0f}+{per['tokens_out']:.0f} tokens, "
+                  f"${per['cost_usd']:.6f} per sample")
+    ratio = (f"student/teacher latency {cmp_['latency_ratio']:.3g} "
+             f"(speedup {cmp_['speedup']:.3g}x)" if cmp_["latency_ratio"] is not None
+             else f"latency ratio n/a: {cmp_.get('latency_note', '')}")
+    cost_r = (f"cost ratio {cmp_['cost_ratio']:.3g}" if cmp_["cost_ratio"] is not None
+              else f"cost ratio n/a: {cmp_.get('cost_note', '')}")
+    console.print(f"{escape(ratio)}; {escape(cost_r)}")
+
+
+def _print_eval(ev, paths: list[Path]) -> None:
+    console.print(f"\n[bold]{escape(ev.name)}[/] ({escape(str(ev.path))}), {ev.split} split, "
+                  f"{ev.n_samples} samples, {ev.meta.kind}; {escape(ev.protocol['selection'])}")
+    console.print(_metric_table(f"{ev.split} metrics", ev.conditions, ev.metric_set,
+                                "condition"))
+    rob = ev.robustness()
+    if rob is not None:
+        rows: dict[str, Any] = {f"{r:g}": rob["per_rate"][r] for r in rob["rates"]}
+        rows["average"] = rob["average"]
+        console.print(_metric_table(
+            f"missing-rate sweep (mean ± std over seeds {','.join(map(str, ev.seeds))})",
+            rows, ev.metric_set, "missing rate"))
+    if ev.cost is not None:
+        _print_cost(ev.cost)
+    console.print("wrote " + ", ".join(escape(str(p)) for p in paths))
+
+
+@app.command("eval")
+def eval_checkpoints(
+    checkpoints: Annotated[list[str], typer.Argument(
+        help="Checkpoint dirs, run dirs holding checkpoint-best/, dirs of runs, or globs.")],
+    data: Annotated[str | None, typer.Option(
+        help="Data YAML or dataset path (default: the checkpoint's own data config).")] = None,
+    split: Annotated[str | None, typer.Option(
+        help="Split to report (default: the checkpoint's eval.split, test).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", "-o", help="Output dir (default: <run>/eval-<split> beside checkpoint-best).")
+    ] = None,
+    missing_rates: Annotated[str | None, typer.Option(
+        help="LNLN sweep a:b:step (inclusive), e.g. 0:0.9:0.1, a comma list, or none "
+             "(default: the checkpoint's eval.missing_rates).")] = None,
+    seeds: Annotated[str | None, typer.Option(
+        help="Comma-separated mask seeds (default: the checkpoint's eval.seeds).")] = None,
+    missing_modality: Annotated[list[str] | None, typer.Option(
+        help="Remove whole modalities: text, audio, vision or e.g. audio,vision; repeat for "
+             "several patterns; none for no patterns (default: every pattern).")] = None,
+    batch_size: Annotated[int | None, typer.Option(
+        help="Batch size (default: the checkpoint's eval.batch_size).")] = None,
+    no_cost: Annotated[bool, typer.Option(
+        "--no-cost", help="Skip speed, memory and the teacher comparison.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch's default).")] = 0,
+    latency_samples: Annotated[int, typer.Option(
+        help="Batch-1 calls timed for the latency percentiles.")] = 50,
+    device_cost_per_hour: Annotated[float, typer.Option(
+        help="USD per hour of this machine, for the student/teacher cost ratio.")] = 0.0,
+) -> None:
+    """Evaluate checkpoints: metrics, missing-modality robustness, cost; several -> leaderboard."""
+    import os
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from eval.evaluate import (
+        EvalError,
+        default_out_dir,
+        evaluate_checkpoint,
+        find_checkpoints,
+        leaderboard,
+        options_for,
+        parse_patterns,
+        parse_rates,
+        parse_seeds,
+        unique_names,
+        write_checkpoint_results,
+        write_leaderboard,
+    )
+    from eval.protocol import ProtocolError
+    from students.checkpoint import CheckpointError
+    from workbench.cache.store import CacheError
+    from workbench.data import DataError
+
+    if threads < 0:
+        raise _fail(f"--threads={threads}: use 0 (torch's default) or a positive count")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    errors = (EvalError, ProtocolError, CheckpointError, ConfigError, DataError, CacheError)
+    try:
+        paths = find_checkpoints(checkpoints)
+        names = unique_names(paths)
+        dcfg = data_config(data, []) if data else None
+        common = dict(
+            split=split, batch_size=batch_size, cost=not no_cost, device=device,
+            missing_rates=parse_rates(missing_rates) if missing_rates is not None else None,
+            seeds=parse_seeds(seeds) if seeds is not None else None,
+            patterns=parse_patterns(missing_modality) if missing_modality else None,
+            latency_samples=latency_samples, device_cost_per_hour=device_cost_per_hour)
+        options = [options_for(p, **common) for p in paths]
+    except errors as e:
+        raise _fail(str(e)) from None
+    evals, datasets = [], {}
+    for path, name, opts in zip(paths, names, options, strict=True):
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      console=err_console, transient=True) as bar:
+            task = bar.add_task(escape(name), total=None)
+
+            def progress(label: str, done: int, total: int, bar=bar, task=task) -> None:
+                bar.update(task, description=escape(label), completed=done, total=total)
+
+            try:
+                ev = evaluate_checkpoint(path, opts, dcfg, data_source=data or "",
+                                         datasets=datasets, name=name, progress=progress)
+                target = (out / name if len(paths) > 1 else out) if out else \
+                    default_out_dir(path, opts.split)
+                written = write_checkpoint_results(ev, target)
+            except errors as e:
+                raise _fail(str(e)) from None
+        _print_eval(ev, written)
+        evals.append(ev)
+    if len(evals) < 2:
+        return
+    try:
+        board = leaderboard(evals)
+        board_dir = out or Path(os.path.commonpath([p.resolve().parent for p in paths])) / \
+            f"leaderboard-{evals[0].split}"
+        written = write_leaderboard(evals, board_dir)
+    except errors as e:
+        raise _fail(str(e)) from None
+    console.print()
+    console.print(_metric_table(f"leaderboard, {board['split']} split, complete inputs",
+                                board["complete"], board["metric_set"], "checkpoint"))
+    if board["lnln"]:
+        console.print(_metric_table("LNLN average over missing rates (mean ± std over seeds)",
+                                    board["lnln"], board["metric_set"], "checkpoint"))
+    console.print("wrote " + ", ".join(escape(str(p)) for p in written))
+
+
 @app.command()
 def doctor() -> None:
     """Versions, devices, and which optional backends work here (and why not)."""
