@@ -638,6 +638,27 @@ def eval_checkpoints(
 
 
 @app.command()
+def distill(
+    config: Annotated[Path, typer.Option(help="Distillation recipe (configs/distill/...).")],
+    resume: Annotated[bool, typer.Option(help="Continue the run in train.output_dir.")] = False,
+    overrides: Annotated[list[str] | None, typer.Argument(help="section.key=value overrides")] = None,
+) -> None:
+    """Train a student in this process (multi-GPU: `accelerate launch distill.py ...`)."""
+    from students.checkpoint import CheckpointError
+    from students.trainer import TrainError, train
+    from workbench.cache.store import CacheError
+    from workbench.config import DistillConfig
+    from workbench.data import DataError
+
+    try:
+        cfg = load_config(DistillConfig, config, overrides or [])
+        best = train(cfg, resume=resume)
+    except (ConfigError, CacheError, DataError, TrainError, CheckpointError) as e:
+        raise _fail(str(e)) from None
+    console.print(f"best checkpoint: {best}")
+
+
+@app.command()
 def doctor() -> None:
     """Versions, devices, and which optional backends work here (and why not)."""
     from workbench.doctor import report

@@ -265,3 +265,16 @@ def test_accelerate_launch_runs_distill_py(tmp_path, data):
         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "did you mean 'train.epochs'" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_workbench_distill_command_refuses_a_missing_cache(tmp_path):
+    """`workbench distill` runs the same trainer as distill.py, with the same clear errors."""
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    r = CliRunner().invoke(app, ["distill", "--config", "configs/distill/mosi_text_audio.yaml",
+                                 "signals.cache_dir=" + str(tmp_path / "absent"),
+                                 "train.output_dir=" + str(tmp_path / "run")])
+    assert r.exit_code == 2
+    assert "absent" in r.output or "does not exist" in r.output or "no cache" in r.output
