@@ -67,3 +67,34 @@ def mosi_dir() -> Path:
     if not (MOSI_DIR / "mosi_label.csv").is_file():
         pytest.skip(f"the shared MOSI data is not at {MOSI_DIR} (it is never committed)")
     return MOSI_DIR
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch intra-op thread for the module: on a shared 2-core machine two threads
+    contend and run many times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Tiny synthetic training data (see tests/unit/test_trainer_fixtures.py)."""
+    from tests.unit.test_trainer_fixtures import tiny_data
+
+    return tiny_data(tmp_path_factory.mktemp("data"), n=48)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory, data):
+    """A teacher cache with soft labels (all splits) and descriptions (train, valid)."""
+    from tests.unit.test_trainer_fixtures import make_cache
+
+    d = tmp_path_factory.mktemp("cache")
+    make_cache(d, data, "sentiment_score")
+    make_cache(d, data, "context_aware", splits=["train", "valid"])
+    return d

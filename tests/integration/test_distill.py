@@ -22,34 +22,13 @@ from eval.metrics import compute_metrics
 from students.checkpoint import CheckpointError, load_checkpoint
 from students.model import StudentModel
 from students.trainer import predict, train
-from tests.unit.test_trainer_fixtures import distill_cfg, make_cache, tiny_data
+from tests.unit.test_trainer_fixtures import distill_cfg
 from workbench.data import MSADataset, load_dataset
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 REPO = Path(__file__).resolve().parents[2]
 FULL = ("signals.cache_dir={cache}", "train.weighting=quality", "train.missing_train=true",
         "loss.unimodal_aux=0.2")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_data(tmp_path_factory.mktemp("data"), n=48)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory, data):
-    d = tmp_path_factory.mktemp("cache")
-    make_cache(d, data, "sentiment_score")
-    make_cache(d, data, "context_aware", splits=["train", "valid"])
-    return d
 
 
 def _full(cache: Path) -> list[str]:

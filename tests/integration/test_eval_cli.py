@@ -7,7 +7,6 @@ import json
 import shutil
 
 import pytest
-import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -15,16 +14,8 @@ from tests.unit.test_eval_fixtures import tiny_checkpoints
 from tests.unit.test_trainer_fixtures import tiny_data
 from workbench.cli import app
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

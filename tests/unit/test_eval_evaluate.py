@@ -11,7 +11,6 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
 
 from eval.cost import teacher_costs
 from eval.evaluate import (
@@ -36,14 +35,7 @@ from workbench.data import load_dataset
 
 SEEDS = [1111, 1112, 1113]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads run many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,27 +28,7 @@ from workbench.data.store import DataInfo
 
 BINS = [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two threads run many times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return tiny_data(tmp_path_factory.mktemp("data"), n=48)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory, data):
-    d = tmp_path_factory.mktemp("cache")
-    make_cache(d, data, "sentiment_score")
-    make_cache(d, data, "context_aware", splits=["train", "valid"])
-    return d
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- sampler
