@@ -28,7 +28,7 @@ backend: vllm_engine
 model: gemma3-270m
 api: completions
 device: cpu
-dtype: bfloat16
+dtype: float32  # bf16 matmuls fall back to slow kernels on CPUs without AVX512-BF16
 max_model_len: 1024
 YAML
 t1=$(date +%s)

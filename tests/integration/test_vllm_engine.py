@@ -22,11 +22,12 @@ def vllm_teacher(**kw) -> TeacherConfig:
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     base = dict(backend="vllm_engine", model="gemma3-270m", api="completions", device=device,
-                max_model_len=1024, dtype="bfloat16" if device == "cpu" else "auto")
+                max_model_len=1024, dtype="float32" if device == "cpu" else "auto")
     base.update(kw)
     return TeacherConfig(**base)
 
 
+@pytest.mark.timeout(1800)  # vLLM compiles its CPU kernels on first use
 def test_vllm_soft_labels_and_descriptions(tmp_path):
     ds = tiny_dataset(tmp_path, n=30)
     report, job = run_job(vllm_teacher(), ds, tmp_path / "c", splits=["valid"])
