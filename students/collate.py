@@ -112,7 +112,7 @@ def _features(samples: list[Sample], m: str, kind: str, dim: int) -> dict[str, t
             if f.ndim != 1 or f.shape[0] != dim:
                 raise DataError(f"sample {s.id!r}: {m} has shape {f.shape}, but the dataset's "
                                 f"{m} features are utterance vectors of size {dim}")
-            x[i] = torch.from_numpy(np.asarray(f, dtype=np.float32))
+            x[i] = torch.tensor(f, dtype=torch.float32)  # copies: f may view read-only Arrow memory
             lengths[i] = 1
         keep = (lengths > 0).unsqueeze(1)
         return {m: x, f"{m}_lengths": lengths, f"{m}_keep": keep,
@@ -136,7 +136,7 @@ def _features(samples: list[Sample], m: str, kind: str, dim: int) -> dict[str, t
     x = torch.zeros(b, t, dim)
     for i, (s, n) in enumerate(zip(samples, lens, strict=True)):
         if n:
-            x[i, :n] = torch.from_numpy(np.asarray(s.feature(m)[:n], dtype=np.float32))
+            x[i, :n] = torch.tensor(s.feature(m)[:n], dtype=torch.float32)
     lengths = torch.tensor(lens, dtype=torch.long)
     keep = torch.arange(t).unsqueeze(0) < lengths.unsqueeze(1)
     return {m: x, f"{m}_lengths": lengths, f"{m}_keep": keep,
