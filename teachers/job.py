@@ -155,9 +155,10 @@ class CachingJob:
                 for v in range(variants):
                     planned.append(self._plan_one(sample, v, variants))
         self.store.register_job(self.spec)
+        known = self.store.sample_keys(self.job_id)  # a resumed job has these already
         self.store.add_requests(self.job_id, [
             (p.sample_id, p.split, p.key, {**p.rendered.to_json(), "decoding": self.decoding})
-            for p in planned])
+            for p in planned if known.get(p.sample_id) != (p.split, p.key)])
         return planned
 
     def _plan_one(self, sample: Sample, variant: int, variants: int) -> PlannedRequest:
