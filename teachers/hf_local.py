@@ -74,6 +74,9 @@ class HFLocalTeacher:
             self.tok.pad_token = self.tok.eos_token
         self.model = AutoModelForCausalLM.from_pretrained(root, dtype=dtype, **kw).to(device).eval()
         self.device = device
+        gen_eos = self.model.generation_config.eos_token_id
+        gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
+        self.eos_ids = {t for t in [*gen_eos, self.tok.eos_token_id] if t is not None}
         if self.cfg.api == "chat" and not self.tok.chat_template:
             raise ValueError(
                 f"teacher.model={self.cfg.model!r} has no chat template (a base model?): "
@@ -132,15 +135,12 @@ class HFLocalTeacher:
             out = self.model.generate(**enc, **gen_kw)
         n_in = enc["attention_mask"].sum(dim=1).tolist()
         gen = out.sequences[:, enc["input_ids"].shape[1]:]
-        eos = set(self.model.generation_config.eos_token_id or []) if isinstance(
-            self.model.generation_config.eos_token_id, list) else {self.model.generation_config.eos_token_id}
-        eos.add(self.tok.eos_token_id)
         k = max(1, self.cfg.top_logprobs)
         logprobs = [lg.float().log_softmax(-1) for lg in out.logits] if want else None
         results = []
         for b, req in enumerate(batch):
             ids = gen[b].tolist()[: req.max_tokens]
-            n_out = next((i for i, t in enumerate(ids) if t in eos), len(ids))
+            n_out = next((i for i, t in enumerate(ids) if t in self.eos_ids), len(ids))
             ids = ids[:n_out]
             positions = None
             if want and req.want_logprobs:

@@ -82,13 +82,11 @@ def find_job(store: CacheStore, *, template: str, data_fingerprint: str, teacher
 
 
 def teacher_view(cache_dir: str | Path, sample_splits: dict[str, str], data_fingerprint: str, *,
-                 template: str, teacher: str = "", job: str = "", min_ok_fraction: float = 0.0,
-                 variant_ids: bool = False) -> TeacherView:
+                 template: str, teacher: str = "", job: str = "", min_ok_fraction: float = 0.0) -> TeacherView:
     """The ok outputs of ``template`` for the samples in ``sample_splits`` (id -> split).
 
     Raises CacheError if the cache does not match the data, too few rows are ok, or the
     template showed the gold label and any requested sample is not a train sample.
-    ``variant_ids`` keeps every ``id#k`` output (several requests per sample).
     """
     with CacheStore(cache_dir, create=False) as store:
         spec = find_job(store, template=template, data_fingerprint=data_fingerprint,
@@ -104,8 +102,7 @@ def teacher_view(cache_dir: str | Path, sample_splits: dict[str, str], data_fing
         current = store.current(spec["job"])
     outputs: dict[str, TeacherOutput] = {}
     for sid, (_, key) in keys.items():
-        base = sid.split("#", 1)[0] if variant_ids else sid
-        if base not in sample_splits:
+        if sid not in sample_splits:
             continue
         out = current.get(key)
         if out is not None and out.ok:

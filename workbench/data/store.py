@@ -190,10 +190,6 @@ def _batch_samples(table: pa.Table) -> list[Sample]:
     return out
 
 
-def _row_sample(table: pa.Table, i: int) -> Sample:
-    return _batch_samples(table.slice(i, 1))[0]
-
-
 def infer_info(samples: list[Sample], cfg: DataConfig, source: str) -> DataInfo:
     dims: dict[str, int] = {}
     kind: dict[str, str] = {}
@@ -299,7 +295,7 @@ class MSADataset:
         return self.tables[split]
 
     def sample(self, split: str, i: int) -> Sample:
-        return _row_sample(self.table(split), i)
+        return _batch_samples(self.table(split).slice(i, 1))[0]
 
     def iter_samples(self, split: str | None = None, batch: int = 1024) -> Iterator[Sample]:
         for sp in [split] if split else self.splits:
