@@ -272,13 +272,26 @@ def compare(speed: Mapping[str, Any] | None, teacher: Mapping[str, Any],
         out["speedup"] = per["latency_s"] / student_s if student_s > 0 else None
     else:
         out["latency_note"] = f"the cache records no latency for {where} (0 s per sample)"
-    if out["student_cost_usd_per_sample"] is None:
-        out["cost_note"] = out.get("student_cost_note", "student cost unknown")
-    elif per["cost_usd"] > 0:
+    if speed is not None and per["latency_s"] > 0:
+        # machine-seconds per sample: the student at its throughput batch, the teacher as
+        # the cache timed it (batched backends record batch time / batch size)
+        student_machine_s = 1.0 / float(speed["throughput_samples_per_s"])
+        out["compute_ratio"] = student_machine_s / per["latency_s"]
+    if per["cost_usd"] > 0 and out["student_cost_usd_per_sample"] is not None:
         out["cost_ratio"] = out["student_cost_usd_per_sample"] / per["cost_usd"]
+        out["cost_basis"] = "usd"
+    elif per["cost_usd"] <= 0 and out.get("compute_ratio") is not None:
+        # a local or self-hosted teacher costs machine time: on machines of one hourly
+        # price the dollar ratio is the machine-time ratio, whatever the price
+        out["cost_ratio"] = out["compute_ratio"]
+        out["cost_basis"] = "machine_time"
+        out["cost_note"] = (f"the cache records $0 per sample for {where} (a local or "
+                            "self-hosted teacher), so the ratio is of machine-seconds per "
+                            "sample, assuming the teacher ran on hardware of the same price")
+    elif out["student_cost_usd_per_sample"] is None:
+        out["cost_note"] = out.get("student_cost_note", "student cost unknown")
     else:
-        out["cost_note"] = (f"the cache records $0 per sample for {where} (a local teacher "
-                            "or a backend without prices); no cost ratio")
+        out["cost_note"] = f"the teacher's cost per sample for {where} is unknown"
     return out
 
 

@@ -130,7 +130,12 @@ def test_cost_fields_are_present_and_positive(full):
     assert teacher["per_sample"]["latency_s"] > 0 and teacher["per_sample"]["tokens_in"] > 0
     cmp_ = cost["comparison"]
     assert cmp_["teacher_job"] == "soft_labels" and cmp_["latency_ratio"] > 0
-    assert cmp_["cost_ratio"] is None and cmp_["cost_note"]
+    assert cmp_["compute_ratio"] > 0
+    if teacher["per_sample"]["cost_usd"] == 0:  # a local teacher: machine time is the cost
+        assert cmp_["cost_ratio"] == cmp_["compute_ratio"]
+        assert cmp_["cost_basis"] == "machine_time" and cmp_["cost_note"]
+    else:
+        assert cmp_["cost_ratio"] is None and cmp_["cost_note"]
 
 
 def test_teacher_side_unavailable_is_reported_not_zero(ck, other, tmp_path):

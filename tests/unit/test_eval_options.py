@@ -167,7 +167,9 @@ def test_compare_says_why_a_ratio_is_missing():
     no_price = compare(_speed(10.0, 100.0), _teacher(0.5, 0.001))
     assert no_price["cost_ratio"] is None and "--device-cost-per-hour" in no_price["cost_note"]
     free = compare(_speed(10.0, 100.0), _teacher(0.5, 0.0), device_cost_per_hour=1.0)
-    assert free["cost_ratio"] is None and "$0 per sample" in free["cost_note"]
+    # a $0 (local) teacher costs machine time: 1/100 s per sample vs 0.5 s
+    assert free["cost_ratio"] == pytest.approx(0.01 / 0.5)
+    assert free["cost_basis"] == "machine_time" and "$0 per sample" in free["cost_note"]
     gone = compare(_speed(10.0, 100.0), {"available": False, "jobs": {},
                                          "note": "gold labels only"})
     assert gone["latency_ratio"] is None and gone["teacher_job"] is None
