@@ -1,0 +1,320 @@
+"""Per-sample predictions of a student checkpoint, written as CSV or JSONL.
+
+``workbench predict CHECKPOINT --data DATA --out FILE.csv|FILE.jsonl`` runs
+:func:`predict_checkpoint`. The checkpoint and the data go through the same checks as
+``workbench eval`` (:func:`eval.evaluate.check_files`, :func:`eval.evaluate.load_data`,
+:func:`eval.evaluate.check_data_matches`): the data must be the dataset the checkpoint was
+trained on (same fingerprint, task, metric set and features) unless ``new_data`` is set,
+which keeps every check but the fingerprint (new utterances with the same features).
+Unlike ``eval``, any split may be predicted (nothing is reported as a score) and labels
+are optional.
+
+Columns, one row per sample, in the data's order (splits in the data's order for
+``all``):
+
+* ``id``, ``split``;
+* regression: ``score`` (the model's prediction) and its classes as the metrics count
+  them (:mod:`eval.metrics`): metric set ``mosi``: ``polarity`` (``negative`` /
+  ``neutral`` / ``positive``: the score clipped to [-1, 1] and rounded, as ``acc3``
+  does) and ``class7`` (clipped to [-3, 3] and rounded: -3..3, as ``acc7``); metric set
+  ``sims``: ``polarity`` from the ``acc3`` bins (-0.1, 0.1] and ``class5`` (-2..2) from
+  the ``acc5`` bins;
+* classification: ``class`` (predicted class name), ``class_id``, and ``prob_<name>``
+  (softmax of the logits) per class;
+* ``text_avail``, ``audio_avail``, ``vision_avail``: 1 when the sample's data has the
+  modality (non-empty text; a feature array with at least one real, non-zero frame; for
+  a modality the dataset has only as raw media, the media), else 0. A modality removed
+  with ``drop`` (``--missing-modality``) is 0 for every sample: the columns say what the
+  model received;
+* ``label`` when any sample has one (the score, or the class name), empty otherwise.
+
+The format follows the file's suffix (``.csv`` or ``.jsonl``); JSONL writes numbers as
+numbers and a missing label as ``null``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from eval.evaluate import (
+    EvalError,
+    check_data_matches,
+    check_files,
+    eval_items,
+    load_data,
+    parse_patterns,
+    run_config,
+)
+from eval.metrics import SIMS_EDGES_3, SIMS_EDGES_5, sims_bins
+from students.checkpoint import STUDENT_FILE, load_checkpoint, read_meta
+from students.robustness import drop_modalities
+from students.trainer import predict
+from workbench.config import MODALITIES, DataConfig
+from workbench.data.schema import Sample
+
+log = logging.getLogger(__name__)
+
+FORMATS = (".csv", ".jsonl")
+ALL_SPLITS = "all"
+POLARITY = ("negative", "neutral", "positive")
+
+
+class PredictError(EvalError):
+    """A prediction cannot run as asked; the message says what and what to do."""
+
+
+@dataclass
+class PredictOptions:
+    """How to predict (the ``workbench predict`` options)."""
+
+    split: str = "test"
+    """A split of the data, or ``all``."""
+    batch_size: int = 64
+    device: str = "auto"
+    """``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    drop: tuple[str, ...] = ()
+    """Modalities removed for every sample (text -> ``[UNK]``, features -> zeros)."""
+    new_data: bool = False
+    """Accept data other than the training data if task, metric set and features match."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise PredictError(f"--batch-size={self.batch_size}: use at least 1")
+        bad = [m for m in self.drop if m not in MODALITIES]
+        if bad:
+            raise PredictError(f"--missing-modality: {bad} are not modalities; name some of "
+                               f"{list(MODALITIES)}")
+
+    def resolved_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            dev = torch.device(self.device)
+        except RuntimeError:
+            raise PredictError(f"--device={self.device!r}: use auto, cpu, cuda or cuda:N") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise PredictError(f"--device={self.device}: CUDA is not available here; use cpu "
+                               "or auto")
+        if dev.type not in ("cpu", "cuda"):
+            raise PredictError(f"--device={self.device!r}: use auto, cpu, cuda or cuda:N")
+        return dev
+
+
+def parse_drop(specs: Sequence[str] | None) -> tuple[str, ...]:
+    """Modalities to remove from ``--missing-modality`` values (``audio``, ``audio,vision``,
+    repeatable; ``none`` or nothing: remove none), in canonical order."""
+    if not specs:
+        return ()
+    mods = {m for pattern in parse_patterns(list(specs)) for m in pattern}
+    return tuple(m for m in MODALITIES if m in mods)
+
+
+def output_format(out: str | Path) -> str:
+    """``csv`` or ``jsonl`` from the output file's suffix."""
+    suffix = Path(out).suffix.lower()
+    if suffix not in FORMATS:
+        raise PredictError(f"--out {out}: the format follows the suffix; use a .csv or .jsonl "
+                           "file name")
+    return suffix[1:]
+
+
+# ----------------------------------------------------------------------------- columns
+
+
+def modality_available(sample: Sample, modality: str) -> bool:
+    """Whether ``sample``'s data carries ``modality``: non-empty text; a feature array with
+    a real frame that is not all zeros; raw media where there is no feature array."""
+    if modality == "text":
+        return bool(sample.text and sample.text.strip())
+    feat = sample.feature(modality)
+    if feat is None:
+        return sample.has(modality)
+    arr = np.asarray(feat)
+    n = sample.length(modality)
+    if arr.ndim == 2 and n is not None:
+        arr = arr[: int(n)]
+    return bool(arr.size > 0 and np.any(arr != 0))
+
+
+def regression_classes(scores: np.ndarray, metric_set: str) -> dict[str, list[Any]]:
+    """Per-sample class columns of regression scores, as :mod:`eval.metrics` counts them."""
+    s = np.asarray(scores, dtype=np.float64)
+    if metric_set == "sims":
+        s = np.clip(s, -1.0, 1.0)
+        pol = sims_bins(s, SIMS_EDGES_3)
+        return {"polarity": [POLARITY[int(i)] for i in pol],
+                "class5": [int(i) - 2 for i in sims_bins(s, SIMS_EDGES_5)]}
+    pol = np.round(np.clip(s, -1.0, 1.0)).astype(np.int64)  # acc3: -1, 0, 1
+    return {"polarity": [POLARITY[int(i) + 1] for i in pol],
+            "class7": [int(v) for v in np.round(np.clip(s, -3.0, 3.0)).astype(np.int64)]}
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def prediction_columns(preds: np.ndarray, task: str, metric_set: str,
+                       class_names: Sequence[str]) -> dict[str, list[Any]]:
+    """The prediction columns (module docstring) for ``preds`` (scores or logits)."""
+    if task == "classification":
+        probs = _softmax(np.asarray(preds, dtype=np.float64))
+        ids = probs.argmax(axis=1)
+        cols: dict[str, list[Any]] = {"class": [class_names[int(i)] for i in ids],
+                                      "class_id": [int(i) for i in ids]}
+        for j, name in enumerate(class_names):
+            cols[f"prob_{name}"] = [float(p) for p in probs[:, j]]
+        return cols
+    scores = np.asarray(preds, dtype=np.float64).reshape(-1)
+    return {"score": [float(v) for v in scores], **regression_classes(scores, metric_set)}
+
+
+def _label(sample: Sample, task: str, class_names: Sequence[str]) -> Any:
+    if task == "classification":
+        return None if sample.label_class is None else class_names[int(sample.label_class)]
+    return None if sample.label is None else float(sample.label)
+
+
+# ------------------------------------------------------------------------------- write
+
+
+def _csv_cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else repr(v)
+    return str(v)
+
+
+def write_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: str | Path) -> Path:
+    """Write ``rows`` as CSV or JSONL (from the suffix), beside the target then renamed."""
+    fmt = output_format(out)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buf = io.StringIO()
+    if fmt == "csv":
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(columns)
+        for r in rows:
+            writer.writerow([_csv_cell(r.get(c)) for c in columns])
+    else:
+        for r in rows:
+            clean = {c: (None if isinstance(r.get(c), float) and math.isnan(r[c]) else r.get(c))
+                     for c in columns}
+            buf.write(json.dumps(clean, ensure_ascii=False) + "\n")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(buf.getvalue(), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# ------------------------------------------------------------------------------ predict
+
+
+@dataclass
+class Predictions:
+    """What :func:`predict_checkpoint` produced."""
+
+    columns: list[str]
+    rows: list[dict[str, Any]]
+    splits: dict[str, int]
+    """Rows per split."""
+    task: str
+    dropped: tuple[str, ...]
+    device: str
+    out: Path | None = None
+
+
+def _splits(ds: Any, split: str) -> list[str]:
+    present = {s: ds.num_rows(s) for s in ds.splits}
+    if split == ALL_SPLITS:
+        chosen = [s for s, n in present.items() if n > 0]
+        if not chosen:
+            raise PredictError(f"dataset {ds.info.name!r} has no samples in any split")
+        return chosen
+    if split not in present or present[split] == 0:
+        raise PredictError(f"split {split!r} is not in dataset {ds.info.name!r} (it has "
+                           f"{present}); choose one of those or 'all' with --split, or map "
+                           "split names in the data config (split_names)")
+    return [split]
+
+
+def predict_samples(path: str | Path, opts: PredictOptions, data: DataConfig | None = None,
+                    *, data_source: str = "") -> Predictions:
+    """Predict every sample of ``opts.split`` (or all splits) with checkpoint ``path``.
+
+    ``data`` overrides the checkpoint's own data config (``data_source`` names it in
+    messages). Raises :class:`PredictError` / :class:`eval.evaluate.EvalError` /
+    :class:`students.checkpoint.CheckpointError` saying what is wrong.
+    """
+    p = Path(path)
+    check_files(p)
+    meta = read_meta(p)
+    device = opts.resolved_device()
+    data_cfg = data if data is not None else run_config(p).data
+    source = data_source or f"(data section of {p / 'config.yaml'})"
+    ds = load_data(data_cfg, data_source or "checkpoint", p)
+    trained = dataclasses.replace(meta.info, fingerprint="") if opts.new_data else meta.info
+    try:
+        check_data_matches(trained, ds, source, p)
+    except EvalError as e:
+        if opts.new_data or "fingerprint" not in str(e):
+            raise
+        raise PredictError(f"{e}. To predict on other data with the same task and "
+                           "features, pass --new-data") from None
+    modalities = list(meta.student.get("modalities") or ["text", *meta.info.feature_dims])
+    absent = [m for m in opts.drop if m not in modalities]
+    if absent:
+        raise PredictError(f"--missing-modality {','.join(opts.drop)}: checkpoint {p} has no "
+                           f"{', '.join(absent)} input (it reads {modalities}, per its "
+                           f"{STUDENT_FILE}); name only those")
+    splits = _splits(ds, opts.split)
+    per_split = {sp: ds.samples(sp) for sp in splits}
+    items = {sp: eval_items(meta, s, ds, sp) for sp, s in per_split.items()}
+    model, _, meta = load_checkpoint(p, device=device)
+    info, task = meta.info, meta.info.task
+    masking = drop_modalities(opts.drop) if opts.drop else None
+    rows: list[dict[str, Any]] = []
+    for sp in splits:
+        samples = per_split[sp]
+        preds = predict(model, items[sp], opts.batch_size, masking=masking)
+        cols = prediction_columns(preds, task, info.metric_set, info.class_names)
+        for i, s in enumerate(samples):
+            row: dict[str, Any] = {"id": s.id, "split": sp}
+            row.update({k: v[i] for k, v in cols.items()})
+            for m in MODALITIES:
+                row[f"{m}_avail"] = int(m not in opts.drop and modality_available(s, m))
+            row["label"] = _label(s, task, info.class_names)
+            rows.append(row)
+    pred_cols = [c for c in rows[0] if c not in ("id", "split", "label")
+                 and not c.endswith("_avail")]
+    columns = ["id", "split", *pred_cols, *[f"{m}_avail" for m in MODALITIES]]
+    if any(r["label"] is not None for r in rows):
+        columns.append("label")
+    log.info("predicted %d samples (%s) with %s on %s%s", len(rows), ", ".join(splits), p,
+             device, f", without {'+'.join(opts.drop)}" if opts.drop else "")
+    return Predictions(columns=columns, rows=rows, splits={sp: len(per_split[sp]) for sp in splits},
+                       task=task, dropped=opts.drop, device=str(device))
+
+
+def predict_checkpoint(path: str | Path, out: str | Path, opts: PredictOptions,
+                       data: DataConfig | None = None, *, data_source: str = "") -> Predictions:
+    """:func:`predict_samples`, written to ``out`` (``.csv`` / ``.jsonl``)."""
+    output_format(out)  # refuse a bad suffix before any work
+    res = predict_samples(path, opts, data, data_source=data_source)
+    res.out = write_rows(res.rows, res.columns, out)
+    return res
