@@ -31,11 +31,14 @@ from students.encoders import Encoded, masked_mean
 
 @dataclass
 class FusionOutput:
-    """``fused`` (B, h); ``gates[m]`` (B, h) after availability; ``attention`` or None."""
+    """``fused`` (B, h); ``gates[m]`` (B, h) after availability; ``attention`` or None;
+    ``contributions``: what each modality adds before the shared tail -- ``text``: the
+    pooled text ``t``; ``m``: ``a_m * g_m * c_m`` -- so ``fused = tail(sum of them)``."""
 
     fused: Tensor
     gates: dict[str, Tensor]
     attention: dict[str, Tensor] | None
+    contributions: dict[str, Tensor] | None = None
 
 
 def _safe_key_mask(mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -101,6 +104,7 @@ class GatedBottleneckFusion(nn.Module):
         total = t
         gates: dict[str, Tensor] = {}
         maps: dict[str, Tensor] = {}
+        contributions: dict[str, Tensor] = {"text": t}
         for m in self.modalities:
             enc = others[m]
             keys, kmask = enc.tokens, enc.mask
@@ -118,11 +122,20 @@ class GatedBottleneckFusion(nn.Module):
             c_pooled = masked_mean(c, text.mask)
             avail = available[m].to(t.dtype).reshape(b, 1)
             g = torch.sigmoid(self.gate[m](torch.cat([t, c_pooled], dim=-1))) * avail
-            total = total + g * c_pooled
+            contributions[m] = g * c_pooled
+            total = total + contributions[m]
             gates[m] = g
             if return_attention:
                 maps[f"bottleneck_{m}"] = a_gather
                 maps[f"text_to_{m}"] = a_scatter
+        fused = self.tail(total)
+        return FusionOutput(fused=fused, gates=gates, attention=maps if return_attention else None,
+                            contributions=contributions)
+
+    def tail(self, total: Tensor) -> Tensor:
+        """The shared layers after the sum: ``out_norm(h + FFN(h))``, ``h = norm(total)``.
+
+        Every modality's contribution passes through them (the conflict-aware penalty of
+        :mod:`students.conflict` compares the modalities' gradients on these weights)."""
         h = self.norm(total)
-        fused = self.out_norm(h + self.ffn(h))
-        return FusionOutput(fused=fused, gates=gates, attention=maps if return_attention else None)
+        return self.out_norm(h + self.ffn(h))

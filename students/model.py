@@ -19,6 +19,16 @@ losses the trainer adds: KL(teacher || q) shapes the distribution, an expected-s
 ties ``E_q`` to the teacher's expected score, and the task loss fits ``pred`` to gold.
 ``pred`` is what metrics read. For a classification dataset the bins are the classes and
 ``bin_logits`` *is* ``pred`` (the class logits).
+
+Two halves of the forward pass
+------------------------------
+``forward(batch)`` is ``fuse_and_predict(encode(batch))``: :meth:`StudentModel.encode`
+runs the text / feature encoders (and, with ``student.enhance``, the cross-sample
+enhancement of :mod:`students.enhance`) into a :class:`StudentEncoding`;
+:meth:`StudentModel.fuse_and_predict` runs fusion and the heads on one. The trainer's
+MS-Mix (:mod:`students.msmix`) mixes encodings and runs the second half on them.
+Built with ``msmix=True`` the model also has one *intensity head* per modality
+(training only: the checkpoint leaves them out, :data:`TRAINING_ONLY_PREFIXES`).
 """
 
 from __future__ import annotations
@@ -37,12 +47,17 @@ from students.encoders import (
     feature_modalities,
     masked_mean,
 )
+from students.enhance import CrossSampleEnhancer, observed_fraction
 from students.fusion import GatedBottleneckFusion
 from students.losses import expected_score
 from workbench.config import StudentConfig
 from workbench.data.store import DataInfo
 
 log = logging.getLogger(__name__)
+
+TRAINING_ONLY_PREFIXES = ("intensity_heads.",)
+"""State-dict prefixes of heads that only training reads (MS-Mix's intensity heads): they
+are neither counted in ``all`` nor saved in a checkpoint."""
 
 
 @dataclass
@@ -84,6 +99,10 @@ class StudentOutput:
       prediction, shaped like ``pred``; mask it with the batch's ``<m>_avail``.
     * ``gates``: per non-text modality, the (B, hidden) gate after availability.
     * ``attention``: fusion attention maps (see :mod:`students.fusion`), or None.
+    * ``contributions``: per modality, what it adds to the fusion sum before the shared
+      tail (``text``: the pooled text; ``m``: ``a_m * g_m * c_m``).
+    * ``encoding``: the :class:`StudentEncoding` it came from, with
+      ``forward(..., return_encoding=True)``; else None.
     """
 
     pred: Tensor
@@ -93,6 +112,37 @@ class StudentOutput:
     unimodal: dict[str, Tensor]
     gates: dict[str, Tensor]
     attention: dict[str, Tensor] | None
+    contributions: dict[str, Tensor] | None = None
+    encoding: StudentEncoding | None = None
+
+
+@dataclass
+class StudentEncoding:
+    """What :meth:`StudentModel.encode` returns: the encoded modalities before fusion.
+
+    * ``text``: projected text tokens (B, L, h), mask, pooled (B, h).
+    * ``others``: per feature modality, its :class:`~students.encoders.Encoded` (with
+      ``student.enhance``, an extra key token for the samples it enhanced).
+    * ``avail``: per feature modality, (B,) in {0, 1}, what fusion gates with.
+    * ``text_avail``: (B,) 1 where the sample has text.
+    * ``desc``: the description branch's encoding (prompted network), or None.
+    * ``enhanced``: per enhanced modality, (B,) bool: samples that got neighbours' help.
+    """
+
+    text: Encoded
+    others: dict[str, Encoded]
+    avail: dict[str, Tensor]
+    text_avail: Tensor
+    desc: DescriptionEncoding | None = None
+    enhanced: dict[str, Tensor] | None = None
+
+    def pooled(self) -> dict[str, Tensor]:
+        """Per modality (``text`` first), the pooled (B, h) representation."""
+        return {"text": self.text.pooled, **{m: e.pooled for m, e in self.others.items()}}
+
+    def available(self) -> dict[str, Tensor]:
+        """Per modality (``text`` first), (B,) availability."""
+        return {"text": self.text_avail, **self.avail}
 
 
 @dataclass
@@ -177,7 +227,7 @@ class StudentModel(nn.Module):
     """
 
     def __init__(self, cfg: StudentConfig, info: DataInfo, bins: list[float] | None = None,
-                 device: str | torch.device | None = None) -> None:
+                 device: str | torch.device | None = None, msmix: bool = False) -> None:
         super().__init__()
         self.cfg = cfg
         self.info = info
@@ -214,6 +264,14 @@ class StudentModel(nn.Module):
         })
         self.kd_proj = nn.Linear(h, cfg.kd_repr_dim or h)
         self.prompt = DescriptionBranch(cfg, device) if cfg.prompted else None
+        self.enhance = (CrossSampleEnhancer(h, ["text", *self.modalities], self.modalities,
+                                            cfg.enhance_bank, cfg.enhance_k,
+                                            cfg.enhance_temperature)
+                        if cfg.enhance else None)
+        # MS-Mix: emotional intensity |score| per modality (training only).
+        self.intensity_heads = (nn.ModuleDict({
+            m: nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 1))
+            for m in ["text", *self.modalities]}) if msmix else None)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -236,8 +294,15 @@ class StudentModel(nn.Module):
         parts["heads"] = heads
         if self.prompt is not None:
             parts["description_branch"] = self.prompt
+        if self.enhance is not None:
+            parts["enhance"] = self.enhance
         out = {k: count_parameters(v) for k, v in parts.items()}
-        out["all"] = count_parameters(self)
+        every = count_parameters(self)
+        if self.intensity_heads is not None:  # training only, not part of the student
+            extra = count_parameters(self.intensity_heads)
+            every = ParamCount(total=every.total - extra.total,
+                               trainable=every.trainable - extra.trainable)
+        out["all"] = every
         return out
 
     def param_groups(self, lr: float, encoder_lr: float, weight_decay: float
@@ -267,8 +332,22 @@ class StudentModel(nn.Module):
                            f"for dataset {self.info.name!r} (modalities {self.modalities})")
         return batch[key]
 
-    def forward(self, batch: dict[str, Any], return_attention: bool = False) -> StudentOutput:
-        """Run the student on a collated batch (see :mod:`students.collate`)."""
+    def forward(self, batch: dict[str, Any], return_attention: bool = False,
+                return_encoding: bool = False) -> StudentOutput:
+        """Run the student on a collated batch (see :mod:`students.collate`):
+        ``fuse_and_predict(encode(batch))``; ``return_encoding`` keeps the encoding in
+        the output (``StudentOutput.encoding``)."""
+        enc = self.encode(batch)
+        out = self.fuse_and_predict(enc, return_attention=return_attention)
+        if return_encoding:
+            out.encoding = enc
+        return out
+
+    def encode(self, batch: dict[str, Any]) -> StudentEncoding:
+        """The first half: every modality through its encoder (text projected to
+        ``hidden``), the description branch, and (``student.enhance``) cross-sample
+        enhancement of degraded audio / vision, which in training mode also pushes the
+        batch's complete samples into the memory bank."""
         te = self.text(self._get(batch, "input_ids"), self._get(batch, "attention_mask"),
                        batch.get("token_type_ids"))
         tok = self.text_proj(te.tokens)
@@ -283,15 +362,59 @@ class StudentModel(nn.Module):
             else:
                 others[m] = self.encoders[m](x, self._get(batch, f"{m}_lengths"), keep)
             avail[m] = self._get(batch, f"{m}_avail")
+        text_avail = batch.get("text_avail")
+        if text_avail is None:
+            text_avail = torch.ones(tok.shape[0], device=tok.device)
         desc = None
-        cond = extra = None
         if self.prompt is not None:
             desc = self.prompt(self._get(batch, "descriptions"), self.device)
+        enc = StudentEncoding(text=text, others=others, avail=avail, text_avail=text_avail,
+                              desc=desc)
+        if self.enhance is not None:
+            enc = self._enhance(enc, batch)
+        return enc
+
+    def _enhance(self, enc: StudentEncoding, batch: dict[str, Any]) -> StudentEncoding:
+        assert self.enhance is not None
+        observed = {m: observed_fraction(self._get(batch, f"{m}_keep"),
+                                         self._get(batch, f"{m}_lengths")) * (enc.avail[m] > 0)
+                    for m in self.modalities}
+        pooled = enc.pooled()
+        present = enc.available()
+        blended, apply, _ = self.enhance(pooled, present, observed)
+        if self.training:
+            rates = batch.get("missing_rates") or {}
+            text_whole = enc.text_avail > 0
+            if "text" in rates:
+                text_whole = text_whole & (rates["text"].to(text_whole.device) <= 0)
+            complete = text_whole
+            for m in self.modalities:
+                complete = complete & (observed[m] >= 1.0)
+            self.enhance.push(pooled, complete)
+        others = dict(enc.others)
+        avail = dict(enc.avail)
+        for m in self.modalities:
+            e, a = others[m], apply[m]
+            others[m] = Encoded(
+                tokens=torch.cat([e.tokens, blended[m].unsqueeze(1).to(e.tokens.dtype)], dim=1),
+                mask=torch.cat([e.mask, a.unsqueeze(1)], dim=1),
+                pooled=torch.where(a.unsqueeze(1), blended[m].to(e.pooled.dtype), e.pooled))
+            avail[m] = torch.where(a, torch.ones_like(avail[m]), avail[m])
+        return StudentEncoding(text=enc.text, others=others, avail=avail,
+                               text_avail=enc.text_avail, desc=enc.desc, enhanced=apply)
+
+    def fuse_and_predict(self, enc: StudentEncoding,
+                         return_attention: bool = False) -> StudentOutput:
+        """The second half: fusion (FiLM / description keys for the prompted network),
+        the heads, the auxiliary heads on each modality's pooled representation."""
+        desc = enc.desc
+        cond = extra = None
+        if desc is not None and self.prompt is not None:
             if self.prompt.mode == "film":
                 cond = desc.pooled
             else:
                 extra = desc.tokens
-        fo = self.fusion(text, others, avail, query_cond=cond, extra_keys=extra,
+        fo = self.fusion(enc.text, enc.others, enc.avail, query_cond=cond, extra_keys=extra,
                          return_attention=return_attention)
         fused = fo.fused
         if desc is not None and self.prompt is not None and self.prompt.mode == "film":
@@ -301,25 +424,44 @@ class StudentModel(nn.Module):
             bin_logits = pred
         else:
             bin_logits = self.bin_head(fused) if self.bin_head is not None else None
-        pooled = {"text": text.pooled, **{m: others[m].pooled for m in self.modalities}}
-        unimodal = {m: self._shape(self.unimodal_heads[m](v)) for m, v in pooled.items()}
+        unimodal = {m: self._shape(self.unimodal_heads[m](v)) for m, v in enc.pooled().items()}
         return StudentOutput(pred=pred, bin_logits=bin_logits, fused=fused,
                              projected=self.kd_proj(fused), unimodal=unimodal, gates=fo.gates,
-                             attention=fo.attention)
+                             attention=fo.attention, contributions=fo.contributions)
+
+    # ---------------------------------------------------------- for training methods
+    def shared_tail(self, x: Tensor) -> Tensor:
+        """A fusion-sum vector (B, h) through the layers every modality shares -- the
+        fusion tail and the prediction head -- shaped like ``pred``."""
+        return self._shape(self.head(self.fusion.tail(x)))
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The trainable weights of :meth:`shared_tail` (fusion tail + prediction head)."""
+        mods = [self.fusion.norm, self.fusion.ffn, self.fusion.out_norm, self.head]
+        return [p for mod in mods for p in mod.parameters() if p.requires_grad]
+
+    def intensity(self, enc: StudentEncoding) -> dict[str, Tensor]:
+        """MS-Mix: predicted emotional intensity (B,) >= 0 per modality (softplus)."""
+        if self.intensity_heads is None:
+            raise ValueError("this student has no intensity heads; build it with msmix=True "
+                             "(train.msmix=true)")
+        return {m: torch.nn.functional.softplus(self.intensity_heads[m](v)).squeeze(-1)
+                for m, v in enc.pooled().items()}
 
     def _shape(self, y: Tensor) -> Tensor:
         return y.squeeze(-1) if self.out_dim == 1 else y
 
 
 def build_student(cfg: StudentConfig, info: DataInfo, bins: list[float] | None = None,
-                  device: str | torch.device | None = None) -> StudentModel:
+                  device: str | torch.device | None = None, msmix: bool = False) -> StudentModel:
     """Build the student (or, with ``cfg.prompted``, the prompted network) for ``info``.
 
     ``bins`` are the label bins the teacher's soft labels are over (e.g. -3..3 for MOSI);
     without them the model has no bin head. ``device`` places the model; a quantized text
     base is loaded straight onto it (bitsandbytes weights cannot be moved afterwards).
+    ``msmix`` adds MS-Mix's intensity heads (training only, never saved in a checkpoint).
     """
-    model = StudentModel(cfg, info, bins, device)
+    model = StudentModel(cfg, info, bins, device, msmix=msmix)
     if device is not None:
         quantized = cfg.quantize != "none"
         for name, child in model.named_children():

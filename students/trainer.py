@@ -18,6 +18,12 @@
    from the prompted network, optionally per-modality auxiliary heads; with quality-aware
    sample weights (``train.weighting``) and LNLN missing-modality masks
    (``train.missing_train``). The plain student's batches carry no descriptions.
+   Robustness and augmentation methods, each a switch that is off by default:
+   teacher-augmented samples with quality weights (``train.augment_data``,
+   :mod:`students.augment`), MS-Mix (``train.msmix``, :mod:`students.msmix`), the
+   conflict-aware gradient penalty and statistical loss (``train.conflict_penalty``,
+   :mod:`students.conflict`) and, in the model, cross-sample enhancement of missing
+   modalities (``student.enhance``, :mod:`students.enhance`).
 
 The loop: AdamW with two learning rates (``encoder_lr`` for the text encoder, ``lr`` for
 the rest), linear warmup then cosine decay, gradient accumulation and clipping and mixed
@@ -35,6 +41,7 @@ depend only on (seed, epoch), so a resumed run ends exactly where an unbroken on
 from __future__ import annotations
 
 import copy
+import csv
 import json
 import math
 import shutil
@@ -52,8 +59,22 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from eval.metrics import METRIC_NAMES, compute_metrics, higher_is_better
+from students.augment import (
+    augment_weights,
+    histogram_text,
+    load_augmented,
+    rewrite_similarity,
+    weight_summary,
+)
 from students.checkpoint import load_checkpoint, save_checkpoint
 from students.collate import Collator, StudentItem, TeacherSignal
+from students.conflict import (
+    conflict_penalty,
+    flatten_grads,
+    label_statistics,
+    statistical_loss,
+)
+from students.encoders import Encoded
 from students.losses import (
     attention_kd,
     expected_score_loss,
@@ -61,8 +82,25 @@ from students.losses import (
     representation_kd,
     soft_label_kd,
     task_loss,
+    weighted_mean,
 )
-from students.model import StudentModel, StudentOutput, build_student
+from students.model import (
+    TRAINING_ONLY_PREFIXES,
+    StudentEncoding,
+    StudentModel,
+    StudentOutput,
+    build_student,
+)
+from students.msmix import (
+    draw_pairs,
+    gaussian_bins,
+    mean_ratio,
+    mix_encoded,
+    mix_ratios,
+    mixed_labels,
+    modality_kl,
+    select_pairs,
+)
 from students.robustness import MaskSpec, lnln_train
 from students.weighting import batch_weights
 from workbench.cache.join import TeacherView, teacher_view
@@ -79,6 +117,7 @@ BEST_DIR = "checkpoint-best"
 LAST_DIR = "last"
 PROMPTED_DIR = "prompted"
 STATE_FILE = "trainer_state.json"
+AUGMENT_WEIGHTS_FILE = "augment_weights.csv"
 RUN_SUBDIRS = (BEST_DIR, LAST_DIR, PROMPTED_DIR)
 RESUME_IGNORED = ("train.overwrite",)
 """Config keys that may differ between a run and its ``--resume``."""
@@ -271,19 +310,23 @@ class TrainCollator:
     signals), and with privileged targets ``priv_mask`` (B,), ``priv_pred``,
     ``priv_fused`` (B, h) and ``priv_attn`` (per modality (B, H, L, K)). With
     ``drop_descriptions`` the batch has no ``descriptions`` key at all: what the plain
-    student must never see.
+    student must never see. ``item_weights`` (sample id -> weight) replaces the weight of
+    those samples (the augmented ones, weighted once before training); they may also lack
+    a privileged target.
     """
 
     def __init__(self, base: Collator, *, weighting: str = "none", weight_floor: float = 0.1,
                  agreement_scale: float = 0.0,
                  privileged: dict[str, PrivilegedTarget] | None = None,
-                 drop_descriptions: bool = True) -> None:
+                 drop_descriptions: bool = True,
+                 item_weights: dict[str, float] | None = None) -> None:
         self.base = base
         self.weighting = weighting
         self.weight_floor = weight_floor
         self.agreement_scale = agreement_scale
         self.privileged = privileged
         self.drop_descriptions = drop_descriptions
+        self.item_weights = item_weights or {}
 
     def set_masking(self, masking: MaskSpec | None) -> None:
         self.base.set_masking(masking)
@@ -293,6 +336,10 @@ class TrainCollator:
         batch["weights"] = batch_weights(batch, self.weighting, floor=self.weight_floor,
                                          agreement_scale=self.agreement_scale,
                                          label_range=self.base.info.label_range)
+        if self.item_weights:
+            for b, sid in enumerate(batch["ids"]):
+                if sid in self.item_weights:
+                    batch["weights"][b] = self.item_weights[sid]
         if self.privileged is not None:
             batch.update(self._privileged(batch))
         if self.drop_descriptions:
@@ -304,10 +351,11 @@ class TrainCollator:
         assert self.privileged is not None
         targets = [self.privileged.get(i) for i in ids]
         have = [t for t in targets if t is not None]
-        if not have:
+        if not have and (not self.privileged
+                         or any(i not in self.item_weights for i in ids)):
             raise ValueError(f"no privileged target for any of {ids[:4]}...; the prompted "
                              "network's outputs were computed for other samples")
-        ref = have[0]
+        ref = have[0] if have else next(iter(self.privileged.values()))
         mask = torch.tensor([0.0 if t is None else 1.0 for t in targets])
         pred = torch.stack([ref.pred * 0 if t is None else t.pred for t in targets])
         fused = torch.stack([ref.fused * 0 if t is None else t.fused for t in targets])
@@ -353,6 +401,22 @@ class LossPlan:
     priv_repr: float = 0.0
     priv_repr_kind: str = "cosine"
     priv_attn: float = 0.0
+    msmix: bool = False
+    """MS-Mix on (``train.msmix``); its terms: ``msmix_task``, ``msmix_kl``,
+    ``msmix_intensity``."""
+    msmix_task: float = 0.0
+    msmix_kl: float = 0.0
+    msmix_intensity: float = 0.0
+    msmix_alpha: float = 0.5
+    msmix_threshold: float = 0.3
+    conflict: bool = False
+    """Conflict-aware penalty + statistical loss on (``train.conflict_penalty``)."""
+    conflict_weight: float = 0.0
+    conflict_tau: float = 1.5
+    statistical: float = 0.0
+    label_stats: tuple[float, ...] | None = None
+    """Gold-label statistics of the train split (mean, std; or class frequencies)."""
+    label_range: tuple[float, float] = (-3.0, 3.0)
 
     @property
     def uses_bins(self) -> bool:
@@ -362,10 +426,18 @@ class LossPlan:
     def uses_privileged(self) -> bool:
         return self.priv_pred > 0 or self.priv_repr > 0 or self.priv_attn > 0
 
+    @property
+    def needs_encoding(self) -> bool:
+        return self.msmix or self.conflict
 
-def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool) -> LossPlan:
-    """The loss terms of a stage: teacher terms only where their signal exists."""
-    lc = cfg.loss
+
+def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool,
+                label_stats: tuple[float, ...] | None = None) -> LossPlan:
+    """The loss terms of a stage: teacher terms only where their signal exists; the
+    method terms only with their switch (``train.msmix``, ``train.conflict_penalty``).
+    ``label_stats``: :func:`students.conflict.label_statistics` of the train split (the
+    statistical loss needs them)."""
+    lc, tc = cfg.loss, cfg.train
     classification = cfg.data.task == "classification"
     return LossPlan(
         task_kind=cfg.train.task_loss, classification=classification,
@@ -377,6 +449,18 @@ def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool) -> L
         priv_repr=lc.privileged_repr if privileged else 0.0,
         priv_repr_kind=lc.privileged_repr_kind,
         priv_attn=lc.privileged_attn if privileged else 0.0,
+        msmix=tc.msmix,
+        msmix_task=lc.msmix if tc.msmix else 0.0,
+        msmix_kl=lc.msmix_kl if tc.msmix else 0.0,
+        msmix_intensity=lc.msmix_intensity if tc.msmix else 0.0,
+        msmix_alpha=tc.msmix_alpha,
+        msmix_threshold=tc.msmix_threshold,
+        conflict=tc.conflict_penalty,
+        conflict_weight=lc.conflict if tc.conflict_penalty else 0.0,
+        conflict_tau=lc.conflict_tau,
+        statistical=lc.statistical if tc.conflict_penalty else 0.0,
+        label_stats=label_stats,
+        label_range=tuple(cfg.data.label_range),  # type: ignore[arg-type]
     )
 
 
@@ -431,6 +515,129 @@ def compute_losses(out: StudentOutput, batch: dict[str, Any], plan: LossPlan,
             total = total + plan.priv_attn * losses["priv_attn"]
     losses["total"] = total
     return losses
+
+
+def training_losses(model: Any, batch: dict[str, Any], plan: LossPlan, bins: Tensor | None,
+                    *, want_attn: bool = False, rng: np.random.Generator | None = None,
+                    raw_model: StudentModel | None = None) -> dict[str, Tensor]:
+    """One training step's losses: the forward pass, :func:`compute_losses`, and the
+    method terms the plan switches on (MS-Mix, conflict penalty + statistical loss),
+    all in ``total``. With every switch off this is exactly
+    ``compute_losses(model(batch), ...)``.
+
+    ``model`` is what the loop calls (possibly wrapped by accelerate); ``raw_model``
+    the unwrapped :class:`StudentModel` whose halves the methods call (default:
+    ``model``); ``rng`` draws MS-Mix's pairs and ratios (seeded per step by the loop).
+    """
+    raw = raw_model if raw_model is not None else model
+    if not plan.needs_encoding:  # the plain step, called exactly as before the methods
+        return compute_losses(model(batch, return_attention=want_attn), batch, plan, bins)
+    out = model(batch, return_attention=want_attn, return_encoding=True)
+    losses = compute_losses(out, batch, plan, bins)
+    total = losses.pop("total")
+    if plan.msmix:
+        if rng is None:
+            raise ValueError("MS-Mix needs rng= (a numpy Generator seeded per step)")
+        parts = msmix_losses(raw, out, batch, plan, bins, rng)
+        total = (total + plan.msmix_task * parts["msmix"] + plan.msmix_kl * parts["msmix_kl"]
+                 + plan.msmix_intensity * parts["msmix_intensity"])
+        losses.update(parts)
+    if plan.conflict:
+        parts = conflict_losses(raw, out, batch, plan)
+        total = total + plan.conflict_weight * parts["conflict"] \
+            + plan.statistical * parts["statistical"]
+        losses.update(parts)
+    losses["total"] = total
+    return losses
+
+
+def _rows(e: Encoded, idx: Tensor) -> Encoded:
+    return Encoded(tokens=e.tokens[idx], mask=e.mask[idx], pooled=e.pooled[idx])
+
+
+def msmix_losses(model: StudentModel, out: StudentOutput, batch: dict[str, Any],
+                 plan: LossPlan, bins: Tensor | None, rng: np.random.Generator
+                 ) -> dict[str, Tensor]:
+    """MS-Mix's terms (:mod:`students.msmix`): ``msmix`` (task loss on mixed samples
+    against mixed labels), ``msmix_kl`` (KL alignment of the modalities' predicted
+    distributions on them), ``msmix_intensity`` (intensity heads vs |gold score|) and,
+    for the log, ``msmix_frac`` (fraction of the batch mixed, no gradient)."""
+    enc = out.encoding
+    if enc is None:
+        raise ValueError("MS-Mix needs forward(..., return_encoding=True)")
+    target, label_mask, w = batch["labels"], batch["label_mask"], batch["weights"]
+    device = out.pred.device
+    w = w.to(device)
+    pooled, avail = enc.pooled(), enc.available()
+    intensity = model.intensity(enc)
+    gold_abs = torch.nan_to_num(target.float()).abs()
+    losses: dict[str, Tensor] = {"msmix_intensity": torch.stack([
+        task_loss(intensity[m], gold_abs, "l1", w, label_mask * avail[m]) for m in intensity
+    ]).mean()}
+    n = target.shape[0]
+    perm, lam0 = draw_pairs(n, plan.msmix_alpha, rng)
+    perm, lam0 = perm.to(device), lam0.to(device)
+    sel = select_pairs({m: p.detach() for m, p in pooled.items()}, avail, perm,
+                       plan.msmix_threshold, label_mask)
+    i = torch.nonzero(sel).flatten()
+    losses["msmix_frac"] = torch.tensor(float(i.numel()) / max(1, n), device=device)
+    if i.numel() == 0:
+        zero = out.pred.sum() * 0.0
+        losses.update(msmix=zero, msmix_kl=zero)
+        return losses
+    j = perm[i]
+    lam = mix_ratios(lam0[i], {m: v[i].detach() for m, v in intensity.items()},
+                     {m: v[j].detach() for m, v in intensity.items()})
+    mixed = StudentEncoding(
+        text=mix_encoded(_rows(enc.text, i), _rows(enc.text, j), lam["text"]),
+        others={m: mix_encoded(_rows(e, i), _rows(e, j), lam[m]) for m, e in enc.others.items()},
+        avail={m: a[i] for m, a in enc.avail.items()}, text_avail=enc.text_avail[i])
+    mo = model.fuse_and_predict(mixed)
+    pair_avail = {m: a[i] for m, a in avail.items()}
+    lam_bar = mean_ratio(lam, pair_avail)
+    y = mixed_labels(target[i], target[j], lam_bar)
+    wm = lam_bar * w[i] + (1.0 - lam_bar) * w[j]
+    losses["msmix"] = task_loss(mo.pred, y, plan.task_kind, wm)
+    if bins is not None and bins.numel() >= 2:
+        grid = bins.float().to(device)
+    else:
+        grid = torch.linspace(plan.label_range[0], plan.label_range[1], 7, device=device)
+    sigma = float((grid[-1] - grid[0]) / (grid.numel() - 1))
+    dists = {m: gaussian_bins(p, grid, sigma) for m, p in mo.unimodal.items()}
+    losses["msmix_kl"] = weighted_mean(modality_kl(dists, pair_avail), wm)
+    return losses
+
+
+def conflict_losses(model: StudentModel, out: StudentOutput, batch: dict[str, Any],
+                    plan: LossPlan) -> dict[str, Tensor]:
+    """The conflict-aware penalty and the statistical loss (:mod:`students.conflict`):
+    ``conflict`` (dominance + opposition of the modalities' gradients on the shared
+    weights, differentiable), ``statistical``; for the log ``conflict_dominance``,
+    ``conflict_opposition``."""
+    if out.contributions is None:
+        raise ValueError("the conflict penalty needs the fusion's per-modality contributions")
+    if plan.label_stats is None:
+        raise ValueError("the statistical loss needs the train labels' statistics: pass "
+                         "label_stats to plan_losses")
+    target = batch["label_class"] if plan.classification else batch["labels"]
+    label_mask, w = batch["label_mask"], batch["weights"]
+    avail = out.encoding.available() if out.encoding is not None else {
+        "text": batch["text_avail"], **{m: batch[f"{m}_avail"] for m in out.contributions
+                                        if m != "text"}}
+    params = model.shared_parameters()
+    vectors = []
+    for m, c in out.contributions.items():
+        am = label_mask.to(c.device) * avail[m].to(c.device)
+        if not (am > 0).any():
+            continue
+        loss_m = task_loss(model.shared_tail(c), target, plan.task_kind, w, am)
+        grads = torch.autograd.grad(loss_m, params, create_graph=True, allow_unused=True)
+        vectors.append(flatten_grads(grads, params))
+    stacked = torch.stack(vectors) if vectors else out.pred.new_zeros(0, 1)
+    pen = conflict_penalty(stacked, plan.conflict_tau)
+    stat = statistical_loss(out.pred, plan.label_stats, label_mask, plan.classification)
+    return {"conflict": pen["penalty"], "conflict_dominance": pen["dominance"].detach(),
+            "conflict_opposition": pen["opposition"].detach(), "statistical": stat}
 
 
 # -------------------------------------------------------------------------- inference
@@ -639,6 +846,8 @@ class Stage:
     plan: LossPlan
     manifest: dict[str, Any]
     privileged: dict[str, PrivilegedTarget] | None = None
+    augment: list[StudentItem] | None = None
+    """Teacher-augmented train samples (``train.augment_data``), weighted in :func:`_fit`."""
 
     @property
     def epochs(self) -> int:
@@ -649,9 +858,11 @@ def _freeze_unused(model: StudentModel, plan: LossPlan) -> list[str]:
     """Freeze heads no loss term reads (no trainable weight without a gradient: DDP
     rejects those). Returns their names."""
     frozen = []
+    unimodal_used = plan.unimodal_aux > 0 or (plan.msmix and plan.msmix_kl > 0)
     parts = {"bin_head": model.bin_head if not plan.uses_bins else None,
-             "unimodal_heads": model.unimodal_heads if plan.unimodal_aux <= 0 else None,
-             "kd_proj": model.kd_proj if plan.priv_repr <= 0 else None}
+             "unimodal_heads": model.unimodal_heads if not unimodal_used else None,
+             "kd_proj": model.kd_proj if plan.priv_repr <= 0 else None,
+             "intensity_heads": model.intensity_heads if plan.msmix_intensity <= 0 else None}
     for name, module in parts.items():
         if module is not None:
             module.requires_grad_(False)
@@ -678,15 +889,23 @@ def _fit(accelerator: Any, stage: Stage, info: DataInfo, resume: bool) -> Path:
             return best_dir
 
     set_seed(tc.seed)
-    model = build_student(cfg.student, info, stage.bins, device=accelerator.device)
+    model = build_student(cfg.student, info, stage.bins, device=accelerator.device,
+                          msmix=stage.plan.msmix)
     frozen = _freeze_unused(model, stage.plan)
     if frozen:
         log.info("%s: frozen (no loss reads them): %s", stage.name, ", ".join(frozen))
     prompted = model.prompt is not None
+    train_items = stage.train_items
+    item_weights: dict[str, float] | None = None
+    if stage.augment:
+        # Weighed with the text encoder as built, before any training step.
+        item_weights = _weigh_augmented(model, stage, info, accelerator)
+        train_items = train_items + stage.augment
     base = Collator.for_model(model)
     collator = TrainCollator(base, weighting=tc.weighting, weight_floor=tc.weight_floor,
                              agreement_scale=tc.weight_agreement_scale,
-                             privileged=stage.privileged, drop_descriptions=not prompted)
+                             privileged=stage.privileged, drop_descriptions=not prompted,
+                             item_weights=item_weights)
     valid_collator = TrainCollator(Collator.for_model(model), drop_descriptions=not prompted)
     tok = model.tokenizer
 
@@ -694,11 +913,11 @@ def _fit(accelerator: Any, stage: Stage, info: DataInfo, resume: bool) -> Path:
         return len(tok(item.sample.text or "", truncation=True,
                        max_length=cfg.student.max_text_len)["input_ids"])
 
-    lengths = [n_tokens(it) for it in stage.train_items] if tc.group_by_length else None
-    sampler = EpochSampler(len(stage.train_items), tc.seed, lengths, tc.batch_size)
+    lengths = [n_tokens(it) for it in train_items] if tc.group_by_length else None
+    sampler = EpochSampler(len(train_items), tc.seed, lengths, tc.batch_size)
     # Validation order does not change the metrics; similar lengths pad less.
     valid_items = sorted(stage.valid_items, key=lambda it: -len(_text(it)))
-    train_loader = DataLoader(ItemDataset(stage.train_items), batch_size=tc.batch_size,
+    train_loader = DataLoader(ItemDataset(train_items), batch_size=tc.batch_size,
                               sampler=sampler, collate_fn=collator, num_workers=tc.num_workers)
     valid_loader = DataLoader(ItemDataset(valid_items), batch_size=cfg.eval.batch_size,
                               shuffle=False, collate_fn=valid_collator,
@@ -713,10 +932,10 @@ def _fit(accelerator: Any, stage: Stage, info: DataInfo, resume: bool) -> Path:
     raw_model: StudentModel = accelerator.unwrap_model(model)
     bins = raw_model.bins if raw_model.bin_values is not None else None
     counts = raw_model.parameter_counts()["all"]
-    log.info("%s: %d train / %d valid samples, %d epochs x %d steps, %d trainable of %d "
-             "parameters, selecting on valid_%s (%s)", stage.name, len(stage.train_items),
-             len(stage.valid_items), stage.epochs, steps_per_epoch, counts.trainable,
-             counts.total, metric, mode)
+    log.info("%s: %d train (%d augmented) / %d valid samples, %d epochs x %d steps, %d "
+             "trainable of %d parameters, selecting on valid_%s (%s)", stage.name,
+             len(train_items), len(stage.augment or []), len(stage.valid_items), stage.epochs,
+             steps_per_epoch, counts.trainable, counts.total, metric, mode)
 
     state = TrainState()
     if resume and state_path.is_file():
@@ -739,10 +958,12 @@ def _fit(accelerator: Any, stage: Stage, info: DataInfo, resume: bool) -> Path:
         bar = tqdm(train_loader, desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
                    disable=not accelerator.is_local_main_process, leave=False,
                    dynamic_ncols=True, mininterval=1.0)
-        for batch in bar:
+        for step, batch in enumerate(bar):
             with accelerator.accumulate(model):
-                res = model(batch, return_attention=want_attn)
-                losses = compute_losses(res, batch, stage.plan, bins)
+                rng = (np.random.default_rng([tc.seed, epoch, step, accelerator.process_index,
+                                              2]) if stage.plan.msmix else None)
+                losses = training_losses(model, batch, stage.plan, bins, want_attn=want_attn,
+                                         rng=rng, raw_model=raw_model)
                 accelerator.backward(losses["total"])
                 if accelerator.sync_gradients:
                     if tc.max_grad_norm > 0:
@@ -766,7 +987,8 @@ def _fit(accelerator: Any, stage: Stage, info: DataInfo, resume: bool) -> Path:
                          "epoch": epoch + 1, "value": value,
                          "metrics": {f"valid_{k}": v for k, v in valid.items()},
                          "stage": stage.name}
-            full_sd = accelerator.get_state_dict(model)
+            full_sd = {k: v for k, v in accelerator.get_state_dict(model).items()
+                       if not k.startswith(TRAINING_ONLY_PREFIXES)}
             if accelerator.is_main_process:
                 save_checkpoint(raw_model, cfg, best_dir, selection=selection,
                                 teacher_manifest=stage.manifest, state_dict=full_sd)
@@ -800,6 +1022,67 @@ def _fit(accelerator: Any, stage: Stage, info: DataInfo, resume: bool) -> Path:
              best_dir)
     accelerator.free_memory()
     return best_dir
+
+
+def _weigh_augmented(model: StudentModel, stage: Stage, info: DataInfo,
+                     accelerator: Any) -> dict[str, float]:
+    """Quality weights of the augmented samples (:func:`students.augment.augment_weights`),
+    their consistency set on the items; logged, histogrammed and saved as
+    ``<out_dir>/augment_weights.csv``. Returns sample id -> weight."""
+    assert stage.augment
+    tc = stage.cfg.train
+    items = stage.augment
+    sources = {it.sample.id: it.sample for it in stage.train_items}
+    src = [sources[str(it.sample.meta["source_id"])] for it in items]
+    n_bins = next((len(it.teacher.probs) for it in items
+                   if it.teacher is not None and it.teacher.probs is not None),
+                  len(stage.bins or []) or 2)
+    nan = float("nan")
+    probs = torch.full((len(items), n_bins), nan)
+    off = torch.full((len(items),), nan)
+    expected = torch.full((len(items),), nan)
+    for r, it in enumerate(items):
+        t = it.teacher
+        if t is not None and t.probs is not None:
+            probs[r] = torch.as_tensor(np.asarray(t.probs, dtype=np.float32))
+            off[r] = nan if t.off_mass is None else float(t.off_mass)
+            expected[r] = nan if t.expected is None else float(t.expected)
+    gold = torch.tensor([nan if s.label is None else float(s.label) for s in src])
+    t0 = time.perf_counter()
+    sim = rewrite_similarity(model, [it.sample.text for it in items], [s.text for s in src],
+                             batch_size=stage.cfg.eval.batch_size)
+    lo, hi = info.label_range
+    aw = augment_weights(probs=probs, off_mass=off, expected=expected, gold=gold,
+                         similarity=sim, agreement_scale=tc.weight_agreement_scale
+                         or (hi - lo) / 2.0, floor=tc.weight_floor)
+    for it, c in zip(items, aw.consistency.tolist(), strict=True):
+        it.consistency = float(c)
+    weights = aw.weight.numpy()
+    summary = weight_summary(weights, tc.weight_floor)
+    log.info("%s: %d augmented samples weighted in %.1fs (%d without a teacher soft label): "
+             "%s\naugment weights histogram:\n%s", stage.name, len(items),
+             time.perf_counter() - t0, int((~aw.has_teacher).sum()),
+             " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in summary.items()),
+             histogram_text(weights, lo=0.0, hi=1.0))
+    accelerator.log({f"{stage.name}/augment_weight_{k}": v for k, v in summary.items()},
+                    step=0)
+    for tracker in getattr(accelerator, "trackers", []):
+        writer = getattr(tracker, "writer", None)
+        if writer is not None and hasattr(writer, "add_histogram"):
+            writer.add_histogram(f"{stage.name}/augment_weights", weights, 0)
+    if accelerator.is_main_process:
+        stage.out_dir.mkdir(parents=True, exist_ok=True)
+        with (stage.out_dir / AUGMENT_WEIGHTS_FILE).open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "source_id", "weight", "confidence", "off_label", "agreement",
+                        "consistency", "similarity", "has_teacher"])
+            for r, it in enumerate(items):
+                w.writerow([it.sample.id, src[r].id, f"{weights[r]:.6f}",
+                            f"{float(aw.confidence[r]):.6f}", f"{float(aw.off_label[r]):.6f}",
+                            f"{float(aw.agreement[r]):.6f}", f"{float(aw.consistency[r]):.6f}",
+                            f"{float(sim[r]):.6f}", int(aw.has_teacher[r])])
+    return {it.sample.id: float(wt) for it, wt in zip(items, weights, strict=True)}
 
 
 def _save_last(accelerator: Any, last_dir: Path, state: TrainState) -> None:
@@ -869,6 +1152,9 @@ def _prompted_stage_cfg(cfg: DistillConfig, out: Path) -> DistillConfig:
     st.train.epochs = cfg.train.prompted_epochs or cfg.train.epochs
     st.train.weighting = "none"
     st.train.missing_train = False
+    st.train.augment_data = ""
+    st.train.msmix = False
+    st.train.conflict_penalty = False
     return st
 
 
@@ -964,9 +1250,22 @@ def _run(cfg: DistillConfig, resume: bool) -> Path:
                                   config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                           for k, v in _flat(to_dict(cfg)).items()})
     manifest = signals.manifest()
+    augment: list[StudentItem] | None = None
+    if cfg.train.augment_data:
+        augment, manifest["augment"] = join_augmented(cfg, ds, signals)
+    label_stats = None
+    if cfg.train.conflict_penalty:
+        classification = info.task == "classification"
+        label_stats = label_statistics(
+            [s.label_class if classification else s.label for s in train_samples
+             if (s.label_class if classification else s.label) is not None],
+            classification=classification, n_classes=len(info.class_names))
+        log.info("statistical loss: train gold-label statistics %s",
+                 ", ".join(f"{v:.4f}" for v in label_stats))
     try:
         priv_targets: dict[str, PrivilegedTarget] | None = None
-        plan = plan_losses(cfg, soft_labels=signals.soft is not None, privileged=privileged)
+        plan = plan_losses(cfg, soft_labels=signals.soft is not None, privileged=privileged,
+                           label_stats=label_stats)
         if privileged:
             desc = signals.descriptions
             desc_items = {s.id: StudentItem(s, TeacherSignal(description=_description(desc, s.id)))
@@ -1009,11 +1308,48 @@ def _run(cfg: DistillConfig, resume: bool) -> Path:
         stage = Stage(name="prompted" if cfg.student.prompted else "student", cfg=cfg,
                       out_dir=out, train_items=train_items, valid_items=valid_items,
                       bins=signals.bins,
-                      plan=plan, manifest=manifest, privileged=priv_targets)
+                      plan=plan, manifest=manifest, privileged=priv_targets, augment=augment)
         best = _fit(accelerator, stage, info, resume)
     finally:
         accelerator.end_training()
     return best
+
+
+def join_augmented(cfg: DistillConfig, ds: MSADataset, signals: TeacherSignals
+                   ) -> tuple[list[StudentItem], dict[str, Any]]:
+    """The augmented train samples of ``train.augment_data`` with their soft labels from
+    ``signals.cache_dir`` (joined by the augmented data's own fingerprint, the same
+    template, teacher and ``min_ok_fraction`` as the main soft labels), and what the
+    checkpoint's manifest records about them."""
+    sig = cfg.signals
+    acfg, ads, samples = load_augmented(cfg.train.augment_data, ds)
+    try:
+        view = teacher_view(sig.cache_dir, {s.id: "train" for s in samples}, ads.fingerprint,
+                            template=sig.soft_label_template, teacher=sig.teacher,
+                            min_ok_fraction=sig.min_ok_fraction)
+    except CacheError as e:
+        raise CacheError(
+            f"train.augment_data={cfg.train.augment_data!r}: the rewrites' soft labels: {e} "
+            f"(score them with `workbench cache run --data {acfg.path} ... --template "
+            f"{sig.soft_label_template}` into {sig.cache_dir})") from None
+    if view.job.get("output") != "soft_label":
+        raise CacheError(f"train.augment_data: job {view.job.get('job')} of template "
+                         f"{sig.soft_label_template!r} produced {view.job.get('output')!r} "
+                         "outputs, not soft labels")
+    values = {tuple(float(v) for v in o.soft_label.values) for o in view.outputs.values()
+              if o.soft_label is not None}
+    if signals.bins is not None and values and values != {tuple(signals.bins)}:
+        raise CacheError(f"train.augment_data: the rewrites' soft labels use bins "
+                         f"{sorted(values)[:2]}, the main data's {signals.bins}; score both "
+                         "with the same template")
+    log.info("augmented data %s: %d rewrites of %d train samples, soft labels ok for %d "
+             "(%.1f%%)", acfg.path, len(samples),
+             len({s.meta.get("source_id") for s in samples}), len(view.outputs),
+             100 * view.ok_fraction)
+    items = [StudentItem(s, _soft_signal(view.outputs.get(s.id))) for s in samples]
+    manifest = {"data": acfg.path, "fingerprint": ads.fingerprint, "samples": len(samples),
+                "soft_labels": view.manifest()}
+    return items, manifest
 
 
 def _out(view: TeacherView | None, sample_id: str) -> TeacherOutput | None:

@@ -311,6 +311,24 @@ class StudentConfig:
     kd_repr_dim: int = 0
     """Width of the teacher representation that the student's distillation projection
     maps its fused vector to; 0: same as ``hidden``."""
+    enhance: bool = False
+    """Cross-sample enhancement of missing / masked audio and vision (after HME,
+    ``students.enhance``): a sample whose modality is missing or partly masked retrieves
+    its ``enhance_k`` nearest complete training samples by the modalities it has (cosine
+    of pooled representations), takes their similarity-weighted mean representation of
+    the missing modality, and blends it with its own through a learned gate on
+    [original, enriched, uncertainty, observed fraction] (uncertainty: the normalised
+    entropy of the neighbours' softmax weights). The neighbours come from a memory bank:
+    a FIFO queue of the ``enhance_bank`` most recent complete training samples, filled
+    during training forward passes, frozen at evaluation, and saved in the checkpoint
+    (model buffers), so a checkpoint alone evaluates. Works best with
+    ``train.missing_train=true``. Off: the model and its checkpoints are unchanged."""
+    enhance_k: int = 5
+    """Neighbours per enhanced sample (at most ``enhance_bank``)."""
+    enhance_bank: int = 512
+    """Rows of the memory bank (complete training samples kept; part of the checkpoint)."""
+    enhance_temperature: float = 0.1
+    """Temperature of the softmax over the neighbours' cosine similarities."""
 
     def __post_init__(self) -> None:
         _check(self.hidden >= 8, "student.hidden", self.hidden, "use at least 8")
@@ -329,6 +347,12 @@ class StudentConfig:
         if self.quantize != "none":
             _check(self.text_mode != "full", "student.quantize", self.quantize,
                    "quantized bases cannot be fully fine-tuned; set student.text_mode=lora")
+        _check(self.enhance_k >= 1, "student.enhance_k", self.enhance_k,
+               "use at least 1 neighbour, e.g. 5")
+        _check(self.enhance_bank >= self.enhance_k, "student.enhance_bank", self.enhance_bank,
+               f"the bank must hold at least student.enhance_k={self.enhance_k} rows, e.g. 512")
+        _check(self.enhance_temperature > 0, "student.enhance_temperature",
+               self.enhance_temperature, "use a positive temperature, e.g. 0.1")
 
 
 # -------------------------------------------------------------------------- train
@@ -412,6 +436,45 @@ class TrainConfig:
     num_threads: int = 0
     """Torch intra-op CPU threads per process; 0: torch's default (all cores). On a small
     or shared machine 1 is often several times faster than oversubscribed threads."""
+    augment_data: str = ""
+    """Teacher augmentation with quality-aware weights (after QASA): the directory written
+    by ``workbench data augment`` (or its ``data.yaml``), holding paraphrases of the train
+    transcripts (id ``SOURCE#v``, the source's label and audio / visual features). Their
+    soft labels are read from ``signals.cache_dir`` (template
+    ``signals.soft_label_template``, a second caching pass on that dataset, joined by its
+    own fingerprint). Each rewrite is added to the train split only, with a fixed weight
+    ``floor + (1 - floor) * c * o * a * s``: ``c`` teacher confidence (1 - normalised
+    entropy of its soft label; 0 if the teacher gave none), ``o`` 1 - off-label mass,
+    ``a`` agreement of the teacher's expected score with the source's gold label, ``s``
+    cosine similarity of the rewrite to its source under the student's pre-training text
+    encoder (mean-pooled, clipped to [0, 1]); ``floor`` is ``weight_floor``: rewrites are
+    down-weighted, never dropped. The weights are logged (summary and histogram) and
+    saved as ``<output_dir>/augment_weights.csv``. Empty: no augmentation."""
+    msmix: bool = False
+    """MS-Mix: sentiment-aware mixup of the encoded modalities inside each training step
+    (``students.msmix``; regression datasets). Pairs come from a seeded permutation of the
+    batch and are mixed only when, for every modality both have, their pooled
+    representations agree (cosine > ``msmix_threshold``) and they have the same
+    modalities. Per modality the ratio blends a Beta(``msmix_alpha``, ``msmix_alpha``)
+    draw with the relative intensity predicted by that modality's intensity head
+    (trained on |gold score|, ``loss.msmix_intensity``); the mixed label uses the mean
+    ratio. Adds ``loss.msmix`` x the task loss on mixed samples and ``loss.msmix_kl`` x a
+    KL alignment of the modalities' predicted distributions on them (Gaussians around
+    the unimodal heads' scores over the label bins)."""
+    msmix_alpha: float = 0.5
+    """Beta(alpha, alpha) of MS-Mix's base mixing ratio."""
+    msmix_threshold: float = 0.3
+    """Cosine similarity every shared modality of a pair must exceed to be mixed (-1:
+    mix every pair with the same modalities)."""
+    conflict_penalty: bool = False
+    """Conflict-aware gradient penalty plus a statistical loss (``students.conflict``).
+    Each step, each modality's own contribution to the fusion sum goes through the
+    shared layers (fusion tail + prediction head) to a gold-label loss; its gradient on
+    those shared weights is taken with ``create_graph=True`` (the penalty is
+    differentiable). Penalised: dominance ``relu(max_m |g_m| / mean_m |g_m| -
+    loss.conflict_tau)`` and opposition ``mean over pairs relu(-cos(g_a, g_b))``, with
+    weight ``loss.conflict``; and ``loss.statistical`` x the squared gaps between the
+    batch mean / std of the predictions and the train split's gold-label mean / std."""
 
     def __post_init__(self) -> None:
         _check(self.num_threads >= 0, "train.num_threads", self.num_threads,
@@ -445,6 +508,10 @@ class TrainConfig:
         _check(not self.prompted_checkpoint or self.privileged == "prompted",
                "train.prompted_checkpoint", self.prompted_checkpoint,
                "it is only read with train.privileged=prompted; set that or leave it empty")
+        _check(self.msmix_alpha > 0, "train.msmix_alpha", self.msmix_alpha,
+               "use a positive Beta parameter, e.g. 0.5")
+        _check(-1.0 <= self.msmix_threshold < 1.0, "train.msmix_threshold",
+               self.msmix_threshold, "use a cosine similarity in [-1, 1), e.g. 0.3")
 
 
 # --------------------------------------------------------------------------- eval
@@ -525,12 +592,30 @@ class LossConfig:
     unimodal_aux: float = 0.0
     """Weight of the gold-label loss of each modality's auxiliary head (averaged over the
     modalities, each on the samples that have it)."""
+    msmix: float = 1.0
+    """``train.msmix`` only: weight of the task loss on the mixed samples (mixed labels)."""
+    msmix_kl: float = 0.1
+    """``train.msmix`` only: weight of the KL alignment between the modalities' predicted
+    distributions on the mixed samples (mean over ordered modality pairs)."""
+    msmix_intensity: float = 0.1
+    """``train.msmix`` only: weight of the intensity heads' L1 loss against |gold score|."""
+    conflict: float = 0.1
+    """``train.conflict_penalty`` only: weight of the gradient-conflict penalty."""
+    conflict_tau: float = 1.5
+    """``train.conflict_penalty`` only: max / mean ratio of the modalities' gradient norms
+    tolerated before dominance is penalised (>= 1; with M modalities the ratio is <= M)."""
+    statistical: float = 0.1
+    """``train.conflict_penalty`` only: weight of the statistical loss (batch mean and std
+    of the predictions vs the train gold labels'; class frequencies for classification)."""
 
     def __post_init__(self) -> None:
         for name in ("soft_label_kd", "expected_score", "privileged_pred", "privileged_repr",
-                     "privileged_attn", "unimodal_aux"):
+                     "privileged_attn", "unimodal_aux", "msmix", "msmix_kl",
+                     "msmix_intensity", "conflict", "statistical"):
             _check(getattr(self, name) >= 0, f"loss.{name}", getattr(self, name),
                    "use 0 (term off) or a positive weight")
+        _check(self.conflict_tau >= 1.0, "loss.conflict_tau", self.conflict_tau,
+               "use a ratio of at least 1 (max over mean gradient norm), e.g. 1.5")
         _check(self.temperature > 0, "loss.temperature", self.temperature,
                "use a positive temperature, e.g. 1.0 or 2.0")
 
@@ -571,6 +656,20 @@ class DistillConfig:
                    self.train.weighting,
                    "quality weights score the teacher's soft labels: set signals.cache_dir "
                    "and signals.soft_label_template, or train.weighting=none")
+        if self.train.augment_data:
+            _check(bool(sig.cache_dir and sig.soft_label_template), "train.augment_data",
+                   self.train.augment_data,
+                   "augmented samples are weighted by the teacher's soft labels on them: set "
+                   "signals.cache_dir (holding a soft-label job on the augmented data) and "
+                   "signals.soft_label_template, or leave train.augment_data empty")
+        _check(not (self.train.msmix and classification), "train.msmix", self.train.msmix,
+               "MS-Mix's intensity heads predict |score| of a regression label; use a "
+               "regression dataset or set train.msmix=false")
+        for name in ("msmix", "conflict_penalty"):
+            _check(not (getattr(self.train, name) and self.student.prompted), f"train.{name}",
+                   getattr(self.train, name),
+                   "it trains the plain student, not the prompted network "
+                   "(student.prompted=true); use train.privileged=prompted or set it false")
 
 
 # ------------------------------------------------------------------ (de)serialise
