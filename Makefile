@@ -33,14 +33,11 @@ check-cpu-torch: $(VENV)/.stamp-base
 test: $(VENV)/.stamp-llamacpp check-cpu-torch
 	$(PY) -m pytest -q
 
-# The data job on the embedded synthetic dataset (or DATA=a data YAML / dataset path).
-DEMO := runs/demo
+# The three jobs end to end on embedded defaults (synthetic data, Gemma 3 270M teacher on
+# CPU, MiniLM-L6 + LoRA student), or on DATA= (a data YAML, an MMSA pickle, the shared MOSI
+# folder). Rerunning reuses the teacher cache and the finished student.
 demo: $(VENV)/.stamp-base
-	@mkdir -p $(DEMO)
-	$(if $(DATA),,$(VENV)/bin/workbench data synth --out $(DEMO)/synth)
-	$(VENV)/bin/workbench data validate $(or $(DATA),$(DEMO)/synth/data.yaml)
-	$(VENV)/bin/workbench data import $(or $(DATA),$(DEMO)/synth/data.yaml) --out $(DEMO)/dataset --force
-	$(VENV)/bin/workbench data stats $(DEMO)/dataset
+	$(VENV)/bin/workbench demo $(if $(DATA),--data $(DATA))
 
 lint: $(VENV)/.stamp-base
 	$(VENV)/bin/ruff check .

@@ -146,6 +146,39 @@ def data_synth(
     console.print(f"wrote {n} synthetic utterances to {manifest}; config: {out / 'data.yaml'}")
 
 
+@data_app.command("augment")
+def data_augment(
+    data: Annotated[str, typer.Option(help="Data YAML config or dataset path (the source).")],
+    cache: Annotated[Path, typer.Option(help="Teacher cache holding the paraphrase job.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")],
+    template: Annotated[str, typer.Option(help="Template of the rewrites.")] = "paraphrase",
+    teacher: Annotated[str, typer.Option(help="Teacher of the job, if the cache has several.")] = "",
+    force: Annotated[bool, typer.Option(help="Overwrite a non-empty --out.")] = False,
+    overrides: OverridesArg = None,
+) -> None:
+    """Write the teacher's rewrites of the train transcripts as a dataset (QASA-style
+    augmentation): manifest.csv + features.npz + data.yaml, for a second teacher pass
+    (`cache run --data OUT/data.yaml --template sentiment_polarity`) and
+    `train.augment_data=OUT`."""
+    from workbench.cache.store import CacheError
+    from workbench.data import DataError
+    from workbench.data.augment import build_augmented, write_augmented
+
+    if out.exists() and any(out.iterdir()) and not force:
+        raise _fail(f"{out} exists and is not empty: choose another --out or pass --force")
+    cfg, ds = _load(data, overrides)
+    try:
+        samples, report = build_augmented(ds, cache, template, teacher)
+        path = write_augmented(out, samples, cfg, report)
+    except (CacheError, DataError) as e:
+        raise _fail(str(e)) from None
+    skipped = ", ".join(f"{k}={v}" for k, v in sorted(report.skipped.items())) or "none"
+    console.print(f"wrote {report.written} rewrites of {report.sources_covered}/{report.sources} "
+                  f"train samples to {out} (job {report.job}; skipped {skipped}"
+                  f"{f'; {report.not_train} non-train rewrites left out' if report.not_train else ''})"
+                  f"; data config: {path}")
+
+
 def _label_stats(values: list[float]) -> dict[str, Any]:
     import numpy as np
 
@@ -504,8 +537,13 @@ def _print_cost(cost: dict[str, Any]) -> None:
     ratio = (f"student/teacher latency {cmp_['latency_ratio']:.3g} "
              f"(speedup {cmp_['speedup']:.3g}x)" if cmp_["latency_ratio"] is not None
              else f"latency ratio n/a: {cmp_.get('latency_note', '')}")
-    cost_r = (f"cost ratio {cmp_['cost_ratio']:.3g}" if cmp_["cost_ratio"] is not None
-              else f"cost ratio n/a: {cmp_.get('cost_note', '')}")
+    if cmp_["cost_ratio"] is None:
+        cost_r = f"cost ratio n/a: {cmp_.get('cost_note', '')}"
+    elif cmp_.get("cost_basis") == "machine_time":
+        cost_r = (f"student/teacher cost ratio {cmp_['cost_ratio']:.3g} in machine-seconds "
+                  "per sample (a $0 local teacher; same-price hardware assumed)")
+    else:
+        cost_r = f"student/teacher cost ratio {cmp_['cost_ratio']:.3g} (USD per sample)"
     console.print(f"{escape(ratio)}; {escape(cost_r)}")
 
 
@@ -637,6 +675,100 @@ def eval_checkpoints(
     console.print("wrote " + ", ".join(escape(str(p)) for p in written))
 
 
+# ------------------------------------------------------------------- predict / export
+
+
+def _one_checkpoint(arg: str) -> Path:
+    from eval.evaluate import find_checkpoints
+
+    found = find_checkpoints([arg])
+    if len(found) > 1:
+        raise _fail(f"{arg} holds {len(found)} checkpoints ({', '.join(map(str, found[:4]))}"
+                    f"{', ...' if len(found) > 4 else ''}); name one checkpoint directory")
+    return found[0]
+
+
+@app.command("predict")
+def predict_cmd(
+    checkpoint: Annotated[str, typer.Argument(
+        help="Checkpoint dir, or a run dir holding checkpoint-best/.")],
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output file; the format follows the suffix: .csv or .jsonl.")],
+    data: Annotated[str | None, typer.Option(
+        help="Data YAML or dataset path (default: the checkpoint's own data config).")] = None,
+    split: Annotated[str, typer.Option(help="Split to predict, or all.")] = "test",
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    missing_modality: Annotated[list[str] | None, typer.Option(
+        help="Remove modalities for every sample: text, audio, vision or e.g. audio,vision "
+             "(text -> [UNK], features -> zeros).")] = None,
+    new_data: Annotated[bool, typer.Option(
+        "--new-data", help="Accept data other than the training data when task, metric set "
+                           "and features match (new utterances).")] = False,
+    threads: Annotated[int, typer.Option(help="Torch CPU threads (0: torch's default).")] = 0,
+) -> None:
+    """Per-sample predictions (score / class, classes, modality availability, label) as CSV or JSONL."""
+    from eval.evaluate import EvalError
+    from eval.predict import PredictOptions, output_format, parse_drop, predict_checkpoint
+    from students.checkpoint import CheckpointError
+    from workbench.cache.store import CacheError
+    from workbench.data import DataError
+
+    if threads < 0:
+        raise _fail(f"--threads={threads}: use 0 (torch's default) or a positive count")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    try:
+        output_format(out)
+        path = _one_checkpoint(checkpoint)
+        opts = PredictOptions(split=split, batch_size=batch_size, device=device,
+                              drop=parse_drop(missing_modality), new_data=new_data)
+        res = predict_checkpoint(path, out, opts, data_config(data, []) if data else None,
+                                 data_source=data or "")
+    except (EvalError, CheckpointError, ConfigError, DataError, CacheError) as e:
+        raise _fail(str(e)) from None
+    per = ", ".join(f"{k} {v}" for k, v in res.splits.items())
+    dropped = f", without {'+'.join(res.dropped)}" if res.dropped else ""
+    console.print(f"wrote {len(res.rows)} predictions ({per}{dropped}, {res.device}) to "
+                  f"{escape(str(res.out))}")
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Annotated[str, typer.Argument(
+        help="Checkpoint dir, or a run dir holding checkpoint-best/.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Export directory (new or empty).")],
+    onnx: Annotated[bool, typer.Option(
+        "--onnx", help="Also write model.onnx (needs the onnx and onnxscript packages).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+    device: Annotated[str, typer.Option(
+        help="Where to load the checkpoint (a bitsandbytes base may need cuda).")] = "cpu",
+) -> None:
+    """Merge the LoRA adapter into the text encoder; write a standalone model (safetensors +
+    export.json; load with students.export.load_exported)."""
+    from eval.evaluate import EvalError
+    from students.checkpoint import CheckpointError
+    from students.export import ExportError, export_checkpoint, read_export
+
+    try:
+        path = _one_checkpoint(checkpoint)
+        written = export_checkpoint(path, out, onnx=onnx, overwrite=force, device=device)
+        spec = read_export(written)
+    except (EvalError, CheckpointError, ConfigError, ExportError) as e:
+        raise _fail(str(e)) from None
+    how = spec["text_encoder"]
+    what = {"merged_lora": "LoRA adapter merged into the text encoder",
+            "full": "fine-tuned text encoder copied", "frozen": "frozen text encoder copied"}
+    note = (f" (dequantized from {how['dequantized_from']}: float32 weights)"
+            if how.get("dequantized_from") else "")
+    console.print(f"exported {escape(str(path))} to {escape(str(written))}: "
+                  f"{what.get(how['made_by'], how['made_by'])}{note}"
+                  + (", model.onnx" if spec.get("onnx") else "")
+                  + "; load with students.export.load_exported")
+
+
 @app.command()
 def distill(
     config: Annotated[Path, typer.Option(help="Distillation recipe (configs/distill/...).")],
@@ -656,6 +788,98 @@ def distill(
     except (ConfigError, CacheError, DataError, TrainError, CheckpointError) as e:
         raise _fail(str(e)) from None
     console.print(f"best checkpoint: {best}")
+
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_TEACHER = REPO / "configs" / "teachers" / "gemma3_270m_cpu.yaml"
+DEMO_RECIPE = REPO / "configs" / "distill" / "synth_demo.yaml"
+DEMO_TEMPLATE = "sentiment_polarity"  # the 270M base model answers in words, not digits
+
+
+def _demo_data(source: str, out: Path, n: int) -> tuple[str, list[str]]:
+    """The demo's data source and its DataConfig overrides.
+
+    Default: the synthetic dataset, written once to ``out/synth``. A folder holding the
+    shared MOSI files (``mosi_label.csv`` + ``mosi_bclstm_features.npz``) is read through
+    ``configs/data/mosi.yaml``; anything else is a data YAML or a dataset path.
+    """
+    if not source:
+        if not (out / "synth" / "data.yaml").is_file():
+            data_synth(out=out / "synth", n=n, seed=0)
+        else:
+            console.print(f"synthetic data: reusing {out / 'synth'}")
+        return str(out / "synth" / "data.yaml"), []
+    folder = Path(source)
+    if folder.is_dir() and (folder / "mosi_label.csv").is_file():
+        feats = folder / "mosi_bclstm_features.npz"
+        if not feats.is_file():
+            raise _fail(f"{folder} has mosi_label.csv but no {feats.name}; give a data YAML "
+                        "(see configs/data/mosi.yaml) that names its feature file")
+        return str(REPO / "configs" / "data" / "mosi.yaml"), [f"path={folder / 'mosi_label.csv'}",
+                                          f"features={feats}"]
+    return source, []
+
+
+@app.command()
+def demo(
+    data: Annotated[str, typer.Option(
+        help="Data YAML, MMSA pickle, dataset path or the shared MOSI folder "
+             "(default: the synthetic dataset).")] = "",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where everything goes.")] = Path("runs/demo"),
+    samples: Annotated[int, typer.Option(help="Synthetic utterances to generate.")] = 400,
+    seeds: Annotated[str, typer.Option(help="Mask seeds of the missing-rate sweep.")] = "1111,1112,1113",
+    missing_rates: Annotated[str, typer.Option(help="Missing rates of the sweep.")] = "0:0.9:0.1",
+) -> None:
+    """The three jobs end to end on embedded defaults: teacher cache, distillation, evaluation.
+
+    Teacher: Gemma 3 270M on CPU (transformers); student: MiniLM-L6 + LoRA; cache: SQLite
+    in OUT/cache. Rerunning reuses the cache (no teacher calls) and the finished student.
+    """
+    from students.trainer import TrainError, train
+    from workbench.cache.store import CacheError
+    from workbench.config import DistillConfig
+    from workbench.data import DataError
+
+    out.mkdir(parents=True, exist_ok=True)
+    console.rule("[bold]data")
+    source, data_ov = _demo_data(data, out, samples)
+    dcfg, ds = _load(source, data_ov)
+    console.print(f"{ds!r}")
+    console.rule("[bold]1/3 teacher caching job")
+    cache = out / "cache"
+    console.print(f"teacher {DEMO_TEACHER.relative_to(REPO)} on the train split, template {DEMO_TEMPLATE}, "
+                  f"cache {cache}")
+    cache_run(teacher=DEMO_TEACHER, data=source, template=DEMO_TEMPLATE, cache=cache,
+              splits="train", shard="0/1", variants=1, limit=0,
+              overrides=[f"data.{o}" for o in data_ov])
+    console.rule("[bold]2/3 distillation")
+    run_dir = out / f"student-{dcfg.name or 'data'}"
+    try:
+        cfg = load_config(DistillConfig, DEMO_RECIPE, [
+            f"signals.cache_dir={cache}", f"signals.soft_label_template={DEMO_TEMPLATE}",
+            f"train.output_dir={run_dir}"])
+        cfg.data = dcfg
+        resume = (run_dir / "config.yaml").is_file()
+        try:
+            best = train(cfg, resume=resume)
+        except TrainError as e:
+            if not resume:
+                raise
+            console.print(f"[yellow]cannot reuse {run_dir}[/] ({escape(str(e))}); training afresh")
+            cfg.train.overwrite = True
+            best = train(cfg, resume=False)
+    except (ConfigError, CacheError, DataError, TrainError) as e:
+        raise _fail(str(e)) from None
+    console.print(f"student checkpoint: {best}")
+    console.rule("[bold]3/3 evaluation")
+    eval_dir = run_dir / "eval-test"
+    eval_checkpoints([str(best)], data=None, split="test", out=eval_dir,
+                     missing_rates=missing_rates, seeds=seeds, missing_modality=None,
+                     batch_size=None, no_cost=False, device="cpu", threads=0,
+                     latency_samples=50, device_cost_per_hour=0.0)
+    console.rule("[bold]done")
+    console.print(f"robustness plot: {eval_dir / 'robustness.png'}\n"
+                  f"next: workbench predict {best} --data {source} --out {out / 'predictions.csv'}")
 
 
 @app.command()
