@@ -782,8 +782,12 @@ def _prepare_output_dir(cfg: DistillConfig, out: Path, resume: bool, accelerator
                              f"(no {RUN_CONFIG}); start it without --resume")
         before = _flat(yaml.safe_load(run_cfg.read_text()))
         now = _flat(to_dict(cfg))
+        defaults = _flat(to_dict(DistillConfig()))
+        # a field added to the config after the run started, left at its default, is no
+        # difference: the run trained without it, which is what the default means
         diff = sorted(k for k in set(before) | set(now)
-                      if k not in RESUME_IGNORED and before.get(k) != now.get(k))
+                      if k not in RESUME_IGNORED and before.get(k) != now.get(k)
+                      and not (k not in before and k in defaults and now.get(k) == defaults[k]))
         if diff:
             shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in diff[:8])
             raise TrainError(f"--resume: the config differs from the one the run in {out} "

@@ -282,6 +282,24 @@ def test_refuses_an_output_dir_holding_a_run_and_a_resume_without_one(tmp_path, 
         train(distill_cfg(tmp_path / "fresh", data), resume=True)
 
 
+def test_resume_accepts_fields_added_since_the_run_started_only_at_their_default(tmp_path, data):
+    import yaml
+
+    from students.trainer import _prepare_output_dir
+    from workbench.config import to_dict
+
+    out = tmp_path / "run"
+    out.mkdir()
+    cfg = distill_cfg(out, data)
+    saved = to_dict(cfg)
+    del saved["train"]["msmix"]  # a run started before the field existed
+    (out / "config.yaml").write_text(yaml.safe_dump(saved))
+    _prepare_output_dir(cfg, out, True, None)  # msmix at its default: nothing changed
+    cfg.train.msmix = True
+    with pytest.raises(TrainError, match=r"config differs.*train\.msmix: None -> True"):
+        _prepare_output_dir(cfg, out, True, None)
+
+
 def test_tensorboard_tracking_says_what_is_missing(tmp_path, data):
     from accelerate.utils import is_tensorboard_available
 
