@@ -1,0 +1,186 @@
+"""The MOSI ablation: every method of the workbench as one row, 3 seeds each.
+
+Each variant is the recipe ``configs/distill/mosi_text_audio.yaml`` (or the gold-label
+one) plus overrides, trained with ``accelerate launch distill.py`` on the standard split
+(text + audio), then evaluated on the test split by ``workbench eval`` with the LNLN
+sweep (rates 0..0.9, mask seeds 1111,1112,1113). The table gives, per variant, the mean
+± std over training seeds of non0 Acc-2, non0 F1, Acc-7, MAE, Corr, the average over
+missing rates of non0 Acc-2 and MAE, and the training wall time.
+
+Rows: the teacher ladder is cumulative (gold -> + soft labels -> + prompted network ->
++ quality weights). Each method row adds one method to "+ soft-label KD" (one training
+stage, so the method's effect is not mixed with the prompted network's); "all together"
+is quality weights + prompted network + every method.
+
+Resumable: a finished run is not trained again (its wall time is kept in
+``train_time.json``) and a run's evaluation is reused while it is newer than its
+checkpoint, so the script can be stopped and rerun.
+
+    python bench/ablation_mosi.py --cache /path/to/teacher_cache/mosi [--runs runs/ablation]
+        [--seeds 1111,1112,1113] [--variants baseline,soft,...] [--augment-data DIR]
+        [--list] [--table-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = "configs/distill/mosi_text_audio.yaml"
+GOLD = "configs/distill/mosi_text_audio_gold.yaml"
+SOFT = ["train.privileged=none", "train.weighting=none"]
+
+# name -> (label, recipe, overrides); "{aug}" is replaced by --augment-data
+VARIANTS: dict[str, tuple[str, str, list[str]]] = {
+    "baseline": ("baseline (gold labels)", GOLD, []),
+    "soft": ("+ soft-label KD", RECIPE, SOFT),
+    "prompted": ("+ prompted-network KD", RECIPE, ["train.weighting=none"]),
+    "quality": ("+ quality weights", RECIPE, []),
+    "augment": ("soft + paraphrase augmentation", RECIPE,
+                [*SOFT, "train.augment_data={aug}"]),
+    "msmix": ("soft + MS-Mix", RECIPE, [*SOFT, "train.msmix=true"]),
+    "cpsl": ("soft + CP/SL", RECIPE, [*SOFT, "train.conflict_penalty=true"]),
+    "enhance": ("soft + enhancement", RECIPE, [*SOFT, "student.enhance=true"]),
+    "all": ("all together", RECIPE,
+            ["train.augment_data={aug}", "train.msmix=true", "train.conflict_penalty=true",
+             "student.enhance=true"]),
+}
+METRICS = [("acc2_non0", "non0 Acc-2", 100), ("f1_non0", "non0 F1", 100),
+           ("acc7", "Acc-7", 100), ("mae", "MAE", 1), ("corr", "Corr", 1)]
+LNLN = [("acc2_non0", "LNLN avg Acc-2", 100), ("mae", "LNLN avg MAE", 1)]
+
+
+def run_dir(runs: Path, variant: str, seed: int) -> Path:
+    return runs / variant / f"seed{seed}"
+
+
+def finished(out: Path) -> bool:
+    state = out / "last" / "trainer_state.json"
+    if not state.is_file():
+        return False
+    return bool(json.loads(state.read_text()).get("finished"))
+
+
+def train(variant: str, seed: int, out: Path, cache: str, aug: str) -> dict:
+    _, recipe, overrides = VARIANTS[variant]
+    if "{aug}" in " ".join(overrides) and not aug:
+        raise SystemExit(f"variant {variant!r} needs --augment-data (a dataset written by "
+                         "`workbench data augment`)")
+    overrides = [o.replace("{aug}", aug) for o in overrides]
+    timing = out / "train_time.json"
+    if finished(out) and timing.is_file():
+        return json.loads(timing.read_text())
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           "configs/accelerate/cpu.yaml", "distill.py", "--config", recipe,
+           f"signals.cache_dir={cache}", f"train.output_dir={out}", f"train.seed={seed}",
+           *overrides]
+    if (out / "config.yaml").is_file():
+        cmd.append("--resume")
+    print(f"== {variant} seed {seed}: {' '.join(cmd[3:])}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with open(out / "train.log", "a") as logf:
+        rc = subprocess.call(cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
+    seconds = time.perf_counter() - t0
+    if rc != 0:
+        raise SystemExit(f"{variant} seed {seed} failed (exit {rc}); see {out / 'train.log'}")
+    rec = {"seconds": seconds, "load": os.getloadavg()[0],
+           "max_child_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
+    timing.write_text(json.dumps(rec, indent=2))
+    return rec
+
+
+def evaluate(out: Path, seeds: str) -> dict:
+    ckpt = out / "checkpoint-best"
+    res = out / "eval-test" / "results.json"
+    if not (res.is_file() and res.stat().st_mtime > (ckpt / "selection.json").stat().st_mtime):
+        cmd = [str(Path(sys.executable).parent / "workbench"), "eval", str(ckpt), "--split",
+               "test", "--missing-rates", "0:0.9:0.1", "--seeds", seeds, "--no-cost",
+               "--missing-modality", "none", "--out", str(out / "eval-test")]
+        with open(out / "eval.log", "w") as logf:
+            rc = subprocess.call(cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
+        if rc != 0:
+            raise SystemExit(f"evaluating {ckpt} failed (exit {rc}); see {out / 'eval.log'}")
+    return json.loads(res.read_text())
+
+
+def cell(values: list[float], scale: float, digits: int) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values) * scale
+    if len(values) < 2:
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+
+
+def table(rows: dict[str, list[tuple[dict, dict]]]) -> tuple[str, str]:
+    head = ["variant", "seeds"] + [m[1] for m in METRICS] + [m[1] for m in LNLN] + ["train min"]
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    csv = [",".join(head)]
+    for variant, runs in rows.items():
+        if not runs:
+            continue
+        cells = [VARIANTS[variant][0], str(len(runs))]
+        for key, _, scale in METRICS:
+            cells.append(cell([r["leaderboard"]["complete"][key] for r, _ in runs], scale,
+                              1 if scale == 100 else 3))
+        for key, _, scale in LNLN:
+            avgs = [next(iter(r["robustness"].values()))["average"][key] for r, _ in runs]
+            cells.append(cell(avgs, scale, 1 if scale == 100 else 3))
+        cells.append(cell([t["seconds"] / 60 for _, t in runs], 1, 1))
+        md.append("| " + " | ".join(cells) + " |")
+        csv.append(",".join(f'"{c}"' for c in cells))
+    return "\n".join(md) + "\n", "\n".join(csv) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--cache", default="runs/teacher_cache/mosi", help="MOSI teacher cache")
+    ap.add_argument("--runs", default="runs/ablation", type=Path)
+    ap.add_argument("--seeds", default="1111,1112,1113")
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--augment-data", default="", help="dataset from `workbench data augment`")
+    ap.add_argument("--list", action="store_true", help="print the runs and exit")
+    ap.add_argument("--table-only", action="store_true",
+                    help="only tabulate the runs that are finished and evaluated")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if args.list:
+        for v in variants:
+            print(f"{v:10s} {VARIANTS[v][0]:34s} {VARIANTS[v][1]} {' '.join(VARIANTS[v][2])}")
+        return
+    rows: dict[str, list[tuple[dict, dict]]] = {v: [] for v in variants}
+    for seed in seeds:  # seed-major: a stopped run still leaves every variant with a seed
+        for v in variants:
+            out = args.runs / v / f"seed{seed}"
+            if args.table_only:
+                res, timing = out / "eval-test" / "results.json", out / "train_time.json"
+                if finished(out) and res.is_file() and timing.is_file():
+                    rows[v].append((json.loads(res.read_text()), json.loads(timing.read_text())))
+                continue
+            timing = train(v, seed, out, args.cache, args.augment_data)
+            rows[v].append((evaluate(out, args.seeds), timing))
+            md, _ = table(rows)
+            print(md, flush=True)
+    md, csv = table(rows)
+    args.runs.mkdir(parents=True, exist_ok=True)
+    (args.runs / "ablation.md").write_text(md)
+    (args.runs / "ablation.csv").write_text(csv)
+    print(md)
+    print(f"wrote {args.runs / 'ablation.md'} and {args.runs / 'ablation.csv'}")
+
+
+if __name__ == "__main__":
+    main()
