@@ -9,8 +9,10 @@ missing rates of non0 Acc-2 and MAE, and the training wall time.
 
 Rows: the teacher ladder is cumulative (gold -> + soft labels -> + prompted network ->
 + quality weights). Each method row adds one method to "+ soft-label KD" (one training
-stage, so the method's effect is not mixed with the prompted network's); "all together"
-is quality weights + prompted network + every method.
+stage, so the method's effect is not mixed with the prompted network's); enhancement
+needs samples with a missing modality to learn from, so it comes with LNLN
+missing-modality training, which has its own row; "all together" is quality weights +
+prompted network + every method.
 
 Resumable: a finished run is not trained again (its wall time is kept in
 ``train_time.json``) and a run's evaluation is reused while it is newer than its
@@ -48,10 +50,14 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
                 [*SOFT, "train.augment_data={aug}"]),
     "msmix": ("soft + MS-Mix", RECIPE, [*SOFT, "train.msmix=true"]),
     "cpsl": ("soft + CP/SL", RECIPE, [*SOFT, "train.conflict_penalty=true"]),
-    "enhance": ("soft + enhancement", RECIPE, [*SOFT, "student.enhance=true"]),
+    "missing": ("soft + missing-modality training", RECIPE,
+                [*SOFT, "train.missing_train=true"]),
+    # enhancement learns its gate only from samples with a missing / masked modality
+    "enhance": ("soft + missing training + enhancement", RECIPE,
+                [*SOFT, "train.missing_train=true", "student.enhance=true"]),
     "all": ("all together", RECIPE,
             ["train.augment_data={aug}", "train.msmix=true", "train.conflict_penalty=true",
-             "student.enhance=true"]),
+             "train.missing_train=true", "student.enhance=true"]),
 }
 METRICS = [("acc2_non0", "non0 Acc-2", 100), ("f1_non0", "non0 F1", 100),
            ("acc7", "Acc-7", 100), ("mae", "MAE", 1), ("corr", "Corr", 1)]
