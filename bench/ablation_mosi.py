@@ -75,6 +75,17 @@ def finished(out: Path) -> bool:
     return bool(json.loads(state.read_text()).get("finished"))
 
 
+def epoch_seconds(out: Path) -> float:
+    """Training time as the sum of the epochs' wall times of every stage (what a resumed
+    run spent in all its attempts, without start-up)."""
+    total = 0.0
+    for state in (out / "last" / "trainer_state.json",
+                  out / "prompted" / "last" / "trainer_state.json"):
+        if state.is_file():
+            total += sum(e.get("seconds", 0.0) for e in json.loads(state.read_text())["history"])
+    return total
+
+
 def train(variant: str, seed: int, out: Path, cache: str, aug: str) -> dict:
     _, recipe, overrides = VARIANTS[variant]
     if "{aug}" in " ".join(overrides) and not aug:
@@ -98,7 +109,7 @@ def train(variant: str, seed: int, out: Path, cache: str, aug: str) -> dict:
     seconds = time.perf_counter() - t0
     if rc != 0:
         raise SystemExit(f"{variant} seed {seed} failed (exit {rc}); see {out / 'train.log'}")
-    rec = {"seconds": seconds, "load": os.getloadavg()[0],
+    rec = {"seconds": seconds, "epoch_seconds": epoch_seconds(out), "load": os.getloadavg()[0],
            "max_child_rss_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}
     timing.write_text(json.dumps(rec, indent=2))
     return rec
@@ -128,7 +139,7 @@ def cell(values: list[float], scale: float, digits: int) -> str:
 
 
 def table(rows: dict[str, list[tuple[dict, dict]]]) -> tuple[str, str]:
-    head = ["variant", "seeds"] + [m[1] for m in METRICS] + [m[1] for m in LNLN] + ["train min"]
+    head = ["variant", "seeds"] + [m[1] for m in METRICS] + [m[1] for m in LNLN] + ["train min (epochs)"]
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     csv = [",".join(head)]
     for variant, runs in rows.items():
@@ -141,7 +152,7 @@ def table(rows: dict[str, list[tuple[dict, dict]]]) -> tuple[str, str]:
         for key, _, scale in LNLN:
             avgs = [next(iter(r["robustness"].values()))["average"][key] for r, _ in runs]
             cells.append(cell(avgs, scale, 1 if scale == 100 else 3))
-        cells.append(cell([t["seconds"] / 60 for _, t in runs], 1, 1))
+        cells.append(cell([t["epoch_seconds"] / 60 for _, t in runs], 1, 1))
         md.append("| " + " | ".join(cells) + " |")
         csv.append(",".join(f'"{c}"' for c in cells))
     return "\n".join(md) + "\n", "\n".join(csv) + "\n"
@@ -174,9 +185,11 @@ def main() -> None:
             if args.table_only:
                 res, timing = out / "eval-test" / "results.json", out / "train_time.json"
                 if finished(out) and res.is_file() and timing.is_file():
-                    rows[v].append((json.loads(res.read_text()), json.loads(timing.read_text())))
+                    rec = {**json.loads(timing.read_text()), "epoch_seconds": epoch_seconds(out)}
+                    rows[v].append((json.loads(res.read_text()), rec))
                 continue
             timing = train(v, seed, out, args.cache, args.augment_data)
+            timing["epoch_seconds"] = epoch_seconds(out)
             rows[v].append((evaluate(out, args.seeds), timing))
             md, _ = table(rows)
             print(md, flush=True)
