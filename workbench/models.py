@@ -8,12 +8,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 MINILM = "minilm"
 GEMMA = "gemma3-270m"
 
+
+log = logging.getLogger(__name__)
 
 def minilm_path() -> Path:
     """Directory of the packaged MiniLM-L6 model (transformers format)."""
@@ -42,6 +45,7 @@ def gemma_gguf_path() -> Path:
         ) from None
     target = cache_home() / "models" / "gemma3-270m-q4_k_m.gguf"
     if not target.is_file():
+        log.info("assembling the Gemma 3 270M GGUF into %s (once)", target)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.with_suffix(f".tmp{os.getpid()}")
         pkg.assemble(tmp, overwrite=True)
@@ -64,6 +68,8 @@ def gemma_hf_dir() -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = gemma_gguf_path()
+    log.info("converting %s to a transformers directory %s (once; about a minute)", gguf.name,
+             target)
     tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(
