@@ -20,23 +20,14 @@ from students.conflict import (
 )
 from students.losses import task_loss
 from students.trainer import TrainCollator, compute_losses, plan_losses, training_losses
+from tests.support.reference import rand, ref_cos, ref_norm
 from tests.unit.test_trainer import _items, _tiny_student
 from workbench.config import ConfigError, DistillConfig, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def rand(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
-
-def ref_norm(v):
-    return math.sqrt(sum(x * x for x in v))
-
-
-def ref_cos(a, b):
-    na, nb = ref_norm(a), ref_norm(b)
-    return 0.0 if na == 0 or nb == 0 else sum(x * y for x, y in zip(a, b, strict=True)) / (na * nb)
 
 
 def ref_penalty(vectors, tau):

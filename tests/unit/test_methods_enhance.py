@@ -20,22 +20,13 @@ from students.enhance import (
     weight_entropy,
 )
 from students.robustness import drop_modalities
+from tests.support.reference import rand, ref_cos
 from tests.unit.test_trainer import BINS, _items, _tiny_student
 from workbench.config import DistillConfig, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def rand(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def ref_cos(a, b):
-    na = math.sqrt(sum(x * x for x in a))
-    nb = math.sqrt(sum(x * x for x in b))
-    if na == 0 or nb == 0:
-        return 0.0
-    return sum(x * y for x, y in zip(a, b, strict=True)) / (na * nb)
 
 
 def ref_softmax(xs):

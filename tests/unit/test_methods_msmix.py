@@ -23,19 +23,13 @@ from students.msmix import (
     select_pairs,
 )
 from students.trainer import TrainCollator, compute_losses, plan_losses, training_losses
+from tests.support.reference import rand, ref_cos
 from tests.unit.test_trainer import BINS, _info, _items
 from workbench.config import ConfigError, DistillConfig, LoraConfig, StudentConfig, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def rand(*shape, seed=0):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
-
-
-def ref_cos(a, b):
-    na, nb = math.sqrt(sum(x * x for x in a)), math.sqrt(sum(x * x for x in b))
-    return 0.0 if na == 0 or nb == 0 else sum(x * y for x, y in zip(a, b, strict=True)) / (na * nb)
 
 
 # ------------------------------------------------------------------------ pure functions
