@@ -101,6 +101,7 @@ def build_augmented(ds: MSADataset, cache_dir: str | Path, template: str = "para
     what it has) or the job is not a text-output job.
     """
     train = {s.id: s for s in ds.iter_samples("train")}
+    train_ids = set(train)
     if not train:
         raise DataError(f"dataset {ds.info.name!r} has no train samples to augment")
     all_ids = {s.id for s in ds.iter_samples()}
@@ -118,7 +119,7 @@ def build_augmented(ds: MSADataset, cache_dir: str | Path, template: str = "para
     out: list[Sample] = []
     covered: set[str] = set()
     for sid in sorted(keys):
-        parsed = split_variant_id(sid, set(train))
+        parsed = split_variant_id(sid, train_ids)
         if parsed is None:
             if sid in all_ids or split_variant_id(sid, all_ids) is not None:
                 report.not_train += 1
