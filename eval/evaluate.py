@@ -237,12 +237,23 @@ class EvalOptions:
                             "cannot be negative")
 
     def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        dev = torch.device(self.device)
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise EvalError(f"--device={self.device}: CUDA is not available here; use cpu")
-        return dev
+        return resolve_device(self.device)
+
+
+def resolve_device(spec: str, error: type[EvalError] = EvalError) -> torch.device:
+    """The torch device of a ``--device`` value: ``auto`` (cuda when available), ``cpu``,
+    ``cuda`` or ``cuda:N``; anything else, or CUDA where there is none, raises ``error``."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise error(f"--device={spec!r}: use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise error(f"--device={spec}: CUDA is not available here; use cpu or auto")
+    if dev.type not in ("cpu", "cuda"):
+        raise error(f"--device={spec!r}: use auto, cpu, cuda or cuda:N")
+    return dev
 
 
 def run_config(path: Path) -> DistillConfig:

@@ -56,6 +56,7 @@ from eval.evaluate import (
     eval_items,
     load_data,
     parse_patterns,
+    resolve_device,
     run_config,
 )
 from eval.metrics import SIMS_EDGES_3, SIMS_EDGES_5, sims_bins
@@ -99,18 +100,7 @@ class PredictOptions:
                                f"{list(MODALITIES)}")
 
     def resolved_device(self) -> torch.device:
-        if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            dev = torch.device(self.device)
-        except RuntimeError:
-            raise PredictError(f"--device={self.device!r}: use auto, cpu, cuda or cuda:N") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise PredictError(f"--device={self.device}: CUDA is not available here; use cpu "
-                               "or auto")
-        if dev.type not in ("cpu", "cuda"):
-            raise PredictError(f"--device={self.device!r}: use auto, cpu, cuda or cuda:N")
-        return dev
+        return resolve_device(self.device, PredictError)
 
 
 def parse_drop(specs: Sequence[str] | None) -> tuple[str, ...]:
