@@ -490,6 +490,16 @@ def cache_merge(
 # -------------------------------------------------------------------------- eval
 
 
+def _set_threads(threads: int) -> None:
+    """Apply a ``--threads`` option: 0 keeps torch's default."""
+    if threads < 0:
+        raise _fail(f"--threads={threads}: use 0 (torch's default) or a positive count")
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def _metric_table(title: str, rows: dict[str, Any], metric_set: str, first: str) -> Table:
     from eval.report import format_cell, order_metrics
 
@@ -618,12 +628,7 @@ def eval_checkpoints(
     from workbench.cache.store import CacheError
     from workbench.data import DataError
 
-    if threads < 0:
-        raise _fail(f"--threads={threads}: use 0 (torch's default) or a positive count")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     errors = (EvalError, ProtocolError, CheckpointError, ConfigError, DataError, CacheError)
     try:
         paths = find_checkpoints(checkpoints)
@@ -714,12 +719,7 @@ def predict_cmd(
     from workbench.cache.store import CacheError
     from workbench.data import DataError
 
-    if threads < 0:
-        raise _fail(f"--threads={threads}: use 0 (torch's default) or a positive count")
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     try:
         output_format(out)
         path = _one_checkpoint(checkpoint)
