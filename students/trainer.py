@@ -195,8 +195,7 @@ def join_signals(cfg: DistillConfig, ds: MSADataset, *, descriptions: bool) -> T
     out = TeacherSignals()
     if sig.soft_label_template:
         out.soft = _view(cfg, ds, sig.soft_label_template, train_ids, "soft_label", "soft_label")
-        values = {tuple(o.soft_label.values) for o in out.soft.outputs.values()
-                  if o.soft_label is not None}
+        values = _bin_sets(out.soft)
         if len(values) > 1:
             raise CacheError(f"soft labels in {sig.cache_dir} use several bin sets "
                              f"{sorted(values)[:3]}; one job must use one scale")
@@ -207,6 +206,12 @@ def join_signals(cfg: DistillConfig, ds: MSADataset, *, descriptions: bool) -> T
         out.descriptions = _view(cfg, ds, sig.description_template, splits, "description",
                                  "description")
     return out
+
+
+def _bin_sets(view: TeacherView) -> set[tuple[float, ...]]:
+    """The distinct bin-value tuples of a view's soft labels (one job: one scale)."""
+    return {tuple(float(v) for v in o.soft_label.values) for o in view.outputs.values()
+            if o.soft_label is not None}
 
 
 def _soft_signal(out: TeacherOutput | None) -> TeacherSignal | None:
@@ -1328,20 +1333,14 @@ def join_augmented(cfg: DistillConfig, ds: MSADataset, signals: TeacherSignals
     sig = cfg.signals
     acfg, ads, samples = load_augmented(cfg.train.augment_data, ds)
     try:
-        view = teacher_view(sig.cache_dir, {s.id: "train" for s in samples}, ads.fingerprint,
-                            template=sig.soft_label_template, teacher=sig.teacher,
-                            min_ok_fraction=sig.min_ok_fraction)
+        view = _view(cfg, ads, sig.soft_label_template, {s.id: "train" for s in samples},
+                     "soft_label", "soft_label")
     except CacheError as e:
         raise CacheError(
             f"train.augment_data={cfg.train.augment_data!r}: the rewrites' soft labels: {e} "
             f"(score them with `workbench cache run --data {acfg.path} ... --template "
             f"{sig.soft_label_template}` into {sig.cache_dir})") from None
-    if view.job.get("output") != "soft_label":
-        raise CacheError(f"train.augment_data: job {view.job.get('job')} of template "
-                         f"{sig.soft_label_template!r} produced {view.job.get('output')!r} "
-                         "outputs, not soft labels")
-    values = {tuple(float(v) for v in o.soft_label.values) for o in view.outputs.values()
-              if o.soft_label is not None}
+    values = _bin_sets(view)
     if signals.bins is not None and values and values != {tuple(signals.bins)}:
         raise CacheError(f"train.augment_data: the rewrites' soft labels use bins "
                          f"{sorted(values)[:2]}, the main data's {signals.bins}; score both "
