@@ -139,3 +139,7 @@ class GatedBottleneckFusion(nn.Module):
         :mod:`students.conflict` compares the modalities' gradients on these weights)."""
         h = self.norm(total)
         return self.out_norm(h + self.ffn(h))
+
+    def tail_modules(self) -> list[nn.Module]:
+        """The modules :meth:`tail` runs."""
+        return [self.norm, self.ffn, self.out_norm]

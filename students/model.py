@@ -437,7 +437,7 @@ class StudentModel(nn.Module):
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The trainable weights of :meth:`shared_tail` (fusion tail + prediction head)."""
-        mods = [self.fusion.norm, self.fusion.ffn, self.fusion.out_norm, self.head]
+        mods = [*self.fusion.tail_modules(), self.head]
         return [p for mod in mods for p in mod.parameters() if p.requires_grad]
 
     def intensity(self, enc: StudentEncoding) -> dict[str, Tensor]:
