@@ -3,9 +3,10 @@
 Each variant is the recipe ``configs/distill/mosi_text_audio.yaml`` (or the gold-label
 one) plus overrides, trained with ``accelerate launch distill.py`` on the standard split
 (text + audio), then evaluated on the test split by ``workbench eval`` with the LNLN
-sweep (rates 0..0.9, mask seeds 1111,1112,1113). The table gives, per variant, the mean
-± std over training seeds of non0 Acc-2, non0 F1, Acc-7, MAE, Corr, the average over
-missing rates of non0 Acc-2 and MAE, and the training wall time.
+sweep (rates 0..0.9; a run's masks are drawn with its own training seed, so the spread
+over seeds covers both the training and the masking noise). The table gives, per
+variant, the mean ± std over training seeds of non0 Acc-2, non0 F1, Acc-7, MAE, Corr,
+the average over missing rates of non0 Acc-2 and MAE, and the training wall time.
 
 Rows: the teacher ladder is cumulative (gold -> + soft labels -> + prompted network ->
 + quality weights). Each method row adds one method to "+ soft-label KD" (one training
@@ -115,12 +116,14 @@ def train(variant: str, seed: int, out: Path, cache: str, aug: str) -> dict:
     return rec
 
 
-def evaluate(out: Path, seeds: str) -> dict:
+def evaluate(out: Path, seed: int) -> dict:
     ckpt = out / "checkpoint-best"
     res = out / "eval-test" / "results.json"
-    if not (res.is_file() and res.stat().st_mtime > (ckpt / "selection.json").stat().st_mtime):
+    fresh = (res.is_file() and res.stat().st_mtime > (ckpt / "selection.json").stat().st_mtime
+             and json.loads(res.read_text())["meta"].get("seeds") == [seed])
+    if not fresh:
         cmd = [str(Path(sys.executable).parent / "workbench"), "eval", str(ckpt), "--split",
-               "test", "--missing-rates", "0:0.9:0.1", "--seeds", seeds, "--no-cost",
+               "test", "--missing-rates", "0:0.9:0.1", "--seeds", str(seed), "--no-cost",
                "--missing-modality", "none", "--out", str(out / "eval-test")]
         with open(out / "eval.log", "w") as logf:
             rc = subprocess.call(cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
@@ -190,7 +193,7 @@ def main() -> None:
                 continue
             timing = train(v, seed, out, args.cache, args.augment_data)
             timing["epoch_seconds"] = epoch_seconds(out)
-            rows[v].append((evaluate(out, args.seeds), timing))
+            rows[v].append((evaluate(out, seed), timing))
             md, _ = table(rows)
             print(md, flush=True)
     md, csv = table(rows)
