@@ -60,6 +60,12 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
             ["train.augment_data={aug}", "train.msmix=true", "train.conflict_penalty=true",
              "train.missing_train=true", "student.enhance=true"]),
 }
+# what each row is compared with, seed by seed, in the paired table: the rung below it on
+# the teacher ladder, "+ soft-label KD" for a single method, missing-modality training for
+# enhancement, and the shipped recipe (quality weights) for "all together"
+REFERENCE = {"soft": "baseline", "prompted": "soft", "quality": "prompted", "augment": "soft",
+             "msmix": "soft", "cpsl": "soft", "missing": "soft", "enhance": "missing",
+             "all": "quality"}
 METRICS = [("acc2_non0", "non0 Acc-2", 100), ("f1_non0", "non0 F1", 100),
            ("acc7", "Acc-7", 100), ("mae", "MAE", 1), ("corr", "Corr", 1)]
 LNLN = [("acc2_non0", "LNLN avg Acc-2", 100), ("mae", "LNLN avg MAE", 1)]
@@ -132,16 +138,28 @@ def evaluate(out: Path, seed: int) -> dict:
     return json.loads(res.read_text())
 
 
-def cell(values: list[float], scale: float, digits: int) -> str:
+def cell(values: list[float], scale: float, digits: int, signed: bool = False) -> str:
     if not values:
         return "-"
     mean = statistics.fmean(values) * scale
+    text = f"{mean:+.{digits}f}" if signed else f"{mean:.{digits}f}"
     if len(values) < 2:
-        return f"{mean:.{digits}f}"
-    return f"{mean:.{digits}f} ± {statistics.stdev(values) * scale:.{digits}f}"
+        return text
+    return f"{text} ± {statistics.stdev(values) * scale:.{digits}f}"
 
 
-def table(rows: dict[str, list[tuple[dict, dict]]]) -> tuple[str, str]:
+Run = tuple[int, dict, dict]  # (training seed, results.json, train_time.json)
+
+
+def complete_metric(res: dict, key: str) -> float:
+    return res["leaderboard"]["complete"][key]
+
+
+def lnln_average(res: dict, key: str) -> float:
+    return next(iter(res["robustness"].values()))["average"][key]
+
+
+def table(rows: dict[str, list[Run]]) -> tuple[str, str]:
     head = ["variant", "seeds"] + [m[1] for m in METRICS] + [m[1] for m in LNLN] + ["train min (epochs)"]
     md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     csv = [",".join(head)]
@@ -150,15 +168,43 @@ def table(rows: dict[str, list[tuple[dict, dict]]]) -> tuple[str, str]:
             continue
         cells = [VARIANTS[variant][0], str(len(runs))]
         for key, _, scale in METRICS:
-            cells.append(cell([r["leaderboard"]["complete"][key] for r, _ in runs], scale,
+            cells.append(cell([complete_metric(r, key) for _, r, _ in runs], scale,
                               1 if scale == 100 else 3))
         for key, _, scale in LNLN:
-            avgs = [next(iter(r["robustness"].values()))["average"][key] for r, _ in runs]
-            cells.append(cell(avgs, scale, 1 if scale == 100 else 3))
-        cells.append(cell([t["epoch_seconds"] / 60 for _, t in runs], 1, 1))
+            cells.append(cell([lnln_average(r, key) for _, r, _ in runs], scale,
+                              1 if scale == 100 else 3))
+        cells.append(cell([t["epoch_seconds"] / 60 for _, _, t in runs], 1, 1))
         md.append("| " + " | ".join(cells) + " |")
         csv.append(",".join(f'"{c}"' for c in cells))
     return "\n".join(md) + "\n", "\n".join(csv) + "\n"
+
+
+PAIRED = [("acc2_non0", "Δ non0 Acc-2", 100, complete_metric),
+          ("mae", "Δ MAE", 1, complete_metric), ("corr", "Δ Corr", 1, complete_metric),
+          ("acc2_non0", "Δ LNLN avg Acc-2", 100, lnln_average),
+          ("mae", "Δ LNLN avg MAE", 1, lnln_average)]
+
+
+def paired_table(rows: dict[str, list[Run]]) -> str:
+    """Each variant minus its reference row (``REFERENCE``), seed by seed: the seed's
+    shared initialisation and data order cancel, so a difference is easier to see than
+    in the two rows' means. Mean ± std over the seeds both rows have."""
+    head = ["variant", "against", "seeds"] + [p[1] for p in PAIRED]
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for variant, runs in rows.items():
+        ref = REFERENCE.get(variant)
+        if ref is None or ref not in rows:
+            continue
+        ref_by_seed = {seed: res for seed, res, _ in rows[ref]}
+        pairs = [(res, ref_by_seed[seed]) for seed, res, _ in runs if seed in ref_by_seed]
+        if not pairs:
+            continue
+        cells = [VARIANTS[variant][0], VARIANTS[ref][0], str(len(pairs))]
+        for key, _, scale, read in PAIRED:
+            cells.append(cell([read(a, key) - read(b, key) for a, b in pairs], scale,
+                              1 if scale == 100 else 3, signed=True))
+        md.append("| " + " | ".join(cells) + " |")
+    return "\n".join(md) + "\n"
 
 
 def main() -> None:
@@ -181,7 +227,7 @@ def main() -> None:
         for v in variants:
             print(f"{v:10s} {VARIANTS[v][0]:34s} {VARIANTS[v][1]} {' '.join(VARIANTS[v][2])}")
         return
-    rows: dict[str, list[tuple[dict, dict]]] = {v: [] for v in variants}
+    rows: dict[str, list[Run]] = {v: [] for v in variants}
     for seed in seeds:  # seed-major: a stopped run still leaves every variant with a seed
         for v in variants:
             out = args.runs / v / f"seed{seed}"
@@ -189,14 +235,15 @@ def main() -> None:
                 res, timing = out / "eval-test" / "results.json", out / "train_time.json"
                 if finished(out) and res.is_file() and timing.is_file():
                     rec = {**json.loads(timing.read_text()), "epoch_seconds": epoch_seconds(out)}
-                    rows[v].append((json.loads(res.read_text()), rec))
+                    rows[v].append((seed, json.loads(res.read_text()), rec))
                 continue
             timing = train(v, seed, out, args.cache, args.augment_data)
             timing["epoch_seconds"] = epoch_seconds(out)
-            rows[v].append((evaluate(out, seed), timing))
+            rows[v].append((seed, evaluate(out, seed), timing))
             md, _ = table(rows)
             print(md, flush=True)
     md, csv = table(rows)
+    md += "\nPaired differences (same training seed):\n\n" + paired_table(rows)
     args.runs.mkdir(parents=True, exist_ok=True)
     (args.runs / "ablation.md").write_text(md)
     (args.runs / "ablation.csv").write_text(csv)

@@ -1,0 +1,63 @@
+"""The ablation script's tables: means over seeds, and differences paired by seed."""
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def ablation():
+    spec = importlib.util.spec_from_file_location("ablation_mosi", ROOT / "bench" / "ablation_mosi.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run(seed: int, acc2: float, mae: float, lnln_acc2: float, minutes: float = 5.0):
+    complete = {"acc2_non0": acc2, "f1_non0": acc2, "acc7": 0.4, "mae": mae, "corr": 0.7}
+    robustness = {"ckpt": {"average": {"acc2_non0": lnln_acc2, "mae": mae + 0.3}}}
+    return seed, {"leaderboard": {"complete": complete}, "robustness": robustness}, \
+        {"epoch_seconds": minutes * 60}
+
+
+def cells(md: str, label: str) -> list[str]:
+    for line in md.splitlines():
+        parts = [c.strip() for c in line.strip("|").split("|")]
+        if parts[0] == label:
+            return parts
+    raise AssertionError(f"no row {label!r} in\n{md}")
+
+
+def test_table_gives_mean_and_sample_std_over_seeds(ablation):
+    rows = {"baseline": [run(1, 0.80, 0.90, 0.60), run(2, 0.82, 0.80, 0.62)]}
+    md, csv = ablation.table(rows)
+    row = cells(md, "baseline (gold labels)")
+    assert row[1] == "2"
+    assert row[2] == "81.0 ± 1.4"  # stdev([80, 82]) = sqrt(2)
+    assert row[5] == "0.850 ± 0.071"
+    assert row[7] == "61.0 ± 1.4"
+    assert row[9] == "5.0 ± 0.0"
+    assert csv.splitlines()[1].startswith('"baseline (gold labels)","2"')
+
+
+def test_paired_table_subtracts_the_reference_seed_by_seed(ablation):
+    # the variant is 1 point better than soft on each seed, though the seeds differ by 10
+    rows = {"soft": [run(1, 0.70, 0.9, 0.6), run(2, 0.80, 0.8, 0.6), run(3, 0.75, 0.7, 0.6)],
+            "msmix": [run(1, 0.71, 0.8, 0.65), run(2, 0.81, 0.7, 0.65)]}
+    md = ablation.paired_table(rows)
+    row = cells(md, "soft + MS-Mix")
+    assert row[1] == "+ soft-label KD"
+    assert row[2] == "2"  # seed 3 has no msmix run
+    assert row[3] == "+1.0 ± 0.0"
+    assert row[4] == "-0.100 ± 0.000"
+    assert row[6] == "+5.0 ± 0.0"
+    # soft's own reference (the baseline) is absent: no row, no error
+    assert not any(line.startswith("| + soft-label KD |") for line in md.splitlines())
+
+
+def test_every_reference_is_a_variant(ablation):
+    assert set(ablation.REFERENCE) <= set(ablation.VARIANTS)
+    assert set(ablation.REFERENCE.values()) <= set(ablation.VARIANTS)
