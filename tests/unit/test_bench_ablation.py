@@ -61,3 +61,29 @@ def test_paired_table_subtracts_the_reference_seed_by_seed(ablation):
 def test_every_reference_is_a_variant(ablation):
     assert set(ablation.REFERENCE) <= set(ablation.VARIANTS)
     assert set(ablation.REFERENCE.values()) <= set(ablation.VARIANTS)
+
+
+def test_the_robust_recipe_is_the_measured_enhancement_row(ablation):
+    """configs/distill/mosi_text_audio_robust.yaml quotes the "enhance" row's figures, so it
+    must train what that row trained (fields only the prompted network reads aside)."""
+    import dataclasses
+
+    from workbench.config import DistillConfig, load_config
+
+    _, recipe, overrides = ablation.VARIANTS["enhance"]
+    row = load_config(DistillConfig, ROOT / recipe, overrides)
+    shipped = load_config(DistillConfig, ROOT / "configs/distill/mosi_text_audio_robust.yaml")
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in d.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[prefix + key] = value
+        return out
+
+    a, b = flat(dataclasses.asdict(row)), flat(dataclasses.asdict(shipped))
+    differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
+    assert row.train.privileged == "none"
+    assert differ <= {"train.output_dir", "train.prompted_epochs", "student.prompt_max_len"}
