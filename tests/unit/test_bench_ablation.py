@@ -66,24 +66,14 @@ def test_every_reference_is_a_variant(ablation):
 def test_the_robust_recipe_is_the_measured_enhancement_row(ablation):
     """configs/distill/mosi_text_audio_robust.yaml quotes the "enhance" row's figures, so it
     must train what that row trained (fields only the prompted network reads aside)."""
-    import dataclasses
-
-    from workbench.config import DistillConfig, load_config
+    from students.trainer import _flat
+    from workbench.config import DistillConfig, load_config, to_dict
 
     _, recipe, overrides = ablation.VARIANTS["enhance"]
     row = load_config(DistillConfig, ROOT / recipe, overrides)
     shipped = load_config(DistillConfig, ROOT / "configs/distill/mosi_text_audio_robust.yaml")
 
-    def flat(d: dict, prefix: str = "") -> dict:
-        out = {}
-        for key, value in d.items():
-            if isinstance(value, dict):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[prefix + key] = value
-        return out
-
-    a, b = flat(dataclasses.asdict(row)), flat(dataclasses.asdict(shipped))
+    a, b = _flat(to_dict(row)), _flat(to_dict(shipped))
     differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
     assert row.train.privileged == "none"
     assert differ <= {"train.output_dir", "train.prompted_epochs", "student.prompt_max_len"}
