@@ -125,9 +125,10 @@ def train(variant: str, seed: int, out: Path, cache: str, aug: str) -> dict:
 def evaluate(out: Path, seed: int) -> dict:
     ckpt = out / "checkpoint-best"
     res = out / "eval-test" / "results.json"
-    fresh = (res.is_file() and res.stat().st_mtime > (ckpt / "selection.json").stat().st_mtime
-             and json.loads(res.read_text())["meta"].get("seeds") == [seed])
-    if not fresh:
+    results = None
+    if res.is_file() and res.stat().st_mtime > (ckpt / "selection.json").stat().st_mtime:
+        results = json.loads(res.read_text())
+    if results is None or results["meta"].get("seeds") != [seed]:
         cmd = [str(Path(sys.executable).parent / "workbench"), "eval", str(ckpt), "--split",
                "test", "--missing-rates", "0:0.9:0.1", "--seeds", str(seed), "--no-cost",
                "--missing-modality", "none", "--out", str(out / "eval-test")]
@@ -135,7 +136,8 @@ def evaluate(out: Path, seed: int) -> dict:
             rc = subprocess.call(cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
         if rc != 0:
             raise SystemExit(f"evaluating {ckpt} failed (exit {rc}); see {out / 'eval.log'}")
-    return json.loads(res.read_text())
+        results = json.loads(res.read_text())
+    return results
 
 
 def cell(values: list[float], scale: float, digits: int, signed: bool = False) -> str:
