@@ -15,8 +15,8 @@ from pathlib import Path
 MINILM = "minilm"
 GEMMA = "gemma3-270m"
 
-
 log = logging.getLogger(__name__)
+
 
 def minilm_path() -> Path:
     """Directory of the packaged MiniLM-L6 model (transformers format)."""

@@ -27,9 +27,6 @@ from workbench.config import ConfigError, DistillConfig, load_config
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-
-
 def ref_penalty(vectors, tau):
     norms = [ref_norm(v) for v in vectors]
     mean = sum(norms) / len(norms)

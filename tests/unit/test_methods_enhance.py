@@ -27,8 +27,6 @@ from workbench.config import DistillConfig, load_config
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-
 def ref_softmax(xs):
     mx = max(xs)
     e = [math.exp(x - mx) for x in xs]

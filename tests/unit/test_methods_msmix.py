@@ -30,8 +30,6 @@ from workbench.config import ConfigError, DistillConfig, LoraConfig, StudentConf
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-
-
 # ------------------------------------------------------------------------ pure functions
 
 
