@@ -45,8 +45,8 @@ import torch
 
 from eval.protocol import iter_jobs
 from students.collate import StudentItem
+from students.inference import predict
 from students.model import StudentModel
-from students.trainer import predict
 from workbench.cache.join import teacher_view
 from workbench.cache.store import DB_FILE, CacheError
 from workbench.data import MSADataset

@@ -8,7 +8,7 @@ One checkpoint (:func:`evaluate_checkpoint`):
    another is given; either must be the dataset it was trained on: same fingerprint,
    task, metric set and feature dims as its ``data_info.json``;
 3. predictions on the split with complete inputs give the headline metrics
-   (:func:`eval.metrics.compute_metrics`, the dataset's metric set);
+   (:func:`workbench.metrics.compute_metrics`, the dataset's metric set);
 4. whole-modality-absent patterns (e.g. no audio, no audio+vision) give one run each:
    the modality's text tokens become ``[UNK]`` / its features zeros for every sample, so
    no seed is involved;
@@ -59,7 +59,6 @@ import numpy as np
 import torch
 
 from eval.cost import cost_report, rss_bytes
-from eval.metrics import compute_metrics
 from eval.plots import DEFAULT_ROBUSTNESS_METRICS, robustness_curve
 from eval.protocol import check_protocol
 from eval.report import (
@@ -85,8 +84,8 @@ from students.checkpoint import (
     read_meta,
 )
 from students.collate import StudentItem, TeacherSignal
+from students.inference import predict
 from students.robustness import drop_modalities, fixed_rate
-from students.trainer import predict
 from workbench.cache.join import teacher_view
 from workbench.cache.store import DB_FILE, CacheError
 from workbench.config import (
@@ -100,6 +99,8 @@ from workbench.config import (
 from workbench.data import DataError, MSADataset, load_dataset
 from workbench.data.schema import Sample
 from workbench.data.store import DataInfo
+from workbench.errors import WorkbenchError
+from workbench.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ REQUIRED_FILES: dict[str, str] = {
 }
 
 
-class EvalError(RuntimeError):
+class EvalError(WorkbenchError, RuntimeError):
     """An evaluation cannot run as asked; the message says what, where, and what to do."""
 
 

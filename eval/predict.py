@@ -14,7 +14,7 @@ Columns, one row per sample, in the data's order (splits in the data's order for
 
 * ``id``, ``split``;
 * regression: ``score`` (the model's prediction) and its classes as the metrics count
-  them (:mod:`eval.metrics`): metric set ``mosi``: ``polarity`` (``negative`` /
+  them (:mod:`workbench.metrics`): metric set ``mosi``: ``polarity`` (``negative`` /
   ``neutral`` / ``positive``: the score clipped to [-1, 1] and rounded, as ``acc3``
   does) and ``class7`` (clipped to [-3, 3] and rounded: -3..3, as ``acc7``); metric set
   ``sims``: ``polarity`` from the ``acc3`` bins (-0.1, 0.1] and ``class5`` (-2..2) from
@@ -59,12 +59,12 @@ from eval.evaluate import (
     resolve_device,
     run_config,
 )
-from eval.metrics import SIMS_EDGES_3, SIMS_EDGES_5, sims_bins
 from students.checkpoint import STUDENT_FILE, load_checkpoint, read_meta
+from students.inference import predict
 from students.robustness import drop_modalities
-from students.trainer import predict
 from workbench.config import MODALITIES, DataConfig
 from workbench.data.schema import Sample
+from workbench.metrics import SIMS_EDGES_3, SIMS_EDGES_5, sims_bins
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def modality_available(sample: Sample, modality: str) -> bool:
 
 
 def regression_classes(scores: np.ndarray, metric_set: str) -> dict[str, list[Any]]:
-    """Per-sample class columns of regression scores, as :mod:`eval.metrics` counts them."""
+    """Per-sample class columns of regression scores, as :mod:`workbench.metrics` counts them."""
     s = np.asarray(scores, dtype=np.float64)
     if metric_set == "sims":
         s = np.clip(s, -1.0, 1.0)

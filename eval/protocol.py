@@ -34,6 +34,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from workbench.errors import WorkbenchError
+
 log = logging.getLogger(__name__)
 
 SELECTION_FILE = "selection.json"
@@ -50,7 +52,7 @@ GOLD_LABEL_ASSUMPTION = (
 )
 
 
-class ProtocolError(ValueError):
+class ProtocolError(WorkbenchError, ValueError):
     """Reporting this checkpoint on this split would break the evaluation protocol."""
 
 

@@ -49,7 +49,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
-from eval.metrics import METRIC_NAMES
+from workbench.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
 

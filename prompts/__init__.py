@@ -25,6 +25,7 @@ import yaml
 
 from workbench.data.schema import Sample
 from workbench.data.store import DataInfo, file_sha256
+from workbench.errors import WorkbenchError
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 OUTPUTS = ("soft_label", "description", "text")
@@ -34,7 +35,7 @@ __all__ = ["Template", "Rendered", "Scale", "load_template", "list_templates", "
            "materialize_messages", "TemplateError"]
 
 
-class TemplateError(ValueError):
+class TemplateError(WorkbenchError, ValueError):
     """A template file is malformed, or cannot be rendered for a sample."""
 
 

@@ -45,6 +45,7 @@ from safetensors.torch import load_file, save_file
 from students.model import StudentModel, build_student
 from workbench.config import ConfigError, DistillConfig, dump_config, load_config
 from workbench.data.store import DataInfo
+from workbench.errors import WorkbenchError
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ FROZEN_PREFIXES = ("prompt.encoder.",)
 """State-dict prefixes of frozen encoders that are rebuilt from their base, never saved."""
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(WorkbenchError, RuntimeError):
     """A checkpoint directory is incomplete or does not fit the model it describes."""
 
 

@@ -63,6 +63,7 @@ from torch import nn
 from students.model import StudentModel, build_student
 from workbench.config import StudentConfig, from_dict, to_dict, versions
 from workbench.data.store import DataInfo
+from workbench.errors import WorkbenchError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ PROMPT_DIR = "prompt_encoder"
 ONNX_FILE = "model.onnx"
 
 
-class ExportError(RuntimeError):
+class ExportError(WorkbenchError, RuntimeError):
     """A checkpoint cannot be exported as asked, or an export directory is damaged."""
 
 

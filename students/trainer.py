@@ -58,7 +58,6 @@ from accelerate.logging import get_logger
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from eval.metrics import METRIC_NAMES, compute_metrics, higher_is_better
 from students.augment import (
     augment_weights,
     histogram_text,
@@ -75,6 +74,7 @@ from students.conflict import (
     statistical_loss,
 )
 from students.encoders import Encoded
+from students.inference import item_text, to_device
 from students.losses import (
     attention_kd,
     expected_score_loss,
@@ -109,6 +109,8 @@ from workbench.cache.store import DB_FILE, CacheError
 from workbench.config import ConfigError, DistillConfig, dump_config, to_dict
 from workbench.data import MSADataset, Sample, load_dataset
 from workbench.data.store import DataInfo
+from workbench.errors import WorkbenchError
+from workbench.metrics import METRIC_NAMES, compute_metrics, higher_is_better
 
 log = get_logger(__name__)
 
@@ -123,7 +125,7 @@ RESUME_IGNORED = ("train.overwrite",)
 """Config keys that may differ between a run and its ``--resume``."""
 
 
-class TrainError(RuntimeError):
+class TrainError(WorkbenchError, RuntimeError):
     """A run cannot start or continue; the message says why and what to do."""
 
 
@@ -645,57 +647,6 @@ def conflict_losses(model: StudentModel, out: StudentOutput, batch: dict[str, An
             "conflict_opposition": pen["opposition"].detach(), "statistical": stat}
 
 
-# -------------------------------------------------------------------------- inference
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in batch.items():
-        if isinstance(v, Tensor):
-            out[k] = v.to(device)
-        elif isinstance(v, dict):
-            out[k] = _to_device(v, device)
-        else:
-            out[k] = v
-    return out
-
-
-@torch.no_grad()
-def predict(model: StudentModel, items: Sequence[Sample | StudentItem], batch_size: int = 64,
-            masking: MaskSpec | None = None) -> np.ndarray:
-    """Predictions of ``model`` (eval mode, one process) for ``items``, in order.
-
-    Regression: (N,) scores; classification: (N, C) logits. A prompted network reads the
-    descriptions in the items' teacher signals; ``masking`` applies missing-modality masks.
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size}: use at least 1")
-    if not items:
-        raise ValueError("predict got no items")
-    was_training = model.training
-    model.eval()
-    collator = Collator.for_model(model, masking=masking)
-    # Batches of similar text length pad less; the results are put back in input order.
-    order = np.argsort([-len(_text(it)) for it in items], kind="stable")
-    preds: list[np.ndarray] = []
-    try:
-        for i in range(0, len(items), batch_size):
-            chunk = [items[j] for j in order[i:i + batch_size]]
-            batch = _to_device(collator(chunk), model.device)
-            preds.append(model(batch).pred.float().cpu().numpy())
-    finally:
-        model.train(was_training)
-    out = np.concatenate(preds, axis=0)
-    restored = np.empty_like(out)
-    restored[order] = out
-    return restored
-
-
-def _text(item: Sample | StudentItem) -> str:
-    sample = item.sample if isinstance(item, StudentItem) else item
-    return sample.text or ""
-
-
 @torch.no_grad()
 def privileged_targets(teacher: StudentModel, items: Sequence[StudentItem], batch_size: int,
                        with_attention: bool) -> dict[str, PrivilegedTarget]:
@@ -705,7 +656,7 @@ def privileged_targets(teacher: StudentModel, items: Sequence[StudentItem], batc
     out: dict[str, PrivilegedTarget] = {}
     for i in range(0, len(items), batch_size):
         raw = collator(list(items[i:i + batch_size]))
-        batch = _to_device(raw, teacher.device)
+        batch = to_device(raw, teacher.device)
         res = teacher(batch, return_attention=with_attention)
         n_tok = raw["attention_mask"].sum(1).tolist()
         for b, sid in enumerate(raw["ids"]):
@@ -925,7 +876,7 @@ def _fit(accelerator: Any, stage: Stage, info: DataInfo, resume: bool) -> Path:
     lengths = [n_tokens(it) for it in train_items] if tc.group_by_length else None
     sampler = EpochSampler(len(train_items), tc.seed, lengths, tc.batch_size)
     # Validation order does not change the metrics; similar lengths pad less.
-    valid_items = sorted(stage.valid_items, key=lambda it: -len(_text(it)))
+    valid_items = sorted(stage.valid_items, key=lambda it: -len(item_text(it)))
     train_loader = DataLoader(ItemDataset(train_items), batch_size=tc.batch_size,
                               sampler=sampler, collate_fn=collator, num_workers=tc.num_workers)
     valid_loader = DataLoader(ItemDataset(valid_items), batch_size=cfg.eval.batch_size,

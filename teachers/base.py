@@ -6,6 +6,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from workbench.errors import WorkbenchError
+
 
 @dataclass
 class TeacherRequest:
@@ -65,5 +67,5 @@ class Teacher(Protocol):
         ...
 
 
-class TeacherUnavailable(RuntimeError):
+class TeacherUnavailable(WorkbenchError, RuntimeError):
     """A backend cannot run here (missing package or device); the message says why."""

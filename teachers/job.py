@@ -25,14 +25,17 @@ from workbench.cache.records import OK, TeacherOutput, stable_hash
 from workbench.cache.store import CacheStore, JobSpec
 from workbench.config import CacheConfig, TeacherConfig
 from workbench.data import MSADataset, Sample
+from workbench.errors import WorkbenchError
 
 log = logging.getLogger(__name__)
 
 KEY_VERSION = 1
 
 
-class JobFailed(RuntimeError):
+class JobFailed(WorkbenchError, RuntimeError):
     """Too many errors: the job stopped; everything finished so far is in the cache."""
+
+    exit_code = 1
 
 
 def decoding_params(tcfg: TeacherConfig, template: Template) -> dict[str, Any]:

@@ -24,6 +24,8 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
+from workbench.errors import WorkbenchError
+
 __all__ = [
     "ConfigError",
     "DataConfig",
@@ -47,7 +49,7 @@ MODALITIES = ("text", "audio", "vision")
 SPLITS = ("train", "valid", "test")
 
 
-class ConfigError(ValueError):
+class ConfigError(WorkbenchError, ValueError):
     """A config value, key or file is wrong. The message says where and what to do."""
 
 
@@ -393,7 +395,7 @@ class TrainConfig:
     dataset's metric set, e.g. ``valid_mae``, ``valid_acc2_non0``)."""
     select_mode: Literal["auto", "min", "max"] = "auto"
     """Whether smaller or larger ``select_metric`` is better; ``auto`` takes it from the
-    metric (``eval.metrics.higher_is_better``); an explicit value must agree with it."""
+    metric (``workbench.metrics.higher_is_better``); an explicit value must agree with it."""
     early_stop_patience: int = 5
     """Stop after this many epochs without a better validation value; 0: never stop early."""
     num_workers: int = 0

@@ -18,12 +18,13 @@ from safetensors.torch import load_file
 
 import students.collate as collate_mod
 import students.trainer as trainer_mod
-from eval.metrics import compute_metrics
 from students.checkpoint import CheckpointError, load_checkpoint
+from students.inference import predict
 from students.model import StudentModel
-from students.trainer import predict, train
+from students.trainer import train
 from tests.unit.test_trainer_fixtures import distill_cfg
 from workbench.data import MSADataset, load_dataset
+from workbench.metrics import compute_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 REPO = Path(__file__).resolve().parents[2]

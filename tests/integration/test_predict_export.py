@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from students.checkpoint import load_checkpoint
 from students.collate import Collator
 from students.export import load_exported
+from students.inference import predict
 from students.robustness import drop_modalities
-from students.trainer import predict
 from tests.unit.test_eval_fixtures import tiny_checkpoints
 from tests.unit.test_trainer_fixtures import tiny_data
 from workbench.cli import app

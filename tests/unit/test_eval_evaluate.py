@@ -24,14 +24,14 @@ from eval.evaluate import (
     write_checkpoint_results,
     write_leaderboard,
 )
-from eval.metrics import METRIC_NAMES, compute_metrics
 from eval.protocol import ProtocolError
 from students.checkpoint import load_checkpoint
-from students.trainer import predict
+from students.inference import predict
 from tests.unit.test_eval_fixtures import tiny_checkpoints
 from tests.unit.test_trainer_fixtures import tiny_data
 from workbench.config import DataConfig, load_config
 from workbench.data import load_dataset
+from workbench.metrics import METRIC_NAMES, compute_metrics
 
 SEEDS = [1111, 1112, 1113]
 

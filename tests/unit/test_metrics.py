@@ -1,4 +1,4 @@
-"""eval.metrics: hand-computed cases, edge cases, and a plain reference on random data."""
+"""workbench.metrics: hand-computed cases, edge cases, and a plain reference on random data."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from eval.metrics import (
+from workbench.metrics import (
     HIGHER_IS_BETTER,
     METRIC_NAMES,
     METRIC_SETS,
@@ -92,7 +92,7 @@ def test_non0_drops_zero_labels_only():
 
 
 def test_non0_all_zero_labels_is_nan(caplog):
-    with caplog.at_level(logging.WARNING, logger="eval.metrics"):
+    with caplog.at_level(logging.WARNING, logger="workbench.metrics"):
         m = compute_metrics("mosi", [0.3, -0.2, 0.1], [0.0, 0.0, 0.0])
     assert math.isnan(m["acc2_non0"]) and math.isnan(m["f1_non0"])
     assert m["acc2_has0"] == pytest.approx(2 / 3)
@@ -100,7 +100,7 @@ def test_non0_all_zero_labels_is_nan(caplog):
 
 
 def test_constant_prediction_corr_is_zero(caplog):
-    with caplog.at_level(logging.WARNING, logger="eval.metrics"):
+    with caplog.at_level(logging.WARNING, logger="workbench.metrics"):
         m = compute_metrics("mosi", [0.7] * 5, [-1.0, 0.5, 2.0, -2.0, 1.0])
     assert m["corr"] == 0.0
     assert not any(math.isnan(v) for v in m.values())

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from eval.metrics import clipped_acc, sims_metrics
 from eval.predict import (
     PredictError,
     PredictOptions,
@@ -40,6 +39,7 @@ from students.model import build_student
 from workbench.config import LoraConfig, StudentConfig
 from workbench.data.schema import Media, Sample
 from workbench.data.store import DataInfo
+from workbench.metrics import clipped_acc, sims_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

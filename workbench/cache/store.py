@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from workbench.cache.records import OK, SoftLabel, TeacherOutput, stable_hash
+from workbench.errors import WorkbenchError
 
 DB_FILE = "cache.sqlite"
 MANIFEST_FILE = "manifest.json"
@@ -54,7 +55,7 @@ _OUT_COLS = ("attempt", "key", "status", "error", "raw_text", "description", "so
              "created_at", "meta")
 
 
-class CacheError(RuntimeError):
+class CacheError(WorkbenchError, RuntimeError):
     """The cache directory is missing, unreadable, or does not match what was asked."""
 
 

@@ -7,10 +7,12 @@ from typing import Any
 
 import numpy as np
 
+from workbench.errors import WorkbenchError
+
 FEATURE_MODALITIES = ("audio", "vision")
 
 
-class DataError(ValueError):
+class DataError(WorkbenchError, ValueError):
     """A dataset file or sample is wrong. The message names the file, ids and the fix."""
 
 
