@@ -50,6 +50,8 @@ from workbench.errors import WorkbenchError
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+BEST_DIR = "checkpoint-best"
+"""The folder of a run directory holding the checkpoint selected on validation."""
 CONFIG_FILE = "config.yaml"
 VERSIONS_FILE = "versions.json"
 STUDENT_FILE = "student.json"

@@ -19,12 +19,12 @@ from workbench.data.masks import availability, availability_counts
 from workbench.data.mmsa import read_mmsa
 from workbench.data.schema import FEATURE_MODALITIES, DataError, Media, Sample
 from workbench.data.store import INFO_FILE, DataInfo, MSADataset, fingerprint, infer_info
-from workbench.data.validate import check_samples, validate
+from workbench.data.validate import check_samples, require_labels, unlabelled_ids, validate
 
 __all__ = [
     "DataError", "DataInfo", "MSADataset", "Media", "Sample", "availability",
     "availability_counts", "check_samples", "detect_format", "fingerprint", "imported_info", "load_dataset",
-    "read_samples", "validate",
+    "read_samples", "require_labels", "unlabelled_ids", "validate",
 ]
 
 log = logging.getLogger(__name__)

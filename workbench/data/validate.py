@@ -119,3 +119,21 @@ def validate(samples: list[Sample], cfg: DataConfig, source: str) -> None:
     if problems:
         lines = "\n  ".join(p.render(source) for p in problems)
         raise DataError(f"{len(problems)} problem(s) in {source}:\n  {lines}")
+
+
+def unlabelled_ids(samples: list[Sample], task: str) -> list[str]:
+    """Ids of the samples without a gold label (a class index for classification)."""
+    classification = task == "classification"
+    return [s.id for s in samples
+            if (s.label_class is None if classification else s.label is None)]
+
+
+def require_labels(samples: list[Sample], task: str, *, dataset: str, split: str,
+                   why: str) -> None:
+    """The one "every sample is labelled" check: raise :class:`DataError` naming the
+    dataset, the split, how many samples lack a label (with the first ids) and ``why``
+    they are needed (e.g. "validation metrics need every label")."""
+    missing = unlabelled_ids(samples, task)
+    if missing:
+        raise DataError(f"{len(missing)} of {len(samples)} {split!r} samples of {dataset!r} "
+                        f"have no label (e.g. {missing[:3]}); {why}")
