@@ -48,17 +48,17 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     "prompted": ("+ prompted-network KD", RECIPE, ["train.weighting=none"]),
     "quality": ("+ quality weights", RECIPE, []),
     "augment": ("soft + paraphrase augmentation", RECIPE,
-                [*SOFT, "train.augment_data={aug}"]),
-    "msmix": ("soft + MS-Mix", RECIPE, [*SOFT, "train.msmix=true"]),
-    "cpsl": ("soft + CP/SL", RECIPE, [*SOFT, "train.conflict_penalty=true"]),
+                [*SOFT, "train.augment.data={aug}"]),
+    "msmix": ("soft + MS-Mix", RECIPE, [*SOFT, "train.msmix.enabled=true"]),
+    "cpsl": ("soft + CP/SL", RECIPE, [*SOFT, "train.conflict.enabled=true"]),
     "missing": ("soft + missing-modality training", RECIPE,
-                [*SOFT, "train.missing_train=true"]),
+                [*SOFT, "train.missing.enabled=true"]),
     # enhancement learns its gate only from samples with a missing / masked modality
     "enhance": ("soft + missing training + enhancement", RECIPE,
-                [*SOFT, "train.missing_train=true", "student.enhance=true"]),
+                [*SOFT, "train.missing.enabled=true", "student.enhance.enabled=true"]),
     "all": ("all together", RECIPE,
-            ["train.augment_data={aug}", "train.msmix=true", "train.conflict_penalty=true",
-             "train.missing_train=true", "student.enhance=true"]),
+            ["train.augment.data={aug}", "train.msmix.enabled=true", "train.conflict.enabled=true",
+             "train.missing.enabled=true", "student.enhance.enabled=true"]),
 }
 # what each row is compared with, seed by seed, in the paired table: the rung below it on
 # the teacher ladder, "+ soft-label KD" for a single method, missing-modality training for

@@ -20,7 +20,7 @@ its frames dropped), the student borrows from similar training samples:
    match). A learned gate ``g = sigmoid(W [original; enriched; u; f])`` (``f``: the
    observed fraction of ``m``'s frames) blends ``g * enriched + (1 - g) * original``.
 
-The model (:class:`students.model.StudentModel` with ``student.enhance``) appends the
+The model (:class:`students.model.StudentModel` with ``student.enhance.enabled``) appends the
 blended vector as one extra key token of ``m`` (so fusion's bottleneck reads it) for the
 samples it enhances, and counts ``m`` as available for them. Text is used as a retrieval
 key but never enriched: it anchors fusion and LNLN masking leaves its sequence in place.
@@ -136,7 +136,7 @@ class CrossSampleEnhancer(nn.Module):
         super().__init__()
         if not targets:
             raise ValueError("cross-sample enhancement needs an audio or vision modality to "
-                             "enhance; the dataset has none (set student.enhance=false)")
+                             "enhance; the dataset has none (set student.enhance.enabled=false)")
         if k < 1 or bank_size < k or temperature <= 0:
             raise ValueError(f"enhance: k={k}, bank_size={bank_size}, temperature="
                              f"{temperature}; use 1 <= k <= bank_size and temperature > 0")

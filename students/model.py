@@ -23,7 +23,7 @@ ties ``E_q`` to the teacher's expected score, and the task loss fits ``pred`` to
 Two halves of the forward pass
 ------------------------------
 ``forward(batch)`` is ``fuse_and_predict(encode(batch))``: :meth:`StudentModel.encode`
-runs the text / feature encoders (and, with ``student.enhance``, the cross-sample
+runs the text / feature encoders (and, with ``student.enhance.enabled``, the cross-sample
 enhancement of :mod:`students.enhance`) into a :class:`StudentEncoding`;
 :meth:`StudentModel.fuse_and_predict` runs fusion and the heads on one. The trainer's
 MS-Mix (:mod:`students.msmix`) mixes encodings and runs the second half on them.
@@ -122,7 +122,7 @@ class StudentEncoding:
 
     * ``text``: projected text tokens (B, L, h), mask, pooled (B, h).
     * ``others``: per feature modality, its :class:`~students.encoders.Encoded` (with
-      ``student.enhance``, an extra key token for the samples it enhanced).
+      ``student.enhance.enabled``, an extra key token for the samples it enhanced).
     * ``avail``: per feature modality, (B,) in {0, 1}, what fusion gates with.
     * ``text_avail``: (B,) 1 where the sample has text.
     * ``desc``: the description branch's encoding (prompted network), or None.
@@ -264,10 +264,10 @@ class StudentModel(nn.Module):
         })
         self.kd_proj = nn.Linear(h, cfg.kd_repr_dim or h)
         self.prompt = DescriptionBranch(cfg, device) if cfg.prompted else None
+        ecfg = cfg.enhance
         self.enhance = (CrossSampleEnhancer(h, ["text", *self.modalities], self.modalities,
-                                            cfg.enhance_bank, cfg.enhance_k,
-                                            cfg.enhance_temperature)
-                        if cfg.enhance else None)
+                                            ecfg.bank, ecfg.k, ecfg.temperature)
+                        if ecfg.enabled else None)
         # MS-Mix: emotional intensity |score| per modality (training only).
         self.intensity_heads = (nn.ModuleDict({
             m: nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 1))
@@ -345,7 +345,7 @@ class StudentModel(nn.Module):
 
     def encode(self, batch: dict[str, Any]) -> StudentEncoding:
         """The first half: every modality through its encoder (text projected to
-        ``hidden``), the description branch, and (``student.enhance``) cross-sample
+        ``hidden``), the description branch, and (``student.enhance.enabled``) cross-sample
         enhancement of degraded audio / vision, which in training mode also pushes the
         batch's complete samples into the memory bank."""
         te = self.text(self._get(batch, "input_ids"), self._get(batch, "attention_mask"),

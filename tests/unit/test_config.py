@@ -4,9 +4,16 @@ import pytest
 import yaml
 
 from workbench.config import (
+    AugmentConfig,
+    CacheJobConfig,
     ConfigError,
+    ConflictConfig,
     DataConfig,
     DistillConfig,
+    EnhanceConfig,
+    MissingConfig,
+    MsMixConfig,
+    StudentConfig,
     TeacherConfig,
     TrainConfig,
     apply_overrides,
@@ -113,3 +120,102 @@ def test_config_class_for_folder():
     assert config_class_for("configs/accelerate/cpu.yaml") is None
     assert TrainConfig().select_metric.startswith("valid_")
     assert isinstance(Path("x"), Path)
+
+
+# ------------------------------------------------------------- method config objects
+
+LEGACY = Path(__file__).resolve().parents[1] / "support" / "legacy" / "config_flat_methods.yaml"
+
+
+def test_each_method_is_one_object_with_its_switch_and_knobs():
+    cfg = load_config(DistillConfig, None, [
+        "train.msmix.enabled=true", "train.msmix.alpha=0.4", "train.msmix.kl_weight=0.2",
+        "train.conflict.enabled=true", "train.conflict.tau=1.2",
+        "train.missing.enabled=true", "train.missing.complete_fraction=0.3",
+        "train.augment.data=runs/aug", "signals.cache_dir=c", "student.enhance.enabled=true",
+        "student.enhance.k=2"])
+    assert cfg.train.msmix == MsMixConfig(enabled=True, alpha=0.4, kl_weight=0.2)
+    assert cfg.train.conflict == ConflictConfig(enabled=True, tau=1.2)
+    assert cfg.train.missing == MissingConfig(enabled=True, complete_fraction=0.3)
+    assert cfg.train.augment == AugmentConfig(data="runs/aug") and cfg.train.augment.enabled
+    assert cfg.student.enhance == EnhanceConfig(enabled=True, k=2)
+    off = DistillConfig()
+    assert not (off.train.msmix.enabled or off.train.conflict.enabled or off.train.missing.enabled
+                or off.train.augment.enabled or off.student.enhance.enabled)
+
+
+def test_a_bool_switches_a_method_and_keeps_its_knobs(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text("train:\n  msmix: {alpha: 0.7}\n  conflict: true\nstudent: {enhance: true}\n")
+    cfg = load_config(DistillConfig, p, ["train.msmix=true"])
+    assert cfg.train.msmix.enabled and cfg.train.msmix.alpha == 0.7
+    assert cfg.train.conflict.enabled and cfg.student.enhance.enabled
+    off = load_config(DistillConfig, p, ["train.msmix=false"])
+    assert not off.train.msmix.enabled and off.train.msmix.alpha == 0.7
+    with pytest.raises(ConfigError, match="train.augment must be a mapping"):
+        load_config(DistillConfig, None, ["train.augment=true"])
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.msmix.alpha=0", "train.msmix.alpha=0.0 is invalid"),
+    ("train.msmix.threshold=1", "train.msmix.threshold=1.0 is invalid"),
+    ("train.conflict.tau=0.5", "train.conflict.tau=0.5 is invalid"),
+    ("train.missing.complete_fraction=2", "train.missing.complete_fraction=2.0 is invalid"),
+    ("student.enhance.k=0", "student.enhance.k=0 is invalid"),
+    ("train.msmix.alfa=1", "did you mean 'train.msmix.alpha'"),
+])
+def test_method_knobs_are_checked_with_their_full_names(override, needle):
+    with pytest.raises(ConfigError) as e:
+        load_config(DistillConfig, None, [override])
+    assert needle in str(e.value)
+
+
+def test_a_config_written_before_the_method_objects_still_loads(caplog):
+    """tests/support/legacy/config_flat_methods.yaml is a config.yaml as main wrote it
+    before this change (flat keys: train.msmix_alpha, loss.conflict_tau, student.enhance_k)."""
+    with caplog.at_level("WARNING", logger="workbench.config"):
+        cfg = load_config(DistillConfig, LEGACY)
+    assert cfg.train.msmix == MsMixConfig(enabled=True, alpha=0.4, threshold=0.2, weight=0.7,
+                                          kl_weight=0.2, intensity_weight=0.3)
+    assert cfg.train.conflict == ConflictConfig(enabled=True, weight=0.05, tau=1.2,
+                                                statistical_weight=0.3)
+    assert cfg.train.missing == MissingConfig(enabled=True, complete_fraction=0.4)
+    assert cfg.train.augment == AugmentConfig(data="runs/aug/synth")
+    assert cfg.student.enhance == EnhanceConfig(enabled=True, k=3, bank=64, temperature=0.2)
+    notes = [r.getMessage() for r in caplog.records if "renamed keys" in r.getMessage()]
+    assert len(notes) == 1, notes  # one note for the whole file
+    for old in ("train.msmix_alpha -> train.msmix.alpha", "loss.conflict_tau -> train.conflict.tau",
+                "student.enhance_k -> student.enhance.k"):
+        assert old in notes[0]
+    # written again, it uses only the new names and loads without a note
+    data = to_dict(cfg)
+    assert "msmix" not in data["loss"] and "enhance_k" not in data["student"]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="workbench.config"):
+        assert to_dict(from_dict(DistillConfig, data)) == data
+    assert not [r for r in caplog.records if "renamed keys" in r.getMessage()]
+
+
+def test_old_flat_overrides_and_sections_alone_still_load():
+    cfg = load_config(DistillConfig, None, ["train.msmix=true", "train.msmix_alpha=0.3",
+                                            "train.conflict_penalty=true", "loss.statistical=0.2"])
+    assert cfg.train.msmix.enabled and cfg.train.msmix.alpha == 0.3
+    assert cfg.train.conflict.enabled and cfg.train.conflict.statistical_weight == 0.2
+    # a student section alone, as student.json / export.json of an old checkpoint hold it
+    st = from_dict(StudentConfig, {"hidden": 32, "enhance": True, "enhance_bank": 16})
+    assert st.enhance == EnhanceConfig(enabled=True, bank=16)
+    # a key given both ways keeps the new one
+    both = load_config(DistillConfig, None, ["train.msmix.alpha=0.9", "train.msmix_alpha=0.1"])
+    assert both.train.msmix.alpha == 0.9
+
+
+def test_cache_job_config():
+    job = load_config(CacheJobConfig, None, ["splits=[train]", "shard=1/4", "cache.dir=x",
+                                             "cache.template=sentiment_polarity"])
+    assert job.shard_tuple() == (1, 4) and job.splits == ["train"]
+    assert job.cache.template == "sentiment_polarity"
+    for bad, needle in (("shard=4/4", "need 0 <= i < N"), ("shard=a", "must look like i/N"),
+                        ("splits=[dev]", "name splits from"), ("variants=0", "variants=0")):
+        with pytest.raises(ConfigError, match=needle):
+            load_config(CacheJobConfig, None, [bad])
+    assert config_class_for("configs/cache/x.yaml") is CacheJobConfig

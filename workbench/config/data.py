@@ -1,0 +1,92 @@
+"""Where a dataset lives and how to read it (``data:`` of every recipe)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from workbench.config.fields import MODALITIES, SPLITS, check
+
+
+@dataclass
+class DataConfig:
+    """Where a dataset lives and how to read it."""
+
+    path: str = ""
+    """Dataset location: an MMSA pickle (.pkl), a manifest (.csv/.jsonl), or a directory
+    written by ``workbench data import`` (Hugging Face ``datasets`` on disk)."""
+    format: Literal["auto", "mmsa", "manifest", "hf"] = "auto"
+    """Reader to use; ``auto`` picks from the path (.pkl -> mmsa, .csv/.jsonl -> manifest,
+    directory -> hf)."""
+    name: str = ""
+    """Dataset name shown in reports (defaults to the file or directory stem)."""
+    modalities: list[str] = field(default_factory=lambda: ["text", "audio", "vision"])
+    """Modalities to keep; features of the others are dropped on load."""
+    task: Literal["regression", "classification"] = "regression"
+    """Regression on a sentiment score, or classification into ``class_names``."""
+    metric_set: Literal["mosi", "sims", "classification"] = "mosi"
+    """Which metric definitions apply (MOSI/MOSEI scale, SIMS scale, or plain classes)."""
+    label_range: tuple[float, float] = (-3.0, 3.0)
+    """Declared range of the score labels; labels outside it are rejected."""
+    class_names: list[str] = field(default_factory=list)
+    """Names of the classes for classification datasets, in label-index order."""
+    # Manifest reader --------------------------------------------------------
+    id_column: str = "id"
+    """Manifest column holding the sample id (ignored when ``id_format`` is set)."""
+    id_format: str = ""
+    """Build ids from other columns, e.g. ``"{video_id}_{clip_id}"``."""
+    text_column: str = "text"
+    label_column: str = "label"
+    class_column: str = ""
+    """Manifest column holding a class index or name (optional)."""
+    split_column: str = "split"
+    """Manifest column holding the split of each row."""
+    split_names: dict[str, str] = field(default_factory=dict)
+    """Map raw split values to train/valid/test, e.g. ``{dev: valid, val: valid}``."""
+    frames_column: str = ""
+    """Manifest column with video frame / image paths (``;``-separated)."""
+    audio_file_column: str = ""
+    """Manifest column with an audio file path."""
+    video_file_column: str = ""
+    """Manifest column with a video file path."""
+    media_root: str = ""
+    """Directory that relative media paths are resolved against (default: the manifest's)."""
+    features: str = ""
+    """Optional ``.npz`` with per-sample feature arrays keyed by id."""
+    features_id_key: str = "id"
+    """Array in ``features`` holding the sample ids."""
+    feature_keys: dict[str, str] = field(default_factory=lambda: {"audio": "audio", "vision": "vision"})
+    """Which ``features`` array feeds each modality, e.g. ``{audio: audio, vision: video}``."""
+    # MMSA reader ------------------------------------------------------------
+    mmsa_text_key: Literal["raw_text"] = "raw_text"
+    """MMSA field with the transcript (the student tokenizes it itself)."""
+    # Validation -------------------------------------------------------------
+    check_media: bool = True
+    """Fail when a referenced media file does not exist."""
+    nonfinite: Literal["error", "zero"] = "error"
+    """NaN/inf in features: fail (default), or replace them with 0 as the MMSA toolkit
+    does for the -inf values in its MOSI/MOSEI audio features."""
+
+    def __post_init__(self) -> None:
+        for m in self.modalities:
+            check(m in MODALITIES, "data.modalities", self.modalities,
+                  f"each entry must be one of {list(MODALITIES)}")
+        check(len(self.modalities) > 0, "data.modalities", self.modalities,
+              "keep at least one modality, e.g. [text, audio]")
+        self.label_range = tuple(float(x) for x in self.label_range)  # type: ignore[assignment]
+        check(len(self.label_range) == 2 and self.label_range[0] < self.label_range[1],
+              "data.label_range", self.label_range, "give [low, high] with low < high")
+        if self.task == "classification":
+            check(len(self.class_names) >= 2, "data.class_names", self.class_names,
+                  "classification needs at least two class names")
+            check(self.metric_set == "classification", "data.metric_set", self.metric_set,
+                  "set data.metric_set=classification for a classification task")
+        else:
+            check(self.metric_set != "classification", "data.metric_set", self.metric_set,
+                  "use mosi or sims for a regression task, or set data.task=classification")
+        for raw, split in self.split_names.items():
+            check(split in SPLITS, f"data.split_names.{raw}", split,
+                  f"map each raw split to one of {list(SPLITS)}")
+        for mod in self.feature_keys:
+            check(mod in ("audio", "vision"), "data.feature_keys", self.feature_keys,
+                  "keys must be audio and/or vision")

@@ -1,0 +1,129 @@
+"""A whole distillation run (``configs/distill/``): the sections and their cross-checks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from workbench.config.data import DataConfig
+from workbench.config.evaluation import EvalConfig
+from workbench.config.fields import check
+from workbench.config.student import StudentConfig
+from workbench.config.train import TrainConfig
+
+
+@dataclass
+class SignalsConfig:
+    """Which teacher outputs a distillation run reads from a cache (``workbench cache run``).
+
+    Training joins the dataset's samples to the cache by sample id and refuses to start
+    when the cache was made from other data, with another template or teacher, or holds
+    too few ok answers. An empty ``cache_dir`` means gold labels only.
+    """
+
+    cache_dir: str = ""
+    """Teacher cache directory (holds ``cache.sqlite``); empty: no teacher signals."""
+    soft_label_template: str = "sentiment_score"
+    """Template whose soft labels (distributions over the label bins) the student is
+    distilled from, on train samples; empty: no soft labels."""
+    description_template: str = "context_aware"
+    """Template whose descriptions the prompted network reads (``train.privileged:
+    prompted`` or ``student.prompted: true``), on train and valid samples; read only then."""
+    teacher: str = ""
+    """Use the cache's jobs of this teacher (model id, with or without ``@revision``);
+    empty: the only job of each template for this data."""
+    min_ok_fraction: float = 0.9
+    """Refuse a job with ok answers for fewer than this fraction of the samples asked for."""
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.min_ok_fraction <= 1.0, "signals.min_ok_fraction",
+              self.min_ok_fraction, "use a fraction in [0, 1]")
+
+
+@dataclass
+class LossConfig:
+    """Weights of the distillation losses added to the gold-label task loss (weight 1).
+
+    A term whose signal is absent (no cache, no privileged network) is not computed.
+    """
+
+    soft_label_kd: float = 1.0
+    """Weight of ``T^2 KL(teacher || student)`` over the label bins (teacher soft labels)."""
+    expected_score: float = 0.5
+    """Weight of |student's expected score over the bins - teacher's expected score|
+    (regression only)."""
+    temperature: float = 1.0
+    """Distillation temperature ``T`` of the soft-label KD."""
+    privileged_pred: float = 1.0
+    """Weight of the KD from the prompted network's prediction (L1 for regression, KL of
+    the class distributions for classification)."""
+    privileged_repr: float = 0.5
+    """Weight of the KD from the prompted network's fused representation (through the
+    student's projection ``kd_proj``)."""
+    privileged_repr_kind: Literal["cosine", "mse"] = "cosine"
+    """Distance for the representation KD."""
+    privileged_attn: float = 0.0
+    """Weight of the KD from the prompted network's text-to-modality fusion attention."""
+    unimodal_aux: float = 0.0
+    """Weight of the gold-label loss of each modality's auxiliary head (averaged over the
+    modalities, each on the samples that have it)."""
+    def __post_init__(self) -> None:
+        for name in ("soft_label_kd", "expected_score", "privileged_pred", "privileged_repr",
+                     "privileged_attn", "unimodal_aux"):
+            check(getattr(self, name) >= 0, f"loss.{name}", getattr(self, name),
+                  "use 0 (term off) or a positive weight")
+        check(self.temperature > 0, "loss.temperature", self.temperature,
+              "use a positive temperature, e.g. 1.0 or 2.0")
+
+
+@dataclass
+class DistillConfig:
+    """A whole distillation run: ``accelerate launch distill.py --config ...``."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    signals: SignalsConfig = field(default_factory=SignalsConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        classification = self.data.task == "classification"
+        check((self.train.task_loss == "ce") == classification, "train.task_loss",
+              self.train.task_loss,
+              "use ce for a classification dataset" if classification
+              else "use l1 or mse for a regression dataset (ce is for classification)")
+        sig = self.signals
+        # (student.prompted alone is checked when training starts: the config of a
+        # prompted checkpoint may be loaded without its cache.)
+        if self.train.privileged == "prompted":
+            check(bool(sig.cache_dir), "signals.cache_dir", sig.cache_dir,
+                  "train.privileged=prompted needs the teacher's descriptions: point it "
+                  "at a teacher cache, or set train.privileged=none")
+            check(bool(sig.description_template), "signals.description_template",
+                  sig.description_template,
+                  "train.privileged=prompted needs a description template, e.g. context_aware")
+        check(not (self.train.privileged == "prompted" and self.student.prompted),
+              "student.prompted", self.student.prompted,
+              "with train.privileged=prompted the prompted network is stage 1 and the "
+              "student stays plain (it never sees descriptions); set student.prompted=false")
+        if self.train.weighting == "quality":
+            check(bool(sig.cache_dir and sig.soft_label_template), "train.weighting",
+                  self.train.weighting,
+                  "quality weights score the teacher's soft labels: set signals.cache_dir "
+                  "and signals.soft_label_template, or train.weighting=none")
+        if self.train.augment.enabled:
+            check(bool(sig.cache_dir and sig.soft_label_template), "train.augment.data",
+                  self.train.augment.data,
+                  "augmented samples are weighted by the teacher's soft labels on them: set "
+                  "signals.cache_dir (holding a soft-label job on the augmented data) and "
+                  "signals.soft_label_template, or leave train.augment.data empty")
+        check(not (self.train.msmix.enabled and classification), "train.msmix.enabled",
+              self.train.msmix.enabled,
+              "MS-Mix's intensity heads predict |score| of a regression label; use a "
+              "regression dataset or set train.msmix.enabled=false")
+        for name in ("msmix", "conflict"):
+            check(not (getattr(self.train, name).enabled and self.student.prompted),
+                  f"train.{name}.enabled", getattr(self.train, name).enabled,
+                  "it trains the plain student, not the prompted network "
+                  "(student.prompted=true); use train.privileged=prompted or set it false")

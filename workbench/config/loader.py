@@ -1,0 +1,264 @@
+"""The generic loader: YAML in, includes, dotted overrides, strict keys, dump.
+
+Every config is a plain dataclass (one module per concern in this package).
+:func:`load_config` reads a YAML file into one, applies ``section.field=value`` overrides
+from the command line, maps renamed keys (:mod:`workbench.config.legacy`), rejects keys the
+dataclass does not have (suggesting the nearest valid name), converts values to the
+annotated types, and runs each dataclass's ``__post_init__`` cross-field checks.
+
+A section of a YAML file may be a path to another YAML file instead of a mapping
+(``data: ../data/mosi.yaml``); it is resolved relative to the file that names it.
+:func:`dump_config` writes the resolved config (with versions) into an output dir.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from workbench.config.fields import ConfigError
+from workbench.config.legacy import migrate
+from workbench.io import atomic_write_text
+
+T = TypeVar("T")
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _convert(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML value to the annotated type ``tp``; ``where`` names the key."""
+    tp, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"{where} is null: give a value of type {_type_name(tp)}")
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, bool) and _has_switch(tp):  # a method's switch given alone
+            value = {"enabled": value}
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return from_dict(tp, value, prefix=where)
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is Literal:
+        if value not in args:
+            near = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ConfigError(f"{where}={value!r} is not allowed{hint}: use one of {list(args)}")
+        return value
+    if origin in (list, tuple):
+        if isinstance(value, str) and origin is list:
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where} must have {len(args)} items, got {value!r}")
+            return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
+        item = args[0] if args else Any
+        out = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+        kt, vt = args if args else (Any, Any)
+        return {_convert(k, kt, where): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
+    if tp is Any:
+        return value
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return tp(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{where}={value!r} must be true or false")
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise ConfigError(f"{where}={value!r} must be a number")
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where}={value!r} must be a number") from None
+    if tp is int:
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise ConfigError(f"{where}={value!r} must be an integer")
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{where}={value!r} must be an integer") from None
+    if tp is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{where} must be a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def _has_switch(cls: type) -> bool:
+    return any(f.name == "enabled" and f.init for f in dataclasses.fields(cls))
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with a suggestion
+    (renamed keys are mapped first, :func:`workbench.config.legacy.migrate`)."""
+    data = migrate(cls.__name__, data, f"{prefix}." if prefix else "")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        where = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean {(prefix + '.' if prefix else '') + near[0]!r}?" if near else ""
+            raise ConfigError(
+                f"unknown key {where!r} for {cls.__name__}{hint} Valid keys: {', '.join(names)}"
+            )
+        kwargs[key] = _convert(value, hints[key], where)
+    try:
+        return cls(**kwargs)
+    except ConfigError:
+        raise
+    except TypeError as e:  # a required field without default
+        raise ConfigError(f"{prefix or cls.__name__}: {e}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass as plain YAML/JSON-able data (tuples become lists)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    return obj
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like section.key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a nested mapping (values parsed as YAML)."""
+    for item in overrides:
+        path, value = _parse_override(item)
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+            node = child
+        if isinstance(node.get(path[-1]), dict) and isinstance(value, bool):
+            node[path[-1]]["enabled"] = value  # a method's switch: keep its other knobs
+        else:
+            node[path[-1]] = value
+    return data
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _resolve_includes(cls: type, data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Replace sections given as file paths by that file's mapping (recursively).
+
+    An include path is relative to the file that names it; data paths inside any config
+    are relative to the working directory, as with every other command-line path.
+    """
+    if not dataclasses.is_dataclass(cls):
+        return data
+    hints = typing.get_type_hints(cls)
+    out = dict(data)
+    for key, value in data.items():
+        tp = _strip_optional(hints.get(key, Any))[0]
+        if dataclasses.is_dataclass(tp):
+            if isinstance(value, str):
+                inc = (base / value).resolve()
+                out[key] = _resolve_includes(tp, _read_yaml(inc), inc.parent)
+            elif isinstance(value, dict):
+                out[key] = _resolve_includes(tp, value, base)
+    return out
+
+
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+) -> T:
+    """Read ``path`` (YAML) into ``cls``, apply ``overrides``, validate, and return it.
+
+    Relative data paths are resolved against the current directory.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        data = _resolve_includes(cls, _read_yaml(p), p.parent)
+    data = apply_overrides(data, list(overrides or []))
+    try:
+        return from_dict(cls, data)
+    except ConfigError as e:
+        if path is not None:
+            raise ConfigError(f"{path}: {e}") from None
+        raise
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the packages that shape results."""
+    import platform
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("msa-workbench", "torch", "transformers", "peft", "accelerate", "datasets",
+                "openai", "numpy", "scikit-learn", "bitsandbytes", "vllm", "llama-cpp-python"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def dump_config(cfg: Any, out_dir: str | Path, name: str = "config.yaml") -> Path:
+    """Write the resolved config to ``out_dir/name`` and versions to ``versions.json``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    target = atomic_write_text(out / name, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(out / "versions.json", json.dumps(versions(), indent=2) + "\n")
+    return target

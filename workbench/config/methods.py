@@ -1,0 +1,162 @@
+"""One config object per method, PEFT-style: its switch and all its knobs in one place.
+
+Each object is handed as a whole to the code that implements the method (the loss plan
+holds them; the model builder reads :class:`EnhanceConfig`). Every method is off by
+default. Where they sit in a distillation recipe:
+
+============================  ========================================================
+``train.msmix``               :class:`MsMixConfig` (``students.msmix``)
+``train.conflict``            :class:`ConflictConfig` (``students.conflict``)
+``train.augment``             :class:`AugmentConfig` (``students.augment``)
+``train.missing``             :class:`MissingConfig` (``students.robustness``)
+``student.enhance``           :class:`EnhanceConfig` (``students.enhance``)
+============================  ========================================================
+
+A switch may be given alone, ``train.msmix=true`` (the loader reads a bool given for a
+method object as its ``enabled``). Recipes written before these objects existed use flat
+keys (``train.msmix_alpha``, ``loss.conflict_tau``, ``student.enhance_k``, ...): the
+loader maps them once, with a deprecation note (:mod:`workbench.config.legacy`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from workbench.config.fields import check
+
+
+@dataclass
+class MsMixConfig:
+    """MS-Mix: sentiment-aware mixup of the encoded modalities inside each training step
+    (regression datasets). Pairs come from a seeded permutation of the batch and are mixed
+    only when, for every modality both have, their pooled representations agree (cosine >
+    ``threshold``) and they have the same modalities. Per modality the ratio blends a
+    Beta(``alpha``, ``alpha``) draw with the relative intensity predicted by that
+    modality's intensity head (trained on |gold score|, ``intensity_weight``); the mixed
+    label uses the mean ratio. Adds ``weight`` x the task loss on mixed samples and
+    ``kl_weight`` x a KL alignment of the modalities' predicted distributions on them
+    (Gaussians around the unimodal heads' scores over the label bins)."""
+
+    enabled: bool = False
+    alpha: float = 0.5
+    """Beta(alpha, alpha) of the base mixing ratio."""
+    threshold: float = 0.3
+    """Cosine similarity every shared modality of a pair must exceed to be mixed (-1: mix
+    every pair with the same modalities)."""
+    weight: float = 1.0
+    """Weight of the task loss on the mixed samples (mixed labels)."""
+    kl_weight: float = 0.1
+    """Weight of the KL alignment between the modalities' predicted distributions on the
+    mixed samples (mean over ordered modality pairs)."""
+    intensity_weight: float = 0.1
+    """Weight of the intensity heads' L1 loss against |gold score|."""
+
+    def __post_init__(self) -> None:
+        check(self.alpha > 0, "train.msmix.alpha", self.alpha,
+              "use a positive Beta parameter, e.g. 0.5")
+        check(-1.0 <= self.threshold < 1.0, "train.msmix.threshold", self.threshold,
+              "use a cosine similarity in [-1, 1), e.g. 0.3")
+        for name in ("weight", "kl_weight", "intensity_weight"):
+            check(getattr(self, name) >= 0, f"train.msmix.{name}", getattr(self, name),
+                  "use 0 (term off) or a positive weight")
+
+
+@dataclass
+class ConflictConfig:
+    """Conflict-aware gradient penalty plus a statistical loss. Each step, each modality's
+    own contribution to the fusion sum goes through the shared layers (fusion tail +
+    prediction head) to a gold-label loss; its gradient on those shared weights is taken
+    with ``create_graph=True`` (the penalty is differentiable). Penalised: dominance
+    ``relu(max_m |g_m| / mean_m |g_m| - tau)`` and opposition ``mean over pairs
+    relu(-cos(g_a, g_b))``, with ``weight``; and ``statistical_weight`` x the squared gaps
+    between the batch mean / std of the predictions and the train split's gold-label mean /
+    std (class frequencies for classification)."""
+
+    enabled: bool = False
+    weight: float = 0.1
+    """Weight of the gradient-conflict penalty."""
+    tau: float = 1.5
+    """Max / mean ratio of the modalities' gradient norms tolerated before dominance is
+    penalised (>= 1; with M modalities the ratio is <= M)."""
+    statistical_weight: float = 0.1
+    """Weight of the statistical loss."""
+
+    def __post_init__(self) -> None:
+        for name in ("weight", "statistical_weight"):
+            check(getattr(self, name) >= 0, f"train.conflict.{name}", getattr(self, name),
+                  "use 0 (term off) or a positive weight")
+        check(self.tau >= 1.0, "train.conflict.tau", self.tau,
+              "use a ratio of at least 1 (max over mean gradient norm), e.g. 1.5")
+
+
+@dataclass
+class AugmentConfig:
+    """Teacher augmentation with quality-aware weights (after QASA). On when ``data`` is
+    set: the directory written by ``workbench data augment`` (or its ``data.yaml``),
+    holding paraphrases of the train transcripts (id ``SOURCE#v``, the source's label and
+    audio / visual features). Their soft labels are read from ``signals.cache_dir``
+    (template ``signals.soft_label_template``, a second caching pass on that dataset,
+    joined by its own fingerprint). Each rewrite is added to the train split only, with a
+    fixed weight ``floor + (1 - floor) * c * o * a * s``: ``c`` teacher confidence (1 -
+    normalised entropy of its soft label; 0 if the teacher gave none), ``o`` 1 - off-label
+    mass, ``a`` agreement of the teacher's expected score with the source's gold label,
+    ``s`` cosine similarity of the rewrite to its source under the student's pre-training
+    text encoder (mean-pooled, clipped to [0, 1]); ``floor`` is ``train.weight_floor``:
+    rewrites are down-weighted, never dropped. The weights are logged (summary and
+    histogram) and saved as ``<output_dir>/augment_weights.csv``."""
+
+    data: str = ""
+    """The augmented dataset; empty: no augmentation."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.data)
+
+
+@dataclass
+class MissingConfig:
+    """LNLN missing-modality training: random per-sample, per-modality missing rates,
+    seeded by (seed, epoch, sample id). A privileged teacher always sees complete
+    inputs."""
+
+    enabled: bool = False
+    complete_fraction: float = 0.5
+    """Fraction of training samples kept complete."""
+
+    def __post_init__(self) -> None:
+        check(0.0 <= self.complete_fraction <= 1.0, "train.missing.complete_fraction",
+              self.complete_fraction, "use a fraction in [0, 1]")
+
+
+@dataclass
+class EnhanceConfig:
+    """Cross-sample enhancement of missing / masked audio and vision (after HME,
+    ``students.enhance``): a sample whose modality is missing or partly masked retrieves
+    its ``k`` nearest complete training samples by the modalities it has (cosine of pooled
+    representations), takes their similarity-weighted mean representation of the missing
+    modality, and blends it with its own through a learned gate on [original, enriched,
+    uncertainty, observed fraction] (uncertainty: the normalised entropy of the neighbours'
+    softmax weights). The neighbours come from a memory bank: a FIFO queue of the ``bank``
+    most recent complete training samples, filled during training forward passes, frozen
+    at evaluation, and saved in the checkpoint (model buffers), so a checkpoint alone
+    evaluates. Works best with ``train.missing.enabled=true``. Off: the model and its
+    checkpoints are unchanged."""
+
+    enabled: bool = False
+    k: int = 5
+    """Neighbours per enhanced sample (at most ``bank``)."""
+    bank: int = 512
+    """Rows of the memory bank (complete training samples kept; part of the checkpoint)."""
+    temperature: float = 0.1
+    """Temperature of the softmax over the neighbours' cosine similarities."""
+
+    def __post_init__(self) -> None:
+        check(self.k >= 1, "student.enhance.k", self.k, "use at least 1 neighbour, e.g. 5")
+        check(self.bank >= self.k, "student.enhance.bank", self.bank,
+              f"the bank must hold at least student.enhance.k={self.k} rows, e.g. 512")
+        check(self.temperature > 0, "student.enhance.temperature", self.temperature,
+              "use a positive temperature, e.g. 0.1")
+
+
+METHOD_CONFIGS = (MsMixConfig, ConflictConfig, AugmentConfig, MissingConfig, EnhanceConfig)
+"""Every method object (a bool given for one of them is read as its switch)."""

@@ -1,0 +1,90 @@
+"""A teacher model and how to reach it (``configs/teachers/``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from workbench.config.fields import check
+
+
+@dataclass
+class PriceConfig:
+    """Price of a teacher's tokens, in US dollars per million tokens."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
+
+    def __post_init__(self) -> None:
+        check(self.input_per_mtok >= 0, "teacher.price.input_per_mtok", self.input_per_mtok,
+              "prices are non-negative")
+        check(self.output_per_mtok >= 0, "teacher.price.output_per_mtok", self.output_per_mtok,
+              "prices are non-negative")
+
+
+@dataclass
+class TeacherConfig:
+    """A teacher model and how to reach it."""
+
+    backend: Literal["openai_compat", "vllm_engine", "hf_local"] = "hf_local"
+    """``openai_compat`` (any OpenAI-compatible server), ``vllm_engine`` (in-process vLLM,
+    GPU), or ``hf_local`` (transformers on CPU/GPU)."""
+    model: str = "gemma3-270m"
+    """Model name sent to the API, or a local directory / ``.gguf`` file. ``gemma3-270m``
+    means the GGUF shipped in the ``models`` extra."""
+    revision: str = ""
+    """Model revision or checksum; part of the cache key."""
+    base_url: str = ""
+    """Endpoint for ``openai_compat``, e.g. ``http://127.0.0.1:8080/v1``."""
+    api_key_env: str = ""
+    """Name of the environment variable that holds the API key (never the key itself)."""
+    api: Literal["chat", "completions"] = "chat"
+    """``chat``: send chat messages (instruction-tuned models); ``completions``: send the
+    rendered plain prompt ending in the template's answer prefix (base models)."""
+    temperature: float = 0.0
+    max_tokens: int = 0
+    """Cap on generated tokens; 0 uses each template's own bound."""
+    top_logprobs: int = 20
+    """How many alternatives per position to request for soft labels."""
+    repetition_penalty: float = 1.0
+    """>1 discourages repeats (small base models loop without it); 1.0 is off."""
+    seed: int = 0
+    max_concurrency: int = 8
+    requests_per_minute: int = 0
+    """0 means no limit."""
+    tokens_per_minute: int = 0
+    """0 means no limit."""
+    timeout_s: float = 60.0
+    max_retries: int = 5
+    batch_size: int = 8
+    """Prompts per generate call for in-process backends."""
+    device: str = "auto"
+    dtype: str = "auto"
+    price: PriceConfig = field(default_factory=PriceConfig)
+    budget_usd: float = 0.0
+    """Stop the job cleanly once this much has been spent (0: no cap)."""
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    max_model_len: int = 4096
+
+    def __post_init__(self) -> None:
+        if self.backend == "openai_compat":
+            check(bool(self.base_url), "teacher.base_url", self.base_url,
+                  "openai_compat needs the endpoint, e.g. http://127.0.0.1:8080/v1")
+        check(not self.api_key_env.startswith(("sk-", "sk_")), "teacher.api_key_env",
+              "<redacted>", "name the environment variable that holds the key, not the key")
+        check(0.0 <= self.temperature <= 2.0, "teacher.temperature", self.temperature,
+              "use a value in [0, 2]; 0 for deterministic soft labels")
+        check(self.max_tokens >= 0, "teacher.max_tokens", self.max_tokens,
+              "use 0 (the template's bound) or a positive cap")
+        check(0 <= self.top_logprobs <= 20, "teacher.top_logprobs", self.top_logprobs,
+              "OpenAI-compatible servers accept 0..20")
+        check(self.repetition_penalty > 0, "teacher.repetition_penalty", self.repetition_penalty,
+              "use 1.0 (off) or a value such as 1.2")
+        check(self.max_concurrency >= 1, "teacher.max_concurrency", self.max_concurrency,
+              "use at least 1")
+        check(self.timeout_s > 0, "teacher.timeout_s", self.timeout_s, "use a positive number")
+        check(self.max_retries >= 0, "teacher.max_retries", self.max_retries, "use 0 or more")
+        check(self.batch_size >= 1, "teacher.batch_size", self.batch_size, "use at least 1")
+        check(self.budget_usd >= 0, "teacher.budget_usd", self.budget_usd,
+              "use 0 for no cap or a positive amount")

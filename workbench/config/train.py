@@ -1,0 +1,123 @@
+"""The optimisation loop (``train:`` of a distillation recipe)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from workbench.config.fields import check
+from workbench.config.methods import AugmentConfig, ConflictConfig, MissingConfig, MsMixConfig
+
+
+@dataclass
+class TrainConfig:
+    """The optimisation loop (``students.trainer``)."""
+
+    output_dir: str = "runs/student"
+    """Run directory: ``checkpoint-best/``, ``last/`` (resume state), ``prompted/`` (stage 1
+    of ``privileged: prompted``), the resolved config and, with tracking, the logs."""
+    seed: int = 1111
+    """Seeds the weights' initialisation, the data order and the masks; each epoch's data
+    order and masks depend only on (seed, epoch), so a resumed run equals an unbroken one."""
+    epochs: int = 10
+    batch_size: int = 32
+    """Samples per process and step (before gradient accumulation)."""
+    grad_accum: int = 1
+    """Batches whose gradients add up before each optimizer step."""
+    lr: float = 5e-4
+    """Learning rate of everything but the text encoder (encoders, fusion, heads)."""
+    encoder_lr: float = 1e-4
+    """Learning rate of the text encoder's trainable weights (LoRA adapter or, in ``full``
+    mode, the whole encoder)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay (biases and norm weights get none)."""
+    warmup_ratio: float = 0.1
+    """Fraction of the optimizer steps with a linear warmup; a cosine decay follows."""
+    max_grad_norm: float = 1.0
+    """Clip the gradient norm to this before each step; 0 turns clipping off."""
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+    """Autocast through accelerate; ``fp16`` needs a GPU, ``bf16`` a GPU or CPU with bf16."""
+    task_loss: Literal["l1", "mse", "ce"] = "l1"
+    """Loss against gold labels: ``l1`` / ``mse`` for regression, ``ce`` for classification."""
+    select_metric: str = "valid_mae"
+    """Validation metric that picks the checkpoint (``valid_`` + a metric name of the
+    dataset's metric set, e.g. ``valid_mae``, ``valid_acc2_non0``)."""
+    select_mode: Literal["auto", "min", "max"] = "auto"
+    """Whether smaller or larger ``select_metric`` is better; ``auto`` takes it from the
+    metric (``workbench.metrics.higher_is_better``); an explicit value must agree with it."""
+    early_stop_patience: int = 5
+    """Stop after this many epochs without a better validation value; 0: never stop early."""
+    num_workers: int = 0
+    """DataLoader worker processes (0: collate in the training process)."""
+    weighting: Literal["none", "quality"] = "none"
+    """Per-sample weights: ``none`` (all ones) or ``quality`` (teacher confidence,
+    off-label mass, teacher-gold agreement, augmentation consistency; see
+    ``students.weighting``). ``quality`` needs teacher soft labels (``signals``)."""
+    weight_floor: float = 0.1
+    """Smallest quality weight, so no sample is silently dropped (in (0, 1])."""
+    weight_agreement_scale: float = 0.0
+    """|teacher expected score - gold| at which agreement reaches 0; 0: half the width of
+    the dataset's label range."""
+    missing: MissingConfig = field(default_factory=MissingConfig)
+    """LNLN missing-modality training (off by default)."""
+    privileged: Literal["none", "prompted"] = "none"
+    """MMSLF two-stage distillation. ``none``: train the model alone. ``prompted``: stage 1
+    trains the prompted network (this student plus a branch that reads the teacher's cached
+    descriptions, ``signals.description_template``) on gold labels into
+    ``<output_dir>/prompted/`` (or reuses ``prompted_checkpoint``); stage 2 trains the plain
+    student on gold labels, soft labels and privileged KD from that frozen network
+    (``loss.privileged_*``). The plain student never sees a description."""
+    prompted_checkpoint: str = ""
+    """``checkpoint-best`` directory of a trained prompted network to reuse as the
+    privileged teacher (empty: stage 1 runs inside this run)."""
+    prompted_epochs: int = 0
+    """Epochs of stage 1 (the prompted network); 0: the same as ``epochs``."""
+    log_with: Literal["none", "tensorboard"] = "none"
+    """Experiment tracking through accelerate's trackers: ``tensorboard`` writes event files
+    under ``<output_dir>/`` (needs the ``tensorboard`` package); ``none`` logs only text."""
+    overwrite: bool = False
+    """Start afresh in an ``output_dir`` that already holds a run. Without it such a run
+    must be continued (``--resume``) or written elsewhere."""
+    group_by_length: bool = False
+    """Batch training samples of similar text length together (within random groups of
+    50 batches; batch order still shuffled): much less padding, so faster steps on CPU."""
+    num_threads: int = 0
+    """Torch intra-op CPU threads per process; 0: torch's default (all cores). On a small
+    or shared machine 1 is often several times faster than oversubscribed threads."""
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    """Teacher augmentation with quality-aware weights (after QASA; off by default)."""
+    msmix: MsMixConfig = field(default_factory=MsMixConfig)
+    """MS-Mix, sentiment-aware mixup of the encoded modalities (off by default)."""
+    conflict: ConflictConfig = field(default_factory=ConflictConfig)
+    """Conflict-aware gradient penalty plus a statistical loss (off by default)."""
+
+    def __post_init__(self) -> None:
+        check(self.num_threads >= 0, "train.num_threads", self.num_threads,
+              "use 0 (torch's default) or a positive thread count")
+        check(0.0 < self.weight_floor <= 1.0, "train.weight_floor", self.weight_floor,
+              "use a floor in (0, 1]; 1 turns quality weighting into all ones")
+        check(self.weight_agreement_scale >= 0, "train.weight_agreement_scale",
+              self.weight_agreement_scale, "use 0 (half the label range) or a positive number")
+        check(self.epochs >= 1, "train.epochs", self.epochs, "use at least 1")
+        check(self.batch_size >= 1, "train.batch_size", self.batch_size, "use at least 1")
+        check(self.grad_accum >= 1, "train.grad_accum", self.grad_accum, "use at least 1")
+        check(self.lr > 0, "train.lr", self.lr, "use a positive learning rate")
+        check(self.encoder_lr >= 0, "train.encoder_lr", self.encoder_lr,
+              "use a non-negative learning rate (0 keeps the text encoder's weights fixed)")
+        check(self.weight_decay >= 0, "train.weight_decay", self.weight_decay,
+              "use 0 or a positive decay")
+        check(self.max_grad_norm >= 0, "train.max_grad_norm", self.max_grad_norm,
+              "use 0 (no clipping) or a positive norm, e.g. 1.0")
+        check(0.0 <= self.warmup_ratio < 1.0, "train.warmup_ratio", self.warmup_ratio,
+              "use a fraction in [0, 1)")
+        check(self.early_stop_patience >= 0, "train.early_stop_patience",
+              self.early_stop_patience, "use 0 (no early stopping) or a positive count")
+        check(self.num_workers >= 0, "train.num_workers", self.num_workers, "use 0 or more")
+        check(self.prompted_epochs >= 0, "train.prompted_epochs", self.prompted_epochs,
+              "use 0 (same as train.epochs) or a positive count")
+        check(self.select_metric.startswith("valid_"), "train.select_metric",
+              self.select_metric,
+              "checkpoints are selected on the validation split only; use valid_<metric>")
+        check(not self.prompted_checkpoint or self.privileged == "prompted",
+              "train.prompted_checkpoint", self.prompted_checkpoint,
+              "it is only read with train.privileged=prompted; set that or leave it empty")
