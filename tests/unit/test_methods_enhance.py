@@ -1,4 +1,4 @@
-"""Cross-sample enhancement (student.enhance): each retrieval function against a plain
+"""Cross-sample enhancement (student.enhance.enabled): each retrieval function against a plain
 reference, the memory bank, a training step, and a checkpoint round trip of the bank."""
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from students.enhance import (
 from students.robustness import drop_modalities
 from tests.support.reference import rand, ref_cos
 from tests.unit.test_trainer import BINS, _items, _tiny_student
-from workbench.config import DistillConfig, load_config
+from workbench.config import DistillConfig, EnhanceConfig, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -163,7 +163,7 @@ def test_enhancer_retrieves_before_it_pushes_and_pushes_complete_rows_only():
 
 @pytest.fixture(scope="module")
 def enhanced():
-    return _tiny_student(text_mode="frozen", enhance=True, enhance_k=2, enhance_bank=16)
+    return _tiny_student(text_mode="frozen", enhance=EnhanceConfig(enabled=True, k=2, bank=16))
 
 
 def test_enhance_off_leaves_the_model_unchanged():
@@ -221,7 +221,7 @@ def test_checkpoint_round_trips_the_bank(tmp_path, enhanced):
         "student.text_mode=frozen", "student.hidden=16", "student.heads=2",
         "student.bottleneck_tokens=2", "student.max_text_len=16", "student.dropout=0.0",
         "student.prompt_max_len=16", "student.lora.r=2", "student.lora.alpha=4",
-        "student.enhance=true", "student.enhance_k=2", "student.enhance_bank=16"])
+        "student.enhance.enabled=true", "student.enhance.k=2", "student.enhance.bank=16"])
     sel = {"split": "valid", "metric": "valid_mae", "epoch": 1, "value": 0.5}
     path = save_checkpoint(enhanced, cfg, tmp_path / "ckpt", selection=sel, teacher_manifest={})
     loaded, _, meta = load_checkpoint(path)
@@ -245,7 +245,7 @@ def test_partly_masked_sequences_and_missing_vectors_are_enhanced():
     from tests.unit.test_student_model import cfg, make_info, make_samples
 
     torch.manual_seed(0)
-    model = build_student(cfg(text_mode="frozen", enhance=True, enhance_k=2, enhance_bank=8),
+    model = build_student(cfg(text_mode="frozen", enhance=EnhanceConfig(enabled=True, k=2, bank=8)),
                           make_info(audio="sequence", vision="vector"), BINS)
     model.train()
     samples = make_samples(8)  # sample 1 has no audio, sample 2 no vision
