@@ -40,7 +40,6 @@ import io
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +63,7 @@ from students.inference import predict
 from students.robustness import drop_modalities
 from workbench.config import MODALITIES, DataConfig
 from workbench.data.schema import Sample
+from workbench.io import atomic_write_text
 from workbench.metrics import SIMS_EDGES_3, SIMS_EDGES_5, sims_bins
 
 log = logging.getLogger(__name__)
@@ -191,10 +191,9 @@ def _csv_cell(v: Any) -> str:
 
 
 def write_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: str | Path) -> Path:
-    """Write ``rows`` as CSV or JSONL (from the suffix), beside the target then renamed."""
+    """Write ``rows`` as CSV or JSONL (from the suffix), atomically
+    (:func:`workbench.io.atomic_write_text`)."""
     fmt = output_format(out)
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
     if fmt == "csv":
         writer = csv.writer(buf, lineterminator="\n")
@@ -206,10 +205,7 @@ def write_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: str 
             clean = {c: (None if isinstance(r.get(c), float) and math.isnan(r[c]) else r.get(c))
                      for c in columns}
             buf.write(json.dumps(clean, ensure_ascii=False) + "\n")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(buf.getvalue(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(Path(out), buf.getvalue())
 
 
 # ------------------------------------------------------------------------------ predict

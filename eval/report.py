@@ -49,6 +49,7 @@ from typing import Any, TypedDict
 
 import numpy as np
 
+from workbench.io import atomic_write_text
 from workbench.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
@@ -371,17 +372,11 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_results(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -> tuple[Path, Path]:
     """Write ``results.json`` (sorted keys, floats unrounded) and ``results.md`` to ``out_dir``.
 
-    The directory is created if needed; each file is written to a temporary name first and
-    moved into place. Returns ``(json_path, markdown_path)``.
+    The directory is created if needed; each file is written atomically
+    (:func:`workbench.io.atomic_write_text`). Returns ``(json_path, markdown_path)``.
     """
     if not isinstance(results, Mapping):
         raise TypeError(f"results must be a mapping; got {type(results).__name__}")
@@ -394,7 +389,7 @@ def write_results(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -
     json_text = json.dumps(payload, sort_keys=True, indent=2, allow_nan=True) + "\n"
     md_text = results_markdown(results)
     json_path, md_path = out / "results.json", out / "results.md"
-    _write_atomic(json_path, json_text)
-    _write_atomic(md_path, md_text)
+    atomic_write_text(json_path, json_text)
+    atomic_write_text(md_path, md_text)
     log.info("wrote %s and %s", json_path, md_path)
     return json_path, md_path

@@ -33,8 +33,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +44,7 @@ from students.model import StudentModel, build_student
 from workbench.config import ConfigError, DistillConfig, dump_config, load_config
 from workbench.data.store import DataInfo
 from workbench.errors import WorkbenchError
+from workbench.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -143,51 +142,40 @@ def save_checkpoint(
 
     ``state_dict`` is the model's full state dict when it had to be gathered from shards
     (``accelerator.get_state_dict``); by default ``model.state_dict()``. The directory is
-    written beside the target and swapped in at the end, so a crash never leaves a half
-    written ``out_dir``. Returns ``out_dir``.
+    written beside the target and swapped in at the end (:func:`workbench.io.atomic_dir`),
+    so a crash never leaves a half written ``out_dir``. Returns ``out_dir``.
     """
     if selection.get("split") != "valid":
         raise ValueError(f"selection.split={selection.get('split')!r}: checkpoints are "
                          "selected on the validation split only")
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
     sd = state_dict if state_dict is not None else model.state_dict()
     text_sd, rest = split_state_dict(model, sd)
-    save_file(_cpu(rest), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
-    mode = model.cfg.text_mode
-    if mode == "lora":
-        from peft import get_peft_model_state_dict
+    with atomic_dir(out) as tmp:
+        save_file(_cpu(rest), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
+        mode = model.cfg.text_mode
+        if mode == "lora":
+            from peft import get_peft_model_state_dict
 
-        adapter = get_peft_model_state_dict(model.text.model, state_dict=text_sd)
-        model.text.model.save_pretrained(str(tmp / ADAPTER_DIR), state_dict=_cpu(adapter),
-                                         safe_serialization=True)
-    elif mode == "full":
-        save_file(_cpu(text_sd), str(tmp / TEXT_ENCODER_FILE), metadata={"format": "pt"})
-    dump_config(cfg, tmp, CONFIG_FILE)  # also writes versions.json
-    counts = {k: {"total": v.total, "trainable": v.trainable}
-              for k, v in model.parameter_counts().items()}
-    _write_json(tmp / STUDENT_FILE, {
-        "format_version": FORMAT_VERSION,
-        "kind": "prompted" if model.prompt is not None else "student",
-        "bins": model.bin_values,
-        "text_mode": mode,
-        "modalities": ["text", *model.modalities],
-        "parameters": counts,
-    })
-    _write_json(tmp / DATA_INFO_FILE, model.info.to_json())
-    _write_json(tmp / TEACHER_MANIFEST_FILE, teacher_manifest)
-    _write_json(tmp / SELECTION_FILE, selection)
-    old = out.with_name(out.name + ".old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
+            adapter = get_peft_model_state_dict(model.text.model, state_dict=text_sd)
+            model.text.model.save_pretrained(str(tmp / ADAPTER_DIR), state_dict=_cpu(adapter),
+                                             safe_serialization=True)
+        elif mode == "full":
+            save_file(_cpu(text_sd), str(tmp / TEXT_ENCODER_FILE), metadata={"format": "pt"})
+        dump_config(cfg, tmp, CONFIG_FILE)  # also writes versions.json
+        counts = {k: {"total": v.total, "trainable": v.trainable}
+                  for k, v in model.parameter_counts().items()}
+        _write_json(tmp / STUDENT_FILE, {
+            "format_version": FORMAT_VERSION,
+            "kind": "prompted" if model.prompt is not None else "student",
+            "bins": model.bin_values,
+            "text_mode": mode,
+            "modalities": ["text", *model.modalities],
+            "parameters": counts,
+        })
+        _write_json(tmp / DATA_INFO_FILE, model.info.to_json())
+        _write_json(tmp / TEACHER_MANIFEST_FILE, teacher_manifest)
+        _write_json(tmp / SELECTION_FILE, selection)
     return out
 
 

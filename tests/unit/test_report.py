@@ -184,7 +184,7 @@ def test_write_results_round_trip(tmp_path):
     assert "## cost" in md and '"params_m": 23.5' in md
     # what was read back renders the same
     assert robustness_variants(data["robustness"])["student"]["average"] == summary["average"]
-    assert not list((tmp_path / "out").glob(".*.tmp"))
+    assert not list((tmp_path / "out").glob(".*.tmp*"))
 
 
 def test_write_results_single_sweep_named_model(tmp_path):
