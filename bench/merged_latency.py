@@ -62,7 +62,8 @@ def build_default_checkpoint(root: Path, n: int = 160) -> Path:
 
 def bench_samples(checkpoint: Path, k: int) -> list[Any]:
     """``k`` samples of the checkpoint's own data (test split first), cycled if fewer."""
-    from eval.evaluate import load_data, run_config
+    from eval.data import load_data
+    from eval.options import run_config
 
     ds = load_data(run_config(checkpoint).data, "checkpoint", checkpoint)
     order = ["test", *[s for s in ds.splits if s != "test"]]

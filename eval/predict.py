@@ -2,8 +2,8 @@
 
 ``workbench predict CHECKPOINT --data DATA --out FILE.csv|FILE.jsonl`` runs
 :func:`predict_checkpoint`. The checkpoint and the data go through the same checks as
-``workbench eval`` (:func:`eval.evaluate.check_files`, :func:`eval.evaluate.load_data`,
-:func:`eval.evaluate.check_data_matches`): the data must be the dataset the checkpoint was
+``workbench eval`` (:func:`students.checkpoint.check_files`, :func:`eval.data.load_data`,
+:func:`eval.data.check_data_matches`): the data must be the dataset the checkpoint was
 trained on (same fingerprint, task, metric set and features) unless ``new_data`` is set,
 which keeps every check but the fingerprint (new utterances with the same features).
 Unlike ``eval``, any split may be predicted (nothing is reported as a score) and labels
@@ -48,17 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from eval.evaluate import (
-    EvalError,
-    check_data_matches,
-    check_files,
-    eval_items,
-    load_data,
-    parse_patterns,
-    resolve_device,
-    run_config,
-)
-from students.checkpoint import STUDENT_FILE, load_checkpoint, read_meta
+from eval.data import check_data_matches, eval_items, load_data
+from eval.options import EvalError, parse_patterns, resolve_device, run_config
+from students.checkpoint import STUDENT_FILE, check_files, load_checkpoint, read_meta
 from students.inference import predict
 from students.robustness import drop_modalities
 from workbench.config import MODALITIES, DataConfig
@@ -244,7 +236,7 @@ def predict_samples(path: str | Path, opts: PredictOptions, data: DataConfig | N
     """Predict every sample of ``opts.split`` (or all splits) with checkpoint ``path``.
 
     ``data`` overrides the checkpoint's own data config (``data_source`` names it in
-    messages). Raises :class:`PredictError` / :class:`eval.evaluate.EvalError` /
+    messages). Raises :class:`PredictError` / :class:`eval.options.EvalError` /
     :class:`students.checkpoint.CheckpointError` saying what is wrong.
     """
     p = Path(path)

@@ -27,12 +27,21 @@ must therefore exist where the checkpoint is loaded (``minilm`` ships as a packa
 
 :func:`load_checkpoint` rebuilds the model from the config, loads the weights and
 returns ``(model, cfg, meta)``; the model is in eval mode.
+
+Finding checkpoints (what ``workbench eval`` / ``predict`` / ``export`` accept): a
+checkpoint directory, a run directory holding ``checkpoint-best/``, a directory of runs, or
+a glob of these (:func:`find_checkpoints`); :func:`checkpoint_name` / :func:`unique_names`
+give them short names, and :func:`check_files` names every missing file
+(:data:`REQUIRED_FILES`) with what writes it before anything is loaded.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,3 +271,116 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
              meta.selection.get("split"), meta.selection.get("metric"),
              float(meta.selection.get("value", float("nan"))), meta.selection.get("epoch"))
     return model, cfg, meta
+
+
+# ---------------------------------------------------------------- discovery and file rules
+
+
+WRITTEN_BY = "the trainer's save_checkpoint (students.checkpoint), run by `distill.py` after " \
+             "each epoch that improves the validation metric"
+REQUIRED_FILES: dict[str, str] = {
+    CONFIG_FILE: "the resolved training config",
+    STUDENT_FILE: "format version, model kind, label bins, text mode",
+    DATA_INFO_FILE: "the training dataset's info and fingerprint",
+    WEIGHTS_FILE: "the heads, feature encoders and fusion weights",
+    SELECTION_FILE: "how the checkpoint was selected",
+    TEACHER_MANIFEST_FILE: "the teacher cache jobs the run trained on",
+    VERSIONS_FILE: "the package versions that produced it",
+}
+"""Every file a complete checkpoint holds (beside the text-mode files), with what it is."""
+CHECKPOINT_MARKERS = (STUDENT_FILE, DATA_INFO_FILE, WEIGHTS_FILE, SELECTION_FILE,
+                      TEACHER_MANIFEST_FILE)
+"""Files only a checkpoint directory holds (a run directory has config.yaml too)."""
+
+
+def checkpoint_name(path: Path) -> str:
+    """``runs/x/checkpoint-best`` -> ``x``; any other directory -> its own name."""
+    return path.parent.name if path.name == BEST_DIR and path.parent.name else path.name
+
+
+def _is_checkpoint(p: Path) -> bool:
+    """Whether ``p`` looks like a checkpoint (complete or not: check_files names the gaps)."""
+    return p.is_dir() and any((p / f).is_file() for f in CHECKPOINT_MARKERS)
+
+
+def find_checkpoints(args: Sequence[str]) -> list[Path]:
+    """Checkpoint directories from arguments: checkpoints, run dirs, dirs of runs, globs.
+
+    An argument may be a checkpoint directory, a run directory holding ``checkpoint-best/``,
+    a directory of runs (each run's ``checkpoint-best/``), or a glob of any of these
+    (``runs/*``; glob matches that are none of them are skipped). Duplicates are dropped;
+    raises :class:`CheckpointError` for an argument that yields no checkpoint.
+    """
+    found: list[Path] = []
+    for arg in args:
+        is_glob = any(c in arg for c in "*?[") and not Path(arg).exists()
+        paths = [Path(p) for p in sorted(glob.glob(arg))] if is_glob else [Path(arg)]
+        if is_glob and not paths:
+            raise CheckpointError(f"{arg!r} matches nothing; pass checkpoint directories "
+                                  "(e.g. runs/*/checkpoint-best) or run directories")
+        hits: list[Path] = []
+        for p in paths:
+            if _is_checkpoint(p / BEST_DIR):
+                hits.append(p / BEST_DIR)
+            elif _is_checkpoint(p):
+                hits.append(p)
+            elif p.is_dir():
+                hits += [c / BEST_DIR for c in sorted(p.iterdir())
+                         if c.is_dir() and _is_checkpoint(c / BEST_DIR)]
+        if not hits:
+            if not any(p.exists() for p in paths):
+                raise CheckpointError(f"checkpoint {arg} does not exist; pass a run's "
+                                      f"{BEST_DIR}/ directory (written by distill.py)")
+            raise CheckpointError(
+                f"{arg} is not a checkpoint (no {STUDENT_FILE}), holds no {BEST_DIR}/, and "
+                f"holds no run directories with one; {BEST_DIR}/ is written by {WRITTEN_BY}")
+        found += hits
+    unique: dict[Path, Path] = {}
+    for p in found:
+        unique.setdefault(p.resolve(), p)
+    return list(unique.values())
+
+
+def unique_names(paths: Sequence[Path]) -> list[str]:
+    """Short names for checkpoints (:func:`checkpoint_name`); when two collide, every name
+    becomes its path relative to the checkpoints' common parent (without
+    ``/checkpoint-best``)."""
+    names = [checkpoint_name(p) for p in paths]
+    if len(set(names)) == len(names):
+        return names
+    resolved = [p.resolve() for p in paths]
+    common = Path(os.path.commonpath(resolved))
+    out = []
+    for r in resolved:
+        rel = r.relative_to(common) if r != common else Path(r.name)
+        if rel.name == BEST_DIR and len(rel.parts) > 1:
+            rel = rel.parent
+        out.append(rel.as_posix())
+    return out
+
+
+def check_files(path: Path) -> None:
+    """Raise :class:`CheckpointError` naming every missing checkpoint file and what writes it."""
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint {path} does not exist or is not a directory; pass a "
+                              f"run's {BEST_DIR}/ directory (written by distill.py)")
+    missing = [f"{name} ({what})" for name, what in REQUIRED_FILES.items()
+               if not (path / name).is_file()]
+    student = path / STUDENT_FILE
+    if student.is_file():
+        try:
+            mode = json.loads(student.read_text()).get("text_mode")
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{student}: not valid JSON ({e}); the checkpoint is "
+                                  "damaged, re-save it from its run") from None
+        if mode == "lora":
+            for name in ("adapter_config.json", "adapter_model.safetensors"):
+                if not (path / ADAPTER_DIR / name).is_file():
+                    missing.append(f"{ADAPTER_DIR}/{name} (the LoRA adapter, text_mode lora)")
+        elif mode == "full" and not (path / TEXT_ENCODER_FILE).is_file():
+            missing.append(f"{TEXT_ENCODER_FILE} (the fine-tuned text encoder, text_mode full)")
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} is missing {', '.join(missing)}. These files are written by "
+            f"{WRITTEN_BY}; the run may have stopped before its first validation or the "
+            "directory was copied in part. Point at a complete checkpoint or re-run training")

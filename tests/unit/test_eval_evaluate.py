@@ -13,19 +13,11 @@ import numpy as np
 import pytest
 
 from eval.cost import teacher_costs
-from eval.evaluate import (
-    EvalError,
-    EvalOptions,
-    evaluate_checkpoint,
-    leaderboard,
-    options_for,
-    parse_rates,
-    results_dict,
-    write_checkpoint_results,
-    write_leaderboard,
-)
+from eval.evaluate import evaluate_checkpoint, results_dict, write_checkpoint_results
+from eval.leaderboard import leaderboard, write_leaderboard
+from eval.options import EvalError, EvalOptions, options_for, parse_rates
 from eval.protocol import ProtocolError
-from students.checkpoint import load_checkpoint
+from students.checkpoint import CheckpointError, load_checkpoint
 from students.inference import predict
 from tests.unit.test_eval_fixtures import tiny_checkpoints
 from tests.unit.test_trainer_fixtures import tiny_data
@@ -190,7 +182,7 @@ def test_bad_inputs_get_clear_errors(ck, tmp_path):
     opts = EvalOptions(cost=False, patterns=[], device="cpu")
     broken = _copy(ck, tmp_path, "broken")
     (broken / "model.safetensors").unlink()
-    with pytest.raises(EvalError, match=r"missing model\.safetensors.*save_checkpoint"):
+    with pytest.raises(CheckpointError, match=r"missing model\.safetensors.*save_checkpoint"):
         evaluate_checkpoint(broken, opts)
     other = load_config(DataConfig, None, [
         f"{k}={json.dumps(v) if not isinstance(v, str) else v}"

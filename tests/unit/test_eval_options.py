@@ -9,19 +9,11 @@ import numpy as np
 import pytest
 
 from eval.cost import checkpoint_size, compare
-from eval.evaluate import (
-    EvalError,
-    EvalOptions,
-    check_files,
-    default_out_dir,
-    find_checkpoints,
-    parse_patterns,
-    parse_rates,
-    parse_seeds,
-    split_samples,
-    unique_names,
-)
-from workbench.data import MSADataset
+from eval.data import split_samples
+from eval.evaluate import default_out_dir
+from eval.options import EvalError, EvalOptions, parse_patterns, parse_rates, parse_seeds
+from students.checkpoint import CheckpointError, check_files, find_checkpoints, unique_names
+from workbench.data import DataError, MSADataset
 from workbench.data.schema import Sample
 from workbench.data.store import DataInfo
 
@@ -87,11 +79,11 @@ def test_find_checkpoints_accepts_checkpoints_runs_dirs_of_runs_and_globs(tmp_pa
     assert find_checkpoints([str(tmp_path / "runs")]) == [a, b]
     assert find_checkpoints([str(tmp_path / "runs" / "*")]) == [a, b]
     assert find_checkpoints([str(a), str(a.parent)]) == [a]  # duplicates dropped
-    with pytest.raises(EvalError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         find_checkpoints([str(tmp_path / "nope")])
-    with pytest.raises(EvalError, match="matches nothing"):
+    with pytest.raises(CheckpointError, match="matches nothing"):
         find_checkpoints([str(tmp_path / "nope*")])
-    with pytest.raises(EvalError, match=r"no checkpoint-best/.*save_checkpoint"):
+    with pytest.raises(CheckpointError, match=r"no checkpoint-best/.*save_checkpoint"):
         find_checkpoints([str(tmp_path / "runs" / "data")])
     assert unique_names([a, b]) == ["a", "b"]
     other = _fake_checkpoint(tmp_path / "x" / "a" / "checkpoint-best")
@@ -106,16 +98,16 @@ def test_missing_checkpoint_files_are_named_with_their_writer(tmp_path):
     check_files(ok)
     bad = _fake_checkpoint(tmp_path / "bad", skip=("model.safetensors", "selection.json",
                                                    "adapter"))
-    with pytest.raises(EvalError) as err:
+    with pytest.raises(CheckpointError) as err:
         check_files(bad)
     msg = str(err.value)
     for name in ("model.safetensors", "selection.json", "adapter/adapter_config.json"):
         assert name in msg
     assert "save_checkpoint" in msg and "distill.py" in msg
     full = _fake_checkpoint(tmp_path / "full", text_mode="full")
-    with pytest.raises(EvalError, match="text_encoder.safetensors"):
+    with pytest.raises(CheckpointError, match="text_encoder.safetensors"):
         check_files(full)
-    with pytest.raises(EvalError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist"):
         check_files(tmp_path / "nope")
 
 
@@ -129,7 +121,8 @@ def test_absent_split_names_the_splits_present():
         split_samples(ds, "test", info)
     assert [s.id for s in split_samples(ds, "valid", info)] == ["s2"]
     unlabelled = MSADataset.from_samples([Sample(id="u", text="x", split="test")], info)
-    with pytest.raises(EvalError, match="have no label"):
+    with pytest.raises(DataError, match=r"1 of 1 'test' samples of 'tiny' have no label "
+                                        r"\(e\.g\. \['u'\]\); metrics need every label"):
         split_samples(unlabelled, "test", info)
 
 
