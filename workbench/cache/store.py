@@ -27,6 +27,7 @@ from typing import Any
 
 from workbench.cache.records import OK, SoftLabel, TeacherOutput, stable_hash
 from workbench.errors import WorkbenchError
+from workbench.io import atomic_write_text
 
 DB_FILE = "cache.sqlite"
 MANIFEST_FILE = "manifest.json"
@@ -256,12 +257,10 @@ class CacheStore:
 
     def write_manifest(self) -> Path:
         """``manifest.json``: the jobs this cache holds (atomic replace)."""
-        path = self.dir / MANIFEST_FILE
-        tmp = path.with_suffix(f".tmp{uuid.uuid4().hex[:6]}")
-        tmp.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "jobs": self.jobs()},
-                                  indent=2, sort_keys=True) + "\n")
-        tmp.replace(path)
-        return path
+        return atomic_write_text(
+            self.dir / MANIFEST_FILE,
+            json.dumps({"schema_version": SCHEMA_VERSION, "jobs": self.jobs()}, indent=2,
+                       sort_keys=True) + "\n")
 
     # sharing ----------------------------------------------------------------
     def merge_from(self, other_dir: str | Path) -> dict[str, int]:
