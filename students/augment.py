@@ -1,6 +1,6 @@
 """Teacher-augmented training samples with decoupled quality weights (after QASA).
 
-``train.augment_data`` names a dataset written by ``workbench data augment``
+``train.augment.data`` names a dataset written by ``workbench data augment``
 (:mod:`workbench.data.augment`): the teacher's rewrites of the train transcripts, each
 with its ``source_id``, the source's label and features. :func:`load_augmented` reads
 it and checks it was made from this run's train split. The rewrites' soft labels come
@@ -20,12 +20,15 @@ factors, combined with :func:`students.weighting.combine_factors` and the run's
   token states), clipped to [0, 1].
 
 ``w = floor + (1 - floor) * confidence * agreement * consistency``: down-weighted,
-never dropped.
+never dropped. :func:`weigh_augmented` computes them for a run, before its first
+training step, and logs and saves them.
 """
 
 from __future__ import annotations
 
+import csv
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,8 +36,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from accelerate.logging import get_logger
 from torch import Tensor
 
+from students.collate import StudentItem
 from students.weighting import (
     agreement_factor,
     combine_factors,
@@ -45,6 +50,8 @@ from students.weighting import (
 from workbench.config import ConfigError, DataConfig, load_config
 from workbench.data import MSADataset, Sample, load_dataset
 from workbench.data.augment import DATA_FILE, SOURCE_COLUMN
+
+log = get_logger(__name__)
 
 
 @dataclass
@@ -145,7 +152,7 @@ def augment_config(path: str | Path) -> DataConfig:
     if p.is_dir():
         p = p / DATA_FILE
     if not p.is_file():
-        raise ConfigError(f"train.augment_data={str(path)!r} is invalid: no {DATA_FILE} there; "
+        raise ConfigError(f"train.augment.data={str(path)!r} is invalid: no {DATA_FILE} there; "
                           "write one with `workbench data augment --out DIR` and pass DIR")
     return load_config(DataConfig, p)
 
@@ -158,7 +165,7 @@ def load_augmented(path: str | Path, main: MSADataset) -> tuple[DataConfig, MSAD
     cfg = augment_config(path)
     ds = load_dataset(cfg)
     samples = ds.samples()
-    where = f"train.augment_data={str(path)!r}"
+    where = f"train.augment.data={str(path)!r}"
     if not samples:
         raise ConfigError(f"{where} is invalid: the augmented dataset is empty")
     bad = [s.id for s in samples if s.split != "train"]
@@ -188,3 +195,65 @@ def load_augmented(path: str | Path, main: MSADataset) -> tuple[DataConfig, MSAD
         raise ConfigError(f"{where} is invalid: task {info.task!r}, the main data's is "
                           f"{minfo.task!r}")
     return cfg, ds, samples
+
+
+def weigh_augmented(model: Any, items: list[StudentItem], train_items: Sequence[StudentItem],
+                    *, bins: Sequence[float] | None, label_range: tuple[float, float],
+                    agreement_scale: float, floor: float, batch_size: int, csv_path: Path,
+                    name: str, accelerator: Any) -> dict[str, float]:
+    """Quality weights of the augmented ``items`` (:func:`augment_weights`) against their
+    sources among ``train_items``, with the text encoder of ``model`` as it is now; their
+    consistency set on the items; logged (``name``: the stage), histogrammed and saved as
+    ``csv_path`` (main process). ``agreement_scale`` 0: half the label range. Returns
+    sample id -> weight."""
+    assert items
+    sources = {it.sample.id: it.sample for it in train_items}
+    src = [sources[str(it.sample.meta["source_id"])] for it in items]
+    n_bins = next((len(it.teacher.probs) for it in items
+                   if it.teacher is not None and it.teacher.probs is not None),
+                  len(bins or []) or 2)
+    nan = float("nan")
+    probs = torch.full((len(items), n_bins), nan)
+    off = torch.full((len(items),), nan)
+    expected = torch.full((len(items),), nan)
+    for r, it in enumerate(items):
+        t = it.teacher
+        if t is not None and t.probs is not None:
+            probs[r] = torch.as_tensor(np.asarray(t.probs, dtype=np.float32))
+            off[r] = nan if t.off_mass is None else float(t.off_mass)
+            expected[r] = nan if t.expected is None else float(t.expected)
+    gold = torch.tensor([nan if s.label is None else float(s.label) for s in src])
+    t0 = time.perf_counter()
+    sim = rewrite_similarity(model, [it.sample.text for it in items], [s.text for s in src],
+                             batch_size=batch_size)
+    lo, hi = label_range
+    aw = augment_weights(probs=probs, off_mass=off, expected=expected, gold=gold,
+                         similarity=sim, agreement_scale=agreement_scale
+                         or (hi - lo) / 2.0, floor=floor)
+    for it, c in zip(items, aw.consistency.tolist(), strict=True):
+        it.consistency = float(c)
+    weights = aw.weight.numpy()
+    summary = weight_summary(weights, floor)
+    log.info("%s: %d augmented samples weighted in %.1fs (%d without a teacher soft label): "
+             "%s\naugment weights histogram:\n%s", name, len(items),
+             time.perf_counter() - t0, int((~aw.has_teacher).sum()),
+             " ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in summary.items()),
+             histogram_text(weights, lo=0.0, hi=1.0))
+    accelerator.log({f"{name}/augment_weight_{k}": v for k, v in summary.items()}, step=0)
+    for tracker in getattr(accelerator, "trackers", []):
+        writer = getattr(tracker, "writer", None)
+        if writer is not None and hasattr(writer, "add_histogram"):
+            writer.add_histogram(f"{name}/augment_weights", weights, 0)
+    if accelerator.is_main_process:
+        csv_path.parent.mkdir(parents=True, exist_ok=True)
+        with csv_path.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "source_id", "weight", "confidence", "off_label", "agreement",
+                        "consistency", "similarity", "has_teacher"])
+            for r, it in enumerate(items):
+                w.writerow([it.sample.id, src[r].id, f"{weights[r]:.6f}",
+                            f"{float(aw.confidence[r]):.6f}", f"{float(aw.off_label[r]):.6f}",
+                            f"{float(aw.agreement[r]):.6f}", f"{float(aw.consistency[r]):.6f}",
+                            f"{float(sim[r]):.6f}", int(aw.has_teacher[r])])
+    return {it.sample.id: float(wt) for it, wt in zip(items, weights, strict=True)}

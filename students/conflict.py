@@ -1,10 +1,11 @@
-"""Conflict-aware gradient penalty and statistical loss (pure functions).
+"""Conflict-aware gradient penalty and statistical loss.
 
-With ``train.conflict_penalty`` the trainer, each step, sends each modality's own
-contribution to the fusion sum (``StudentOutput.contributions``: the pooled text; for
-audio / vision ``a_m * g_m * c_m``) through the layers all modalities share (the fusion
-tail and the prediction head, :meth:`StudentModel.shared_tail`) to a gold-label loss
-``L_m`` (on the samples that have ``m``), and takes ``g_m = dL_m / d theta_shared`` with
+With ``train.conflict`` (:class:`workbench.config.ConflictConfig`) the trainer, each
+step, sends each modality's own contribution to the fusion sum
+(``StudentOutput.contributions``: the pooled text; for audio / vision ``a_m * g_m *
+c_m``) through the layers all modalities share (the fusion tail and the prediction
+head, :meth:`StudentModel.shared_tail`) to a gold-label loss ``L_m`` (on the samples
+that have ``m``), and takes ``g_m = dL_m / d theta_shared`` with
 ``torch.autograd.grad(..., create_graph=True)``, so the penalty itself is
 differentiable (it trains the encoders, gates and shared weights towards gradients that
 do not fight). Modalities without any sample in the batch are left out.
@@ -21,14 +22,21 @@ on the train split (computed once, :func:`label_statistics`): for regression
 ``(mean(pred) - mu)^2 + (std(pred) - sigma)^2`` (std term from two labelled rows on;
 population std); for classification ``sum_c (mean_b softmax(pred)_bc - pi_c)^2`` with
 ``pi`` the class frequencies (a one-hot's variance follows from its mean).
+
+:func:`conflict_losses` is one training step's terms, built from these pure functions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
+
+from students.losses import task_loss
+from students.model import StudentModel, StudentOutput
+from workbench.config import ConflictConfig
 
 
 def _fp(x: Tensor) -> Tensor:
@@ -114,3 +122,41 @@ def statistical_loss(pred: Tensor, stats: Sequence[float], mask: Tensor | None =
         std = torch.sqrt(((p - mean) ** 2).mean() + eps)
         loss = loss + (std - sigma) ** 2
     return loss
+
+
+def conflict_losses(model: StudentModel, out: StudentOutput, batch: dict[str, Any],
+                    cfg: ConflictConfig, *, task_kind: str, classification: bool,
+                    label_stats: Sequence[float] | None) -> dict[str, Tensor]:
+    """The conflict-aware penalty and the statistical loss for one batch: ``conflict``
+    (dominance + opposition of the modalities' gradients on the shared weights,
+    differentiable, with ``cfg.tau``), ``statistical``; for the log
+    ``conflict_dominance``, ``conflict_opposition``. Unweighted: the caller adds them
+    with ``cfg.weight`` and ``cfg.statistical_weight``.
+
+    ``task_kind`` is the task loss (``train.task_loss``); ``label_stats`` the train
+    split's :func:`label_statistics`.
+    """
+    if out.contributions is None:
+        raise ValueError("the conflict penalty needs the fusion's per-modality contributions")
+    if label_stats is None:
+        raise ValueError("the statistical loss needs the train labels' statistics: pass "
+                         "label_stats to plan_losses")
+    target = batch["label_class"] if classification else batch["labels"]
+    label_mask, w = batch["label_mask"], batch["weights"]
+    avail = out.encoding.available() if out.encoding is not None else {
+        "text": batch["text_avail"], **{m: batch[f"{m}_avail"] for m in out.contributions
+                                        if m != "text"}}
+    params = model.shared_parameters()
+    vectors = []
+    for m, c in out.contributions.items():
+        am = label_mask.to(c.device) * avail[m].to(c.device)
+        if not (am > 0).any():
+            continue
+        loss_m = task_loss(model.shared_tail(c), target, task_kind, w, am)
+        grads = torch.autograd.grad(loss_m, params, create_graph=True, allow_unused=True)
+        vectors.append(flatten_grads(grads, params))
+    stacked = torch.stack(vectors) if vectors else out.pred.new_zeros(0, 1)
+    pen = conflict_penalty(stacked, cfg.tau)
+    stat = statistical_loss(out.pred, label_stats, label_mask, classification)
+    return {"conflict": pen["penalty"], "conflict_dominance": pen["dominance"].detach(),
+            "conflict_opposition": pen["opposition"].detach(), "statistical": stat}

@@ -1,6 +1,7 @@
-"""MS-Mix: sentiment-aware mixup of encoded modalities (pure functions).
+"""MS-Mix: sentiment-aware mixup of encoded modalities.
 
-Inside a training step (``train.msmix``), after :meth:`StudentModel.encode`:
+Inside a training step (``train.msmix``, :class:`workbench.config.MsMixConfig`), after
+:meth:`StudentModel.encode`:
 
 1. **Pairs.** Sample ``i`` is paired with ``perm[i]`` (a seeded permutation of the
    batch). :func:`select_pairs` keeps a pair when both have gold labels, both have the
@@ -19,15 +20,22 @@ Inside a training step (``train.msmix``), after :meth:`StudentModel.encode`:
    distribution over the label bins (:func:`gaussian_bins`, a Gaussian around the
    score, one bin width wide); :func:`modality_kl` is the mean KL over ordered pairs of
    the modalities present -- the modalities are pulled to agree on the mixed sentiment.
+
+:func:`msmix_losses` is one training step's terms, built from these pure functions.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from students.encoders import Encoded
+from students.losses import task_loss, weighted_mean
+from students.model import StudentEncoding, StudentModel, StudentOutput
+from workbench.config import MsMixConfig
 
 
 def cosine_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
@@ -135,3 +143,66 @@ def modality_kl(dists: dict[str, Tensor], available: dict[str, Tensor],
             total = total + both * kl
             pairs = pairs + both
     return torch.where(pairs > 0, total / pairs.clamp_min(1.0), torch.zeros_like(total))
+
+
+def _rows(e: Encoded, idx: Tensor) -> Encoded:
+    return Encoded(tokens=e.tokens[idx], mask=e.mask[idx], pooled=e.pooled[idx])
+
+
+def msmix_losses(model: StudentModel, out: StudentOutput, batch: dict[str, Any],
+                 cfg: MsMixConfig, *, task_kind: str, label_range: tuple[float, float],
+                 bins: Tensor | None, rng: np.random.Generator) -> dict[str, Tensor]:
+    """MS-Mix's terms for one batch: ``msmix`` (task loss on mixed samples against mixed
+    labels), ``msmix_kl`` (KL alignment of the modalities' predicted distributions on
+    them), ``msmix_intensity`` (intensity heads vs |gold score|) and, for the log,
+    ``msmix_frac`` (fraction of the batch mixed, no gradient). Unweighted: the caller
+    adds them with ``cfg.weight``, ``cfg.kl_weight``, ``cfg.intensity_weight``.
+
+    ``out`` is the forward pass with ``return_encoding=True``; ``task_kind`` the task
+    loss (``train.task_loss``); ``label_range`` gives the alignment's bins when ``bins``
+    (the soft labels' bin values) has fewer than two; ``rng`` draws the pairs and ratios.
+    """
+    enc = out.encoding
+    if enc is None:
+        raise ValueError("MS-Mix needs forward(..., return_encoding=True)")
+    target, label_mask, w = batch["labels"], batch["label_mask"], batch["weights"]
+    device = out.pred.device
+    w = w.to(device)
+    pooled, avail = enc.pooled(), enc.available()
+    intensity = model.intensity(enc)
+    gold_abs = torch.nan_to_num(target.float()).abs()
+    losses: dict[str, Tensor] = {"msmix_intensity": torch.stack([
+        task_loss(intensity[m], gold_abs, "l1", w, label_mask * avail[m]) for m in intensity
+    ]).mean()}
+    n = target.shape[0]
+    perm, lam0 = draw_pairs(n, cfg.alpha, rng)
+    perm, lam0 = perm.to(device), lam0.to(device)
+    sel = select_pairs({m: p.detach() for m, p in pooled.items()}, avail, perm,
+                       cfg.threshold, label_mask)
+    i = torch.nonzero(sel).flatten()
+    losses["msmix_frac"] = torch.tensor(float(i.numel()) / max(1, n), device=device)
+    if i.numel() == 0:
+        zero = out.pred.sum() * 0.0
+        losses.update(msmix=zero, msmix_kl=zero)
+        return losses
+    j = perm[i]
+    lam = mix_ratios(lam0[i], {m: v[i].detach() for m, v in intensity.items()},
+                     {m: v[j].detach() for m, v in intensity.items()})
+    mixed = StudentEncoding(
+        text=mix_encoded(_rows(enc.text, i), _rows(enc.text, j), lam["text"]),
+        others={m: mix_encoded(_rows(e, i), _rows(e, j), lam[m]) for m, e in enc.others.items()},
+        avail={m: a[i] for m, a in enc.avail.items()}, text_avail=enc.text_avail[i])
+    mo = model.fuse_and_predict(mixed)
+    pair_avail = {m: a[i] for m, a in avail.items()}
+    lam_bar = mean_ratio(lam, pair_avail)
+    y = mixed_labels(target[i], target[j], lam_bar)
+    wm = lam_bar * w[i] + (1.0 - lam_bar) * w[j]
+    losses["msmix"] = task_loss(mo.pred, y, task_kind, wm)
+    if bins is not None and bins.numel() >= 2:
+        grid = bins.float().to(device)
+    else:
+        grid = torch.linspace(label_range[0], label_range[1], 7, device=device)
+    sigma = float((grid[-1] - grid[0]) / (grid.numel() - 1))
+    dists = {m: gaussian_bins(p, grid, sigma) for m, p in mo.unimodal.items()}
+    losses["msmix_kl"] = weighted_mean(modality_kl(dists, pair_avail), wm)
+    return losses
