@@ -1,4 +1,4 @@
-"""Per-step overhead of the conflict-aware gradient penalty (train.conflict_penalty).
+"""Per-step overhead of the conflict-aware gradient penalty (train.conflict).
 
 One training step (forward, losses, backward, AdamW step) on the same synthetic batches,
 with and without the penalty + statistical loss; rounds alternate (off, on, off, on, ...)
@@ -24,10 +24,11 @@ from common import loadavg
 def main() -> None:
     import torch
 
+    from students.batching import TrainCollator
     from students.collate import Collator, StudentItem
     from students.conflict import label_statistics
     from students.model import build_student
-    from students.trainer import TrainCollator, plan_losses, training_losses
+    from students.objective import plan_losses, training_losses
     from workbench.config import DataConfig, DistillConfig, load_config
     from workbench.data import load_dataset
     from workbench.data.synth import SynthSpec, write
@@ -45,7 +46,7 @@ def main() -> None:
     plans = {
         "off": plan_losses(cfg, soft_labels=False, privileged=False),
         "on": plan_losses(load_config(DistillConfig, None, [
-            f"student.text_mode={mode}", "train.conflict_penalty=true"]),
+            f"student.text_mode={mode}", "train.conflict=true"]),
             soft_labels=False, privileged=False, label_stats=stats),
     }
     torch.manual_seed(0)

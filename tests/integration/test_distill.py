@@ -17,7 +17,7 @@ import yaml
 from safetensors.torch import load_file
 
 import students.collate as collate_mod
-import students.trainer as trainer_mod
+from students.batching import EpochSampler
 from students.checkpoint import CheckpointError, load_checkpoint
 from students.inference import predict
 from students.model import StudentModel
@@ -28,7 +28,7 @@ from workbench.metrics import compute_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 REPO = Path(__file__).resolve().parents[2]
-FULL = ("signals.cache_dir={cache}", "train.weighting=quality", "train.missing_train=true",
+FULL = ("signals.cache_dir={cache}", "train.weighting=quality", "train.missing=true",
         "loss.unimodal_aux=0.2")
 
 
@@ -148,19 +148,19 @@ def test_training_never_reads_the_test_split(unbroken, data):
 def test_resume_matches_an_unbroken_run(unbroken, data, cache, tmp_path, monkeypatch):
     out = tmp_path / "stopped"
     cfg = distill_cfg(out, data, *_full(cache))
-    real = trainer_mod.EpochSampler.set_epoch
+    real = EpochSampler.set_epoch
 
     def stop_at_second_epoch(self, epoch):
         if epoch == 1:
             raise KeyboardInterrupt("stopped by the test")
         real(self, epoch)
 
-    monkeypatch.setattr(trainer_mod.EpochSampler, "set_epoch", stop_at_second_epoch)
+    monkeypatch.setattr(EpochSampler, "set_epoch", stop_at_second_epoch)
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     state = json.loads((out / "last" / "trainer_state.json").read_text())
     assert state["epochs_done"] == 1 and not state["finished"]
-    monkeypatch.setattr(trainer_mod.EpochSampler, "set_epoch", real)
+    monkeypatch.setattr(EpochSampler, "set_epoch", real)
     best = train(distill_cfg(out, data, *_full(cache)), resume=True)
     a = json.loads((unbroken["out"] / "last" / "trainer_state.json").read_text())
     b = json.loads((out / "last" / "trainer_state.json").read_text())

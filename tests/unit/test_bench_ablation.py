@@ -66,7 +66,7 @@ def test_every_reference_is_a_variant(ablation):
 def test_the_robust_recipe_is_the_measured_enhancement_row(ablation):
     """configs/distill/mosi_text_audio_robust.yaml quotes the "enhance" row's figures, so it
     must train what that row trained (fields only the prompted network reads aside)."""
-    from students.trainer import _flat
+    from students.rundir import flatten_config as _flat
     from workbench.config import DistillConfig, load_config, to_dict
 
     _, recipe, overrides = ablation.VARIANTS["enhance"]

@@ -1,4 +1,4 @@
-"""Teacher augmentation with quality-aware weights (train.augment_data): the weights
+"""Teacher augmentation with quality-aware weights (train.augment): the weights
 against a plain reference, `workbench data augment` on a tiny cache, the weights in a
 training batch, and a whole tiny run with every method switched on."""
 
@@ -16,10 +16,12 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-import students.trainer as trainer_mod
+import students.recipe as recipe_mod
 from students.augment import augment_weights, histogram_text, load_augmented, weight_summary
+from students.batching import TrainCollator
 from students.collate import Collator, StudentItem
-from students.trainer import TrainCollator, plan_losses, train, training_losses
+from students.objective import plan_losses, training_losses
+from students.trainer import train
 from tests.unit.test_trainer import BINS, _items, _tiny_student
 from tests.unit.test_trainer_fixtures import distill_cfg, make_cache
 from workbench.cache import CacheStore, JobSpec, TeacherOutput
@@ -221,8 +223,8 @@ def test_augmented_items_carry_their_fixed_weights_into_the_loss():
 
 
 def test_augment_needs_a_soft_label_cache():
-    with pytest.raises(ConfigError, match="train.augment_data='x' is invalid"):
-        load_config(DistillConfig, None, ["train.augment_data=x"])
+    with pytest.raises(ConfigError, match="train.augment.data='x' is invalid"):
+        load_config(DistillConfig, None, ["train.augment.data=x"])
 
 
 # --------------------------------------------------- a tiny run with every method switched on
@@ -242,20 +244,20 @@ def test_a_run_with_augmentation_msmix_conflict_and_enhancement(tmp_path, data, 
     make_cache(cache, {k: v for k, v in acfg.items() if v not in ("", [], {})},
                "sentiment_score")
     seen_valid: list[str] = []
-    real_validate = trainer_mod.validate
+    real_validate = recipe_mod.validate
 
     def spy_validate(model, loader, accelerator, info):
         for batch in loader:
             seen_valid.extend(batch["ids"])
         return real_validate(model, loader, accelerator, info)
 
-    monkeypatch.setattr(trainer_mod, "validate", spy_validate)
+    monkeypatch.setattr(recipe_mod, "validate", spy_validate)
     out = tmp_path / "run"
-    cfg = distill_cfg(out, data, f"signals.cache_dir={cache}", f"train.augment_data={aug}",
-                      "train.msmix=true", "train.msmix_threshold=-1",
-                      "train.conflict_penalty=true", "student.enhance=true",
-                      "student.enhance_k=2", "student.enhance_bank=32",
-                      "student.text_mode=frozen", "train.missing_train=true",
+    cfg = distill_cfg(out, data, f"signals.cache_dir={cache}", f"train.augment.data={aug}",
+                      "train.msmix.enabled=true", "train.msmix.threshold=-1",
+                      "train.conflict=true", "student.enhance.enabled=true",
+                      "student.enhance.k=2", "student.enhance.bank=32",
+                      "student.text_mode=frozen", "train.missing=true",
                       "train.epochs=1", "loss.unimodal_aux=0.1")
     best = train(cfg)
     # weights saved, one per written rewrite, within [floor, 1]
@@ -292,14 +294,15 @@ def test_each_method_is_one_override_on_the_mosi_recipe():
     import re
 
     recipe = Path(__file__).resolve().parents[2] / "configs/distill/mosi_text_audio.yaml"
-    listed = re.findall(r"\.{3,} ((?:train|student)\.[a-z_]+=\S+)", recipe.read_text())
+    listed = re.findall(r"\.{3,} ((?:train|student)\.[a-z_.]+=\S+)", recipe.read_text())
     methods = {o.split("=")[0]: o for o in listed}
-    assert {"train.augment_data", "train.msmix", "train.conflict_penalty",
-            "student.enhance"} <= set(methods)
+    keys = ("train.augment.data", "train.msmix.enabled", "train.conflict.enabled",
+            "student.enhance.enabled")
+    assert set(keys) <= set(methods)
     base = load_config(DistillConfig, recipe)
-    assert not (base.train.augment_data or base.train.msmix or base.train.conflict_penalty
-                or base.student.enhance)
-    for key in ("train.augment_data", "train.msmix", "train.conflict_penalty", "student.enhance"):
+    assert not (base.train.augment.enabled or base.train.msmix.enabled
+                or base.train.conflict.enabled or base.student.enhance.enabled)
+    for key in keys:
         cfg = load_config(DistillConfig, recipe, [methods[key]])
-        section, name = key.split(".")
-        assert getattr(getattr(cfg, section), name)
+        section, name, _ = key.split(".")
+        assert getattr(getattr(cfg, section), name).enabled

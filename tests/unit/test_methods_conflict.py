@@ -1,4 +1,4 @@
-"""Conflict-aware gradient penalty and statistical loss (train.conflict_penalty): each
+"""Conflict-aware gradient penalty and statistical loss (train.conflict): each
 function against a plain reference, and a training step checked against gradients
 computed one modality at a time."""
 
@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from students.batching import TrainCollator
 from students.collate import Collator
 from students.conflict import (
     conflict_penalty,
@@ -19,7 +20,7 @@ from students.conflict import (
     statistical_loss,
 )
 from students.losses import task_loss
-from students.trainer import TrainCollator, compute_losses, plan_losses, training_losses
+from students.objective import compute_losses, plan_losses, training_losses
 from tests.support.reference import rand, ref_cos, ref_norm
 from tests.unit.test_trainer import _items, _tiny_student
 from workbench.config import ConfigError, DistillConfig, load_config
@@ -125,14 +126,14 @@ def model():
 
 
 def _plan(*overrides):
-    cfg = load_config(DistillConfig, None, ["train.conflict_penalty=true", *overrides])
+    cfg = load_config(DistillConfig, None, ["train.conflict.enabled=true", *overrides])
     return plan_losses(cfg, soft_labels=False, privileged=False, label_stats=(0.1, 1.5))
 
 
 def test_conflict_off_is_the_old_step(model):
     plan = plan_losses(load_config(DistillConfig, None, ["loss.unimodal_aux=0.2"]),
                        soft_labels=True, privileged=False)
-    assert not plan.conflict and plan.conflict_weight == 0 and plan.statistical == 0
+    assert plan.conflict is None and not plan.needs_encoding
     batch = TrainCollator(Collator.for_model(model))(_items())
     with torch.no_grad():
         a = training_losses(model, batch, plan, model.bins)
@@ -142,7 +143,8 @@ def test_conflict_off_is_the_old_step(model):
 
 
 def test_conflict_step_matches_per_modality_gradients_and_trains_the_encoders(model):
-    plan = _plan("loss.conflict=0.4", "loss.statistical=0.3", "loss.conflict_tau=1.0")
+    plan = _plan("train.conflict.weight=0.4", "train.conflict.statistical_weight=0.3",
+                 "train.conflict.tau=1.0")
     batch = TrainCollator(Collator.for_model(model))(_items())
     model.train()
     parts = training_losses(model, batch, plan, None)
@@ -177,15 +179,16 @@ def test_conflict_step_matches_per_modality_gradients_and_trains_the_encoders(mo
 
 
 def test_conflict_needs_label_statistics_and_checks_its_fields(model):
-    cfg = load_config(DistillConfig, None, ["train.conflict_penalty=true"])
+    cfg = load_config(DistillConfig, None, ["train.conflict=true"])
     plan = plan_losses(cfg, soft_labels=False, privileged=False)
+    assert plan.conflict is cfg.train.conflict  # the plan holds the method's config object
     batch = TrainCollator(Collator.for_model(model))(_items())
     with pytest.raises(ValueError, match="label_stats"):
         training_losses(model, batch, plan, None)
-    with pytest.raises(ConfigError, match="loss.conflict_tau=0.5 is invalid"):
-        load_config(DistillConfig, None, ["loss.conflict_tau=0.5"])
-    with pytest.raises(ConfigError, match="train.conflict_penalty=True is invalid"):
-        load_config(DistillConfig, None, ["train.conflict_penalty=true", "student.prompted=true"])
+    with pytest.raises(ConfigError, match="train.conflict.tau=0.5 is invalid"):
+        load_config(DistillConfig, None, ["train.conflict.tau=0.5"])
+    with pytest.raises(ConfigError, match="train.conflict.enabled=True is invalid"):
+        load_config(DistillConfig, None, ["train.conflict=true", "student.prompted=true"])
 
 
 def test_conflict_step_on_a_classification_student():
@@ -195,7 +198,7 @@ def test_conflict_step_on_a_classification_student():
     torch.manual_seed(0)
     model = build_student(cfg(text_mode="frozen"), make_info(task="classification"))
     dcfg = load_config(DistillConfig, None, [
-        "train.conflict_penalty=true", "loss.conflict_tau=1.0", "data.task=classification",
+        "train.conflict.enabled=true", "train.conflict.tau=1.0", "data.task=classification",
         "data.metric_set=classification", "data.class_names=[neg,neu,pos]", "train.task_loss=ce"])
     samples = make_samples(8)
     prior = label_statistics([s.label_class for s in samples], classification=True, n_classes=3)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from students.batching import TrainCollator
 from students.collate import Collator
 from students.encoders import Encoded
 from students.model import build_student
@@ -22,7 +23,7 @@ from students.msmix import (
     modality_kl,
     select_pairs,
 )
-from students.trainer import TrainCollator, compute_losses, plan_losses, training_losses
+from students.objective import compute_losses, plan_losses, training_losses
 from tests.support.reference import rand, ref_cos
 from tests.unit.test_trainer import BINS, _info, _items
 from workbench.config import ConfigError, DistillConfig, LoraConfig, StudentConfig, load_config
@@ -176,7 +177,7 @@ def test_msmix_off_is_the_old_step_and_the_model_without_intensity_heads(mixer):
     assert not [k for k in plain.state_dict() if k.startswith("intensity_heads.")]
     assert plain.parameter_counts()["all"] == mixer.parameter_counts()["all"]
     plan = plan_losses(load_config(DistillConfig), soft_labels=True, privileged=False)
-    assert not plan.msmix and plan.msmix_task == 0
+    assert plan.msmix is None and not plan.needs_encoding
     batch = _batch(mixer)
     mixer.eval()
     with torch.no_grad():
@@ -187,10 +188,11 @@ def test_msmix_off_is_the_old_step_and_the_model_without_intensity_heads(mixer):
 
 
 def test_msmix_step_adds_finite_terms_with_gradients(mixer):
-    cfg = load_config(DistillConfig, None, ["train.msmix=true", "train.msmix_threshold=-1",
-                                            "loss.msmix=0.7", "loss.msmix_kl=0.3",
-                                            "loss.msmix_intensity=0.2"])
+    cfg = load_config(DistillConfig, None, [
+        "train.msmix.enabled=true", "train.msmix.threshold=-1", "train.msmix.weight=0.7",
+        "train.msmix.kl_weight=0.3", "train.msmix.intensity_weight=0.2"])
     plan = plan_losses(cfg, soft_labels=True, privileged=False)
+    assert plan.msmix is cfg.train.msmix  # the plan holds the method's config object
     batch = _batch(mixer)
     mixer.train()
     mixer.zero_grad()
@@ -224,7 +226,8 @@ def test_msmix_step_adds_finite_terms_with_gradients(mixer):
 
 
 def test_msmix_mixes_nothing_above_a_strict_threshold(mixer):
-    cfg = load_config(DistillConfig, None, ["train.msmix=true", "train.msmix_threshold=0.9999"])
+    cfg = load_config(DistillConfig, None, ["train.msmix.enabled=true",
+                                            "train.msmix.threshold=0.9999"])
     plan = plan_losses(cfg, soft_labels=False, privileged=False)
     parts = training_losses(mixer, _batch(mixer), plan, None, rng=np.random.default_rng(1))
     assert parts["msmix_frac"].item() == 0 and parts["msmix"].item() == 0
@@ -234,13 +237,13 @@ def test_msmix_mixes_nothing_above_a_strict_threshold(mixer):
 
 
 def test_msmix_config_checks():
-    with pytest.raises(ConfigError, match="train.msmix=True is invalid: MS-Mix"):
+    with pytest.raises(ConfigError, match="train.msmix.enabled=True is invalid: MS-Mix"):
         load_config(DistillConfig, None, ["train.msmix=true", "data.task=classification",
                                           "data.metric_set=classification",
                                           "data.class_names=[a,b]", "train.task_loss=ce"])
-    with pytest.raises(ConfigError, match="train.msmix_alpha"):
-        load_config(DistillConfig, None, ["train.msmix_alpha=0"])
-    with pytest.raises(ConfigError, match="train.msmix_threshold"):
-        load_config(DistillConfig, None, ["train.msmix_threshold=1"])
-    with pytest.raises(ConfigError, match="loss.msmix_kl"):
-        load_config(DistillConfig, None, ["loss.msmix_kl=-1"])
+    with pytest.raises(ConfigError, match="train.msmix.alpha"):
+        load_config(DistillConfig, None, ["train.msmix.alpha=0"])
+    with pytest.raises(ConfigError, match="train.msmix.threshold"):
+        load_config(DistillConfig, None, ["train.msmix.threshold=1"])
+    with pytest.raises(ConfigError, match="train.msmix.kl_weight"):
+        load_config(DistillConfig, None, ["train.msmix.kl_weight=-1"])

@@ -7,19 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from students.batching import EpochSampler, PrivilegedTarget, TrainCollator
 from students.collate import Collator, StudentItem, TeacherSignal
 from students.model import build_student
-from students.trainer import (
-    EpochSampler,
-    PrivilegedTarget,
-    TrainCollator,
-    TrainError,
-    compute_losses,
-    plan_losses,
-    privileged_targets,
-    selection_mode,
-    train,
-)
+from students.objective import compute_losses, plan_losses
+from students.privileged import privileged_targets
+from students.recipe import selection_mode
+from students.trainer import TrainError, train
 from tests.unit.test_trainer_fixtures import distill_cfg, make_cache, tiny_data
 from workbench.cache.store import CacheError
 from workbench.config import ConfigError, DistillConfig, load_config
@@ -285,19 +279,87 @@ def test_refuses_an_output_dir_holding_a_run_and_a_resume_without_one(tmp_path, 
 def test_resume_accepts_fields_added_since_the_run_started_only_at_their_default(tmp_path, data):
     import yaml
 
-    from students.trainer import _prepare_output_dir
+    from students.rundir import prepare_output_dir
     from workbench.config import to_dict
 
     out = tmp_path / "run"
     out.mkdir()
     cfg = distill_cfg(out, data)
     saved = to_dict(cfg)
-    del saved["train"]["msmix"]  # a run started before the field existed
+    del saved["train"]["msmix"]  # a run started before the method existed
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
-    _prepare_output_dir(cfg, out, True, None)  # msmix at its default: nothing changed
-    cfg.train.msmix = True
-    with pytest.raises(TrainError, match=r"config differs.*train\.msmix: None -> True"):
-        _prepare_output_dir(cfg, out, True, None)
+    prepare_output_dir(cfg, out, True, None)  # msmix at its defaults: nothing changed
+    cfg.train.msmix.enabled = True
+    with pytest.raises(TrainError, match=r"config differs.*train\.msmix\.enabled: None -> True"):
+        prepare_output_dir(cfg, out, True, None)
+
+
+def test_refuses_unlabelled_valid_samples():
+    from students.trainer import _check_labels
+    from workbench.data import DataError
+    from workbench.data.schema import Sample
+
+    samples = [Sample(id=f"v{i}", text="t", split="valid", label=None if i else 1.0)
+               for i in range(3)]
+    _check_labels(samples[:1], _info(), "valid")
+    with pytest.raises(DataError, match=r"2 of 3 'valid' samples of 'tiny' have no label "
+                                        r"\(e\.g\. \['v1', 'v2'\]\); validation metrics need "
+                                        "every label"):
+        _check_labels(samples, _info(), "valid")
+
+
+class _OneProcess:
+    """The part of an accelerator the run directory uses, for one process."""
+
+    is_main_process = True
+
+    def __init__(self) -> None:
+        self.barriers = 0
+
+    def wait_for_everyone(self) -> None:
+        self.barriers += 1
+
+    def save_state(self, path: str) -> None:
+        from pathlib import Path
+
+        (Path(path) / "model.safetensors").write_text("state")
+
+
+def test_overwrite_clears_the_run_and_every_leftover_sibling(tmp_path, data):
+    from students.rundir import RUN_SUBDIRS, prepare_output_dir
+    from workbench.io import old_path, temp_dir
+
+    out = tmp_path / "run"
+    cfg = distill_cfg(out, data, "train.overwrite=true")
+    out.mkdir()
+    (out / "config.yaml").write_text("x: 1\n")
+    (out / "notes.txt").write_text("not the run's")
+    for d in RUN_SUBDIRS:
+        # the folder, the atomic-directory helpers' leftovers, and older runs' siblings
+        for p in (out / d, temp_dir(out / d), old_path(out / d), out / f"{d}.tmp",
+                  out / f"{d}.old"):
+            p.mkdir()
+            (p / "f").write_text("x")
+    acc = _OneProcess()
+    prepare_output_dir(cfg, out, False, acc)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and acc.barriers == 1
+
+
+def test_save_last_swaps_the_state_in_whole_and_leaves_no_temporaries(tmp_path):
+    from students.rundir import STATE_FILE, TrainState, save_last
+    from workbench.io import temp_dir
+
+    last = tmp_path / "last"
+    temp_dir(last).mkdir()  # what a save that crashed left
+    (temp_dir(last) / "stale").write_text("x")
+    acc = _OneProcess()
+    save_last(acc, last, TrainState(epochs_done=1))
+    save_last(acc, last, TrainState(epochs_done=2, history=[{"epoch": 2}]))
+    assert [p.name for p in tmp_path.iterdir()] == ["last"]
+    assert sorted(p.name for p in last.iterdir()) == ["model.safetensors", STATE_FILE]
+    assert TrainState.load(last / STATE_FILE) == TrainState(epochs_done=2,
+                                                            history=[{"epoch": 2}])
+    assert acc.barriers == 4  # every rank saves into the one temporary, between barriers
 
 
 def test_tensorboard_tracking_says_what_is_missing(tmp_path, data):

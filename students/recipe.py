@@ -1,0 +1,329 @@
+"""The training loop of one stage, as a short recipe (after torchtune's recipes).
+
+A :class:`Stage` says what to train (config, items, loss plan, where it goes);
+:class:`StageRecipe` trains it: :meth:`~StageRecipe.setup` (the model, frozen heads,
+augmented-sample weights, collators, loaders, optimizer, scheduler,
+``accelerator.prepare``, the resumed state), :meth:`~StageRecipe.train_epoch`,
+:meth:`~StageRecipe.validate`, :meth:`~StageRecipe.save_best` (``checkpoint-best/`` when
+the validation metric improves), :meth:`~StageRecipe.save_last` (``last/``, for
+``--resume``), and :meth:`~StageRecipe.run` looping over the epochs. The pieces live
+beside it: losses in :mod:`students.objective`, batching in :mod:`students.batching`,
+checkpoints in :mod:`students.checkpoint`, the run directory in :mod:`students.rundir`.
+
+Every epoch's data order, dropout seed and masks depend only on (seed, epoch), so a
+resumed run ends exactly where an unbroken one would.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from accelerate.logging import get_logger
+from torch.utils.data import DataLoader
+
+from students.augment import weigh_augmented
+from students.batching import EpochSampler, ItemDataset, PrivilegedTarget, TrainCollator, epoch_seed
+from students.checkpoint import BEST_DIR, save_checkpoint
+from students.collate import Collator, StudentItem
+from students.inference import item_text
+from students.model import TRAINING_ONLY_PREFIXES, StudentModel, build_student
+from students.objective import LossPlan, freeze_unused, training_losses
+from students.robustness import lnln_train
+from students.rundir import AUGMENT_WEIGHTS_FILE, LAST_DIR, STATE_FILE, TrainState, save_last
+from workbench.config import ConfigError, DistillConfig
+from workbench.data.store import DataInfo
+from workbench.metrics import METRIC_NAMES, compute_metrics, higher_is_better
+
+log = get_logger(__name__)
+
+
+@dataclass
+class Stage:
+    """One model to train: its config, items, loss terms and where it goes."""
+
+    name: str
+    """``prompted`` (stage 1) or ``student``."""
+    cfg: DistillConfig
+    """The config its checkpoint records (``student.prompted`` says which model)."""
+    out_dir: Path
+    train_items: list[StudentItem]
+    valid_items: list[StudentItem]
+    bins: list[float] | None
+    plan: LossPlan
+    manifest: dict[str, Any]
+    privileged: dict[str, PrivilegedTarget] | None = None
+    augment: list[StudentItem] | None = None
+    """Teacher-augmented train samples (``train.augment``), weighted in
+    :meth:`StageRecipe.setup`."""
+
+    @property
+    def epochs(self) -> int:
+        return self.cfg.train.epochs
+
+
+def selection_mode(cfg: DistillConfig, info: DataInfo) -> tuple[str, str]:
+    """(metric name without ``valid_``, ``min``/``max``), checked against the metric set."""
+    metric = cfg.train.select_metric.removeprefix("valid_")
+    names = METRIC_NAMES.get(info.metric_set, ())
+    if metric not in names:
+        raise ConfigError(
+            f"train.select_metric={cfg.train.select_metric!r} is invalid: dataset "
+            f"{info.name!r} uses metric set {info.metric_set!r}, whose metrics are "
+            f"{list(names)}; use valid_<one of those>")
+    mode = "max" if higher_is_better(metric) else "min"
+    if cfg.train.select_mode not in ("auto", mode):
+        raise ConfigError(
+            f"train.select_mode={cfg.train.select_mode!r} is invalid: {metric} is better when "
+            f"{'larger' if mode == 'max' else 'smaller'}; set train.select_mode=auto")
+    return metric, mode
+
+
+def better(value: float, best: float | None, mode: str) -> bool:
+    """Whether ``value`` beats ``best`` (None: nothing yet) in ``mode``; NaN never does."""
+    if best is None:
+        return True
+    if not math.isfinite(value):
+        return False
+    if not math.isfinite(best):
+        return True
+    return value > best if mode == "max" else value < best
+
+
+@torch.no_grad()
+def validate(model: Any, loader: Any, accelerator: Any, info: DataInfo) -> dict[str, float]:
+    """Metrics of the dataset's metric set on the (prepared) validation loader."""
+    model.eval()
+    preds, labels = [], []
+    for batch in loader:
+        pred = model(batch).pred.float()
+        target = batch["label_class"] if info.task == "classification" else batch["labels"]
+        pred, target = accelerator.gather_for_metrics((pred, target))
+        preds.append(pred.cpu().numpy())
+        labels.append(target.cpu().numpy())
+    return compute_metrics(info.metric_set, np.concatenate(preds), np.concatenate(labels))
+
+
+class StageRecipe:
+    """Train one :class:`Stage` with ``accelerator``; :meth:`run` returns its
+    ``checkpoint-best`` directory."""
+
+    def __init__(self, accelerator: Any, stage: Stage, info: DataInfo, resume: bool) -> None:
+        self.accelerator = accelerator
+        self.stage = stage
+        self.info = info
+        self.resume = resume
+        self.cfg, self.tc = stage.cfg, stage.cfg.train
+        self.best_dir = stage.out_dir / BEST_DIR
+        self.last_dir = stage.out_dir / LAST_DIR
+        self.state_path = self.last_dir / STATE_FILE
+        self.metric, self.mode = selection_mode(self.cfg, info)
+        self.state = TrainState()
+
+    def finished_before(self) -> bool:
+        """Resuming a stage that already finished: nothing to do."""
+        if self.resume and self.state_path.is_file():
+            saved = TrainState.load(self.state_path)
+            if saved.finished:
+                log.info("%s: already finished (%s); using %s", self.stage.name,
+                         saved.stop_reason, self.best_dir)
+                return True
+        return False
+
+    def setup(self) -> None:
+        """Model, frozen heads, collators, loaders, optimizer, scheduler, prepared by
+        accelerate; the saved state when resuming."""
+        from accelerate.utils import set_seed
+        from transformers import get_cosine_schedule_with_warmup
+
+        stage, cfg, tc, accelerator = self.stage, self.cfg, self.tc, self.accelerator
+        set_seed(tc.seed)
+        model = build_student(cfg.student, self.info, stage.bins, device=accelerator.device,
+                              msmix=stage.plan.msmix is not None)
+        frozen = freeze_unused(model, stage.plan)
+        if frozen:
+            log.info("%s: frozen (no loss reads them): %s", stage.name, ", ".join(frozen))
+        prompted = model.prompt is not None
+        train_items = stage.train_items
+        item_weights: dict[str, float] | None = None
+        if stage.augment:
+            # Weighed with the text encoder as built, before any training step.
+            item_weights = weigh_augmented(
+                model, stage.augment, stage.train_items, bins=stage.bins,
+                label_range=self.info.label_range, agreement_scale=tc.weight_agreement_scale,
+                floor=tc.weight_floor, batch_size=cfg.eval.batch_size,
+                csv_path=stage.out_dir / AUGMENT_WEIGHTS_FILE, name=stage.name,
+                accelerator=accelerator)
+            train_items = train_items + stage.augment
+        base = Collator.for_model(model)
+        self.collator = TrainCollator(base, weighting=tc.weighting, weight_floor=tc.weight_floor,
+                                      agreement_scale=tc.weight_agreement_scale,
+                                      privileged=stage.privileged, drop_descriptions=not prompted,
+                                      item_weights=item_weights)
+        valid_collator = TrainCollator(Collator.for_model(model), drop_descriptions=not prompted)
+        tok = model.tokenizer
+
+        def n_tokens(item: StudentItem) -> int:
+            return len(tok(item.sample.text or "", truncation=True,
+                           max_length=cfg.student.max_text_len)["input_ids"])
+
+        lengths = [n_tokens(it) for it in train_items] if tc.group_by_length else None
+        sampler = EpochSampler(len(train_items), tc.seed, lengths, tc.batch_size)
+        # Validation order does not change the metrics; similar lengths pad less.
+        valid_items = sorted(stage.valid_items, key=lambda it: -len(item_text(it)))
+        train_loader = DataLoader(ItemDataset(train_items), batch_size=tc.batch_size,
+                                  sampler=sampler, collate_fn=self.collator,
+                                  num_workers=tc.num_workers)
+        valid_loader = DataLoader(ItemDataset(valid_items), batch_size=cfg.eval.batch_size,
+                                  shuffle=False, collate_fn=valid_collator,
+                                  num_workers=tc.num_workers)
+        steps_per_epoch = math.ceil(len(train_loader) / tc.grad_accum)
+        total_steps = steps_per_epoch * stage.epochs
+        optimizer = torch.optim.AdamW(model.param_groups(tc.lr, tc.encoder_lr, tc.weight_decay))
+        scheduler = get_cosine_schedule_with_warmup(optimizer,
+                                                    round(tc.warmup_ratio * total_steps),
+                                                    total_steps)
+        (self.model, self.optimizer, self.train_loader, self.valid_loader,
+         self.scheduler) = accelerator.prepare(model, optimizer, train_loader, valid_loader,
+                                               scheduler)
+        raw_model: StudentModel = accelerator.unwrap_model(self.model)
+        self.raw_model = raw_model
+        self.bins = raw_model.bins if raw_model.bin_values is not None else None
+        counts = raw_model.parameter_counts()["all"]
+        log.info("%s: %d train (%d augmented) / %d valid samples, %d epochs x %d steps, %d "
+                 "trainable of %d parameters, selecting on valid_%s (%s)", stage.name,
+                 len(train_items), len(stage.augment or []), len(stage.valid_items),
+                 stage.epochs, steps_per_epoch, counts.trainable, counts.total, self.metric,
+                 self.mode)
+
+        self.state = TrainState()
+        if self.resume and self.state_path.is_file():
+            accelerator.load_state(str(self.last_dir))
+            self.state = TrainState.load(self.state_path)
+            log.info("%s: resumed after epoch %d (best valid_%s=%s at epoch %d)", stage.name,
+                     self.state.epochs_done, self.metric, self.state.best_value,
+                     self.state.best_epoch)
+        self.want_attn = stage.plan.priv_attn > 0
+
+    def train_epoch(self, epoch: int) -> dict[str, float]:
+        """One epoch of optimisation; returns the mean of each loss term."""
+        from accelerate.utils import set_seed
+        from tqdm.auto import tqdm
+
+        stage, tc, accelerator, model = self.stage, self.tc, self.accelerator, self.model
+        set_seed(epoch_seed(tc.seed, epoch), device_specific=True)
+        if tc.missing.enabled:
+            self.collator.set_masking(lnln_train(tc.seed, epoch, tc.missing.complete_fraction,
+                                                 ("text", *self.raw_model.modalities)))
+        self.train_loader.set_epoch(epoch)
+        model.train()
+        sums: dict[str, float] = {}
+        n_batches = 0
+        bar = tqdm(self.train_loader, desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
+                   disable=not accelerator.is_local_main_process, leave=False,
+                   dynamic_ncols=True, mininterval=1.0)
+        for step, batch in enumerate(bar):
+            with accelerator.accumulate(model):
+                rng = (np.random.default_rng([tc.seed, epoch, step, accelerator.process_index,
+                                              2]) if stage.plan.msmix is not None else None)
+                losses = training_losses(model, batch, stage.plan, self.bins,
+                                         want_attn=self.want_attn, rng=rng,
+                                         raw_model=self.raw_model)
+                accelerator.backward(losses["total"])
+                if accelerator.sync_gradients:
+                    if tc.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
+                    self.state.global_step += 1
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n_batches += 1
+            bar.set_postfix(loss=f"{sums['total'] / n_batches:.4f}")
+        bar.close()
+        return {k: v / max(1, n_batches) for k, v in sums.items()}
+
+    def validate(self) -> dict[str, float]:
+        """Validation metrics (the dataset's metric set) of the model as it is now."""
+        return validate(self.model, self.valid_loader, self.accelerator, self.info)
+
+    def save_best(self, epoch: int, valid: dict[str, float]) -> bool:
+        """``checkpoint-best/`` when ``valid`` improves the selection metric; whether it
+        did."""
+        state, accelerator = self.state, self.accelerator
+        value = valid[self.metric]
+        improved = better(value, state.best_value, self.mode)
+        if improved:
+            state.best_value, state.best_epoch, state.bad_epochs = value, epoch + 1, 0
+            selection = {"split": "valid", "metric": f"valid_{self.metric}", "mode": self.mode,
+                         "epoch": epoch + 1, "value": value,
+                         "metrics": {f"valid_{k}": v for k, v in valid.items()},
+                         "stage": self.stage.name}
+            full_sd = {k: v for k, v in accelerator.get_state_dict(self.model).items()
+                       if not k.startswith(TRAINING_ONLY_PREFIXES)}
+            if accelerator.is_main_process:
+                save_checkpoint(self.raw_model, self.cfg, self.best_dir, selection=selection,
+                                teacher_manifest=self.stage.manifest, state_dict=full_sd)
+            accelerator.wait_for_everyone()
+        else:
+            state.bad_epochs += 1
+        return improved
+
+    def end_epoch(self, epoch: int, train_losses: dict[str, float], valid: dict[str, float],
+                  improved: bool, seconds: float) -> None:
+        """Record the epoch (history, trackers, the log line) and apply the stop rules."""
+        stage, state, tc = self.stage, self.state, self.tc
+        state.history.append({"epoch": epoch + 1, "train": train_losses,
+                              "valid": {f"valid_{k}": v for k, v in valid.items()},
+                              "lr": [g["lr"] for g in self.optimizer.param_groups],
+                              "seconds": seconds, "best": improved})
+        self.accelerator.log({**{f"{stage.name}/train_{k}": v for k, v in train_losses.items()},
+                              **{f"{stage.name}/valid_{k}": v for k, v in valid.items()}},
+                             step=epoch + 1)
+        log.info("%s epoch %d/%d (%.0fs): train loss %.4f | valid %s%s", stage.name, epoch + 1,
+                 stage.epochs, seconds, train_losses.get("total", float("nan")),
+                 " ".join(f"{k}={v:.4f}" for k, v in valid.items()),
+                 " *best*" if improved else "")
+        state.epochs_done = epoch + 1
+        if tc.early_stop_patience and state.bad_epochs >= tc.early_stop_patience:
+            state.finished, state.stop_reason = True, (
+                f"early stop: no better valid_{self.metric} for {state.bad_epochs} epochs")
+        elif state.epochs_done >= stage.epochs:
+            state.finished, state.stop_reason = True, f"all {stage.epochs} epochs"
+
+    def save_last(self) -> None:
+        """The accelerate state and :class:`TrainState` into ``last/``."""
+        save_last(self.accelerator, self.last_dir, self.state)
+
+    def run(self) -> Path:
+        """Set up, train every remaining epoch (validate, save) and return
+        ``checkpoint-best``'s path."""
+        if self.finished_before():
+            return self.best_dir
+        self.setup()
+        for epoch in range(self.state.epochs_done, self.stage.epochs):
+            t0 = time.perf_counter()
+            train_losses = self.train_epoch(epoch)
+            valid = self.validate()
+            improved = self.save_best(epoch, valid)
+            self.end_epoch(epoch, train_losses, valid, improved, time.perf_counter() - t0)
+            self.save_last()
+            if self.state.finished and self.state.stop_reason.startswith("early"):
+                log.info("%s: %s", self.stage.name, self.state.stop_reason)
+                break
+        log.info("%s: best valid_%s=%.4f at epoch %d -> %s", self.stage.name, self.metric,
+                 float("nan") if self.state.best_value is None else self.state.best_value,
+                 self.state.best_epoch, self.best_dir)
+        self.accelerator.free_memory()
+        return self.best_dir
+
+
+def fit(accelerator: Any, stage: Stage, info: DataInfo, resume: bool) -> Path:
+    """Train one stage; returns its ``checkpoint-best`` directory."""
+    return StageRecipe(accelerator, stage, info, resume).run()

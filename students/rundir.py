@@ -1,0 +1,132 @@
+"""The run directory (``train.output_dir``): its names, its progress file, its rules.
+
+::
+
+    <output_dir>/config.yaml          the resolved config the run started with
+    <output_dir>/checkpoint-best/     the selected student (students.checkpoint.BEST_DIR)
+    <output_dir>/last/                accelerate state + trainer_state.json, for --resume
+    <output_dir>/prompted/            stage 1 (train.privileged=prompted), the same layout
+    <output_dir>/augment_weights.csv  the augmented samples' weights (train.augment)
+
+:func:`prepare_output_dir` refuses to start over a run (unless ``--resume`` with the same
+config, or ``train.overwrite``); :func:`save_last` swaps ``last/`` in whole through the
+atomic-directory helpers of :mod:`workbench.io`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from students.checkpoint import BEST_DIR
+from workbench.config import DistillConfig, to_dict
+from workbench.errors import WorkbenchError
+from workbench.io import fresh_temp_dir, remove_dir, swap_dir, temp_dir
+
+RUN_CONFIG = "config.yaml"
+LAST_DIR = "last"
+PROMPTED_DIR = "prompted"
+STATE_FILE = "trainer_state.json"
+AUGMENT_WEIGHTS_FILE = "augment_weights.csv"
+RUN_SUBDIRS = (BEST_DIR, LAST_DIR, PROMPTED_DIR)
+RESUME_IGNORED = ("train.overwrite",)
+"""Config keys that may differ between a run and its ``--resume``."""
+LEGACY_SUFFIXES = (".tmp", ".old")
+"""Siblings ``<dir>.tmp`` / ``<dir>.old`` that runs written before :mod:`workbench.io`
+may have left beside a run directory's folders."""
+
+
+class TrainError(WorkbenchError, RuntimeError):
+    """A run cannot start or continue; the message says why and what to do."""
+
+
+@dataclass
+class TrainState:
+    """Progress of one stage, saved with the accelerate state in ``last/``."""
+
+    epochs_done: int = 0
+    global_step: int = 0
+    best_value: float | None = None
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    finished: bool = False
+    stop_reason: str = ""
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, path: Path) -> TrainState:
+        return cls(**json.loads(path.read_text()))
+
+
+def flatten_config(d: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested config dict as ``{"section.key": value}`` (lists are values)."""
+    if isinstance(d, dict):
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            out.update(flatten_config(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def prepare_output_dir(cfg: DistillConfig, out: Path, resume: bool, accelerator: Any) -> None:
+    """Check ``out`` before any work: ``resume`` needs a run there started with the same
+    config (fields added since, left at their default, aside); otherwise ``out`` must
+    hold no run, or ``train.overwrite`` clears it (on the main process)."""
+    run_cfg = out / RUN_CONFIG
+    started = run_cfg.is_file() or any((out / d).exists() for d in RUN_SUBDIRS)
+    if resume:
+        if not run_cfg.is_file():
+            raise TrainError(f"--resume: train.output_dir={str(out)!r} holds no run to continue "
+                             f"(no {RUN_CONFIG}); start it without --resume")
+        before = flatten_config(yaml.safe_load(run_cfg.read_text()))
+        now = flatten_config(to_dict(cfg))
+        defaults = flatten_config(to_dict(DistillConfig()))
+        # a field added to the config after the run started, left at its default, is no
+        # difference: the run trained without it, which is what the default means
+        diff = sorted(k for k in set(before) | set(now)
+                      if k not in RESUME_IGNORED and before.get(k) != now.get(k)
+                      and not (k not in before and k in defaults and now.get(k) == defaults[k]))
+        if diff:
+            shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in diff[:8])
+            raise TrainError(f"--resume: the config differs from the one the run in {out} "
+                             f"started with ({shown}); resume with the same config and "
+                             "overrides, or start a new run in another train.output_dir")
+        return
+    if started:
+        if not cfg.train.overwrite:
+            raise TrainError(
+                f"train.output_dir={str(out)!r} already holds a run; continue it with "
+                "--resume, start afresh there with train.overwrite=true, or choose another "
+                "train.output_dir")
+        if accelerator.is_main_process:
+            for d in RUN_SUBDIRS:
+                remove_dir(out / d)
+                for suffix in LEGACY_SUFFIXES:
+                    legacy = out / f"{d}{suffix}"
+                    if legacy.exists():
+                        shutil.rmtree(legacy)
+            run_cfg.unlink(missing_ok=True)
+        accelerator.wait_for_everyone()
+
+
+def save_last(accelerator: Any, last_dir: Path, state: TrainState) -> None:
+    """Accelerate state + trainer state into ``last/``, swapped in whole.
+
+    Every rank saves into the same temporary directory (:func:`workbench.io.temp_dir`,
+    emptied by the main process first); the main process adds the trainer state and
+    swaps it in (:func:`workbench.io.swap_dir`).
+    """
+    if accelerator.is_main_process:
+        fresh_temp_dir(last_dir)
+    accelerator.wait_for_everyone()
+    tmp = temp_dir(last_dir)
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
+        swap_dir(tmp, last_dir)
+    accelerator.wait_for_everyone()

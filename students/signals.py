@@ -1,0 +1,174 @@
+"""Teacher signals: the cached teacher outputs a run joins to its samples.
+
+:func:`join_signals` reads the soft labels (train split) and, for a prompted network, the
+descriptions (train and valid) from ``signals.cache_dir``, refusing a cache made from other
+data, with another template or teacher, with too few ok rows, or holding gold-label
+outputs for valid samples (:func:`workbench.cache.join.teacher_view`).
+:func:`join_augmented` does the same for the teacher-augmented samples
+(``train.augment.data``). The small helpers turn one sample's cached output into the
+:class:`students.collate.TeacherSignal` a :class:`students.collate.StudentItem` carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from accelerate.logging import get_logger
+
+from students.augment import load_augmented
+from students.collate import StudentItem, TeacherSignal
+from workbench.cache.join import TeacherView, teacher_view
+from workbench.cache.records import TeacherOutput
+from workbench.cache.store import DB_FILE, CacheError
+from workbench.config import ConfigError, DistillConfig
+from workbench.data import MSADataset
+
+log = get_logger(__name__)
+
+
+@dataclass
+class TeacherSignals:
+    """The teacher outputs a run joins to its samples."""
+
+    soft: TeacherView | None = None
+    """Soft labels on the train samples (``signals.soft_label_template``)."""
+    descriptions: TeacherView | None = None
+    """Descriptions on the train and valid samples (``signals.description_template``)."""
+    bins: list[float] | None = None
+    """The soft labels' bin values, in bin order (e.g. -3..3)."""
+
+    def manifest(self) -> dict[str, Any]:
+        """What a checkpoint records about them (each job with its ``uses_gold_label``)."""
+        out: dict[str, Any] = {}
+        for role, view, splits in (("soft_labels", self.soft, ["train"]),
+                                   ("descriptions", self.descriptions, ["train", "valid"])):
+            out[role] = None if view is None else {**view.manifest(), "splits": splits}
+        out["uses_gold_label"] = any(v is not None and v.job.get("uses_gold_label")
+                                     for v in (self.soft, self.descriptions))
+        return out
+
+
+def _view(cfg: DistillConfig, ds: MSADataset, template: str, splits: dict[str, str],
+          output: str, role: str) -> TeacherView:
+    sig = cfg.signals
+    try:
+        view = teacher_view(sig.cache_dir, splits, ds.fingerprint, template=template,
+                            teacher=sig.teacher, min_ok_fraction=sig.min_ok_fraction)
+    except CacheError as e:
+        raise CacheError(f"{role} (signals.{role}_template={template!r}): {e}") from None
+    if view.job.get("output") != output:
+        raise CacheError(
+            f"signals.{role}_template={template!r}: job {view.job.get('job')} in "
+            f"{sig.cache_dir} produced {view.job.get('output')!r} outputs, but the {role} "
+            f"need {output!r}; name a template whose output is {output}")
+    log.info("teacher %s: %s job %s teacher=%s, ok for %d/%d samples (%.1f%%)", role,
+             template, view.job.get("job"), view.job.get("teacher"), len(view.outputs),
+             view.n_samples, 100 * view.ok_fraction)
+    return view
+
+
+def join_signals(cfg: DistillConfig, ds: MSADataset, *, descriptions: bool) -> TeacherSignals:
+    """Join the dataset's train (and, for descriptions, valid) samples to the cache.
+
+    Raises :class:`CacheError` with the numbers when the cache is missing, was made
+    from other data, with another template or teacher, has too few ok rows, or holds
+    gold-label outputs for valid samples. An empty ``signals.cache_dir``: no signals.
+    """
+    sig = cfg.signals
+    if not sig.cache_dir:
+        if descriptions:
+            raise ConfigError("signals.cache_dir='' is invalid: the prompted network reads "
+                              "the teacher's descriptions; point it at a teacher cache")
+        log.info("signals.cache_dir is empty: training on gold labels only")
+        return TeacherSignals()
+    if not (Path(sig.cache_dir) / DB_FILE).is_file():
+        raise CacheError(
+            f"signals.cache_dir={sig.cache_dir!r}: no teacher cache there (no {DB_FILE}). "
+            f"Fill one with `workbench cache run --cache {sig.cache_dir} ...`, point "
+            "signals.cache_dir at an existing cache, or train on gold labels only "
+            "(signals.cache_dir='', e.g. the *_gold.yaml recipe)")
+    train_ids = {s.id: "train" for s in ds.iter_samples("train")}
+    out = TeacherSignals()
+    if sig.soft_label_template:
+        out.soft = _view(cfg, ds, sig.soft_label_template, train_ids, "soft_label", "soft_label")
+        values = _bin_sets(out.soft)
+        if len(values) > 1:
+            raise CacheError(f"soft labels in {sig.cache_dir} use several bin sets "
+                             f"{sorted(values)[:3]}; one job must use one scale")
+        if values:
+            out.bins = [float(v) for v in values.pop()]
+    if descriptions:
+        splits = {**train_ids, **{s.id: "valid" for s in ds.iter_samples("valid")}}
+        out.descriptions = _view(cfg, ds, sig.description_template, splits, "description",
+                                 "description")
+    return out
+
+
+def join_augmented(cfg: DistillConfig, ds: MSADataset, signals: TeacherSignals
+                   ) -> tuple[list[StudentItem], dict[str, Any]]:
+    """The augmented train samples of ``train.augment.data`` with their soft labels from
+    ``signals.cache_dir`` (joined by the augmented data's own fingerprint, the same
+    template, teacher and ``min_ok_fraction`` as the main soft labels), and what the
+    checkpoint's manifest records about them."""
+    sig = cfg.signals
+    data = cfg.train.augment.data
+    acfg, ads, samples = load_augmented(data, ds)
+    try:
+        view = _view(cfg, ads, sig.soft_label_template, {s.id: "train" for s in samples},
+                     "soft_label", "soft_label")
+    except CacheError as e:
+        raise CacheError(
+            f"train.augment.data={data!r}: the rewrites' soft labels: {e} "
+            f"(score them with `workbench cache run --data {acfg.path} ... --template "
+            f"{sig.soft_label_template}` into {sig.cache_dir})") from None
+    values = _bin_sets(view)
+    if signals.bins is not None and values and values != {tuple(signals.bins)}:
+        raise CacheError(f"train.augment.data: the rewrites' soft labels use bins "
+                         f"{sorted(values)[:2]}, the main data's {signals.bins}; score both "
+                         "with the same template")
+    log.info("augmented data %s: %d rewrites of %d train samples, soft labels ok for %d "
+             "(%.1f%%)", acfg.path, len(samples),
+             len({s.meta.get("source_id") for s in samples}), len(view.outputs),
+             100 * view.ok_fraction)
+    items = [StudentItem(s, soft_signal(view.outputs.get(s.id))) for s in samples]
+    manifest = {"data": acfg.path, "fingerprint": ads.fingerprint, "samples": len(samples),
+                "soft_labels": view.manifest()}
+    return items, manifest
+
+
+def _bin_sets(view: TeacherView) -> set[tuple[float, ...]]:
+    """The distinct bin-value tuples of a view's soft labels (one job: one scale)."""
+    return {tuple(float(v) for v in o.soft_label.values) for o in view.outputs.values()
+            if o.soft_label is not None}
+
+
+def teacher_output(view: TeacherView | None, sample_id: str) -> TeacherOutput | None:
+    """The view's ok output for the sample (None without a view or an output)."""
+    return None if view is None else view.outputs.get(sample_id)
+
+
+def soft_signal(out: TeacherOutput | None) -> TeacherSignal | None:
+    """The soft-label signal of one output (None without an output or a soft label)."""
+    if out is None or out.soft_label is None:
+        return None
+    sl = out.soft_label
+    return TeacherSignal(probs=np.asarray(sl.probs, dtype=np.float32), expected=sl.expected,
+                         entropy=sl.entropy, off_mass=sl.off_label_mass)
+
+
+def description(view: TeacherView | None, sample_id: str) -> str:
+    """The teacher's description of the sample ('' without a view or an output)."""
+    if view is None:
+        return ""
+    out = view.outputs.get(sample_id)
+    return (out.description or "") if out is not None else ""
+
+
+def with_description(soft: TeacherSignal | None, text: str) -> TeacherSignal:
+    """``soft`` (or an empty signal) carrying the description ``text``."""
+    base = soft or TeacherSignal()
+    base.description = text
+    return base
