@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from students.checkpoint import BEST_DIR
-from workbench.config import DistillConfig, to_dict
+from workbench.config import ConfigError, DistillConfig, from_dict, to_dict
 from workbench.errors import WorkbenchError
 from workbench.io import fresh_temp_dir, remove_dir, swap_dir, temp_dir
 
@@ -75,22 +75,19 @@ def flatten_config(d: Any, prefix: str = "") -> dict[str, Any]:
 
 def prepare_output_dir(cfg: DistillConfig, out: Path, resume: bool, accelerator: Any) -> None:
     """Check ``out`` before any work: ``resume`` needs a run there started with the same
-    config (fields added since, left at their default, aside); otherwise ``out`` must
-    hold no run, or ``train.overwrite`` clears it (on the main process)."""
+    config (:func:`_started_with`: renamed keys mapped, fields added since at their
+    default); otherwise ``out`` must hold no run, or ``train.overwrite`` clears it (on
+    the main process)."""
     run_cfg = out / RUN_CONFIG
     started = run_cfg.is_file() or any((out / d).exists() for d in RUN_SUBDIRS)
     if resume:
         if not run_cfg.is_file():
             raise TrainError(f"--resume: train.output_dir={str(out)!r} holds no run to continue "
                              f"(no {RUN_CONFIG}); start it without --resume")
-        before = flatten_config(yaml.safe_load(run_cfg.read_text()))
+        before = flatten_config(to_dict(_started_with(run_cfg, out)))
         now = flatten_config(to_dict(cfg))
-        defaults = flatten_config(to_dict(DistillConfig()))
-        # a field added to the config after the run started, left at its default, is no
-        # difference: the run trained without it, which is what the default means
         diff = sorted(k for k in set(before) | set(now)
-                      if k not in RESUME_IGNORED and before.get(k) != now.get(k)
-                      and not (k not in before and k in defaults and now.get(k) == defaults[k]))
+                      if k not in RESUME_IGNORED and before.get(k) != now.get(k))
         if diff:
             shown = ", ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in diff[:8])
             raise TrainError(f"--resume: the config differs from the one the run in {out} "
@@ -112,6 +109,18 @@ def prepare_output_dir(cfg: DistillConfig, out: Path, resume: bool, accelerator:
                         shutil.rmtree(legacy)
             run_cfg.unlink(missing_ok=True)
         accelerator.wait_for_everyone()
+
+
+def _started_with(run_cfg: Path, out: Path) -> DistillConfig:
+    """The config a run started with, read through the loader: keys renamed since are
+    mapped (:mod:`workbench.config.legacy`), and a field added since takes its default --
+    the run trained without it, which is what the default means."""
+    try:
+        return from_dict(DistillConfig, yaml.safe_load(run_cfg.read_text()) or {})
+    except ConfigError as e:
+        raise TrainError(f"--resume: the config the run in {out} started with ({run_cfg}) "
+                         f"does not load here: {e}; start a new run in another "
+                         "train.output_dir") from None
 
 
 def save_last(accelerator: Any, last_dir: Path, state: TrainState) -> None:

@@ -290,7 +290,30 @@ def test_resume_accepts_fields_added_since_the_run_started_only_at_their_default
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
     prepare_output_dir(cfg, out, True, None)  # msmix at its defaults: nothing changed
     cfg.train.msmix.enabled = True
-    with pytest.raises(TrainError, match=r"config differs.*train\.msmix\.enabled: None -> True"):
+    with pytest.raises(TrainError, match=r"config differs.*train\.msmix\.enabled: False -> True"):
+        prepare_output_dir(cfg, out, True, None)
+
+
+def test_resume_reads_a_run_started_before_keys_were_renamed(tmp_path):
+    """A run whose config.yaml has the flat method keys of earlier versions
+    (train.msmix_alpha, loss.conflict_tau, student.enhance_k, ...) resumes with the same
+    config; a real change is still refused."""
+    import shutil
+    from pathlib import Path
+
+    from students.rundir import prepare_output_dir
+
+    legacy = Path(__file__).resolve().parents[1] / "support/legacy/config_flat_methods.yaml"
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(legacy, out / "config.yaml")
+    cfg = load_config(DistillConfig, legacy)
+    prepare_output_dir(cfg, out, True, None)
+    cfg.train.conflict.tau = 2.0
+    with pytest.raises(TrainError, match=r"train\.conflict\.tau: 1\.2 -> 2\.0"):
+        prepare_output_dir(cfg, out, True, None)
+    (out / "config.yaml").write_text("train:\n  no_such_field: 1\n")
+    with pytest.raises(TrainError, match="does not load here.*no_such_field"):
         prepare_output_dir(cfg, out, True, None)
 
 
