@@ -150,6 +150,8 @@ def test_a_bool_switches_a_method_and_keeps_its_knobs(tmp_path):
     cfg = load_config(DistillConfig, p, ["train.msmix=true"])
     assert cfg.train.msmix.enabled and cfg.train.msmix.alpha == 0.7
     assert cfg.train.conflict.enabled and cfg.student.enhance.enabled
+    knob = load_config(DistillConfig, None, ["train.msmix=true", "train.msmix.threshold=-1"])
+    assert knob.train.msmix.enabled and knob.train.msmix.threshold == -1
     off = load_config(DistillConfig, p, ["train.msmix=false"])
     assert not off.train.msmix.enabled and off.train.msmix.alpha == 0.7
     with pytest.raises(ConfigError, match="train.augment must be a mapping"):

@@ -177,6 +177,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             child = node.get(part)
             if child is None:
                 child = node[part] = {}
+            elif isinstance(child, bool):  # a method's switch given first, then a knob
+                child = node[part] = {"enabled": child}
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {part!r} is not a section")
             node = child
