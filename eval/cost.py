@@ -8,7 +8,7 @@ Student side, measured on this machine (one process, the model's device):
 - ``size``: bytes of the checkpoint directory on disk. Frozen text encoders are not in it
   and neither are the base weights under a LoRA adapter (both are rebuilt from the
   encoder's package), so ``size.excludes`` names them;
-- ``speed``: throughput (samples/s) of :func:`students.trainer.predict` at a batch size,
+- ``speed``: throughput (samples/s) of :func:`students.inference.predict` at a batch size,
   and per-sample latency (p50 / p95 / mean) at batch 1, both end to end (tokenisation,
   collation, forward pass);
 - ``memory``: resident-set size before the model was loaded (when the caller passes it),

@@ -38,6 +38,7 @@ from students.robustness import lnln_train
 from students.rundir import AUGMENT_WEIGHTS_FILE, LAST_DIR, STATE_FILE, TrainState, save_last
 from workbench.config import ConfigError, DistillConfig
 from workbench.data.store import DataInfo
+from workbench.io import recover_dir
 from workbench.metrics import METRIC_NAMES, compute_metrics, higher_is_better
 
 log = get_logger(__name__)
@@ -124,6 +125,11 @@ class StageRecipe:
         self.state_path = self.last_dir / STATE_FILE
         self.metric, self.mode = selection_mode(self.cfg, info)
         self.state = TrainState()
+        if resume:  # a crash between the two renames of a directory swap: take the old one
+            if accelerator.is_main_process:
+                recover_dir(self.last_dir)
+                recover_dir(self.best_dir)
+            accelerator.wait_for_everyone()
 
     def finished_before(self) -> bool:
         """Resuming a stage that already finished: nothing to do."""
