@@ -22,8 +22,8 @@ from prompts import Rendered, Template, TemplateError, render
 from teachers.base import RawOutput, Teacher, TeacherRequest
 from teachers.softlabel import NoLabelError, soft_label
 from workbench.cache.records import OK, TeacherOutput, stable_hash
-from workbench.cache.store import CacheStore, JobSpec
-from workbench.config import CacheConfig, TeacherConfig
+from workbench.cache.store import CacheError, CacheStore, JobSpec
+from workbench.config import CacheConfig, ConfigError, TeacherConfig
 from workbench.data import MSADataset, Sample
 from workbench.errors import WorkbenchError
 
@@ -256,18 +256,18 @@ def retry_errors(store: CacheStore, teacher: Teacher, tcfg: TeacherConfig, *, ki
     reports = []
     specs = [j for j in store.jobs() if job is None or j["job"] == job]
     if job and not specs:
-        raise ValueError(f"no job {job!r} in {store.dir}; see `workbench cache status`")
+        raise CacheError(f"no job {job!r} in {store.dir}; see `workbench cache status`")
     loaded = False
     for spec in specs:
         keys = store.error_keys(kinds, job=spec["job"])
         if not keys:
             continue
         if spec["teacher"] != teacher.model_id():
-            raise ValueError(f"job {spec['job']} was answered by {spec['teacher']}, but the given "
+            raise ConfigError(f"job {spec['job']} was answered by {spec['teacher']}, but the given "
                              f"teacher is {teacher.model_id()}; pass that job's teacher config")
         template = load_template(spec["template"])
         if template.hash != spec["template_hash"]:
-            raise ValueError(f"template {spec['template']!r} changed since job {spec['job']} "
+            raise CacheError(f"template {spec['template']!r} changed since job {spec['job']} "
                              "(its hash differs); rerun `workbench cache run` to make a new job")
         if not loaded:
             teacher.load()

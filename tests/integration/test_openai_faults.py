@@ -8,7 +8,7 @@ import math
 import pytest
 
 from tests.support.fake_openai import FakeOpenAI, label_for
-from tests.support.teacher_env import api_teacher, run_job, tiny_dataset
+from tests.support.teacher_env import api_teacher, run_job, tiny_data
 from workbench.cache.store import CacheStore
 
 FAULTS = ["429", "500", "hang", "malformed", "truncated", "nolabel"]
@@ -29,10 +29,11 @@ def schedule_by_prompt(prompt: str) -> list[str]:
 
 
 def test_every_sample_ends_ok_or_as_an_explicit_error(tmp_path):
-    ds = tiny_dataset(tmp_path, n=120)
+    data = tiny_data(tmp_path, n=120)
     with FakeOpenAI(schedule_by_prompt, hang_s=1.5) as server:
         tcfg = api_teacher(server.base_url, timeout_s=0.5, max_retries=2, max_concurrency=16)
-        report, job = run_job(tcfg, ds, tmp_path / "cache")
+        job = run_job(tcfg, data, tmp_path / "cache")
+        report = job.report
         behaviours = dict(server.behaviours)
     with CacheStore(tmp_path / "cache") as store:
         st = store.status(job.job_id)
@@ -54,9 +55,10 @@ def test_every_sample_ends_ok_or_as_an_explicit_error(tmp_path):
 
 
 def test_soft_labels_follow_the_served_distribution(tmp_path):
-    ds = tiny_dataset(tmp_path, n=12)
+    data = tiny_data(tmp_path, n=12)
     with FakeOpenAI() as server:
-        report, job = run_job(api_teacher(server.base_url), ds, tmp_path / "c")
+        job = run_job(api_teacher(server.base_url), data, tmp_path / "c")
+        report = job.report
     assert report.ok == report.unique_keys
     with CacheStore(tmp_path / "c") as store:
         req = {k: store.request(k)["prompt"] for _, k in store.sample_keys(job.job_id).values()}
@@ -69,50 +71,51 @@ def test_soft_labels_follow_the_served_distribution(tmp_path):
 
 
 def test_retry_after_is_honoured_and_counted(tmp_path):
-    ds = tiny_dataset(tmp_path, n=6)
+    data = tiny_data(tmp_path, n=6)
     with FakeOpenAI(lambda p: ["429", "429", "ok"], retry_after="0.2") as server:
         import time
 
         t0 = time.perf_counter()
-        report, _ = run_job(api_teacher(server.base_url, max_concurrency=1), ds, tmp_path / "c",
-                            splits=["train"])
+        report = run_job(api_teacher(server.base_url, max_concurrency=1), data, tmp_path / "c",
+                         splits=["train"]).report
         elapsed = time.perf_counter() - t0
     assert report.ok == report.unique_keys and report.retries == 2 * report.unique_keys
     assert elapsed >= 0.4 * report.unique_keys * 0.9  # two 0.2 s waits per request, serially
 
 
 def test_budget_cap_stops_cleanly_and_resumes(tmp_path):
-    ds = tiny_dataset(tmp_path, n=40)
+    data = tiny_data(tmp_path, n=40)
     with FakeOpenAI(lambda p: ["slow"]) as server:
         price = {"input_per_mtok": 1e6, "output_per_mtok": 0.0}  # $1 per input token
         tcfg = api_teacher(server.base_url, budget_usd=50.0, max_concurrency=1)
         tcfg.price.input_per_mtok = price["input_per_mtok"]
-        report, job = run_job(tcfg, ds, tmp_path / "c")
+        job = run_job(tcfg, data, tmp_path / "c")
+        report = job.report
         assert report.stopped == "budget"
         assert 0 < report.ok < report.unique_keys and report.cost_usd >= 50
         tcfg.budget_usd = 0.0
-        report2, _ = run_job(tcfg, ds, tmp_path / "c")
+        report2 = run_job(tcfg, data, tmp_path / "c").report
     assert report2.already_ok == report.ok and report2.ok == report.unique_keys - report.ok
 
 
 def test_api_key_from_env_never_stored(tmp_path, monkeypatch):
     secret = "sk-test-VERY-SECRET-123"
     monkeypatch.setenv("WB_TEST_KEY", secret)
-    ds = tiny_dataset(tmp_path, n=6)
+    data = tiny_data(tmp_path, n=6)
     with FakeOpenAI() as server:
-        run_job(api_teacher(server.base_url, api_key_env="WB_TEST_KEY"), ds, tmp_path / "c")
+        run_job(api_teacher(server.base_url, api_key_env="WB_TEST_KEY"), data, tmp_path / "c")
     for f in (tmp_path / "c").rglob("*"):
         if f.is_file():
             assert secret.encode() not in f.read_bytes(), f
     monkeypatch.delenv("WB_TEST_KEY")
     with pytest.raises(RuntimeError, match="WB_TEST_KEY.*not set"):
-        run_job(api_teacher("http://127.0.0.1:9/v1", api_key_env="WB_TEST_KEY"), ds, tmp_path / "d")
+        run_job(api_teacher("http://127.0.0.1:9/v1", api_key_env="WB_TEST_KEY"), data, tmp_path / "d")
 
 
 def test_chat_api_with_logprobs(tmp_path):
-    ds = tiny_dataset(tmp_path, n=8)
+    data = tiny_data(tmp_path, n=8)
     with FakeOpenAI() as server:
-        report, _ = run_job(api_teacher(server.base_url, api="chat"), ds, tmp_path / "c")
+        report = run_job(api_teacher(server.base_url, api="chat"), data, tmp_path / "c").report
     assert report.ok == report.unique_keys
 
 
@@ -120,12 +123,12 @@ def test_error_rate_threshold_fails_loudly_keeping_results(tmp_path):
     from teachers.job import JobFailed
     from workbench.config import CacheConfig
 
-    ds = tiny_dataset(tmp_path, n=60)
+    data = tiny_data(tmp_path, n=60)
     with FakeOpenAI(lambda p: ["500"]) as server:
         tcfg = api_teacher(server.base_url, max_retries=0)
         ccfg = CacheConfig(dir=str(tmp_path / "c"), template="sentiment_polarity", max_error_rate=0.2)
         with pytest.raises(JobFailed, match=r"max_error_rate=0.2\): server_error=\d+"):
-            run_job(tcfg, ds, tmp_path / "c", ccfg=ccfg)
+            run_job(tcfg, data, tmp_path / "c", ccfg=ccfg)
     with CacheStore(tmp_path / "c") as store:
         st = store.status()
     assert st["errors"]["server_error"] >= 20 and st["pending"] > 0

@@ -8,8 +8,8 @@ import os
 import pytest
 from typer.testing import CliRunner
 
-from tests.support.llama_server import llama_server
-from tests.support.teacher_env import api_teacher, run_job, tiny_dataset
+from teachers.llamacpp_server import llama_server
+from tests.support.teacher_env import api_teacher, run_job, tiny_data
 from workbench.cache.store import CacheStore
 from workbench.config import TeacherConfig
 
@@ -35,9 +35,10 @@ def llama_server_url(gemma_gguf):
 
 
 def test_llamacpp_server_soft_labels_and_descriptions(llama_server_url, tmp_path):
-    ds = tiny_dataset(tmp_path, n=30)
+    data = tiny_data(tmp_path, n=30)
     tcfg = api_teacher(llama_server_url, model="gemma3-270m", max_concurrency=2, timeout_s=60)
-    report, job = run_job(tcfg, ds, tmp_path / "c", splits=["valid"])
+    job = run_job(tcfg, data, tmp_path / "c", splits=["valid"])
+    report = job.report
     assert report.sent > 0 and report.ok >= report.sent - 1
     with CacheStore(tmp_path / "c") as store:
         outs = [o for o in store.current(job.job_id).values() if o.ok]
@@ -48,7 +49,8 @@ def test_llamacpp_server_soft_labels_and_descriptions(llama_server_url, tmp_path
         assert o.tokens_in > 20
     tcfg_d = api_teacher(llama_server_url, model="gemma3-270m", max_concurrency=2, timeout_s=60,
                          max_tokens=12)
-    report, job = run_job(tcfg_d, ds, tmp_path / "c", template="context_aware", splits=["valid"])
+    job = run_job(tcfg_d, data, tmp_path / "c", template="context_aware", splits=["valid"])
+    report = job.report
     with CacheStore(tmp_path / "c") as store:
         descs = [o.description for o in store.current(job.job_id).values() if o.ok]
     assert report.ok == report.sent and all(d.strip() for d in descs)

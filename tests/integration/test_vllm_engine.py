@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from tests.support.teacher_env import run_job, tiny_dataset
+from tests.support.teacher_env import run_job, tiny_data
 from workbench.cache.store import CacheStore
 from workbench.config import TeacherConfig
 
@@ -29,14 +29,16 @@ def vllm_teacher(**kw) -> TeacherConfig:
 
 @pytest.mark.timeout(1800)  # vLLM compiles its CPU kernels on first use
 def test_vllm_soft_labels_and_descriptions(tmp_path):
-    ds = tiny_dataset(tmp_path, n=30)
-    report, job = run_job(vllm_teacher(), ds, tmp_path / "c", splits=["valid"])
+    data = tiny_data(tmp_path, n=30)
+    job = run_job(vllm_teacher(), data, tmp_path / "c", splits=["valid"])
+    report = job.report
     assert report.sent > 0 and report.ok >= report.sent - 1
     with CacheStore(tmp_path / "c") as store:
         outs = [o for o in store.current(job.job_id).values() if o.ok]
     assert all(abs(sum(o.soft_label.probs) - 1) < 1e-6 for o in outs)
     assert all(len(o.top_logprobs[0]["top"]) >= 5 for o in outs)
-    report, job = run_job(vllm_teacher(max_tokens=16), ds, tmp_path / "c", template="context_aware",
+    job = run_job(vllm_teacher(max_tokens=16), data, tmp_path / "c", template="context_aware",
                           splits=["valid"])
+    report = job.report
     assert report.ok == report.sent
 

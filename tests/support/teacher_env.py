@@ -1,21 +1,19 @@
-"""Helpers for teacher/caching tests: tiny datasets and job wiring."""
+"""Helpers for teacher/caching tests: tiny datasets, and jobs run through the library entry
+(:func:`teachers.run.run_cache_job`), as `workbench cache run` runs them."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from prompts import load_template
-from teachers import make_teacher
-from teachers.job import CachingJob, JobReport
-from workbench.cache.store import CacheStore
-from workbench.config import CacheConfig, DataConfig, TeacherConfig
-from workbench.data import MSADataset, load_dataset
+from teachers.run import JobSummary, run_cache_job
+from workbench.config import CacheConfig, CacheJobConfig, DataConfig, TeacherConfig
 from workbench.data.synth import SynthSpec, write
 
 
-def tiny_dataset(tmp: Path, n: int = 30, seed: int = 0) -> MSADataset:
+def tiny_data(tmp: Path, n: int = 30, seed: int = 0) -> DataConfig:
+    """The synthetic dataset with ``n`` utterances, written under ``tmp``."""
     manifest = write(tmp / "synth", SynthSpec(n=n, seed=seed))
-    return load_dataset(DataConfig(path=str(manifest), features=str(tmp / "synth" / "features.npz")))
+    return DataConfig(path=str(manifest), features=str(tmp / "synth" / "features.npz"))
 
 
 def api_teacher(base_url: str, **kw) -> TeacherConfig:
@@ -25,15 +23,11 @@ def api_teacher(base_url: str, **kw) -> TeacherConfig:
     return TeacherConfig(**base)
 
 
-def run_job(tcfg: TeacherConfig, ds: MSADataset, cache_dir: Path, template: str = "sentiment_polarity",
-            ccfg: CacheConfig | None = None, splits=None, shard=(0, 1)) -> tuple[JobReport, CachingJob]:
+def run_job(tcfg: TeacherConfig, data: DataConfig, cache_dir: Path,
+            template: str = "sentiment_polarity", ccfg: CacheConfig | None = None,
+            splits=None, shard: str = "0/1") -> JobSummary:
+    """One caching job; errors are tolerated (``max_error_rate=1``) unless ``ccfg`` says."""
     ccfg = ccfg or CacheConfig(dir=str(cache_dir), template=template, max_error_rate=1.0)
-    teacher = make_teacher(tcfg)
-    with CacheStore(cache_dir) as store:
-        job = CachingJob(tcfg, ccfg, load_template(template), ds, store, teacher.model_id())
-        planned = job.plan(splits, shard)
-        teacher.load()
-        try:
-            return job.run(teacher, planned), job
-        finally:
-            teacher.close()
+    cfg = CacheJobConfig(data=data, teacher=tcfg, cache=ccfg, splits=list(splits or []),
+                         shard=shard)
+    return run_cache_job(cfg)

@@ -1,0 +1,106 @@
+"""The library entry of the teacher caching job: ``run_cache_job(cfg)``.
+
+One call does what ``workbench cache run`` does, so the command, the demo, the tests and
+the benchmarks run the same code: load the template and the dataset, build the backend,
+open the cache, plan (splits, shard, variants, limit), write the job's resolved config to
+``<cache>/jobs/<job id>/``, load the backend only when some key has no ok answer yet,
+send, close the backend, and return a :class:`JobSummary`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from prompts import load_template
+from teachers import make_teacher
+from teachers.job import CachingJob, JobReport
+from workbench.cache.records import TeacherOutput
+from workbench.cache.store import CacheStore
+from workbench.config import CacheJobConfig, dump_config
+from workbench.data import load_dataset
+
+log = logging.getLogger(__name__)
+
+JOBS_DIR = "jobs"
+"""Folder of a cache holding one folder per job with its resolved config."""
+
+OnAnswer = Callable[[JobReport, TeacherOutput], None]
+ProgressFactory = Callable[[int, str], AbstractContextManager[OnAnswer]]
+"""``progress(total, label)``: a context manager around the sending, yielding the callback
+called after every answer (e.g. a progress bar); ``total`` is the number of keys to send."""
+
+
+@dataclass
+class JobSummary:
+    """What one caching job did, and where the cache stands afterwards."""
+
+    job_id: str
+    template: str
+    teacher: str
+    """The teacher's model id, as it enters the cache keys."""
+    cache_dir: Path
+    config_path: Path
+    """The job's resolved config (``<cache>/jobs/<job id>/config.yaml``)."""
+    report: JobReport
+    todo: int
+    """Keys without an ok answer when the job started (what it had to send)."""
+    status: dict[str, Any] = field(default_factory=dict)
+    """:meth:`CacheStore.status` of the job after the run: keys, ok, errors, pending, ..."""
+    keys: list[str] = field(default_factory=list)
+    """Cache key of every planned request (after ``limit``), in plan order."""
+    plan_s: float = 0.0
+    """Seconds spent rendering, keying and registering the requests (data loading aside);
+    the sending itself is ``report.wall_s``."""
+
+    @property
+    def no_calls(self) -> bool:
+        """True when every key was already cached and the teacher was not asked."""
+        return self.report.sent == 0
+
+
+def run_cache_job(cfg: CacheJobConfig, *, progress: ProgressFactory | None = None) -> JobSummary:
+    """Run the caching job ``cfg`` describes (resumably) and return its summary.
+
+    Raises :class:`teachers.job.JobFailed` when errors pass ``cache.max_error_rate``
+    (everything answered so far stays in the cache), and the stages' own
+    :class:`~workbench.errors.WorkbenchError` subclasses for bad data, templates or
+    backends.
+    """
+    template = load_template(cfg.cache.template)
+    ds = load_dataset(cfg.data)
+    backend = make_teacher(cfg.teacher)
+    try:
+        with CacheStore(cfg.cache.dir) as store:
+            job = CachingJob(cfg.teacher, cfg.cache, template, ds, store, backend.model_id())
+            t0 = time.perf_counter()
+            planned = job.plan(cfg.splits or None, cfg.shard_tuple(), cfg.variants)
+            if cfg.limit:
+                planned = planned[: cfg.limit]
+            plan_s = time.perf_counter() - t0
+            config_path = dump_config(cfg, Path(cfg.cache.dir) / JOBS_DIR / job.job_id)
+            todo = len({p.key for p in planned} - store.ok_keys())
+            label = f"{template.name} x {cfg.teacher.model}"
+            if todo:
+                log.info("job %s: %d of %d keys to ask %s", job.job_id, todo,
+                         len({p.key for p in planned}), backend.model_id())
+                backend.load()
+                if progress is not None:
+                    with progress(todo, label) as on_answer:
+                        report = job.run(backend, planned, progress=on_answer)
+                else:
+                    report = job.run(backend, planned)
+            else:
+                report = job.run(backend, planned)
+            return JobSummary(job_id=job.job_id, template=template.name,
+                              teacher=backend.model_id(), cache_dir=Path(cfg.cache.dir),
+                              config_path=config_path, report=report, todo=todo,
+                              status=store.status(job.job_id), keys=[p.key for p in planned],
+                              plan_s=plan_s)
+    finally:
+        backend.close()
