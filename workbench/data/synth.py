@@ -97,3 +97,25 @@ def write(out_dir: str | Path, spec: SynthSpec | None = None) -> Path:
         w.writerows(rows)
     np.savez(out / "features.npz", **feats)
     return manifest
+
+
+CONFIG_FILE = "data.yaml"
+
+
+def write_with_config(out_dir: str | Path, spec: SynthSpec | None = None) -> Path:
+    """:func:`write`, plus ``data.yaml`` (the data config that reads it); return that config.
+
+    What ``workbench data synth`` writes and the demo reads.
+    """
+    import yaml
+
+    out = Path(out_dir)
+    manifest = write(out, spec)
+    cfg = {"name": "synth", "path": str(manifest), "features": str(out / "features.npz"),
+           "feature_keys": {"audio": "audio", "vision": "vision"},
+           "modalities": ["text", "audio", "vision"], "task": "regression",
+           "metric_set": "mosi", "label_range": [-3, 3]}
+    config = out / CONFIG_FILE
+    config.write_text("# Synthetic MSA data written by `workbench data synth` (not real data).\n"
+                      + yaml.safe_dump(cfg, sort_keys=False))
+    return config
