@@ -13,8 +13,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-REPO = Path(__file__).resolve().parent.parent
-MOSI_DIR = REPO.parent / "shared" / "data" / "mosi"
+from tests.support.paths import MOSI_DIR  # noqa: E402 (after the offline switches)
 
 
 def mmsa_split(n: int, *, seq: int = 5, da: int = 4, dv: int = 3, aligned: bool = False,
@@ -83,8 +82,8 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    """Tiny synthetic training data (see tests/unit/test_trainer_fixtures.py)."""
-    from tests.unit.test_trainer_fixtures import tiny_data
+    """Tiny synthetic training data (tests/support/distill.py)."""
+    from tests.support.distill import tiny_data
 
     return tiny_data(tmp_path_factory.mktemp("data"), n=48)
 
@@ -92,7 +91,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory, data):
     """A teacher cache with soft labels (all splits) and descriptions (train, valid)."""
-    from tests.unit.test_trainer_fixtures import make_cache
+    from tests.support.distill import make_cache
 
     d = tmp_path_factory.mktemp("cache")
     make_cache(d, data, "sentiment_score")

@@ -22,7 +22,7 @@ from students.checkpoint import CheckpointError, load_checkpoint
 from students.inference import predict
 from students.model import StudentModel
 from students.trainer import train
-from tests.unit.test_trainer_fixtures import distill_cfg
+from tests.support.distill import distill_cfg
 from workbench.data import MSADataset, load_dataset
 from workbench.io import old_path
 from workbench.metrics import compute_metrics

@@ -10,8 +10,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from tests.unit.test_eval_fixtures import tiny_checkpoints
-from tests.unit.test_trainer_fixtures import tiny_data
+from tests.support.checkpoints import tiny_checkpoints
+from tests.support.distill import tiny_data
 from workbench.cli import app
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from tests.conftest import REPO
+from tests.support.paths import REPO
 from workbench.cli import app
 from workbench.config import DataConfig, load_config
 from workbench.data import load_dataset

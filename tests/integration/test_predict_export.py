@@ -24,8 +24,8 @@ from students.collate import Collator
 from students.export import load_exported
 from students.inference import predict
 from students.robustness import drop_modalities
-from tests.unit.test_eval_fixtures import tiny_checkpoints
-from tests.unit.test_trainer_fixtures import tiny_data
+from tests.support.checkpoints import tiny_checkpoints
+from tests.support.distill import tiny_data
 from workbench.cli import app
 from workbench.config import DataConfig, load_config
 from workbench.data import load_dataset

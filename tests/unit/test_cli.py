@@ -1,5 +1,6 @@
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from workbench.cli import app
@@ -62,3 +63,214 @@ def test_doctor_reports_backends():
 def test_absent_stage_commands_are_not_stubs():
     r = run("--help")
     assert "data" in r.output and "doctor" in r.output
+
+
+# ------------------------------------------------------------------ errors, logging
+
+
+def test_one_clean_error_message_and_its_exit_code(tmp_path):
+    r = run("cache", "status", str(tmp_path / "nope"))
+    assert r.exit_code == 2 and r.output.startswith("error: no cache at")
+    assert "Traceback" not in r.output
+    r = run("cache", "run", "--data", "x.yaml")
+    assert r.exit_code == 2 and "cache run needs --teacher, or a recipe: --config" in r.output
+    r = run("data", "stats", str(tmp_path / "d.pkl"), "modalities=[smell]")  # brackets kept
+    assert r.exit_code == 2 and "['text', 'audio', 'vision']" in r.output
+    assert "Traceback" not in r.output
+
+
+def test_python_dash_m_runs_the_command():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "workbench.cli", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "cache" in r.stdout and "demo" in r.stdout
+
+
+def test_other_libraries_are_quiet_unless_verbose(tmp_path):
+    import logging
+    import warnings
+
+    def ignored(module: str) -> bool:
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("default")  # what pytest would do: show everything
+            from workbench.cli.logs import quiet_libraries
+
+            quiet_libraries(False)
+            warnings.warn_explicit("old", FutureWarning, "x.py", 1, module=module)
+        return not seen
+
+    try:
+        r = run("data", "synth", "--out", str(tmp_path / "s"), "--n", "20")
+        assert r.exit_code == 0, r.output
+        for name in ("accelerate", "transformers", "peft", "datasets", "httpx"):
+            assert logging.getLogger(name).getEffectiveLevel() >= logging.WARNING, name
+        assert ignored("transformers.modeling_utils") and not ignored("students.trainer")
+        r = run("-v", "data", "synth", "--out", str(tmp_path / "s2"), "--n", "20")
+        assert r.exit_code == 0, r.output
+        assert logging.getLogger("accelerate").getEffectiveLevel() == logging.INFO
+        assert logging.getLogger("httpx").getEffectiveLevel() == logging.WARNING
+    finally:
+        from workbench.cli.logs import quiet_libraries
+
+        quiet_libraries(True)  # leave the process as pytest configured it
+
+
+# ------------------------------------------------------------------ cache run
+
+
+def _fake_env(tmp_path, base_url: str):
+    """A configs/ tree: data/tiny.yaml, teachers/fake.yaml, cache/tiny_fake.yaml (a recipe
+    naming the other two as sections by relative path)."""
+    import yaml
+
+    from workbench.data.synth import SynthSpec, write
+
+    manifest = write(tmp_path / "synth", SynthSpec(n=30, seed=3))
+    configs = tmp_path / "configs"
+    for sub in ("data", "teachers", "cache"):
+        (configs / sub).mkdir(parents=True)
+    (configs / "data" / "tiny.yaml").write_text(yaml.safe_dump(
+        {"name": "tiny", "path": str(manifest), "features": str(tmp_path / "synth/features.npz")}))
+    (configs / "teachers" / "fake.yaml").write_text(yaml.safe_dump(
+        {"backend": "openai_compat", "model": "fake", "base_url": base_url,
+         "api": "completions", "max_concurrency": 4, "max_retries": 0, "timeout_s": 5}))
+    recipe = configs / "cache" / "tiny_fake.yaml"
+    recipe.write_text(yaml.safe_dump(
+        {"data": "../data/tiny.yaml", "teacher": "../teachers/fake.yaml",
+         "cache": {"dir": str(tmp_path / "cache"), "template": "sentiment_polarity"},
+         "splits": ["train"]}))
+    return recipe
+
+
+def _job_splits(cache) -> dict[str, set[str]]:
+    from workbench.cache.store import CacheStore
+
+    with CacheStore(cache) as store:
+        return {j["job"]: {split for split, _ in store.sample_keys(j["job"]).values()}
+                for j in store.jobs()}
+
+
+def test_cache_run_from_a_recipe_with_flags_and_overrides(tmp_path):
+    import yaml
+
+    from tests.support.fake_openai import FakeOpenAI
+    from workbench.config import CacheJobConfig, load_config
+
+    with FakeOpenAI() as server:
+        recipe = _fake_env(tmp_path, server.base_url)
+        r = run("cache", "run", "--config", str(recipe))
+        assert r.exit_code == 0, r.output
+        assert "0 already cached" in r.output and "errors none, pending 0" in r.output
+        (job, splits), = _job_splits(tmp_path / "cache").items()
+        assert splits == {"train"}
+        saved = tmp_path / "cache" / "jobs" / job / "config.yaml"
+        cfg = load_config(CacheJobConfig, saved)  # the resolved job, loadable as a recipe
+        assert cfg.teacher.model == "fake" and cfg.data.name == "tiny" and cfg.splits == ["train"]
+        assert "versions.json" in {p.name for p in saved.parent.iterdir()}
+        r = run("cache", "run", "--config", str(recipe))  # a rerun asks nothing
+        assert r.exit_code == 0 and "(no teacher calls)" in r.output
+        calls = sum(server.attempts.values())
+        # a flag overrides the recipe; a dotted override overrides both
+        r = run("cache", "run", "--config", str(recipe), "--splits", "valid,test", "limit=3")
+        assert r.exit_code == 0, r.output
+        assert "job " in r.output and ": 3 samples" in r.output
+        assert _job_splits(tmp_path / "cache")[job] >= {"valid"}
+        assert sum(server.attempts.values()) > calls
+        # the old flags alone still work; teacher.* / data.* overrides reach their sections
+        data = recipe.parent.parent / "data" / "tiny.yaml"
+        teacher = recipe.parent.parent / "teachers" / "fake.yaml"
+        r = run("cache", "run", "--teacher", str(teacher), "--data", str(data), "--cache",
+                str(tmp_path / "c2"), "--template", "sentiment_polarity", "--splits", "test",
+                "teacher.revision=r2", "data.name=renamed")
+        assert r.exit_code == 0, r.output
+        (job2, _), = _job_splits(tmp_path / "c2").items()
+        saved = yaml.safe_load((tmp_path / "c2" / "jobs" / job2 / "config.yaml").read_text())
+        assert saved["teacher"]["revision"] == "r2" and saved["data"]["name"] == "renamed"
+        r = run("cache", "run", "--config", str(recipe), "limt=3")
+        assert r.exit_code == 2 and "did you mean 'limit'" in r.output
+
+
+def test_a_failed_job_exits_1_with_one_message(tmp_path):
+    from tests.support.fake_openai import FakeOpenAI
+
+    with FakeOpenAI(lambda p: ["500"]) as server:
+        recipe = _fake_env(tmp_path, server.base_url)
+        r = run("cache", "run", "--config", str(recipe), "cache.max_error_rate=0.2")
+    assert r.exit_code == 1, r.output
+    assert "error: stopped after" in r.output and "Traceback" not in r.output
+
+
+def test_run_cache_job_plans_writes_its_config_and_resumes(tmp_path):
+    from teachers.run import run_cache_job
+    from tests.support.fake_openai import FakeOpenAI
+    from tests.support.teacher_env import api_teacher, tiny_data
+    from workbench.cache.store import CacheStore
+    from workbench.config import CacheConfig, CacheJobConfig, load_config
+
+    data = tiny_data(tmp_path, n=40)
+    with FakeOpenAI() as server:
+        cfg = CacheJobConfig(data=data, teacher=api_teacher(server.base_url),
+                             cache=CacheConfig(dir=str(tmp_path / "c"), template="sentiment_polarity"),
+                             splits=["train", "valid"], shard="1/2", variants=2, limit=12)
+        first = run_cache_job(cfg)
+        calls = sum(server.attempts.values())
+        again = run_cache_job(cfg)
+    assert len(first.keys) == 12 and first.todo == len(set(first.keys)) == first.report.sent
+    assert first.report.ok == first.todo and not first.no_calls and first.plan_s > 0
+    # the job registered every planned request of its shard; the limit sent the first 12
+    assert first.status["ok"] == first.todo and first.status["keys"] > first.todo
+    assert first.teacher == "fake-model" and first.template == "sentiment_polarity"
+    assert load_config(CacheJobConfig, first.config_path) == cfg
+    assert again.no_calls and again.todo == 0 and again.job_id == first.job_id
+    assert sum(server.attempts.values()) == calls
+    with CacheStore(tmp_path / "c") as store:
+        ids = list(store.sample_keys(first.job_id))
+    assert all("#" in i for i in ids)  # variants: one request id per (sample, variant)
+
+
+# ------------------------------------------------------------------ 80 columns
+
+
+def test_metric_tables_fit_80_columns_whole():
+    import io
+
+    from rich.console import Console
+
+    from workbench.cli.evaluate import metric_tables
+    from workbench.metrics import METRIC_NAMES
+
+    for metric_set, names in METRIC_NAMES.items():
+        cell = {m: (-0.1234, 0.0456) if m == "corr" else (0.5, 0.1234) for m in names}
+        rows = {"complete": cell, "no audio+vision": cell, "mean ± std (3 checkpoints)": cell}
+        buf = io.StringIO()
+        out = Console(file=buf, width=80)
+        tables = metric_tables(rows, metric_set, "condition", width=80)
+        for t in tables:
+            out.print(t)
+        text = buf.getvalue()
+        assert "…" not in text, text
+        assert max(len(line) for line in text.splitlines()) <= 80
+        for m in names:
+            assert f" {m} " in f" {text} ".replace("\n", " "), m
+        assert "50.0 ± 12.3" in text and ("corr" not in names or "-0.123 ± 0.046" in text)
+        assert len(tables) <= 3
+
+
+@pytest.mark.integration
+def test_eval_output_is_whole_at_80_columns(tmp_path_factory, one_thread):
+    from tests.support.checkpoints import tiny_checkpoints
+    from workbench.metrics import METRIC_NAMES
+
+    ck = tiny_checkpoints(tmp_path_factory)
+    out = tmp_path_factory.mktemp("eval80")
+    r = runner.invoke(app, ["eval", str(ck["a"]), "--out", str(out), "--threads", "1",
+                            "--device", "cpu", "--missing-rates", "0,0.5", "--seeds", "1,2",
+                            "--latency-samples", "3"], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    assert "…" not in r.output, r.output
+    words = set(r.output.split())
+    for m in METRIC_NAMES["mosi"]:
+        assert m in words, (m, r.output)
+    assert "test metrics" in r.output and "missing-rate sweep" in r.output

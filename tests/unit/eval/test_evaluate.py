@@ -19,8 +19,8 @@ from eval.options import EvalError, EvalOptions, options_for, parse_rates
 from eval.protocol import ProtocolError
 from students.checkpoint import CheckpointError, load_checkpoint
 from students.inference import predict
-from tests.unit.test_eval_fixtures import tiny_checkpoints
-from tests.unit.test_trainer_fixtures import tiny_data
+from tests.support.checkpoints import tiny_checkpoints
+from tests.support.distill import tiny_data
 from workbench.config import DataConfig, load_config
 from workbench.data import load_dataset
 from workbench.metrics import METRIC_NAMES, compute_metrics

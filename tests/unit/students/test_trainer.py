@@ -8,19 +8,17 @@ import pytest
 import torch
 
 from students.batching import EpochSampler, PrivilegedTarget, TrainCollator
-from students.collate import Collator, StudentItem, TeacherSignal
-from students.model import build_student
+from students.collate import Collator
 from students.objective import compute_losses, plan_losses
 from students.privileged import privileged_targets
 from students.recipe import selection_mode
 from students.trainer import TrainError, train
-from tests.unit.test_trainer_fixtures import distill_cfg, make_cache, tiny_data
+from tests.support.distill import distill_cfg, make_cache, tiny_data
+from tests.support.paths import LEGACY_CONFIG
+from tests.support.students import BINS, tiny_info, tiny_student, train_items
 from workbench.cache.store import CacheError
 from workbench.config import ConfigError, DistillConfig, load_config
 from workbench.data import load_dataset
-from workbench.data.store import DataInfo
-
-BINS = [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -70,47 +68,9 @@ def test_epoch_sampler_groups_by_length_with_the_short_batch_last():
 # ---------------------------------------------------------------------- model and step
 
 
-def _info() -> DataInfo:
-    return DataInfo(name="tiny", task="regression", metric_set="mosi", label_range=(-3.0, 3.0),
-                    class_names=[], modalities=["text", "audio", "vision"],
-                    feature_dims={"audio": 6, "vision": 5},
-                    feature_kind={"audio": "vector", "vision": "vector"})
-
-
-def _items(n: int = 8, seed: int = 0, description: bool = False) -> list[StudentItem]:
-    from workbench.data.schema import Sample
-
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        y = float(np.round(rng.uniform(-3, 3), 1))
-        p = np.exp(-0.8 * (np.array(BINS) - y) ** 2)
-        p /= p.sum()
-        s = Sample(id=f"s{i}", text=f"the film was {'great' if y > 0 else 'dull'} number {i}",
-                   split="train", label=y,
-                   audio=(rng.normal(size=6) + y).astype(np.float32),
-                   vision=None if i == 3 else (rng.normal(size=5) - y).astype(np.float32))
-        sig = TeacherSignal(probs=p, expected=float(p @ np.array(BINS)),
-                            entropy=float(-(p * np.log(p)).sum()), off_mass=0.02,
-                            description=("the speaker sounds happy" if y > 0 else "sad")
-                            if description else None)
-        out.append(StudentItem(s, sig))
-    return out
-
-
-def _tiny_student(**kw):
-    from workbench.config import LoraConfig, StudentConfig
-
-    cfg = StudentConfig(hidden=16, heads=2, bottleneck_tokens=2, max_text_len=16,
-                        prompt_max_len=16, dropout=0.0,
-                        lora=LoraConfig(r=2, alpha=4, dropout=0.0), **kw)
-    torch.manual_seed(0)
-    return build_student(cfg, _info(), BINS)
-
-
 @pytest.fixture(scope="module")
 def student():
-    return _tiny_student()
+    return tiny_student()
 
 
 def test_a_training_step_reduces_the_loss(student, data):
@@ -118,7 +78,7 @@ def test_a_training_step_reduces_the_loss(student, data):
     plan = plan_losses(cfg, soft_labels=True, privileged=False)
     assert plan.soft_kd > 0 and plan.expected > 0 and plan.unimodal_aux == pytest.approx(0.3)
     coll = TrainCollator(Collator.for_model(student), weighting="quality")
-    batch = coll(_items())
+    batch = coll(train_items())
     assert batch["weights"].shape == (8,) and (batch["weights"] > 0).all()
     opt = torch.optim.AdamW(student.param_groups(3e-3, 1e-3, 0.0))
     student.train()
@@ -139,7 +99,7 @@ def test_total_is_the_weighted_sum_of_the_terms(student):
         "loss.soft_label_kd=0.7", "loss.expected_score=0.2", "loss.privileged_pred=0.5",
         "loss.privileged_repr=0.3", "loss.privileged_attn=0.4", "loss.unimodal_aux=0.1"])
     plan = plan_losses(cfg, soft_labels=True, privileged=True)
-    items = _items()
+    items = train_items()
     student.eval()
     with torch.no_grad():
         ref = student(Collator.for_model(student)(items), return_attention=True)
@@ -161,8 +121,8 @@ def test_total_is_the_weighted_sum_of_the_terms(student):
 
 
 def test_plain_batches_carry_no_descriptions_and_pad_privileged_attention(student):
-    prompted = _tiny_student(prompted=True)
-    items = _items(description=True)
+    prompted = tiny_student(prompted=True)
+    items = train_items(description=True)
     targets = privileged_targets(prompted, items, batch_size=3, with_attention=True)
     assert set(targets) == {it.sample.id for it in items}
     batch = TrainCollator(Collator.for_model(student), privileged=targets)(items)
@@ -184,7 +144,7 @@ def test_plain_batches_carry_no_descriptions_and_pad_privileged_attention(studen
 
 
 def test_selection_direction_comes_from_the_metric():
-    info = _info()
+    info = tiny_info()
     assert selection_mode(load_config(DistillConfig), info) == ("mae", "min")
     cfg = load_config(DistillConfig, None, ["train.select_metric=valid_acc2_non0"])
     assert selection_mode(cfg, info) == ("acc2_non0", "max")
@@ -299,11 +259,10 @@ def test_resume_reads_a_run_started_before_keys_were_renamed(tmp_path):
     (train.msmix_alpha, loss.conflict_tau, student.enhance_k, ...) resumes with the same
     config; a real change is still refused."""
     import shutil
-    from pathlib import Path
 
     from students.rundir import prepare_output_dir
 
-    legacy = Path(__file__).resolve().parents[1] / "support/legacy/config_flat_methods.yaml"
+    legacy = LEGACY_CONFIG
     out = tmp_path / "run"
     out.mkdir()
     shutil.copy(legacy, out / "config.yaml")
@@ -324,11 +283,11 @@ def test_refuses_unlabelled_valid_samples():
 
     samples = [Sample(id=f"v{i}", text="t", split="valid", label=None if i else 1.0)
                for i in range(3)]
-    _check_labels(samples[:1], _info(), "valid")
+    _check_labels(samples[:1], tiny_info(), "valid")
     with pytest.raises(DataError, match=r"2 of 3 'valid' samples of 'tiny' have no label "
                                         r"\(e\.g\. \['v1', 'v2'\]\); validation metrics need "
                                         "every label"):
-        _check_labels(samples, _info(), "valid")
+        _check_labels(samples, tiny_info(), "valid")
 
 
 class _OneProcess:
@@ -401,7 +360,7 @@ def test_tensorboard_tracking_says_what_is_missing(tmp_path, data):
 def test_checkpoint_roundtrip_in_full_and_frozen_text_modes(tmp_path, mode):
     from students.checkpoint import load_checkpoint, save_checkpoint
 
-    model = _tiny_student(text_mode=mode)
+    model = tiny_student(text_mode=mode)
     with torch.no_grad():  # move the weights a checkpoint holds away from their init
         for name, p in model.named_parameters():
             if mode == "full" or not name.startswith("text.model."):
@@ -419,7 +378,7 @@ def test_checkpoint_roundtrip_in_full_and_frozen_text_modes(tmp_path, mode):
     assert (path / "text_encoder.safetensors").is_file() == (mode == "full")
     assert not (path / "adapter").exists()
     loaded, _, meta = load_checkpoint(path)
-    items = _items()
+    items = train_items()
     model.eval()
     batch = Collator.for_model(model)(items)
     with torch.no_grad():

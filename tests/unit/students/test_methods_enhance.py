@@ -21,7 +21,7 @@ from students.enhance import (
 )
 from students.robustness import drop_modalities
 from tests.support.reference import rand, ref_cos
-from tests.unit.test_trainer import BINS, _items, _tiny_student
+from tests.support.students import BINS, tiny_student, train_items
 from workbench.config import DistillConfig, EnhanceConfig, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -163,22 +163,22 @@ def test_enhancer_retrieves_before_it_pushes_and_pushes_complete_rows_only():
 
 @pytest.fixture(scope="module")
 def enhanced():
-    return _tiny_student(text_mode="frozen", enhance=EnhanceConfig(enabled=True, k=2, bank=16))
+    return tiny_student(text_mode="frozen", enhance=EnhanceConfig(enabled=True, k=2, bank=16))
 
 
 def test_enhance_off_leaves_the_model_unchanged():
-    plain = _tiny_student(text_mode="frozen")
+    plain = tiny_student(text_mode="frozen")
     assert plain.enhance is None
     assert not [k for k in plain.state_dict() if k.startswith("enhance.")]
 
 
 def test_an_empty_bank_changes_nothing(enhanced):
-    plain = _tiny_student(text_mode="frozen")
+    plain = tiny_student(text_mode="frozen")
     enhanced.eval()
     res = enhanced.load_state_dict(plain.state_dict(), strict=False)
     assert all(k.startswith("enhance.") for k in res.missing_keys) and not res.unexpected_keys
     enhanced.enhance.bank_filled.zero_()
-    batch = Collator.for_model(plain, masking=drop_modalities(("audio",)))(_items())
+    batch = Collator.for_model(plain, masking=drop_modalities(("audio",)))(train_items())
     plain.eval()
     with torch.no_grad():
         torch.testing.assert_close(enhanced(batch).pred, plain(batch).pred)
@@ -188,7 +188,7 @@ def test_a_training_step_fills_the_bank_and_enhances_dropped_audio(enhanced):
     enhanced.enhance.bank_filled.zero_()
     enhanced.enhance.bank_ptr.zero_()
     enhanced.train()
-    items = _items()
+    items = train_items()
     full = Collator.for_model(enhanced)(items)
     n_complete = int((full["vision_avail"] * full["audio_avail"]).sum())
     enhanced(full)
@@ -215,7 +215,7 @@ def test_checkpoint_round_trips_the_bank(tmp_path, enhanced):
     from students.checkpoint import load_checkpoint, save_checkpoint
 
     enhanced.train()
-    enhanced(Collator.for_model(enhanced)(_items(seed=3)))  # fills the bank
+    enhanced(Collator.for_model(enhanced)(train_items(seed=3)))  # fills the bank
     assert enhanced.enhance.filled > 0
     cfg = load_config(DistillConfig, None, [
         "student.text_mode=frozen", "student.hidden=16", "student.heads=2",
@@ -228,7 +228,7 @@ def test_checkpoint_round_trips_the_bank(tmp_path, enhanced):
     assert meta.bins == BINS
     for name in ("bank_text", "bank_audio", "bank_vision", "bank_ptr", "bank_filled"):
         assert torch.equal(getattr(loaded.enhance, name), getattr(enhanced.enhance, name))
-    batch = Collator.for_model(enhanced, masking=drop_modalities(("audio",)))(_items())
+    batch = Collator.for_model(enhanced, masking=drop_modalities(("audio",)))(train_items())
     enhanced.eval()
     with torch.no_grad():
         a, b = enhanced(batch), loaded(batch)
@@ -242,10 +242,10 @@ def test_checkpoint_round_trips_the_bank(tmp_path, enhanced):
 def test_partly_masked_sequences_and_missing_vectors_are_enhanced():
     from students.model import build_student
     from students.robustness import fixed_rate
-    from tests.unit.test_student_model import cfg, make_info, make_samples
+    from tests.support.students import make_info, make_samples, student_cfg
 
     torch.manual_seed(0)
-    model = build_student(cfg(text_mode="frozen", enhance=EnhanceConfig(enabled=True, k=2, bank=8)),
+    model = build_student(student_cfg(text_mode="frozen", enhance=EnhanceConfig(enabled=True, k=2, bank=8)),
                           make_info(audio="sequence", vision="vector"), BINS)
     model.train()
     samples = make_samples(8)  # sample 1 has no audio, sample 2 no vision

@@ -1,5 +1,4 @@
-"""Tiny trained checkpoints for the evaluation tests (shared with tests/integration/
-test_eval_cli.py).
+"""Tiny trained checkpoints shared by the evaluation, predict and export tests.
 
 :func:`tiny_checkpoints` trains two students once per test session on 48 synthetic samples
 (MiniLM, one epoch, text length 16, width 16): ``a`` with a LoRA adapter and soft labels
@@ -19,7 +18,7 @@ import pytest
 import torch
 
 from students.trainer import train
-from tests.unit.test_trainer_fixtures import distill_cfg, make_cache, tiny_data
+from tests.support.distill import distill_cfg, make_cache, tiny_data
 
 DONE = "built.json"
 
@@ -38,7 +37,7 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
         make_cache(cache, data, "sentiment_score")
         runs = root / "runs"
         a = train(distill_cfg(runs / "a", data, f"signals.cache_dir={cache}", "train.epochs=1",
-                              "train.missing_train=true", "eval.batch_size=16"))
+                              "train.missing.enabled=true", "eval.batch_size=16"))
         b = train(distill_cfg(runs / "b", data, "signals.cache_dir=", "train.epochs=1",
                               "train.seed=8", "student.text_mode=frozen",
                               "eval.batch_size=16"))
@@ -52,14 +51,3 @@ def tiny_checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]
            "a": str(a), "b": str(b)}
     done.write_text(json.dumps(out))
     return {k: Path(v) if k != "data" else v for k, v in out.items()}
-
-
-def test_tiny_checkpoints_are_complete_and_reused(tmp_path_factory):
-    ck = tiny_checkpoints(tmp_path_factory)
-    for name in ("a", "b"):
-        assert (ck[name] / "model.safetensors").is_file()
-        assert ck[name] == ck["runs"] / name / "checkpoint-best"
-    manifest = json.loads((ck["a"] / "teacher_manifest.json").read_text())
-    assert manifest["soft_labels"]["cache_dir"] == str(ck["cache"])
-    assert json.loads((ck["b"] / "student.json").read_text())["text_mode"] == "frozen"
-    assert tiny_checkpoints(tmp_path_factory) == ck

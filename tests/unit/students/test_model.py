@@ -2,62 +2,21 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 
-from students.collate import Collator, StudentItem, TeacherSignal
+from students.collate import Collator, StudentItem
 from students.losses import soft_label_kd, task_loss, weighted_mean
 from students.model import StudentOutput, build_student
-from workbench.config import LoraConfig, StudentConfig
-from workbench.data.schema import Sample
-from workbench.data.store import DataInfo
-
-BINS = [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
-DA, DV = 6, 4
-HID = 32
-
-
-def cfg(**kw) -> StudentConfig:
-    base = dict(hidden=HID, heads=4, bottleneck_tokens=2, max_text_len=16, dropout=0.0,
-                lora=LoraConfig(r=4, alpha=8, dropout=0.0, target_modules=["query", "value"]))
-    base.update(kw)
-    return StudentConfig(**base)
-
-
-def make_info(audio="sequence", vision="vector", task="regression", mods=("text", "audio", "vision")):
-    dims = {m: d for m, d in (("audio", DA), ("vision", DV)) if m in mods}
-    kinds = {m: k for m, k in (("audio", audio), ("vision", vision)) if m in mods}
-    return DataInfo(name="tiny", task=task, metric_set="mosi" if task == "regression"
-                    else "classification", label_range=(-3.0, 3.0),
-                    class_names=["neg", "neu", "pos"] if task == "classification" else [],
-                    modalities=list(mods), feature_dims=dims, feature_kind=kinds)
-
-
-def make_samples(n=8, audio="sequence", vision="vector", seed=0, seq=7):
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        label = float(np.round(rng.uniform(-3, 3), 1))
-        a = (rng.normal(size=(seq, DA)) if audio == "sequence" else rng.normal(size=DA))
-        v = (rng.normal(size=(seq, DV)) if vision == "sequence" else rng.normal(size=DV))
-        a = a.astype(np.float32) + label * 0.3
-        v = v.astype(np.float32) - label * 0.3
-        out.append(Sample(
-            id=f"u{i}", text=f"honestly the movie was {'great' if label > 0 else 'awful'} {i}",
-            split="train", label=label, label_class=int(label > 0) + int(label > 1),
-            audio=None if i == 1 else a,
-            audio_length=(int(rng.integers(1, seq + 1)) if audio == "sequence" else None),
-            vision=None if i == 2 else v,
-            vision_length=(int(rng.integers(1, seq + 1)) if vision == "sequence" else None)))
-    return out
-
-
-def teacher(s: Sample, desc: str = "") -> TeacherSignal:
-    p = np.exp(-0.5 * (np.array(BINS) - (s.label or 0.0)) ** 2)
-    p /= p.sum()
-    return TeacherSignal(probs=p, expected=float(p @ np.array(BINS)),
-                         description=desc or f"the speaker sounds {'happy' if s.label > 0 else 'sad'}")
+from tests.support.students import (
+    BINS,
+    HID,
+    make_info,
+    make_samples,
+    student_cfg,
+    teacher_signal,
+)
+from workbench.config import LoraConfig
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -73,7 +32,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def lora_model():
     torch.manual_seed(0)
-    return build_student(cfg(), make_info(), BINS)
+    return build_student(student_cfg(), make_info(), BINS)
 
 
 def test_forward_shapes_sequence_and_vector_with_missing_modality(lora_model):
@@ -126,7 +85,7 @@ def test_lora_trains_only_adapters_and_heads(lora_model):
 
 def test_frozen_and_full_modes():
     info = make_info(mods=("text", "audio"), audio="sequence")
-    frozen = build_student(cfg(text_mode="frozen", seq_encoder="gru"), info, None)
+    frozen = build_student(student_cfg(text_mode="frozen", seq_encoder="gru"), info, None)
     assert frozen.parameter_counts()["text_encoder"].trainable == 0
     frozen.train()
     assert not frozen.text.model.training  # a frozen encoder keeps dropout off
@@ -141,19 +100,19 @@ def test_frozen_and_full_modes():
     out.pred.sum().backward()
     assert all(p.grad is None for p in frozen.text.parameters())
     assert frozen.encoders["audio"].inp[0].weight.grad is not None
-    full = build_student(cfg(text_mode="full"), info, None)
+    full = build_student(student_cfg(text_mode="full"), info, None)
     c = full.parameter_counts()["text_encoder"]
     assert c.trainable == c.total
 
 
 def test_bad_lora_target_names_the_available_layers():
     with pytest.raises(ValueError, match=r"query.*value|dense"):
-        build_student(cfg(lora=LoraConfig(target_modules=["q_proj"])), make_info(), BINS)
+        build_student(student_cfg(lora=LoraConfig(target_modules=["q_proj"])), make_info(), BINS)
 
 
 def test_classification_bins_are_the_classes():
     info = make_info(task="classification", audio="vector", vision="sequence")
-    m = build_student(cfg(text_mode="frozen"), info, None).eval()
+    m = build_student(student_cfg(text_mode="frozen"), info, None).eval()
     ss = make_samples(4, audio="vector", vision="sequence")
     with torch.no_grad():
         out = m(Collator.for_model(m)(ss))
@@ -164,14 +123,14 @@ def test_classification_bins_are_the_classes():
 @pytest.mark.parametrize("mode", ["film", "tokens"])
 def test_prompted_branch_reads_descriptions_and_plain_ignores_them(mode, lora_model):
     torch.manual_seed(0)
-    pm = build_student(cfg(prompted=True, prompt_fusion=mode), make_info(), BINS).eval()
+    pm = build_student(student_cfg(prompted=True, prompt_fusion=mode), make_info(), BINS).eval()
     assert pm.prompt is not None
     assert pm.parameter_counts()["description_branch"].trainable > 0
     assert all(not p.requires_grad for p in pm.prompt.encoder.parameters())
     ss = make_samples(4)
     col = Collator.for_model(pm)
-    b1 = col([StudentItem(s, teacher(s, "a cheerful voice and a smile")) for s in ss])
-    b2 = col([StudentItem(s, teacher(s, "a flat voice and a frown")) for s in ss])
+    b1 = col([StudentItem(s, teacher_signal(s, "a cheerful voice and a smile")) for s in ss])
+    b2 = col([StudentItem(s, teacher_signal(s, "a flat voice and a frown")) for s in ss])
     with torch.no_grad():
         o1, o2 = pm(b1, return_attention=True), pm(b2)
         p1, p2 = lora_model.eval()(b1), lora_model(b2)
@@ -187,9 +146,9 @@ def test_prompted_branch_reads_descriptions_and_plain_ignores_them(mode, lora_mo
 
 def test_training_step_reduces_loss_on_fixed_batch():
     torch.manual_seed(0)
-    m = build_student(cfg(), make_info(), BINS)
+    m = build_student(student_cfg(), make_info(), BINS)
     ss = make_samples(8)
-    batch = Collator.for_model(m)([StudentItem(s, teacher(s)) for s in ss])
+    batch = Collator.for_model(m)([StudentItem(s, teacher_signal(s)) for s in ss])
     opt = torch.optim.AdamW(m.param_groups(lr=3e-3, encoder_lr=3e-3, weight_decay=0.0))
 
     def loss_fn() -> torch.Tensor:
@@ -235,12 +194,12 @@ def _all_trainable_get_gradients(model, batch) -> list[str]:
 ])
 def test_every_trainable_parameter_gets_a_gradient(mods, extra):
     """No dead weights (distributed data parallel rejects parameters without gradients)."""
-    m = build_student(cfg(text_mode="frozen", **extra), make_info(mods=mods), BINS)
+    m = build_student(student_cfg(text_mode="frozen", **extra), make_info(mods=mods), BINS)
     ss = make_samples(4)
     for s in ss:
         s.audio = s.audio if "audio" in mods else None
         s.vision = s.vision if "vision" in mods else None
-    batch = Collator.for_model(m)([StudentItem(s, teacher(s)) for s in ss])
+    batch = Collator.for_model(m)([StudentItem(s, teacher_signal(s)) for s in ss])
     assert _all_trainable_get_gradients(m, batch) == []
     if mods == ("text",):
         assert set(m(batch).unimodal) == {"text"} and not m.encoders
@@ -248,5 +207,5 @@ def test_every_trainable_parameter_gets_a_gradient(mods, extra):
 
 def test_tokens_prompt_needs_a_non_text_modality():
     with pytest.raises(ValueError, match="prompt_fusion=film"):
-        build_student(cfg(text_mode="frozen", prompted=True, prompt_fusion="tokens"),
+        build_student(student_cfg(text_mode="frozen", prompted=True, prompt_fusion="tokens"),
                       make_info(mods=("text",)), BINS)

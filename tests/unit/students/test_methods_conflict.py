@@ -22,7 +22,7 @@ from students.conflict import (
 from students.losses import task_loss
 from students.objective import compute_losses, plan_losses, training_losses
 from tests.support.reference import rand, ref_cos, ref_norm
-from tests.unit.test_trainer import _items, _tiny_student
+from tests.support.students import tiny_student, train_items
 from workbench.config import ConfigError, DistillConfig, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -122,7 +122,7 @@ def test_statistical_loss_matches_reference():
 
 @pytest.fixture(scope="module")
 def model():
-    return _tiny_student(text_mode="frozen")
+    return tiny_student(text_mode="frozen")
 
 
 def _plan(*overrides):
@@ -134,7 +134,7 @@ def test_conflict_off_is_the_old_step(model):
     plan = plan_losses(load_config(DistillConfig, None, ["loss.unimodal_aux=0.2"]),
                        soft_labels=True, privileged=False)
     assert plan.conflict is None and not plan.needs_encoding
-    batch = TrainCollator(Collator.for_model(model))(_items())
+    batch = TrainCollator(Collator.for_model(model))(train_items())
     with torch.no_grad():
         a = training_losses(model, batch, plan, model.bins)
         b = compute_losses(model(batch), batch, plan, model.bins)
@@ -145,7 +145,7 @@ def test_conflict_off_is_the_old_step(model):
 def test_conflict_step_matches_per_modality_gradients_and_trains_the_encoders(model):
     plan = _plan("train.conflict.weight=0.4", "train.conflict.statistical_weight=0.3",
                  "train.conflict.tau=1.0")
-    batch = TrainCollator(Collator.for_model(model))(_items())
+    batch = TrainCollator(Collator.for_model(model))(train_items())
     model.train()
     parts = training_losses(model, batch, plan, None)
     assert {"conflict", "statistical", "conflict_dominance", "conflict_opposition"} <= set(parts)
@@ -182,7 +182,7 @@ def test_conflict_needs_label_statistics_and_checks_its_fields(model):
     cfg = load_config(DistillConfig, None, ["train.conflict=true"])
     plan = plan_losses(cfg, soft_labels=False, privileged=False)
     assert plan.conflict is cfg.train.conflict  # the plan holds the method's config object
-    batch = TrainCollator(Collator.for_model(model))(_items())
+    batch = TrainCollator(Collator.for_model(model))(train_items())
     with pytest.raises(ValueError, match="label_stats"):
         training_losses(model, batch, plan, None)
     with pytest.raises(ConfigError, match="train.conflict.tau=0.5 is invalid"):
@@ -193,10 +193,10 @@ def test_conflict_needs_label_statistics_and_checks_its_fields(model):
 
 def test_conflict_step_on_a_classification_student():
     from students.model import build_student
-    from tests.unit.test_student_model import cfg, make_info, make_samples
+    from tests.support.students import make_info, make_samples, student_cfg
 
     torch.manual_seed(0)
-    model = build_student(cfg(text_mode="frozen"), make_info(task="classification"))
+    model = build_student(student_cfg(text_mode="frozen"), make_info(task="classification"))
     dcfg = load_config(DistillConfig, None, [
         "train.conflict.enabled=true", "train.conflict.tau=1.0", "data.task=classification",
         "data.metric_set=classification", "data.class_names=[neg,neu,pos]", "train.task_loss=ce"])

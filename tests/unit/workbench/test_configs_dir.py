@@ -7,7 +7,7 @@ import yaml
 
 from workbench.config import config_class_for, load_config
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONFIGS = sorted((REPO / "configs").rglob("*.yaml"))
 
 

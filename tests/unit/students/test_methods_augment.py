@@ -22,8 +22,9 @@ from students.batching import TrainCollator
 from students.collate import Collator, StudentItem
 from students.objective import plan_losses, training_losses
 from students.trainer import train
-from tests.unit.test_trainer import BINS, _items, _tiny_student
-from tests.unit.test_trainer_fixtures import distill_cfg, make_cache
+from tests.support.distill import distill_cfg, make_cache
+from tests.support.paths import REPO
+from tests.support.students import BINS, tiny_student, train_items
 from workbench.cache import CacheStore, JobSpec, TeacherOutput
 from workbench.cli import app
 from workbench.config import ConfigError, DataConfig, DistillConfig, load_config
@@ -201,8 +202,8 @@ def _renamed_train(ds):
 
 
 def test_augmented_items_carry_their_fixed_weights_into_the_loss():
-    model = _tiny_student(text_mode="frozen")
-    items = _items()
+    model = tiny_student(text_mode="frozen")
+    items = train_items()
     aug = [StudentItem(it.sample, it.teacher) for it in items[:3]]
     for k, it in enumerate(aug):
         it.sample = type(it.sample)(**{**it.sample.__dict__, "id": f"{it.sample.id}#{k}"})
@@ -293,7 +294,7 @@ def test_a_run_with_augmentation_msmix_conflict_and_enhancement(tmp_path, data, 
 def test_each_method_is_one_override_on_the_mosi_recipe():
     import re
 
-    recipe = Path(__file__).resolve().parents[2] / "configs/distill/mosi_text_audio.yaml"
+    recipe = REPO / "configs/distill/mosi_text_audio.yaml"
     listed = re.findall(r"\.{3,} ((?:train|student)\.[a-z_.]+=\S+)", recipe.read_text())
     methods = {o.split("=")[0]: o for o in listed}
     keys = ("train.augment.data", "train.msmix.enabled", "train.conflict.enabled",

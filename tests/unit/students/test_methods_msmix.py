@@ -25,7 +25,7 @@ from students.msmix import (
 )
 from students.objective import compute_losses, plan_losses, training_losses
 from tests.support.reference import rand, ref_cos
-from tests.unit.test_trainer import BINS, _info, _items
+from tests.support.students import BINS, tiny_info, train_items
 from workbench.config import ConfigError, DistillConfig, LoraConfig, StudentConfig, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -164,15 +164,15 @@ def mixer():
     cfg = StudentConfig(hidden=16, heads=2, bottleneck_tokens=2, max_text_len=16, dropout=0.0,
                         text_mode="frozen", lora=LoraConfig(r=2, alpha=4, dropout=0.0))
     torch.manual_seed(0)
-    return build_student(cfg, _info(), BINS, msmix=True)
+    return build_student(cfg, tiny_info(), BINS, msmix=True)
 
 
 def _batch(model, **kw):
-    return TrainCollator(Collator.for_model(model), **kw)(_items())
+    return TrainCollator(Collator.for_model(model), **kw)(train_items())
 
 
 def test_msmix_off_is_the_old_step_and_the_model_without_intensity_heads(mixer):
-    plain = build_student(mixer.cfg, _info(), BINS)
+    plain = build_student(mixer.cfg, tiny_info(), BINS)
     assert plain.intensity_heads is None
     assert not [k for k in plain.state_dict() if k.startswith("intensity_heads.")]
     assert plain.parameter_counts()["all"] == mixer.parameter_counts()["all"]

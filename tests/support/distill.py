@@ -1,5 +1,5 @@
 """Tiny data, a teacher cache built through the real caching job, and small distill configs
-for the trainer's tests (shared with tests/integration/test_distill*.py).
+shared by the trainer's, the methods' and the evaluation tests.
 
 The teacher is a test double implementing the :class:`teachers.base.Teacher` protocol: it
 reads the transcript from the rendered prompt and answers deterministically -- soft labels
@@ -14,12 +14,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from prompts import load_template
 from teachers.base import OnResult, RawOutput, TeacherRequest
 from teachers.job import CachingJob
-from workbench.cache.join import teacher_view
 from workbench.cache.store import CacheStore
 from workbench.config import CacheConfig, DataConfig, DistillConfig, TeacherConfig, load_config
 from workbench.data import load_dataset
@@ -89,7 +86,7 @@ class FakeTeacher:
 def make_cache(cache_dir: Path, data: dict[str, Any], template: str, *,
                splits: list[str] | None = None, fail_every: int = 0) -> str:
     """Fill ``cache_dir`` with ``template`` answers of the fake teacher; return the job id."""
-    dcfg = load_config(DataConfig, None, [f"{k}={v}" for k, v in _yaml_items(data)])
+    dcfg = load_config(DataConfig, None, [f"{k}={v}" for k, v in yaml_items(data)])
     ds = load_dataset(dcfg)
     labels = {s.text: float(s.label or 0.0) for s in ds.iter_samples()}
     teacher = FakeTeacher(labels, fail_every=fail_every)
@@ -102,7 +99,8 @@ def make_cache(cache_dir: Path, data: dict[str, Any], template: str, *,
         return job.job_id
 
 
-def _yaml_items(d: dict[str, Any]) -> list[tuple[str, str]]:
+def yaml_items(d: dict[str, Any]) -> list[tuple[str, str]]:
+    """DataConfig fields as ``(key, value)`` override pairs (values as YAML)."""
     import json
 
     return [(k, json.dumps(v) if not isinstance(v, str) else v) for k, v in d.items()]
@@ -126,25 +124,3 @@ def distill_cfg(out_dir: Path, data: dict[str, Any], *overrides: str) -> Distill
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(base))
     return load_config(DistillConfig, path, list(overrides))
-
-
-def test_fake_teacher_cache_has_soft_labels_and_descriptions(tmp_path):
-    data = tiny_data(tmp_path / "data", n=24)
-    make_cache(tmp_path / "cache", data, "sentiment_score")
-    make_cache(tmp_path / "cache", data, "context_aware")
-    with CacheStore(tmp_path / "cache", create=False) as store:
-        jobs = {j["template"]: j for j in store.jobs()}
-        assert set(jobs) == {"sentiment_score", "context_aware"}
-        soft = [o for o in store.current(jobs["sentiment_score"]["job"]).values()]
-        desc = [o for o in store.current(jobs["context_aware"]["job"]).values()]
-    assert soft and all(o.ok and o.soft_label is not None for o in soft)
-    assert all(abs(sum(o.soft_label.probs) - 1) < 1e-6 for o in soft)
-    assert all(0 < o.soft_label.off_label_mass < 0.1 for o in soft)
-    assert desc and all(o.ok and o.description.startswith("The speaker") for o in desc)
-    # joined to the samples, the soft labels peak near the gold score
-    ds = load_dataset(load_config(DataConfig, None, [f"{k}={v}" for k, v in _yaml_items(data)]))
-    view = teacher_view(tmp_path / "cache", {s.id: s.split for s in ds.iter_samples()},
-                        ds.fingerprint, template="sentiment_score")
-    pairs = [(view.outputs[s.id].soft_label.expected, s.label) for s in ds.iter_samples()]
-    assert len(pairs) == ds.num_rows()
-    assert np.corrcoef(np.array(pairs).T)[0, 1] > 0.9

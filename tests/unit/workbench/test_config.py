@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.support.paths import LEGACY_CONFIG
 from workbench.config import (
     AugmentConfig,
     CacheJobConfig,
@@ -124,7 +125,7 @@ def test_config_class_for_folder():
 
 # ------------------------------------------------------------- method config objects
 
-LEGACY = Path(__file__).resolve().parents[1] / "support" / "legacy" / "config_flat_methods.yaml"
+LEGACY = LEGACY_CONFIG
 
 
 def test_each_method_is_one_object_with_its_switch_and_knobs():

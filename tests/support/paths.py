@@ -1,0 +1,12 @@
+"""Where things are, for tests at any depth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+"""The repository root."""
+MOSI_DIR = REPO.parent / "shared" / "data" / "mosi"
+"""The shared CMU-MOSI folder (present on the team's machines, never committed)."""
+LEGACY_CONFIG = REPO / "tests" / "support" / "legacy" / "config_flat_methods.yaml"
+"""A config.yaml as main wrote it before the method config objects (flat method keys)."""
