@@ -22,8 +22,12 @@ import numpy as np
 
 def run(recipe: str, out_npz: Path, overrides: list[str]) -> None:
     from students.checkpoint import load_checkpoint
-    from students.inference import predict
     from students.trainer import train
+
+    try:
+        from students.inference import predict
+    except ImportError:  # a tree from before predict had its own module (main at 6aa3201)
+        from students.trainer import predict
     from workbench.config import DistillConfig, load_config
     from workbench.data import load_dataset
 
