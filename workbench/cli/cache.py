@@ -1,0 +1,235 @@
+"""``workbench cache``: run, status, retry, export, merge.
+
+``cache run`` builds a :class:`CacheJobConfig` from a recipe (``--config
+configs/cache/X.yaml``), the flags given explicitly (which override the recipe) and
+``section.key=value`` overrides (which override both), then calls
+:func:`teachers.run.run_cache_job`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from workbench.cli.common import console, data_config, err_console, new_app
+from workbench.config import CacheJobConfig, ConfigError, load_config
+
+app = new_app("Teacher caching jobs: run, status, retry, export, merge.")
+
+
+class JobProgress:
+    """A rich progress bar for :func:`teachers.run.run_cache_job`: done/total, ok/errors,
+    cost, elapsed and ETA; fits 80 columns (the label goes on its own line)."""
+
+    def __init__(self, total: int, label: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        err_console.print(f"asking {escape(label)} about {total} keys", highlight=False)
+        self.progress = Progress(
+            BarColumn(bar_width=20), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
+            transient=False)
+        self.task = self.progress.add_task(label, total=total, stats="")
+
+    def __enter__(self) -> JobProgress:
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.__exit__(*exc)
+
+    def __call__(self, report, _out) -> None:
+        stats = f"ok {report.ok} err {report.errors} ${report.cost_usd:.4f}"
+        self.progress.update(self.task, completed=sum(report.finished.values()), stats=stats)
+
+
+def print_report(report, status: dict[str, Any]) -> None:
+    """What a job (or a retry) did, and where its part of the cache stands now."""
+    console.print(
+        f"job {report.job}: {report.selected} samples, {report.unique_keys} keys, "
+        f"{report.already_ok} already cached, {report.sent} sent "
+        f"({report.ok} ok, {report.errors} errors, {report.retries} retries) in "
+        f"{report.wall_s:.1f}s; tokens {report.tokens_in}+{report.tokens_out}, "
+        f"cost ${report.cost_usd:.4f}", highlight=False)
+    if report.sent == 0:
+        console.print("nothing to do: every key is already in the cache (no teacher calls)")
+    if report.stopped == "budget":
+        console.print("[yellow]stopped: teacher.budget_usd reached; rerun with a larger budget "
+                      "to continue[/]")
+    errors = ", ".join(f"{k}={v}" for k, v in status["errors"].items()) or "none"
+    console.print(f"cache now: {status['ok']}/{status['keys']} ok, errors {escape(errors)}, "
+                  f"pending {status['pending']}", highlight=False)
+
+
+def job_config(recipe: Path | None, teacher: Path | None, data: str | None,
+               flags: dict[str, Any], overrides: list[str]) -> CacheJobConfig:
+    """The job: the recipe, then the flags given (``None``: not given), then overrides."""
+    from workbench.config import TeacherConfig, apply_overrides, from_dict, to_dict
+
+    if recipe is None and (teacher is None or data is None):
+        missing = " and ".join(f for f, v in (("--teacher", teacher), ("--data", data)) if v is None)
+        raise ConfigError(f"cache run needs {missing}, or a recipe: --config "
+                          "configs/cache/RECIPE.yaml")
+    tree: dict[str, Any] = to_dict(load_config(CacheJobConfig, recipe)) if recipe else {}
+    if teacher is not None:
+        tree["teacher"] = to_dict(load_config(TeacherConfig, teacher))
+    if data is not None:
+        tree["data"] = to_dict(data_config(data, []))
+    for dotted, value in flags.items():
+        if value is None:
+            continue
+        node = tree
+        *parents, last = dotted.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    apply_overrides(tree, overrides)
+    try:
+        return from_dict(CacheJobConfig, tree)
+    except ConfigError as e:
+        raise ConfigError(f"{recipe}: {e}" if recipe else str(e)) from None
+
+
+@app.command("run")
+def cache_run(
+    config: Annotated[Path | None, typer.Option(
+        help="Caching recipe (configs/cache/...): data, teacher, cache and samples in one file; "
+             "the flags below override it.")] = None,
+    teacher: Annotated[Path | None, typer.Option(
+        help="Teacher YAML (configs/teachers/...); optional with --config.")] = None,
+    data: Annotated[str | None, typer.Option(
+        help="Data YAML config or dataset path; optional with --config.")] = None,
+    template: Annotated[str | None, typer.Option(
+        help="Template name or .yaml path [default: sentiment_score].")] = None,
+    cache: Annotated[Path | None, typer.Option(
+        help="Cache directory [default: runs/cache].")] = None,
+    splits: Annotated[str | None, typer.Option(
+        help="Comma-separated splits [default: all].")] = None,
+    shard: Annotated[str | None, typer.Option(
+        help="Deterministic subset i/N of the samples [default: 0/1].")] = None,
+    variants: Annotated[int | None, typer.Option(
+        help="Requests per sample, e.g. k paraphrases [default: 1].")] = None,
+    limit: Annotated[int | None, typer.Option(
+        help="Only the first N selected samples [default: 0, all].")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="teacher.K=V, cache.K=V, data.K=V, or splits=, shard=, variants=, limit=")] = None,
+) -> None:
+    """Ask a teacher about every sample and store the answers (resumable)."""
+    from teachers.run import run_cache_job
+
+    flags = {"cache.template": template, "cache.dir": str(cache) if cache is not None else None,
+             "splits": [s for s in splits.split(",") if s] if splits is not None else None,
+             "shard": shard, "variants": variants, "limit": limit}
+    cfg = job_config(config, teacher, data, flags, overrides or [])
+    summary = run_cache_job(cfg, progress=JobProgress)
+    print_report(summary.report, summary.status)
+
+
+def open_store(cache: Path):
+    """An existing cache (a missing one is a :class:`CacheError`, not a new empty cache)."""
+    from workbench.cache.store import CacheStore
+
+    return CacheStore(cache, create=False)
+
+
+@app.command("status")
+def cache_status(
+    cache: Annotated[Path, typer.Argument(help="Cache directory.")] = Path("runs/cache"),
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Counts by status and error kind, tokens and cost, per job."""
+    with open_store(cache) as store:
+        jobs = store.jobs()
+        out = {"cache": str(cache), "total": store.status(),
+               "jobs": [{**j, "status": store.status(j["job"])} for j in jobs]}
+    if as_json:
+        print(json.dumps(out, indent=2))
+        return
+    table = Table(title=f"cache {escape(str(cache))}", title_justify="left")
+    for col in ("job", "template", "teacher", "data", "ok/keys", "errors", "pending",
+                "tokens in+out", "cost $", "mean latency s"):
+        table.add_column(col, overflow="fold")
+    for j in out["jobs"]:
+        st = j["status"]
+        errs = ", ".join(f"{k}={v}" for k, v in st["errors"].items()) or "-"
+        table.add_row(j["job"], escape(j["template"]), escape(j["teacher"]),
+                      escape(f"{j['data_name']} ({j['data_fingerprint']})"),
+                      f"{st['ok']}/{st['keys']}", errs, str(st["pending"]),
+                      f"{st['tokens_in']}+{st['tokens_out']}", f"{st['cost_usd']:.4f}",
+                      f"{st['mean_latency_s']:.3f}")
+    console.print(table)
+
+
+@app.command("retry")
+def cache_retry(
+    cache: Annotated[Path, typer.Argument(help="Cache directory.")],
+    teacher: Annotated[Path, typer.Option(help="Teacher YAML; must be the model the job used.")],
+    errors: Annotated[str, typer.Option(help="Comma-separated error kinds (default: all).")] = "",
+    job: Annotated[str, typer.Option(help="Job id (default: every job in the cache).")] = "",
+    overrides: Annotated[list[str] | None, typer.Argument(help="teacher.K=V")] = None,
+) -> None:
+    """Re-send the requests whose current answer is an error (from the stored requests)."""
+    from teachers import make_teacher
+    from teachers.job import retry_errors
+    from workbench.config import TeacherConfig
+
+    bad = [o for o in overrides or [] if not o.startswith("teacher.") or "=" not in o]
+    if bad:
+        raise ConfigError(f"overrides {bad} must look like teacher.KEY=V")
+    tcfg = load_config(TeacherConfig, teacher, [o.removeprefix("teacher.") for o in overrides or []])
+    kinds = [k for k in errors.split(",") if k]
+    backend = make_teacher(tcfg)
+    with open_store(cache) as store:
+        try:
+            reports = retry_errors(store, backend, tcfg, kinds=kinds, job=job or None)
+        finally:
+            backend.close()
+        if not reports:
+            console.print("no error rows to retry")
+        for r in reports:
+            print_report(r, store.status(r.job))
+
+
+@app.command("export")
+def cache_export(
+    cache: Annotated[Path, typer.Argument(help="Cache directory.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help=".parquet file or a directory (hf).")],
+    fmt: Annotated[str, typer.Option("--format", help="parquet or hf.")] = "parquet",
+    job: Annotated[str, typer.Option(help="Only this job id.")] = "",
+) -> None:
+    """Write the cache (one row per job and sample) as Parquet or a HF dataset on disk."""
+    from workbench.cache.export import export
+
+    if fmt not in ("parquet", "hf"):
+        raise ConfigError(f"--format={fmt!r}: use parquet or hf")
+    with open_store(cache) as store:
+        n = export(store, out, fmt, job or None)
+    console.print(f"wrote {n} rows to {escape(str(out))}")
+
+
+@app.command("merge")
+def cache_merge(
+    dest: Annotated[Path, typer.Argument(help="Cache directory to merge into (created if absent).")],
+    sources: Annotated[list[Path], typer.Argument(help="Cache directories to merge from.")],
+) -> None:
+    """Combine caches (e.g. shards from several machines) by key; idempotent."""
+    from workbench.cache.store import CacheStore
+
+    with CacheStore(dest) as store:
+        for src in sources:
+            added = store.merge_from(src)
+            console.print(f"merged {escape(str(src))}: {added['attempts_added']} attempts added")
+        st = store.status()
+    console.print(f"{escape(str(dest))}: {st['ok']}/{st['keys']} keys ok")

@@ -1,0 +1,87 @@
+"""``workbench predict`` (per-sample predictions) and ``workbench export`` (a standalone
+merged model)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+
+from workbench.cli.common import DeviceOpt, ThreadsOpt, console, data_config, set_threads
+
+CheckpointArg = Annotated[str, typer.Argument(
+    help="Checkpoint dir, or a run dir holding checkpoint-best/.")]
+
+
+def one_checkpoint(arg: str) -> Path:
+    """The one checkpoint an argument names (a folder of several is an error)."""
+    from students.checkpoint import CheckpointError, find_checkpoints
+
+    found = find_checkpoints([arg])
+    if len(found) > 1:
+        raise CheckpointError(
+            f"{arg} holds {len(found)} checkpoints ({', '.join(map(str, found[:4]))}"
+            f"{', ...' if len(found) > 4 else ''}); name one checkpoint directory")
+    return found[0]
+
+
+def predict_cmd(
+    checkpoint: CheckpointArg,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Output file; the format follows the suffix: .csv or .jsonl.")],
+    data: Annotated[str | None, typer.Option(
+        help="Data YAML or dataset path (default: the checkpoint's own data config).")] = None,
+    split: Annotated[str, typer.Option(help="Split to predict, or all.")] = "test",
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    device: DeviceOpt = "auto",
+    missing_modality: Annotated[list[str] | None, typer.Option(
+        help="Remove modalities for every sample: text, audio, vision or e.g. audio,vision "
+             "(text -> [UNK], features -> zeros).")] = None,
+    new_data: Annotated[bool, typer.Option(
+        "--new-data", help="Accept data other than the training data when task, metric set "
+                           "and features match (new utterances).")] = False,
+    threads: ThreadsOpt = 0,
+) -> None:
+    """Per-sample predictions (score / class, classes, modality availability, label) as CSV or JSONL."""
+    from eval.predict import PredictOptions, output_format, parse_drop, predict_checkpoint
+
+    set_threads(threads)
+    output_format(out)
+    path = one_checkpoint(checkpoint)
+    opts = PredictOptions(split=split, batch_size=batch_size, device=device,
+                          drop=parse_drop(missing_modality), new_data=new_data)
+    res = predict_checkpoint(path, out, opts, data_config(data, []) if data else None,
+                             data_source=data or "")
+    per = ", ".join(f"{k} {v}" for k, v in res.splits.items())
+    dropped = f", without {'+'.join(res.dropped)}" if res.dropped else ""
+    console.print(f"wrote {len(res.rows)} predictions ({per}{dropped}, {res.device}) to "
+                  f"{escape(str(res.out))}")
+
+
+def export_cmd(
+    checkpoint: CheckpointArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Export directory (new or empty).")],
+    onnx: Annotated[bool, typer.Option(
+        "--onnx", help="Also write model.onnx (needs the onnx and onnxscript packages).")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
+    device: Annotated[str, typer.Option(
+        help="Where to load the checkpoint (a bitsandbytes base may need cuda).")] = "cpu",
+) -> None:
+    """Merge the LoRA adapter into the text encoder; write a standalone model (safetensors +
+    export.json; load with students.export.load_exported)."""
+    from students.export import export_checkpoint, read_export
+
+    path = one_checkpoint(checkpoint)
+    written = export_checkpoint(path, out, onnx=onnx, overwrite=force, device=device)
+    spec = read_export(written)
+    how = spec["text_encoder"]
+    what = {"merged_lora": "LoRA adapter merged into the text encoder",
+            "full": "fine-tuned text encoder copied", "frozen": "frozen text encoder copied"}
+    note = (f" (dequantized from {how['dequantized_from']}: float32 weights)"
+            if how.get("dequantized_from") else "")
+    console.print(f"exported {escape(str(path))} to {escape(str(written))}: "
+                  f"{what.get(how['made_by'], how['made_by'])}{note}"
+                  + (", model.onnx" if spec.get("onnx") else "")
+                  + "; load with students.export.load_exported")
