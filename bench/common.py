@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # benchmarks import the test support servers
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
@@ -16,18 +14,17 @@ MOSI_CONFIG = REPO / "configs/data/mosi.yaml"
 MOSI_DIR = REPO.parent / "shared/data/mosi"
 
 
-def bench_dataset(tmp: Path, n_synth: int = 200):
-    """MOSI (text + audio) when the shared data is present, else the synthetic set."""
+def bench_data(tmp: Path, n_synth: int = 200):
+    """The DataConfig of MOSI (text + audio) when the shared data is present, else of the
+    synthetic set (written under ``tmp``)."""
     from workbench.config import DataConfig, load_config
-    from workbench.data import load_dataset
     from workbench.data.synth import SynthSpec, write
 
     if (MOSI_DIR / "mosi_label.csv").is_file():
-        cfg = load_config(DataConfig, MOSI_CONFIG, [f"path={MOSI_DIR / 'mosi_label.csv'}",
-                                                    f"features={MOSI_DIR / 'mosi_bclstm_features.npz'}"])
-        return load_dataset(cfg)
+        return load_config(DataConfig, MOSI_CONFIG, [f"path={MOSI_DIR / 'mosi_label.csv'}",
+                                                     f"features={MOSI_DIR / 'mosi_bclstm_features.npz'}"])
     manifest = write(tmp / "synth", SynthSpec(n=n_synth))
-    return load_dataset(DataConfig(path=str(manifest), features=str(tmp / "synth/features.npz")))
+    return DataConfig(path=str(manifest), features=str(tmp / "synth/features.npz"))
 
 
 class Timer:
