@@ -25,7 +25,7 @@ def gemma():
 
 
 def _workbench(*args: str, cwd: Path) -> str:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "80", "OMP_NUM_THREADS": "2"}
     res = subprocess.run([str(WORKBENCH), *args], cwd=cwd, env=env, capture_output=True,
                          text=True, timeout=900)
     assert res.returncode == 0, f"workbench {' '.join(args)} failed:\n{res.stdout}\n{res.stderr}"
@@ -56,6 +56,22 @@ def test_demo_runs_the_three_jobs_and_prints_the_table(demo_run):
     assert results["cost"]["comparison"]["cost_ratio"] > 0
     assert (run / "eval-test" / "robustness.png").stat().st_size > 0
     assert f"robustness plot: {run / 'eval-test' / 'robustness.png'}" in first.replace("\n", "")
+
+
+def test_the_output_is_quiet_and_whole_at_80_columns(demo_run):
+    from workbench.metrics import METRIC_NAMES
+
+    _, first, second = demo_run
+    for out in (first, second):
+        assert "…" not in out, out
+        assert max(len(line) for line in out.splitlines()) <= 80
+        words = set(out.split())
+        for m in METRIC_NAMES["mosi"]:
+            assert m in words, (m, out)
+        # other libraries' chatter stays behind -v
+        for chatter in ("Saving current state", "Model weights saved", "Loading weights",
+                        "FutureWarning", "DeprecationWarning"):
+            assert chatter not in out, (chatter, out)
 
 
 def test_a_rerun_reuses_the_cache_and_the_student(demo_run):
