@@ -1,4 +1,10 @@
-"""Teachers: a small protocol, an explicit dict of backends, soft labels, the caching job."""
+"""Teachers: a small protocol, an explicit dict of backends, soft labels, the caching job.
+
+The job's library entry is :func:`teachers.run.run_cache_job` (a
+:class:`~workbench.config.CacheJobConfig` in, a :class:`~teachers.run.JobSummary` out);
+:mod:`teachers.job` holds its parts (keys, planning, sending, retries);
+:mod:`teachers.llamacpp_server` starts a local llama.cpp server for ``openai_compat``.
+"""
 
 from __future__ import annotations
 
