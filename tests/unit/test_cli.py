@@ -169,6 +169,9 @@ def test_cache_run_from_a_recipe_with_flags_and_overrides(tmp_path):
         cfg = load_config(CacheJobConfig, saved)  # the resolved job, loadable as a recipe
         assert cfg.teacher.model == "fake" and cfg.data.name == "tiny" and cfg.splits == ["train"]
         assert "versions.json" in {p.name for p in saved.parent.iterdir()}
+        r = run("cache", "status", str(tmp_path / "cache"))
+        assert r.exit_code == 0 and f"job {job}  sentiment_polarity x fake" in r.output
+        assert "errors none, pending 0" in r.output
         r = run("cache", "run", "--config", str(recipe))  # a rerun asks nothing
         assert r.exit_code == 0 and "(no teacher calls)" in r.output
         calls = sum(server.attempts.values())

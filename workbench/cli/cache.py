@@ -14,7 +14,6 @@ from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from workbench.cli.common import console, data_config, err_console, new_app
 from workbench.config import CacheJobConfig, ConfigError, load_config
@@ -157,19 +156,20 @@ def cache_status(
     if as_json:
         print(json.dumps(out, indent=2))
         return
-    table = Table(title=f"cache {escape(str(cache))}", title_justify="left")
-    for col in ("job", "template", "teacher", "data", "ok/keys", "errors", "pending",
-                "tokens in+out", "cost $", "mean latency s"):
-        table.add_column(col, overflow="fold")
-    for j in out["jobs"]:
+    total = out["total"]
+    console.print(f"[bold]cache {escape(str(cache))}[/]: {total['ok']}/{total['keys']} ok, "
+                  f"{len(out['jobs'])} job(s)", highlight=False)
+    for j in out["jobs"]:  # a few short lines per job: whole at 80 columns and in a log
         st = j["status"]
-        errs = ", ".join(f"{k}={v}" for k, v in st["errors"].items()) or "-"
-        table.add_row(j["job"], escape(j["template"]), escape(j["teacher"]),
-                      escape(f"{j['data_name']} ({j['data_fingerprint']})"),
-                      f"{st['ok']}/{st['keys']}", errs, str(st["pending"]),
-                      f"{st['tokens_in']}+{st['tokens_out']}", f"{st['cost_usd']:.4f}",
-                      f"{st['mean_latency_s']:.3f}")
-    console.print(table)
+        errs = ", ".join(f"{k}={v}" for k, v in st["errors"].items()) or "none"
+        console.print(f"job {j['job']}  {escape(j['template'])} x {escape(j['teacher'])}",
+                      highlight=False)
+        console.print(f"  data {escape(j['data_name'])} ({j['data_fingerprint']}); "
+                      f"ok {st['ok']}/{st['keys']}, errors {escape(errs)}, pending "
+                      f"{st['pending']}", highlight=False)
+        console.print(f"  tokens {st['tokens_in']}+{st['tokens_out']}, cost "
+                      f"${st['cost_usd']:.4f}, mean latency {st['mean_latency_s']:.3f} s",
+                      highlight=False)
 
 
 @app.command("retry")
