@@ -20,7 +20,7 @@ fi
 "$PY" -m pip install -q --disable-pip-version-check -c constraints.txt -e '.[models,dev]'
 "$PY" -c 'import vllm, torch; print("vllm", vllm.__version__, "torch", torch.__version__)'
 echo "== install: $(( $(date +%s) - t0 )) s"
-"$PY" -m pytest -q -p no:cacheprovider tests/integration/test_vllm_engine.py tests/unit/test_backends.py
+"$PY" -m pytest -q -p no:cacheprovider tests/integration/test_vllm_engine.py tests/unit/teachers/test_backends.py
 out=$(mktemp -d)
 "$VENV/bin/workbench" data synth --out "$out/synth" --n 60
 cat > "$out/vllm.yaml" <<YAML

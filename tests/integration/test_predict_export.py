@@ -1,5 +1,5 @@
 """`workbench predict` and `workbench export` through typer's CliRunner on the tiny trained
-checkpoints of tests/unit/test_eval_fixtures.py (MiniLM + LoRA), the export loaded in a
+checkpoints of tests/support/checkpoints.py (MiniLM + LoRA), the export loaded in a
 subprocess where PEFT cannot be imported, and bench/merged_latency.py's measurement."""
 
 from __future__ import annotations
