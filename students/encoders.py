@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from workbench.config import LoraConfig
+from workbench.config import ConfigError, LoraConfig
 from workbench.data.schema import FEATURE_MODALITIES
 from workbench.data.store import DataInfo
 from workbench.models import resolve_text_encoder
@@ -189,7 +189,7 @@ def lora_target_names(model: nn.Module, targets: list[str], where: str = "") -> 
             found[leaf].append(name)
     missing = [t for t, names in found.items() if not names]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"student.lora.target_modules: {missing} match no linear layer of the text "
             f"encoder {where or type(model).__name__}; its linear layers are named "
             f"{sorted(leaves)}; set student.lora.target_modules to some of those"

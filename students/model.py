@@ -50,7 +50,7 @@ from students.encoders import (
 from students.enhance import CrossSampleEnhancer, observed_fraction
 from students.fusion import GatedBottleneckFusion
 from students.losses import expected_score
-from workbench.config import StudentConfig
+from workbench.config import ConfigError, StudentConfig
 from workbench.data.store import DataInfo
 
 log = logging.getLogger(__name__)
@@ -242,7 +242,7 @@ class StudentModel(nn.Module):
         self.text_proj = nn.Sequential(nn.Linear(self.text.out_dim, h), nn.LayerNorm(h))
         self.modalities = feature_modalities(info)
         if cfg.prompted and cfg.prompt_fusion == "tokens" and not self.modalities:
-            raise ValueError(
+            raise ConfigError(
                 f"student.prompt_fusion=tokens: dataset {info.name!r} has no audio / visual "
                 "features, so no bottleneck would read the description; set "
                 "student.prompt_fusion=film")

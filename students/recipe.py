@@ -231,7 +231,8 @@ class StageRecipe:
         sums: dict[str, float] = {}
         n_batches = 0
         bar = tqdm(self.train_loader, desc=f"{stage.name} epoch {epoch + 1}/{stage.epochs}",
-                   disable=not accelerator.is_local_main_process, leave=False,
+                   # None: tqdm's own rule, no bar where stderr is not a terminal (a log)
+                   disable=None if accelerator.is_local_main_process else True, leave=False,
                    dynamic_ncols=True, mininterval=1.0)
         for step, batch in enumerate(bar):
             with accelerator.accumulate(model):

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from teachers.base import OnResult, RawOutput, TeacherRequest
-from workbench.config import TeacherConfig
-from workbench.models import resolve_teacher_model
+from workbench.config import ConfigError, TeacherConfig
+from workbench.models import ModelNotFound, resolve_teacher_model
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ class HFLocalTeacher:
 
         path = Path(resolve_teacher_model(self.cfg.model))
         if not path.exists():
-            raise FileNotFoundError(
+            raise ModelNotFound(
                 f"teacher.model={self.cfg.model!r}: {path} does not exist (models are never "
                 "downloaded at run time; give a local directory or .gguf file)")
         device = self.cfg.device
@@ -78,7 +78,7 @@ class HFLocalTeacher:
         gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
         self.eos_ids = {t for t in [*gen_eos, self.tok.eos_token_id] if t is not None}
         if self.cfg.api == "chat" and not self.tok.chat_template:
-            raise ValueError(
+            raise ConfigError(
                 f"teacher.model={self.cfg.model!r} has no chat template (a base model?): "
                 "set teacher.api=completions to send the plain prompt")
         log.info("loaded %s on %s in %.1fs", path, device, time.perf_counter() - t0)

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from prompts import materialize_messages
-from teachers.base import OnResult, RawOutput, TeacherRequest
+from teachers.base import OnResult, RawOutput, TeacherRequest, TeacherUnavailable
 from workbench.config import TeacherConfig
 
 log = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ class OpenAICompatTeacher:
         if self.cfg.api_key_env:
             key = os.environ.get(self.cfg.api_key_env)
             if not key:
-                raise RuntimeError(
+                raise TeacherUnavailable(
                     f"teacher.api_key_env={self.cfg.api_key_env!r} but that environment variable "
                     f"is not set: export {self.cfg.api_key_env}=... before running")
             self._api_key = key

