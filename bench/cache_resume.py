@@ -28,7 +28,7 @@ from teachers.base import RawOutput
 from teachers.job import CachingJob
 from teachers.run import run_cache_job
 from workbench.cache.store import CacheStore
-from workbench.config import CacheConfig, CacheJobConfig, DataConfig, TeacherConfig
+from workbench.config import CacheConfig, CacheJobConfig, DataConfig, TeacherConfig, to_dict
 from workbench.data import load_dataset
 from workbench.data.synth import SynthSpec, write
 
@@ -85,12 +85,8 @@ def main() -> None:
                          cache=CacheConfig(dir=str(tmp / "cache"), template=TEMPLATE))
     with Timer() as again:
         second = run_cache_job(cfg)
-    (tmp / "t.yaml").write_text(yaml.safe_dump({"backend": "openai_compat", "model": "fake",
-                                                "base_url": NOWHERE, "api": "completions",
-                                                "max_concurrency": 32, "max_retries": 0,
-                                                "timeout_s": 1}))
-    (tmp / "d.yaml").write_text(yaml.safe_dump({"path": str(manifest),
-                                                "features": str(tmp / "synth/features.npz")}))
+    (tmp / "t.yaml").write_text(yaml.safe_dump(to_dict(tcfg)))
+    (tmp / "d.yaml").write_text(yaml.safe_dump(to_dict(data)))
     cmd = [sys.executable, "-m", "workbench.cli", "cache", "run", "--teacher", str(tmp / "t.yaml"),
            "--data", str(tmp / "d.yaml"), "--template", TEMPLATE, "--cache", str(tmp / "cache")]
     with Timer() as cli:

@@ -17,7 +17,6 @@ import logging
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from eval.evaluate import CheckpointEval, Progress
 from teachers.run import JobSummary, ProgressFactory
@@ -126,8 +125,8 @@ def _cache(cfg: DemoConfig, data: DataConfig, report: DemoReporter) -> JobSummar
     return summary
 
 
-def _distill(cfg: DemoConfig, data: DataConfig, cache: JobSummary, run_dir: Path,
-             report: DemoReporter) -> Path:
+def _distill(data: DataConfig, cache: JobSummary, run_dir: Path, report: DemoReporter
+             ) -> Path:
     from students.trainer import TrainError, train
     from workbench.config import DistillConfig, load_config
 
@@ -156,10 +155,8 @@ def _evaluate(cfg: DemoConfig, best: Path, eval_dir: Path, report: DemoReporter
                        batch_size=None, cost=True, device="cpu", patterns=None,
                        latency_samples=50, device_cost_per_hour=0.0)
     name = unique_names([best])[0]
-    datasets: dict[str, Any] = {}
     with report.evaluation(name) as progress:
-        ev = evaluate_checkpoint(best, opts, None, data_source="", datasets=datasets, name=name,
-                                 progress=progress)
+        ev = evaluate_checkpoint(best, opts, name=name, progress=progress)
         written = write_checkpoint_results(ev, eval_dir)
     report.eval_done(ev, written)
     return ev, written
@@ -179,7 +176,7 @@ def run_demo(cfg: DemoConfig, reporter: DemoReporter | None = None) -> DemoSumma
     cache = _cache(cfg, data, report)
     report.stage("2/3 distillation")
     run_dir = cfg.out / f"student-{data.name or 'data'}"
-    best = _distill(cfg, data, cache, run_dir, report)
+    best = _distill(data, cache, run_dir, report)
     report.note(f"student checkpoint: {best}")
     report.stage("3/3 evaluation")
     eval_dir = run_dir / "eval-test"

@@ -207,7 +207,6 @@ class StageRecipe:
                  stage.epochs, steps_per_epoch, counts.trainable, counts.total, self.metric,
                  self.mode)
 
-        self.state = TrainState()
         if self.resume and self.state_path.is_file():
             accelerator.load_state(str(self.last_dir))
             self.state = TrainState.load(self.state_path)

@@ -161,9 +161,7 @@ def soft_signal(out: TeacherOutput | None) -> TeacherSignal | None:
 
 def description(view: TeacherView | None, sample_id: str) -> str:
     """The teacher's description of the sample ('' without a view or an output)."""
-    if view is None:
-        return ""
-    out = view.outputs.get(sample_id)
+    out = teacher_output(view, sample_id)
     return (out.description or "") if out is not None else ""
 
 

@@ -84,23 +84,21 @@ def run_cache_job(cfg: CacheJobConfig, *, progress: ProgressFactory | None = Non
                 planned = planned[: cfg.limit]
             plan_s = time.perf_counter() - t0
             config_path = dump_config(cfg, Path(cfg.cache.dir) / JOBS_DIR / job.job_id)
-            todo = len({p.key for p in planned} - store.ok_keys())
-            label = f"{template.name} x {cfg.teacher.model}"
+            keys = [p.key for p in planned]
+            unique = set(keys)
+            todo = len(unique - store.ok_keys())
             if todo:
-                log.info("job %s: %d of %d keys to ask %s", job.job_id, todo,
-                         len({p.key for p in planned}), backend.model_id())
+                log.info("job %s: %d of %d keys to ask %s", job.job_id, todo, len(unique),
+                         backend.model_id())
                 backend.load()
-                if progress is not None:
-                    with progress(todo, label) as on_answer:
-                        report = job.run(backend, planned, progress=on_answer)
-                else:
-                    report = job.run(backend, planned)
+            if todo and progress is not None:
+                with progress(todo, f"{template.name} x {cfg.teacher.model}") as on_answer:
+                    report = job.run(backend, planned, progress=on_answer)
             else:
                 report = job.run(backend, planned)
             return JobSummary(job_id=job.job_id, template=template.name,
                               teacher=backend.model_id(), cache_dir=Path(cfg.cache.dir),
                               config_path=config_path, report=report, todo=todo,
-                              status=store.status(job.job_id), keys=[p.key for p in planned],
-                              plan_s=plan_s)
+                              status=store.status(job.job_id), keys=keys, plan_s=plan_s)
     finally:
         backend.close()

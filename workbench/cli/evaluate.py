@@ -55,8 +55,8 @@ def metric_tables(rows: dict[str, Any], metric_set: str, first: str,
         table.add_column(first, overflow="fold", max_width=FIRST_COLUMN_MAX)
         for c in chunk:
             table.add_column(c, justify="right", no_wrap=True, min_width=len(c))
-        for name, metrics in rows.items():
-            table.add_row(escape(str(name)), *[format_cell(c, metrics.get(c)) for c in chunk])
+        for r, name in enumerate(names):
+            table.add_row(escape(name), *[cells[c][r] for c in chunk])
         tables.append(table)
     return tables
 
