@@ -16,7 +16,7 @@ export TOKENIZERS_PARALLELISM := false
 
 $(VENV)/.stamp-base: pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[models,quant,dev]'
+	$(PIP) -e '.[models,quant,onnx,dev]'
 	@touch $@
 
 $(VENV)/.stamp-llamacpp: $(VENV)/.stamp-base
