@@ -2,7 +2,8 @@
 
 ``build_student(cfg, info, bins)`` assembles: a pre-trained text encoder (LoRA / frozen /
 full, optional 8-bit / 4-bit base), one small encoder per feature modality the dataset
-has, :class:`~students.fusion.GatedBottleneckFusion`, a prediction head, a head over the
+has, :class:`~students.fusion.GatedBottleneckFusion` (or, with
+``student.fusion=dashfusion``, :class:`~students.dashfusion.DashFusion`), a prediction head, a head over the
 label bins, one auxiliary head per modality, and a linear projection of the fused vector
 for representation distillation. With ``cfg.prompted`` it also gets the
 :class:`DescriptionBranch` (MMSLF's teacher network): a frozen text encoder reads the
@@ -40,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from students.dashfusion import DashFusion
 from students.encoders import (
     Encoded,
     TextEncoder,
@@ -252,8 +254,11 @@ class StudentModel(nn.Module):
                                      cfg.seq_encoder, cfg.seq_layers, cfg.heads, cfg.dropout)
             for m in self.modalities
         })
-        self.fusion = GatedBottleneckFusion(h, self.modalities, cfg.bottleneck_tokens,
-                                            cfg.heads, cfg.dropout)
+        self.fusion: GatedBottleneckFusion | DashFusion = (
+            DashFusion(h, self.modalities, cfg.heads, cfg.dropout, cfg.dashfusion)
+            if cfg.fusion == "dashfusion" else
+            GatedBottleneckFusion(h, self.modalities, cfg.bottleneck_tokens, cfg.heads,
+                                  cfg.dropout))
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(h, h), nn.GELU(),
                                   nn.Dropout(cfg.dropout), nn.Linear(h, self.out_dim))
         self.bin_head = (nn.Linear(h, len(self.bin_values))

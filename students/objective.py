@@ -4,9 +4,9 @@
 where their signal exists, each method's terms only with its switch, the method's config
 object held whole); :func:`compute_losses` is every term of one forward pass and their
 weighted sum; :func:`training_losses` is one training step (the forward pass, those terms,
-and the methods' terms from :func:`students.msmix.msmix_losses` and
-:func:`students.conflict.conflict_losses`). :func:`freeze_unused` freezes the heads no term
-reads.
+and the methods' terms from :func:`students.msmix.msmix_losses`,
+:func:`students.conflict.conflict_losses` and :func:`students.dashfusion.dashfusion_losses`).
+:func:`freeze_unused` freezes the heads no term reads.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from students.conflict import conflict_losses
+from students.dashfusion import dashfusion_losses
 from students.losses import (
     attention_kd,
     expected_score_loss,
@@ -29,7 +30,7 @@ from students.losses import (
 )
 from students.model import StudentModel, StudentOutput
 from students.msmix import msmix_losses
-from workbench.config import ConflictConfig, DistillConfig, MsMixConfig
+from workbench.config import ConflictConfig, DashFusionConfig, DistillConfig, MsMixConfig
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,8 @@ class LossPlan:
     label_stats: tuple[float, ...] | None = None
     """Gold-label statistics of the train split (mean, std; or class frequencies)."""
     label_range: tuple[float, float] = (-3.0, 3.0)
+    dashfusion: DashFusionConfig | None = None
+    """DashFusion's alignment losses (``student.fusion=dashfusion``); None: off."""
 
     @property
     def uses_bins(self) -> bool:
@@ -64,7 +67,8 @@ class LossPlan:
 
     @property
     def needs_encoding(self) -> bool:
-        return self.msmix is not None or self.conflict is not None
+        return (self.msmix is not None or self.conflict is not None
+                or self.dashfusion is not None)
 
 
 def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool,
@@ -90,6 +94,7 @@ def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool,
         conflict=tc.conflict if tc.conflict.enabled else None,
         label_stats=label_stats,
         label_range=tuple(cfg.data.label_range),  # type: ignore[arg-type]
+        dashfusion=cfg.student.dashfusion if cfg.student.fusion == "dashfusion" else None,
     )
 
 
@@ -180,6 +185,12 @@ def training_losses(model: Any, batch: dict[str, Any], plan: LossPlan, bins: Ten
                                 label_stats=plan.label_stats)
         total = total + cf.weight * parts["conflict"] \
             + cf.statistical_weight * parts["statistical"]
+        losses.update(parts)
+    if plan.dashfusion is not None:
+        dc = plan.dashfusion
+        parts = dashfusion_losses(out, batch, dc, plan.classification)
+        total = total + dc.align_weight * parts["dash_align"] \
+            + dc.supcon_weight * parts["dash_supcon"]
         losses.update(parts)
     losses["total"] = total
     return losses

@@ -106,3 +106,22 @@ def teacher_signal(s: Sample, desc: str = "") -> TeacherSignal:
     p /= p.sum()
     return TeacherSignal(probs=p, expected=float(p @ np.array(BINS)),
                          description=desc or f"the speaker sounds {'happy' if s.label > 0 else 'sad'}")
+
+
+def train_steps(model, batch, plan, steps: int = 12, lr: float = 1e-2, rng_seed: int = 0):
+    """``steps`` Adam steps of :func:`students.objective.training_losses` on one batch
+    (dropout off, eval-free); returns every step's loss dict (floats)."""
+    from students.objective import freeze_unused, training_losses
+
+    freeze_unused(model, plan)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    history = []
+    for step in range(steps):
+        opt.zero_grad()
+        parts = training_losses(model, batch, plan, model.bins if len(model.bins) else None,
+                                rng=np.random.default_rng(rng_seed + step))
+        parts["total"].backward()
+        opt.step()
+        history.append({k: float(v.detach()) for k, v in parts.items()})
+    return history

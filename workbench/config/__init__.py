@@ -39,6 +39,7 @@ from workbench.config.loader import (
 from workbench.config.methods import (
     AugmentConfig,
     ConflictConfig,
+    DashFusionConfig,
     EnhanceConfig,
     MissingConfig,
     MsMixConfig,
@@ -53,6 +54,7 @@ __all__ = [
     "StudentConfig", "LoraConfig", "TrainConfig", "SignalsConfig", "LossConfig",
     "EvalConfig", "DistillConfig",
     "MsMixConfig", "ConflictConfig", "AugmentConfig", "MissingConfig", "EnhanceConfig",
+    "DashFusionConfig",
     "load_config", "from_dict", "to_dict", "apply_overrides", "dump_config", "versions",
     "config_class_for",
 ]

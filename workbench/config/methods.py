@@ -10,6 +10,8 @@ default. Where they sit in a distillation recipe:
 ``train.augment``             :class:`AugmentConfig` (``students.augment``)
 ``train.missing``             :class:`MissingConfig` (``students.robustness``)
 ``student.enhance``           :class:`EnhanceConfig` (``students.enhance``)
+``student.dashfusion``        :class:`DashFusionConfig` (``students.dashfusion``), on with
+                              ``student.fusion=dashfusion``
 ============================  ========================================================
 
 A switch may be given alone, ``train.msmix=true`` (the loader reads a bool given for a
@@ -155,6 +157,40 @@ class EnhanceConfig:
         check(self.bank >= self.k, "student.enhance.bank", self.bank,
               f"the bank must hold at least student.enhance.k={self.k} rows, e.g. 512")
         check(self.temperature > 0, "student.enhance.temperature", self.temperature,
+              "use a positive temperature, e.g. 0.1")
+
+
+@dataclass
+class DashFusionConfig:
+    """DashFusion (dual-stream alignment, hierarchical bottleneck fusion;
+    ``students.dashfusion``), used when ``student.fusion=dashfusion``. Temporal alignment:
+    the text tokens cross-attend to the audio / vision frames. Fusion: ``depth`` layers
+    whose bottleneck keeps ``bottleneck`` tokens, halved each layer (at least 1); the
+    modality streams exchange information only through it. Training adds
+    ``align_weight`` x InfoNCE between text and each other modality of the same sample
+    (semantic alignment) and ``supcon_weight`` x a supervised contrastive loss on the
+    fused vector (positives: same polarity, or same class)."""
+
+    bottleneck: int = 8
+    """Bottleneck tokens of the first fusion layer (halved each further layer)."""
+    depth: int = 2
+    """Fusion layers."""
+    align_weight: float = 0.1
+    """Weight of the semantic-alignment InfoNCE (0: off)."""
+    supcon_weight: float = 0.1
+    """Weight of the supervised contrastive loss on the fused vector (0: off)."""
+    temperature: float = 0.1
+    """Temperature of both contrastive losses."""
+
+    def __post_init__(self) -> None:
+        check(self.bottleneck >= 1, "student.dashfusion.bottleneck", self.bottleneck,
+              "use at least 1 token, e.g. 8")
+        check(self.depth >= 1, "student.dashfusion.depth", self.depth,
+              "use at least 1 fusion layer, e.g. 2")
+        for name in ("align_weight", "supcon_weight"):
+            check(getattr(self, name) >= 0, f"student.dashfusion.{name}", getattr(self, name),
+                  "use 0 (term off) or a positive weight")
+        check(self.temperature > 0, "student.dashfusion.temperature", self.temperature,
               "use a positive temperature, e.g. 0.1")
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from workbench.config.fields import check
-from workbench.config.methods import EnhanceConfig
+from workbench.config.methods import DashFusionConfig, EnhanceConfig
 
 
 @dataclass
@@ -66,6 +66,12 @@ class StudentConfig:
     maps its fused vector to; 0: same as ``hidden``."""
     enhance: EnhanceConfig = field(default_factory=EnhanceConfig)
     """Cross-sample enhancement of missing modalities (after HME; off by default)."""
+    fusion: Literal["gated", "dashfusion"] = "gated"
+    """``gated``: text-anchored gated bottleneck fusion (``students.fusion``);
+    ``dashfusion``: temporal alignment + hierarchical bottleneck fusion with its alignment
+    losses (``students.dashfusion``, settings in ``student.dashfusion``)."""
+    dashfusion: DashFusionConfig = field(default_factory=DashFusionConfig)
+    """DashFusion's settings (read when ``student.fusion=dashfusion``)."""
 
     def __post_init__(self) -> None:
         check(self.hidden >= 8, "student.hidden", self.hidden, "use at least 8")
