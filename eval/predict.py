@@ -26,7 +26,9 @@ Columns, one row per sample, in the data's order (splits in the data's order for
   a modality the dataset has only as raw media, the media), else 0. A modality removed
   with ``drop`` (``--missing-modality``) is 0 for every sample: the columns say what the
   model received;
-* ``label`` when any sample has one (the score, or the class name), empty otherwise.
+* ``label``: the gold score or class name where the sample has one, empty where it has
+  none (labels are optional here: unlabelled rows, with no label/class column or an empty
+  cell, are predicted like any other).
 
 The format follows the file's suffix (``.csv`` or ``.jsonl``); JSONL writes numbers as
 numbers and a missing label as ``null``.
@@ -244,6 +246,8 @@ def predict_samples(path: str | Path, opts: PredictOptions, data: DataConfig | N
     meta = read_meta(p)
     device = opts.resolved_device()
     data_cfg = data if data is not None else run_config(p).data
+    # a model is applied here: rows without a gold label are fine (their label is empty)
+    data_cfg = dataclasses.replace(data_cfg, labels="optional")
     source = data_source or f"(data section of {p / 'config.yaml'})"
     ds = load_data(data_cfg, data_source or "checkpoint", p)
     trained = dataclasses.replace(meta.info, fingerprint="") if opts.new_data else meta.info
@@ -280,9 +284,7 @@ def predict_samples(path: str | Path, opts: PredictOptions, data: DataConfig | N
             rows.append(row)
     pred_cols = [c for c in rows[0] if c not in ("id", "split", "label")
                  and not c.endswith("_avail")]
-    columns = ["id", "split", *pred_cols, *[f"{m}_avail" for m in MODALITIES]]
-    if any(r["label"] is not None for r in rows):
-        columns.append("label")
+    columns = ["id", "split", *pred_cols, *[f"{m}_avail" for m in MODALITIES], "label"]
     log.info("predicted %d samples (%s) with %s on %s%s", len(rows), ", ".join(splits), p,
              device, f", without {'+'.join(opts.drop)}" if opts.drop else "")
     return Predictions(columns=columns, rows=rows, splits={sp: len(per_split[sp]) for sp in splits},

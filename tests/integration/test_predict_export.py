@@ -145,6 +145,42 @@ def test_predict_errors_are_clear(ck, tmp_path):
     assert r.exit_code == 2 and "audio vector d=4 (checkpoint: vector d=6)" in r.output
 
 
+def test_predict_and_validate_unlabelled_rows(ck, tmp_path):
+    """New utterances without labels (an empty label column, or none at all): validated
+    with --unlabeled, predicted with --new-data; the label column is empty."""
+    fields = tiny_data(tmp_path / "new", n=30, seed=6)
+    manifest = Path(fields["path"])
+    with manifest.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows[::2]:
+        r["label"] = ""
+    with manifest.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    new = tmp_path / "new.yaml"
+    new.write_text(yaml.safe_dump(fields))
+    r = run("data", "validate", str(new))
+    assert r.exit_code == 2 and "label_missing" in r.output and "--unlabeled" in r.output
+    r = run("data", "validate", str(new), "--unlabeled")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "p.csv"
+    r = run("predict", str(ck["a"]), "--data", str(new), "--out", str(out), "--device", "cpu",
+            "--new-data", "--split", "all")
+    assert r.exit_code == 0, r.output
+    got = _rows(out)
+    assert len(got) == 30 and list(got[0])[-1] == "label"
+    empty = {r["id"]: r["label"] == "" for r in rows}
+    assert {g["id"]: g["label"] == "" for g in got} == empty and any(empty.values())
+    # no label column at all
+    no_col = {**fields, "label_column": "absent"}
+    (tmp_path / "nocol.yaml").write_text(yaml.safe_dump(no_col))
+    r = run("predict", str(ck["a"]), "--data", str(tmp_path / "nocol.yaml"), "--out", str(out),
+            "--device", "cpu", "--new-data", "--split", "all")
+    assert r.exit_code == 0, r.output
+    assert {g["label"] for g in _rows(out)} == {""} and all(g["score"] for g in _rows(out))
+
+
 # ---------------------------------------------------------------------------- export
 
 

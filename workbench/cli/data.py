@@ -32,9 +32,16 @@ app = new_app("Import, validate and describe datasets.")
 
 
 @app.command("validate")
-def data_validate(source: SourceArg, overrides: OverridesArg = None) -> None:
+def data_validate(
+    source: SourceArg,
+    overrides: OverridesArg = None,
+    unlabeled: Annotated[bool, typer.Option(
+        "--unlabeled", help="Data a trained model is only applied to (workbench predict "
+                            "--new-data): rows without a label are accepted "
+                            "(labels=optional).")] = False,
+) -> None:
     """Check a dataset: duplicate ids, empty text, NaN/inf, shapes, labels, splits, media."""
-    cfg, ds = load_data(source, overrides)
+    cfg, ds = load_data(source, [*(overrides or []), *(["labels=optional"] if unlabeled else [])])
     console.print(f"[green]ok[/]: {ds.num_rows()} samples in {escape(cfg.path)} "
                   f"({', '.join(f'{s}={ds.num_rows(s)}' for s in ds.splits)}), "
                   f"fingerprint {ds.fingerprint}")

@@ -24,8 +24,9 @@ class DataConfig:
     """Modalities to keep; features of the others are dropped on load."""
     task: Literal["regression", "classification"] = "regression"
     """Regression on a sentiment score, or classification into ``class_names``."""
-    metric_set: Literal["mosi", "sims", "classification"] = "mosi"
-    """Which metric definitions apply (MOSI/MOSEI scale, SIMS scale, or plain classes)."""
+    metric_set: Literal["auto", "mosi", "sims", "classification"] = "auto"
+    """Which metric definitions apply (MOSI/MOSEI scale, SIMS scale, or plain classes);
+    ``auto``: ``classification`` for a classification task, else ``mosi``."""
     label_range: tuple[float, float] = (-3.0, 3.0)
     """Declared range of the score labels; labels outside it are rejected."""
     class_names: list[str] = field(default_factory=list)
@@ -38,7 +39,13 @@ class DataConfig:
     text_column: str = "text"
     label_column: str = "label"
     class_column: str = ""
-    """Manifest column holding a class index or name (optional)."""
+    """Manifest column holding a class index or a name of ``class_names`` (classification;
+    ``label_column`` is the numeric score of a regression task)."""
+    labels: Literal["required", "optional"] = "required"
+    """Whether every sample must carry a gold label. ``optional`` for data a trained model
+    is applied to (``workbench predict --new-data``, ``data validate --unlabeled``): rows
+    without a label (no label/class column, or an empty cell) are accepted; a label that is
+    present is still checked. Training and evaluation need labels whatever this says."""
     split_column: str = "split"
     """Manifest column holding the split of each row."""
     split_names: dict[str, str] = field(default_factory=dict)
@@ -76,6 +83,8 @@ class DataConfig:
         self.label_range = tuple(float(x) for x in self.label_range)  # type: ignore[assignment]
         check(len(self.label_range) == 2 and self.label_range[0] < self.label_range[1],
               "data.label_range", self.label_range, "give [low, high] with low < high")
+        if self.metric_set == "auto":
+            self.metric_set = "classification" if self.task == "classification" else "mosi"
         if self.task == "classification":
             check(len(self.class_names) >= 2, "data.class_names", self.class_names,
                   "classification needs at least two class names")

@@ -89,6 +89,11 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         classification = self.data.task == "classification"
+        # data.task implies the loss and the selection metric unless the recipe sets them
+        if self.train.task_loss == "auto":
+            self.train.task_loss = "ce" if classification else "l1"
+        if self.train.select_metric == "auto":
+            self.train.select_metric = "valid_f1_weighted" if classification else "valid_mae"
         check((self.train.task_loss == "ce") == classification, "train.task_loss",
               self.train.task_loss,
               "use ce for a classification dataset" if classification

@@ -37,11 +37,14 @@ class TrainConfig:
     """Clip the gradient norm to this before each step; 0 turns clipping off."""
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     """Autocast through accelerate; ``fp16`` needs a GPU, ``bf16`` a GPU or CPU with bf16."""
-    task_loss: Literal["l1", "mse", "ce"] = "l1"
-    """Loss against gold labels: ``l1`` / ``mse`` for regression, ``ce`` for classification."""
-    select_metric: str = "valid_mae"
+    task_loss: Literal["auto", "l1", "mse", "ce"] = "auto"
+    """Loss against gold labels: ``l1`` / ``mse`` for regression, ``ce`` for classification;
+    ``auto`` (resolved by the run's config from ``data.task``): ``ce`` for a classification
+    dataset, else ``l1``."""
+    select_metric: str = "auto"
     """Validation metric that picks the checkpoint (``valid_`` + a metric name of the
-    dataset's metric set, e.g. ``valid_mae``, ``valid_acc2_non0``)."""
+    dataset's metric set, e.g. ``valid_mae``, ``valid_acc2_non0``, ``valid_f1_weighted``);
+    ``auto``: ``valid_f1_weighted`` for a classification dataset, else ``valid_mae``."""
     select_mode: Literal["auto", "min", "max"] = "auto"
     """Whether smaller or larger ``select_metric`` is better; ``auto`` takes it from the
     metric (``workbench.metrics.higher_is_better``); an explicit value must agree with it."""
@@ -115,7 +118,7 @@ class TrainConfig:
         check(self.num_workers >= 0, "train.num_workers", self.num_workers, "use 0 or more")
         check(self.prompted_epochs >= 0, "train.prompted_epochs", self.prompted_epochs,
               "use 0 (same as train.epochs) or a positive count")
-        check(self.select_metric.startswith("valid_"), "train.select_metric",
+        check(self.select_metric == "auto" or self.select_metric.startswith("valid_"), "train.select_metric",
               self.select_metric,
               "checkpoints are selected on the validation split only; use valid_<metric>")
         check(not self.prompted_checkpoint or self.privileged == "prompted",

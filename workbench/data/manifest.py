@@ -79,7 +79,11 @@ def _optional_float(value: Any, path: Path, lineno: int, column: str) -> float |
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise DataError(f"{path}:{lineno}: {column}={value!r} is not a number") from None
+        raise DataError(
+            f"{path}:{lineno}: {column}={value!r} is not a number: data.label_column is the "
+            "numeric score of a regression task; for class names or indices set "
+            f"data.class_column={column} with data.task=classification and data.class_names"
+        ) from None
 
 
 def _class_index(value: Any, cfg: DataConfig, path: Path, lineno: int) -> int | None:
@@ -173,7 +177,8 @@ def read_manifest(cfg: DataConfig) -> list[Sample]:
             id=sid,
             text=str(row[cfg.text_column] or "").strip(),
             split=split,
-            label=_optional_float(row.get(cfg.label_column), path, lineno, cfg.label_column),
+            label=_optional_float(row.get(cfg.label_column), path, lineno, cfg.label_column)
+            if cfg.task == "regression" else None,
             label_class=_class_index(row.get(cfg.class_column), cfg, path, lineno)
             if cfg.class_column
             else None,

@@ -63,15 +63,29 @@ def check_samples(samples: list[Sample], cfg: DataConfig) -> list[Problem]:
         nan = [s.id for s in samples if s.label is not None and not np.isfinite(s.label)]
         if nan:
             problems.append(Problem("label_nonfinite", "label is NaN or inf", nan))
-        unlabelled = [s.id for s in samples if s.label is None and s.split in ("train", "valid", "test")]
-        if unlabelled:
-            problems.append(Problem("label_missing", "regression label is missing", unlabelled))
+        unlabelled = [s.id for s in samples if s.label is None]
+        if unlabelled and cfg.labels == "required":
+            problems.append(Problem(
+                "label_missing", f"regression label is missing (data.label_column="
+                f"{cfg.label_column!r}); for data a trained model is only applied to, set "
+                "data.labels=optional (data validate --unlabeled, predict --new-data)",
+                unlabelled))
     else:
         k = len(cfg.class_names)
-        bad = [s.id for s in samples if s.label_class is None or not (0 <= s.label_class < k)]
-        if bad:
+        out = [s.id for s in samples if s.label_class is not None and not (0 <= s.label_class < k)]
+        if out:
             problems.append(Problem(
-                "label_class", f"class index missing or outside 0..{k - 1} ({cfg.class_names})", bad))
+                "label_class", f"class index outside 0..{k - 1} ({cfg.class_names}) in "
+                f"data.class_column={cfg.class_column!r}", out))
+        missing = [s.id for s in samples if s.label_class is None]
+        if missing and cfg.labels == "required":
+            where = (f"data.class_column={cfg.class_column!r} is empty for them" if cfg.class_column
+                     else "data.class_column is not set: name the column holding the class "
+                     "names or indices (label_column is the numeric score of a regression task)")
+            problems.append(Problem(
+                "label_missing", f"class label missing: {where}; for data a trained model is "
+                "only applied to, set data.labels=optional (data validate --unlabeled, "
+                "predict --new-data)", missing))
 
     for mod in FEATURE_MODALITIES:
         if mod not in cfg.modalities:

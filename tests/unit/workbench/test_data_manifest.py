@@ -76,8 +76,9 @@ def test_media_paths_resolved_and_checked(tmp_path):
 
 def test_manifest_errors_name_file_and_line(tmp_path):
     path = write_csv(tmp_path / "m.csv", [{**ROWS[0], "label": "high"}])
-    with pytest.raises(DataError, match=r"m.csv:2: label='high' is not a number"):
+    with pytest.raises(DataError, match=r"m.csv:2: label='high' is not a number") as e:
         read_samples(DataConfig(path=str(path)))
+    assert "data.class_column=label" in str(e.value)
     jl = tmp_path / "m.jsonl"
     jl.write_text('{"id": "a", "text": "x", "label": 1, "split": "train"}\n{oops\n')
     with pytest.raises(DataError, match=r"m.jsonl:2: not valid JSON"):

@@ -47,7 +47,25 @@ def test_classification_labels_checked():
     samples = [s(0, label_class=0), s(1, label_class=3), s(2, label_class=None)]
     found = codes(samples, task="classification", metric_set="classification",
                   class_names=["neg", "neu", "pos"])
-    assert found["label_class"].ids == ["s1", "s2"]
+    assert found["label_class"].ids == ["s1"]
+    assert found["label_missing"].ids == ["s2"]
+    assert "data.class_column is not set" in found["label_missing"].message
+    # metric_set follows the task unless set
+    assert DataConfig(task="classification", class_names=["a", "b"]).metric_set == "classification"
+    assert DataConfig().metric_set == "mosi"
+
+
+def test_labels_optional_accepts_unlabelled_rows_but_checks_present_ones():
+    cls = dict(task="classification", class_names=["neg", "neu", "pos"], class_column="y")
+    unlabelled = [s(0, label_class=None, label=None), s(1, label_class=2, label=None)]
+    assert "label_missing" in codes(unlabelled, **cls)
+    assert codes(unlabelled, labels="optional", **cls) == {}
+    assert codes([s(0, label_class=7)], labels="optional", **cls)["label_class"].ids == ["s0"]
+    reg = [s(0, label=None), s(1, label=1.0)]
+    assert codes(reg)["label_missing"].ids == ["s0"]
+    assert "data.labels=optional" in codes(reg)["label_missing"].message
+    assert codes(reg, labels="optional") == {}
+    assert codes([s(0, label=5.0)], labels="optional")["label_range"].ids == ["s0"]
 
 
 def test_error_lists_first_ids_and_count():
