@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -32,6 +33,9 @@ class DataConfig:
     class_names: list[str] = field(default_factory=list)
     """Names of the classes for classification datasets, in label-index order."""
     # Manifest reader --------------------------------------------------------
+    encoding: str = "utf-8"
+    """Text encoding of a CSV/JSONL manifest (any Python codec name, e.g. ``latin-1``,
+    ``cp1252``); ``utf-8`` also accepts a leading byte-order mark."""
     id_column: str = "id"
     """Manifest column holding the sample id (ignored when ``id_format`` is set)."""
     id_format: str = ""
@@ -96,6 +100,11 @@ class DataConfig:
         for raw, split in self.split_names.items():
             check(split in SPLITS, f"data.split_names.{raw}", split,
                   f"map each raw split to one of {list(SPLITS)}")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            check(False, "data.encoding", self.encoding,
+                  "use a Python codec name such as utf-8, latin-1 or cp1252")
         for mod in self.feature_keys:
             check(mod in ("audio", "vision"), "data.feature_keys", self.feature_keys,
                   "keys must be audio and/or vision")

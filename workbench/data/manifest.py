@@ -10,10 +10,14 @@ modality.
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 import json
 import logging
 import string
+import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,25 +30,43 @@ from workbench.data.schema import DataError, Media, Sample
 log = logging.getLogger(__name__)
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def read_text(path: Path, encoding: str) -> str:
+    """The text of ``path`` decoded with ``encoding`` (``utf-8`` also takes a leading BOM);
+    a byte that does not decode is a :class:`DataError` naming its line and column and
+    ``data.encoding``."""
+    raw = path.read_bytes()
+    codec = "utf-8-sig" if codecs.lookup(encoding).name == "utf-8" else encoding
+    try:
+        return raw.decode(codec)
+    except UnicodeDecodeError as e:
+        lineno = raw.count(b"\n", 0, e.start) + 1
+        column = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        raise DataError(
+            f"{path}:{lineno}: byte {raw[e.start:e.start + 1]!r} at column {column} is not "
+            f"valid {encoding} (data.encoding={encoding}); save the file "
+            "as UTF-8, or set data.encoding to the encoding it was written in, e.g. "
+            "data.encoding=latin-1 or data.encoding=cp1252"
+        ) from None
+
+
+def _rows(path: Path, encoding: str = "utf-8") -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, row) pairs; line numbers as an editor shows them."""
+    text = read_text(path, encoding)
     if path.suffix.lower() == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}: each line must be a JSON object")
-                yield lineno, row
+        for lineno, line in enumerate(io.StringIO(text, newline=None), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: each line must be a JSON object")
+            yield lineno, row
     else:
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            for row in reader:
-                yield reader.line_num, row
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        for row in reader:
+            yield reader.line_num, row
 
 
 def _id_builder(cfg: DataConfig, path: Path):
@@ -107,6 +129,19 @@ def load_features(cfg: DataConfig) -> dict[str, tuple[dict[str, int], np.ndarray
     fpath = Path(cfg.features)
     if not fpath.is_file():
         raise DataError(f"feature file {fpath} does not exist: check data.features")
+    try:
+        return _read_npz(cfg, fpath)
+    except DataError:
+        raise
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError) as e:
+        raise DataError(
+            f"{fpath}: not a readable .npz feature file ({type(e).__name__}: {e}); it may be "
+            "truncated or damaged: write it again with numpy.savez (plain arrays, no objects) "
+            "or point data.features at the right file"
+        ) from None
+
+
+def _read_npz(cfg: DataConfig, fpath: Path) -> dict[str, tuple[dict[str, int], np.ndarray, np.ndarray | None]]:
     out = {}
     with np.load(fpath, allow_pickle=False) as npz:
         ids = [str(x) for x in npz[cfg.features_id_key]] if cfg.features_id_key in npz.files else None
@@ -149,7 +184,7 @@ def read_manifest(cfg: DataConfig) -> list[Sample]:
     make_id = _id_builder(cfg, path)
     feats = load_features(cfg)
     samples: list[Sample] = []
-    for lineno, row in _rows(path):
+    for lineno, row in _rows(path, cfg.encoding):
         for col in (cfg.text_column, cfg.split_column):
             if col not in row:
                 raise DataError(f"{path}:{lineno}: no column {col!r} (columns: {sorted(row)})")

@@ -104,6 +104,50 @@ def _lengths_from_padding(seq: np.ndarray) -> np.ndarray:
     return np.where(any_nz, last, 0).astype(np.int64)
 
 
+def _entry(i: int, ids: list[str]) -> str:
+    return f"entry {i} (id {ids[i]!r})" if i < len(ids) else f"entry {i}"
+
+
+def _numeric(values: Any, dtype: Any, where: str, field: str, ids: list[str], fix: str) -> np.ndarray:
+    """``values`` as a numeric array, or a :class:`DataError` naming the first entry that is
+    not a number (its index and sample id) and ``fix``."""
+    arr = np.asarray(values)
+    try:
+        return arr.astype(dtype)
+    except (TypeError, ValueError):
+        pass
+    flat = arr.reshape(arr.shape[0], -1) if arr.ndim > 1 else arr.reshape(-1, 1)
+    for i, row in enumerate(flat):
+        for v in row:
+            try:
+                float(v)
+            except (TypeError, ValueError):
+                raise DataError(f"{where}: {field} must be numbers, but {_entry(i, ids)} is "
+                                f"{_as_str(v)!r}; {fix}") from None
+    raise DataError(f"{where}: {field} does not convert to {np.dtype(dtype).name}; {fix}")
+
+
+def _scores(values: Any, where: str, ids: list[str]) -> np.ndarray:
+    return _numeric(values, np.float64, where, "regression_labels", ids,
+                    "store sentiment scores as numbers (e.g. -3..3)").reshape(-1)
+
+
+def _class_indices(values: Any, cfg: DataConfig, where: str, ids: list[str]) -> np.ndarray:
+    """Class indices; names listed in ``data.class_names`` are mapped to their index."""
+    arr = np.asarray(values).reshape(-1)
+    if arr.dtype.kind in "USO" and cfg.class_names:
+        names = {n: i for i, n in enumerate(cfg.class_names)}
+        arr = np.array([names.get(_as_str(v), v) for v in arr], dtype=object)
+    fix = ("store class indices, or list the class names in data.class_names"
+           f" (now {cfg.class_names})")
+    out = _numeric(arr, np.float64, where, "classification_labels", ids, fix)
+    bad = [i for i, v in enumerate(out) if not float(v).is_integer()]
+    if bad:
+        raise DataError(f"{where}: classification_labels must be whole class indices, but "
+                        f"{_entry(bad[0], ids)} is {out[bad[0]]}; {fix}")
+    return out.astype(np.int64)
+
+
 def read_mmsa(cfg: DataConfig) -> list[Sample]:
     """Read an MMSA pickle into samples of the modalities in ``cfg.modalities``."""
     source = cfg.path
@@ -135,13 +179,14 @@ def read_mmsa(cfg: DataConfig) -> list[Sample]:
             cls = cls.get("M")
         if reg is None and cls is None:
             raise DataError(f"{where}: no regression_labels or classification_labels")
-        reg_arr = None if reg is None else np.asarray(reg, dtype=np.float64).reshape(-1)
-        cls_arr = None if cls is None else np.asarray(cls).reshape(-1)
+        reg_arr = None if reg is None else _scores(reg, where, ids)
+        cls_arr = None if cls is None else _class_indices(cls, cfg, where, ids)
         feats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         for mod in ("audio", "vision"):
             if mod not in cfg.modalities or mod not in part:
                 continue
-            arr = np.asarray(part[mod])
+            arr = _numeric(part[mod], np.float32, where, mod, ids,
+                           "write the features as float arrays")
             if arr.shape[0] != n:
                 raise DataError(f"{where}: {mod} has {arr.shape[0]} rows but there are {n} ids")
             if arr.ndim == 3:

@@ -105,8 +105,8 @@ def check_samples(samples: list[Sample], cfg: DataConfig) -> list[Problem]:
                 bad_len.append(s.id)
         if nonfinite:
             problems.append(Problem(
-                "nonfinite", f"{mod} features contain NaN or inf (the MMSA toolkit zeroes -inf "
-                "audio; do that when exporting, or fix the extractor)", nonfinite))
+                "nonfinite", f"{mod} features contain NaN or inf: set data.nonfinite=zero to "
+                "replace them with 0 (as the MMSA toolkit does), or fix the extractor", nonfinite))
         if len(dims) > 1:
             (ndim, d), _ = max(dims.items(), key=lambda kv: len(kv[1]))
             odd = [i for key, v in dims.items() if key != (ndim, d) for i in v]
