@@ -23,6 +23,8 @@ from typing import Any
 import jinja2
 import yaml
 
+from workbench.data.acoustic import CUE_FIELDS as ACOUSTIC_CUES
+from workbench.data.acoustic import CUES_VERSION_KEY
 from workbench.data.schema import Sample
 from workbench.data.store import DataInfo, file_sha256
 from workbench.errors import WorkbenchError
@@ -168,18 +170,23 @@ class Rendered:
     media: dict[str, str]
     """hash -> file path of each image part."""
     scale: Scale | None
+    versions: dict[str, int] = field(default_factory=dict)
+    """Versions of generated content the request shows (``acoustic_cues``: the version of
+    the cue wording); part of the cache key when not empty."""
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Rendered:
         sc = d.get("scale")
         scale = None if sc is None else Scale(tuple(sc["labels"]), tuple(sc["values"]), tuple(sc["names"]))
-        return cls(messages=d["messages"], prompt=d["prompt"], media=d.get("media", {}), scale=scale)
+        return cls(messages=d["messages"], prompt=d["prompt"], media=d.get("media", {}), scale=scale,
+                   versions=d.get("versions", {}))
 
     def to_json(self) -> dict[str, Any]:
         return {"messages": self.messages, "prompt": self.prompt, "media": self.media,
                 "scale": None if self.scale is None else
                 {"labels": list(self.scale.labels), "values": list(self.scale.values),
-                 "names": list(self.scale.names)}}
+                 "names": list(self.scale.names)},
+                **({"versions": self.versions} if self.versions else {})}
 
 
 def _frames(sample: Sample, k: int) -> list[str]:
@@ -190,12 +197,29 @@ def _frames(sample: Sample, k: int) -> list[str]:
     return [frames[int(i * step + step / 2)] for i in range(k)]
 
 
+def cue_values(sample: Sample, cue_fields: list[str] | tuple[str, ...]) -> tuple[dict[str, Any], dict[str, int]]:
+    """The cues a request shows (name as shown -> value) and the versions they carry.
+
+    A field is a ``meta`` key of the sample; ``acoustic`` stands for the acoustic cues media
+    ingestion writes (pitch, loudness, speaking rate, pauses), whose wording version then
+    enters the request's versions (and so its cache key)."""
+    fields: list[str] = []
+    for f in cue_fields:
+        fields += list(ACOUSTIC_CUES) if f == "acoustic" else [f]
+    cues = {f.replace("_", " "): sample.meta[f] for f in fields if sample.meta.get(f) not in (None, "")}
+    versions = {}
+    if any(f in ACOUSTIC_CUES and f.replace("_", " ") in cues for f in fields) \
+            and CUES_VERSION_KEY in sample.meta:
+        versions["acoustic_cues"] = int(sample.meta[CUES_VERSION_KEY])
+    return cues, versions
+
+
 def render(template: Template, sample: Sample, info: DataInfo, *, cue_fields: list[str] | tuple[str, ...] = (),
            variant: int = 0) -> Rendered:
     """Render ``template`` for ``sample``; raises TemplateError naming the sample on failure."""
     scale = template.scale(info) if template.output == "soft_label" else None
     frames = _frames(sample, template.max_frames) if "vision" in info.modalities else []
-    cues = {f.replace("_", " "): sample.meta[f] for f in cue_fields if sample.meta.get(f) not in (None, "")}
+    cues, versions = cue_values(sample, cue_fields)
     ctx: dict[str, Any] = {
         "text": sample.text, "frames": frames, "cues": cues, "variant": variant,
         "scale": [{"token": t, "name": n, "value": v}
@@ -223,7 +247,7 @@ def render(template: Template, sample: Sample, info: DataInfo, *, cue_fields: li
         content = user
     messages = [{"role": "system", "content": system}, {"role": "user", "content": content}]
     prompt = f"{system}\n\n{user}\n{template.answer_prefix}".rstrip()
-    return Rendered(messages=messages, prompt=prompt, media=media, scale=scale)
+    return Rendered(messages=messages, prompt=prompt, media=media, scale=scale, versions=versions)
 
 
 def _data_url(path: str, expected_hash: str) -> str:

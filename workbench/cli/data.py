@@ -1,4 +1,4 @@
-"""``workbench data``: validate, import, synth, augment, stats.
+"""``workbench data``: validate, import, media, synth, augment, stats.
 
 Data commands take a SOURCE (a data YAML config, or a dataset path: .pkl, .csv/.jsonl,
 or a directory) followed by ``key=value`` overrides of :class:`DataConfig` fields::
@@ -64,17 +64,81 @@ def data_import(
     console.print(f"wrote {escape(repr(ds))} to {escape(str(out))}")
 
 
+@app.command("media")
+def data_media(
+    source: SourceArg,
+    overrides: Annotated[list[str] | None, typer.Argument(
+        help="DataConfig overrides (e.g. video_file_column=video) and MediaConfig ones as "
+             "media.KEY=VALUE (e.g. media.frames=4 media.image_encoder=DIR).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output dataset directory.")] = Path("runs/data/media"),
+    processes: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+) -> None:
+    """Decode the video / audio / image files a manifest names into a dataset: frames
+    (JPEG), 16 kHz audio, eGeMAPS features, acoustic cues, optional frame embeddings.
+    Resumable (a rerun skips clips done); failing clips are listed in
+    OUT/media_errors.jsonl."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from workbench.cli.common import data_config, err_console
+    from workbench.config import MediaConfig, MediaJobConfig, from_dict
+    from workbench.config.loader import apply_overrides
+    from workbench.data.ingest import ERRORS_FILE, ingest_media
+
+    overrides = overrides or []
+    media_ov = [o.removeprefix("media.") for o in overrides if o.startswith("media.")]
+    data_ov = [o for o in overrides if not o.startswith("media.")]
+    dcfg = data_config(source, data_ov)
+    mdict = apply_overrides({"processes": processes}, media_ov)
+    cfg = MediaJobConfig(data=dcfg, media=from_dict(MediaConfig, mdict, prefix="media"),
+                         out=str(out))
+    with Progress(TextColumn("ingesting"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[errors]} errors"), console=err_console,
+                  transient=True) as bar:
+        task = bar.add_task("media", total=None, errors=0)
+        errors = 0
+
+        def progress(rec: dict) -> None:
+            nonlocal errors
+            errors += rec["status"] != "ok"
+            bar.update(task, advance=1, errors=errors)
+
+        report = ingest_media(cfg, progress=progress)
+    for e in report.errors:
+        console.print(f"[yellow]error[/] {escape(e['id'])}: {escape(e['reason'])}")
+    parts = sum(report.seconds.values()) or 1.0
+    shares = ", ".join(f"{k} {v / parts:.0%}" for k, v in sorted(report.seconds.items()))
+    console.print(f"ingested {report.ok} of {report.clips} clips into {escape(str(out))} "
+                  f"({report.done} decoded now, {report.skipped} already done, "
+                  f"{len(report.errors)} errors{', in ' + escape(str(out / ERRORS_FILE)) if report.errors else ''})"
+                  f" in {report.wall_s:.1f}s" + (f"; time: {shares}" if report.done else ""))
+    console.print(f"use it with data.path={escape(str(out))} "
+                  + escape("(acoustic cues for text-only teachers: cache.cue_fields=[acoustic])"))
+
+
 @app.command("synth")
 def data_synth(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path("runs/synth"),
-    n: Annotated[int, typer.Option(help="Number of utterances.")] = 600,
+    n: Annotated[int, typer.Option(help="Number of utterances (default 600; 48 with --media).")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    media: Annotated[bool, typer.Option("--media", help="Write real mp4 clips (drawn faces, "
+                                        "voiced tones) and a manifest naming them, for "
+                                        "`workbench data media`.")] = False,
 ) -> None:
-    """Generate the synthetic MSA dataset (manifest.csv + features.npz + data.yaml)."""
+    """Generate the synthetic MSA dataset (manifest.csv + features.npz + data.yaml), or
+    with --media a folder of mp4 clips plus manifest.csv + data.yaml."""
     from workbench.data.synth import SynthSpec, write_with_config
 
+    n = n or (48 if media else 600)
     if n < 20:
         raise ConfigError(f"--n={n} is too small to fill train/valid/test; use at least 20")
+    if media:
+        from workbench.data.synth_media import MediaSynthSpec, write_media_dataset
+
+        config = write_media_dataset(out, MediaSynthSpec(n=n, seed=seed))
+        console.print(f"wrote {n} synthetic clips to {escape(str(out / 'videos'))}; config: "
+                      f"{escape(str(config))}; next: workbench data media {escape(str(config))} "
+                      f"--out DIR")
+        return
     config = write_with_config(out, SynthSpec(n=n, seed=seed))
     console.print(f"wrote {n} synthetic utterances to {escape(str(out / 'manifest.csv'))}; "
                   f"config: {escape(str(config))}")

@@ -13,6 +13,7 @@ unknown-key suggestions, renamed keys, dump); each concern has its own schema mo
 ``methods``                one object per method: MS-Mix, conflict penalty, augmentation,
                            missing-modality training, enhancement
 ``evaluation``             :class:`EvalConfig` -- how a checkpoint is evaluated
+``media``                  :class:`MediaConfig`, :class:`MediaJobConfig` -- media ingestion
 ``distill``                :class:`SignalsConfig`, :class:`LossConfig`,
                            :class:`DistillConfig` -- a whole distillation run
 ``legacy``                 old flat keys mapped to their new places
@@ -28,6 +29,7 @@ from workbench.config.data import DataConfig
 from workbench.config.distill import DistillConfig, LossConfig, SignalsConfig
 from workbench.config.evaluation import EvalConfig
 from workbench.config.fields import MODALITIES, SPLITS, ConfigError
+from workbench.config.media import MediaConfig, MediaJobConfig
 from workbench.config.loader import (
     apply_overrides,
     dump_config,
@@ -52,7 +54,7 @@ __all__ = [
     "MODALITIES", "SPLITS", "ConfigError",
     "DataConfig", "TeacherConfig", "PriceConfig", "CacheConfig", "CacheJobConfig",
     "StudentConfig", "LoraConfig", "TrainConfig", "SignalsConfig", "LossConfig",
-    "EvalConfig", "DistillConfig",
+    "EvalConfig", "DistillConfig", "MediaConfig", "MediaJobConfig",
     "MsMixConfig", "ConflictConfig", "AugmentConfig", "MissingConfig", "EnhanceConfig",
     "DashFusionConfig",
     "load_config", "from_dict", "to_dict", "apply_overrides", "dump_config", "versions",
@@ -64,7 +66,7 @@ def config_class_for(path: str | Path) -> type | None:
     """The config dataclass a file under ``configs/`` holds, from its folder name."""
     parts = Path(path).parts
     table = {"data": DataConfig, "teachers": TeacherConfig, "distill": DistillConfig,
-             "eval": EvalConfig, "cache": CacheJobConfig}
+             "eval": EvalConfig, "cache": CacheJobConfig, "media": MediaJobConfig}
     for part in reversed(parts[:-1]):
         if part in table:
             return table[part]

@@ -22,7 +22,9 @@ class CacheConfig:
     min_ok_fraction: float = 0.9
     """Consumers (training) refuse a cache with fewer ok rows than this fraction."""
     cue_fields: list[str] = field(default_factory=list)
-    """Manifest columns shown to the teacher as cues (e.g. [audio_cues, visual_cues])."""
+    """Manifest columns shown to the teacher as cues (e.g. [audio_cues, visual_cues]);
+    ``acoustic`` stands for the cues ``workbench data media`` writes (pitch, loudness,
+    speaking rate, pauses), whose wording version then enters the cache key."""
 
     def __post_init__(self) -> None:
         check(0.0 <= self.max_error_rate <= 1.0, "cache.max_error_rate", self.max_error_rate,
