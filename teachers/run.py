@@ -74,6 +74,10 @@ def run_cache_job(cfg: CacheJobConfig, *, progress: ProgressFactory | None = Non
     """
     template = load_template(cfg.cache.template)
     ds = load_dataset(cfg.data)
+    if cfg.teacher.num_threads:
+        import torch
+
+        torch.set_num_threads(cfg.teacher.num_threads)
     backend = make_teacher(cfg.teacher)
     try:
         with CacheStore(cfg.cache.dir) as store:

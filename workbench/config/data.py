@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import codecs
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from workbench.config.fields import MODALITIES, SPLITS, check
 
@@ -12,6 +12,10 @@ from workbench.config.fields import MODALITIES, SPLITS, check
 @dataclass
 class DataConfig:
     """Where a dataset lives and how to read it."""
+
+    PATH_FIELDS: ClassVar[tuple[str, ...]] = ("path", "features", "media_root")
+    """Input paths read relative to the YAML file that names them
+    (:func:`workbench.config.loader.load_config`)."""
 
     path: str = ""
     """Dataset location: an MMSA pickle (.pkl), a manifest (.csv/.jsonl), or a directory

@@ -7,7 +7,8 @@ dataclass does not have (suggesting the nearest valid name), converts values to 
 annotated types, and runs each dataclass's ``__post_init__`` cross-field checks.
 
 A section of a YAML file may be a path to another YAML file instead of a mapping
-(``data: ../data/mosi.yaml``); it is resolved relative to the file that names it.
+(``data: ../data/mosi.yaml``, or on the command line ``data=configs/data/mosi.yaml``); it
+is resolved relative to the file that names it, as are the input paths inside it.
 :func:`dump_config` writes the resolved config (with versions) into an output dir.
 """
 
@@ -17,6 +18,8 @@ import dataclasses
 import difflib
 import enum
 import json
+import logging
+import os
 import types
 import typing
 from pathlib import Path
@@ -29,6 +32,7 @@ from workbench.config.legacy import migrate
 from workbench.io import atomic_write_text
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
@@ -168,10 +172,32 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.split("."), value
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``a.b.c=value`` overrides to a nested mapping (values parsed as YAML)."""
+def _section_type(cls: type | None, path: list[str]) -> Any:
+    """The annotated type at dotted ``path`` under dataclass ``cls`` (None if unknown)."""
+    tp: Any = cls
+    for part in path:
+        if tp is None or not dataclasses.is_dataclass(tp):
+            return None
+        tp = _strip_optional(typing.get_type_hints(tp).get(part, type(None)))[0]
+        if tp is type(None):
+            return None
+    return tp
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str],
+                    cls: type | None = None) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides to a nested mapping (values parsed as YAML).
+
+    With ``cls``, an override that names a whole section with a file
+    (``data=configs/data/meld.yaml``) reads that file (relative to the working directory,
+    like every command-line path), as a section given as a path inside a YAML file is."""
     for item in overrides:
         path, value = _parse_override(item)
+        tp = _section_type(cls, path) if cls is not None else None
+        if isinstance(value, str) and value and dataclasses.is_dataclass(tp):
+            inc = Path(value)
+            value = _resolve_includes(tp, _resolve_paths(tp, _read_yaml(inc), inc.parent),
+                                      inc.parent)
         node = data
         for part in path[:-1]:
             child = node.get(part)
@@ -201,11 +227,40 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+def _resolve_paths(cls: type, data: dict[str, Any], base: Path) -> dict[str, Any]:
+    """Resolve the input paths a dataclass declares (``PATH_FIELDS``, e.g. a data
+    config's ``path``, ``features``, ``media_root``) relative to ``base``, the folder of
+    the YAML file that names them: one rule for a recipe's ``data:`` include and the data
+    file's own ``path:``.
+
+    The older rule (relative to the working directory) keeps working where it is
+    unambiguous: a path that exists only relative to the working directory is kept as
+    written (noted in the log); where neither exists it is kept as written too, so the
+    error names the path you wrote. Command-line overrides stay relative to the working
+    directory."""
+    fields = getattr(cls, "PATH_FIELDS", ())
+    out = dict(data)
+    for key in fields:
+        value = data.get(key)
+        if not isinstance(value, str) or not value or Path(value).is_absolute():
+            continue
+        near = base / value
+        if near.exists():
+            if Path(value).exists() and near.resolve() != Path(value).resolve():
+                log.warning("%s=%s: read relative to its file's folder %s (also exists "
+                            "relative to the working directory)", key, value, base)
+            out[key] = os.path.normpath(near)
+        elif Path(value).exists():
+            log.info("%s=%s: not found next to its file (%s); read relative to the working "
+                     "directory (the older rule)", key, value, base)
+    return out
+
+
 def _resolve_includes(cls: type, data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Replace sections given as file paths by that file's mapping (recursively).
 
-    An include path is relative to the file that names it; data paths inside any config
-    are relative to the working directory, as with every other command-line path.
+    An include path is relative to the file that names it, and so are the input paths in
+    it (:func:`_resolve_paths`).
     """
     if not dataclasses.is_dataclass(cls):
         return data
@@ -216,9 +271,10 @@ def _resolve_includes(cls: type, data: dict[str, Any], base: Path) -> dict[str, 
         if dataclasses.is_dataclass(tp):
             if isinstance(value, str):
                 inc = (base / value).resolve()
-                out[key] = _resolve_includes(tp, _read_yaml(inc), inc.parent)
+                out[key] = _resolve_includes(tp, _resolve_paths(tp, _read_yaml(inc), inc.parent),
+                                             inc.parent)
             elif isinstance(value, dict):
-                out[key] = _resolve_includes(tp, value, base)
+                out[key] = _resolve_includes(tp, _resolve_paths(tp, value, base), base)
     return out
 
 
@@ -227,13 +283,15 @@ def load_config(
 ) -> T:
     """Read ``path`` (YAML) into ``cls``, apply ``overrides``, validate, and return it.
 
-    Relative data paths are resolved against the current directory.
+    Relative input paths in a YAML file are read relative to that file (older configs
+    written for the working directory still load, :func:`_resolve_paths`); overrides'
+    paths are relative to the working directory.
     """
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
-        data = _resolve_includes(cls, _read_yaml(p), p.parent)
-    data = apply_overrides(data, list(overrides or []))
+        data = _resolve_includes(cls, _resolve_paths(cls, _read_yaml(p), p.parent), p.parent)
+    data = apply_overrides(data, list(overrides or []), cls)
     try:
         return from_dict(cls, data)
     except ConfigError as e:

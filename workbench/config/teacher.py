@@ -60,6 +60,9 @@ class TeacherConfig:
     """Prompts per generate call for in-process backends."""
     device: str = "auto"
     dtype: str = "auto"
+    num_threads: int = 0
+    """CPU threads of an in-process backend (``torch.set_num_threads`` before the model
+    loads); 0 keeps torch's default. A runtime knob: not part of the cache key."""
     price: PriceConfig = field(default_factory=PriceConfig)
     budget_usd: float = 0.0
     """Stop the job cleanly once this much has been spent (0: no cap)."""
@@ -73,6 +76,8 @@ class TeacherConfig:
                   "openai_compat needs the endpoint, e.g. http://127.0.0.1:8080/v1")
         check(not self.api_key_env.startswith(("sk-", "sk_")), "teacher.api_key_env",
               "<redacted>", "name the environment variable that holds the key, not the key")
+        check(self.num_threads >= 0, "teacher.num_threads", self.num_threads,
+              "use 0 (torch's default) or a positive thread count")
         check(0.0 <= self.temperature <= 2.0, "teacher.temperature", self.temperature,
               "use a value in [0, 2]; 0 for deterministic soft labels")
         check(self.max_tokens >= 0, "teacher.max_tokens", self.max_tokens,
