@@ -18,6 +18,12 @@ One checkpoint (:func:`evaluate_checkpoint`):
    seeded per (seed, sample id) (:func:`students.robustness.fixed_rate`); per rate the
    mean and sample std over seeds and the average over rates
    (:func:`eval.report.robustness_summary`);
+5b. CyIN's protocol (with ``dataset_rates`` / ``instance_probs``): the fixed subsets are
+   the patterns of 4 (every non-empty subset kept: 7 for text / audio / vision, 3 for
+   text + audio); per dataset-level missing rate and per instance-level missing
+   probability, one run per seed (:func:`students.robustness.dataset_missing`,
+   :func:`~students.robustness.instance_missing`), summarised like the sweep, in
+   ``results.json`` under ``cyin_protocol``;
 6. cost and speed (:mod:`eval.cost`).
 
 How to evaluate (split, rates, seeds, patterns, device, ...) is an
@@ -69,7 +75,7 @@ from students.checkpoint import (
     read_meta,
 )
 from students.inference import predict
-from students.robustness import drop_modalities, fixed_rate
+from students.robustness import dataset_missing, drop_modalities, fixed_rate, instance_missing
 from workbench.config import MODALITIES, DataConfig
 from workbench.data import MSADataset
 from workbench.metrics import compute_metrics
@@ -111,6 +117,9 @@ class CheckpointEval:
     options: EvalOptions
     device: str
     seconds: float = 0.0
+    random_missing: dict[str, dict[float, list[dict[str, float]]]] | None = None
+    """CyIN's random protocols: ``dataset_rate`` / ``instance_prob`` -> value -> metrics
+    per seed; None without them."""
 
     @property
     def metrics(self) -> dict[str, float]:
@@ -183,7 +192,8 @@ def evaluate_checkpoint(path: str | Path, opts: EvalOptions, data: DataConfig | 
         raise EvalError(f"checkpoint {p}: {STUDENT_FILE} lists modalities {modalities} but its "
                         f"config builds a model reading {['text', *model.modalities]}; the "
                         "checkpoint is inconsistent, re-save it from its run")
-    total = 1 + len(patterns) + len(opts.missing_rates) * len(opts.seeds)
+    total = 1 + len(patterns) + (len(opts.missing_rates) + len(opts.dataset_rates)
+                                 + len(opts.instance_probs)) * len(opts.seeds)
     done = 0
     label = name or checkpoint_name(p)
 
@@ -203,6 +213,16 @@ def evaluate_checkpoint(path: str | Path, opts: EvalOptions, data: DataConfig | 
     for rate in opts.missing_rates:
         sweep[rate] = [run(fixed_rate(rate, seed, tuple(modalities)),
                            f"rate {rate:g} seed {seed}") for seed in opts.seeds]
+    random_missing = None
+    if opts.dataset_rates or opts.instance_probs:
+        mods = tuple(modalities)
+        random_missing = {
+            "dataset_rate": {r: [run(dataset_missing(r, seed, mods), f"dataset rate {r:g} seed "
+                                     f"{seed}") for seed in opts.seeds]
+                             for r in opts.dataset_rates},
+            "instance_prob": {q: [run(instance_missing(q, seed, mods), f"instance prob {q:g} "
+                                      f"seed {seed}") for seed in opts.seeds]
+                              for q in opts.instance_probs}}
     cost = cost_report(model, p, items, meta.teacher_manifest, ds, batch_size=opts.batch_size,
                        recorded_parameters=meta.student.get("parameters"),
                        latency_samples=opts.latency_samples,
@@ -215,7 +235,8 @@ def evaluate_checkpoint(path: str | Path, opts: EvalOptions, data: DataConfig | 
         data={"name": ds.info.name, "fingerprint": ds.fingerprint, "source": ds.info.source,
               "path": data_cfg.path,
               "splits": {s: ds.num_rows(s) for s in ds.splits}},
-        options=opts, device=str(device), seconds=time.perf_counter() - t0)
+        options=opts, device=str(device), seconds=time.perf_counter() - t0,
+        random_missing=random_missing)
     log.info("evaluated %s on %s (%d samples, %d passes) in %.1fs", p, opts.split, len(samples),
              total, ev.seconds)
     return ev
@@ -256,6 +277,26 @@ def results_dict(ev: CheckpointEval) -> dict[str, Any]:
         out["robustness"] = {ev.name: rob}
     if ev.cost is not None:
         out["cost"] = ev.cost
+    if ev.random_missing is not None:
+        out["cyin_protocol"] = cyin_protocol(ev)
+    return out
+
+
+def cyin_protocol(ev: CheckpointEval) -> dict[str, Any]:
+    """CyIN's evaluation table: ``fixed_subsets`` (kept modalities, named by initials as
+    in CyIN, -> metrics; deterministic), and per random protocol (``dataset_rate``,
+    ``instance_prob``) the summary of :func:`eval.report.robustness_summary` (per value
+    the mean / sample std over seeds, and the average over values)."""
+    assert ev.random_missing is not None
+    fixed = {"+".join(m[0] for m in ev.modalities): ev.conditions[COMPLETE]}
+    for pname, drop in ev.patterns.items():
+        kept = [m for m in ev.modalities if m not in drop]
+        if kept:
+            fixed["+".join(m[0] for m in kept)] = ev.conditions[pname]
+    out: dict[str, Any] = {"fixed_subsets": fixed, "seeds": ev.seeds}
+    for kind, runs in ev.random_missing.items():
+        if runs:
+            out[kind] = robustness_summary(runs)
     return out
 
 

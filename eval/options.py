@@ -119,8 +119,16 @@ class EvalOptions:
     """``auto`` (cuda when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     device_cost_per_hour: float = 0.0
     """USD per hour of the machine running the student (for the cost ratio); 0: unknown."""
+    dataset_rates: list[float] = field(default_factory=list)
+    """CyIN's dataset-level missing rates (whole modalities removed per sample, every
+    sample keeping one; one run per rate and seed); empty: none."""
+    instance_probs: list[float] = field(default_factory=list)
+    """CyIN's instance-level missing probabilities (a sample loses a random non-empty
+    proper subset with this probability); empty: none."""
 
     def __post_init__(self) -> None:
+        if (self.dataset_rates or self.instance_probs) and not self.seeds:
+            raise EvalError("CyIN's random missing protocols need at least one seed (--seeds)")
         if self.batch_size < 1:
             raise EvalError(f"--batch-size={self.batch_size}: use at least 1")
         if self.latency_samples < 1:

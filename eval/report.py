@@ -355,6 +355,18 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         for name, summary in robustness_variants(robust).items():
             cols = order_metrics(summary["average"], metric_set)
             lines += [f"### {_md_escape(name)}", "", robustness_table(summary, cols)]
+    cyin = results.get("cyin_protocol")
+    if cyin:
+        lines += ["## CyIN protocol", "", "### Fixed subsets of available modalities", ""]
+        fixed = cyin["fixed_subsets"]
+        lines.append(markdown_table(fixed, order_metrics(
+            (m for row in fixed.values() for m in row), metric_set)))
+        for kind, title in (("dataset_rate", "Dataset-level missing rate"),
+                            ("instance_prob", "Instance-level missing probability")):
+            if cyin.get(kind):
+                cols = order_metrics(cyin[kind]["average"], metric_set)
+                lines += [f"### {title} (mean ± std over seeds)", "",
+                          robustness_table(cyin[kind], cols)]
     meta = results.get("meta")
     if meta:
         lines += ["## Meta", ""]

@@ -41,6 +41,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from students.cyin import CyclicLatent
 from students.dashfusion import DashFusion
 from students.encoders import (
     Encoded,
@@ -137,6 +138,8 @@ class StudentEncoding:
     text_avail: Tensor
     desc: DescriptionEncoding | None = None
     enhanced: dict[str, Tensor] | None = None
+    latent: Any = None
+    """``student.latent=cyin``: the :class:`students.cyin.LatentState` of this pass."""
 
     def pooled(self) -> dict[str, Tensor]:
         """Per modality (``text`` first), the pooled (B, h) representation."""
@@ -273,6 +276,8 @@ class StudentModel(nn.Module):
         self.enhance = (CrossSampleEnhancer(h, ["text", *self.modalities], self.modalities,
                                             ecfg.bank, ecfg.k, ecfg.temperature)
                         if ecfg.enabled else None)
+        self.latent = (CyclicLatent(h, ["text", *self.modalities], self.out_dim, cfg.cyin)
+                       if cfg.latent == "cyin" else None)
         # MS-Mix: emotional intensity |score| per modality (training only).
         self.intensity_heads = (nn.ModuleDict({
             m: nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 1))
@@ -301,6 +306,8 @@ class StudentModel(nn.Module):
             parts["description_branch"] = self.prompt
         if self.enhance is not None:
             parts["enhance"] = self.enhance
+        if self.latent is not None:
+            parts["latent"] = self.latent
         out = {k: count_parameters(v) for k, v in parts.items()}
         every = count_parameters(self)
         if self.intensity_heads is not None:  # training only, not part of the student
@@ -375,6 +382,8 @@ class StudentModel(nn.Module):
             desc = self.prompt(self._get(batch, "descriptions"), self.device)
         enc = StudentEncoding(text=text, others=others, avail=avail, text_avail=text_avail,
                               desc=desc)
+        if self.latent is not None:
+            enc = self.latent(enc)
         if self.enhance is not None:
             enc = self._enhance(enc, batch)
         return enc
@@ -406,7 +415,8 @@ class StudentModel(nn.Module):
                 pooled=torch.where(a.unsqueeze(1), blended[m].to(e.pooled.dtype), e.pooled))
             avail[m] = torch.where(a, torch.ones_like(avail[m]), avail[m])
         return StudentEncoding(text=enc.text, others=others, avail=avail,
-                               text_avail=enc.text_avail, desc=enc.desc, enhanced=apply)
+                               text_avail=enc.text_avail, desc=enc.desc, enhanced=apply,
+                               latent=enc.latent)
 
     def fuse_and_predict(self, enc: StudentEncoding,
                          return_attention: bool = False) -> StudentOutput:

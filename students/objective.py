@@ -5,7 +5,8 @@ where their signal exists, each method's terms only with its switch, the method'
 object held whole); :func:`compute_losses` is every term of one forward pass and their
 weighted sum; :func:`training_losses` is one training step (the forward pass, those terms,
 and the methods' terms from :func:`students.msmix.msmix_losses`,
-:func:`students.conflict.conflict_losses` and :func:`students.dashfusion.dashfusion_losses`).
+:func:`students.conflict.conflict_losses`, :func:`students.dashfusion.dashfusion_losses`
+and :func:`students.cyin.cyin_losses`).
 :func:`freeze_unused` freezes the heads no term reads.
 """
 
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from students.conflict import conflict_losses
+from students.cyin import cyin_losses, cyin_total
 from students.dashfusion import dashfusion_losses
 from students.losses import (
     attention_kd,
@@ -30,7 +32,13 @@ from students.losses import (
 )
 from students.model import StudentModel, StudentOutput
 from students.msmix import msmix_losses
-from workbench.config import ConflictConfig, DashFusionConfig, DistillConfig, MsMixConfig
+from workbench.config import (
+    ConflictConfig,
+    CyinConfig,
+    DashFusionConfig,
+    DistillConfig,
+    MsMixConfig,
+)
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class LossPlan:
     label_range: tuple[float, float] = (-3.0, 3.0)
     dashfusion: DashFusionConfig | None = None
     """DashFusion's alignment losses (``student.fusion=dashfusion``); None: off."""
+    cyin: CyinConfig | None = None
+    """CyIN's bottleneck and translation losses (``student.latent=cyin``); None: off."""
 
     @property
     def uses_bins(self) -> bool:
@@ -68,7 +78,7 @@ class LossPlan:
     @property
     def needs_encoding(self) -> bool:
         return (self.msmix is not None or self.conflict is not None
-                or self.dashfusion is not None)
+                or self.dashfusion is not None or self.cyin is not None)
 
 
 def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool,
@@ -95,6 +105,7 @@ def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool,
         label_stats=label_stats,
         label_range=tuple(cfg.data.label_range),  # type: ignore[arg-type]
         dashfusion=cfg.student.dashfusion if cfg.student.fusion == "dashfusion" else None,
+        cyin=cfg.student.cyin if cfg.student.latent == "cyin" else None,
     )
 
 
@@ -191,6 +202,11 @@ def training_losses(model: Any, batch: dict[str, Any], plan: LossPlan, bins: Ten
         parts = dashfusion_losses(out, batch, dc, plan.classification)
         total = total + dc.align_weight * parts["dash_align"] \
             + dc.supcon_weight * parts["dash_supcon"]
+        losses.update(parts)
+    if plan.cyin is not None:
+        parts = cyin_losses(raw, out, batch, plan.cyin, task_kind=plan.task_kind,
+                            classification=plan.classification)
+        total = total + cyin_total(parts, plan.cyin)
         losses.update(parts)
     losses["total"] = total
     return losses

@@ -10,7 +10,14 @@ marks them. ``<m>_avail`` becomes 0 for a sample left with nothing of ``m``.
 
 Evaluation: :func:`fixed_rate` uses one rate for every modality and sample;
 :func:`drop_modalities` removes whole modalities (rate 1), e.g. audio entirely;
-:func:`removal_patterns` lists the usual keep-subsets.
+:func:`removal_patterns` lists the usual keep-subsets. CyIN's random protocols remove
+whole modalities per sample, every sample keeping at least one:
+:func:`dataset_missing` (dataset-level missing rate: one modality kept for sure, each
+other kept with the probability that makes the expected missing fraction of all
+(sample, modality) slots ``rate``; :func:`dataset_level_keep`) and
+:func:`instance_missing` (instance-level missing probability: a sample is incomplete
+with probability ``prob`` and then keeps one of the non-empty proper subsets, uniformly;
+:func:`instance_level_keep`).
 
 Determinism: the rates come from ``mask_rng(seed, epoch, id)`` and each modality's unit
 mask from ``mask_rng(seed, epoch, id + "/" + modality)`` (``workbench.data.masks``), so a
@@ -37,11 +44,14 @@ from workbench.data.masks import draw_rates, keep_mask, mask_rng
 class MaskSpec:
     """How to mask a batch.
 
-    ``kind``: ``lnln`` (random per-sample rates, training) or ``fixed`` (``rate`` for all
-    modalities in ``modalities``). ``drop``: modalities removed entirely (rate 1) on top.
+    ``kind``: ``lnln`` (random per-sample rates, training), ``fixed`` (``rate`` for all
+    modalities in ``modalities``), ``dataset`` / ``instance`` (CyIN: whole modalities of
+    ``modalities`` removed per sample, ``rate`` the dataset-level missing rate / the
+    instance-level missing probability). ``drop``: modalities removed entirely (rate 1) on
+    top.
     """
 
-    kind: Literal["lnln", "fixed"] = "fixed"
+    kind: Literal["lnln", "fixed", "dataset", "instance"] = "fixed"
     seed: int = 0
     epoch: int = 0
     rate: float = 0.0
@@ -50,8 +60,8 @@ class MaskSpec:
     drop: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in ("lnln", "fixed"):
-            raise ValueError(f"MaskSpec.kind={self.kind!r}: use lnln or fixed")
+        if self.kind not in ("lnln", "fixed", "dataset", "instance"):
+            raise ValueError(f"MaskSpec.kind={self.kind!r}: use lnln, fixed, dataset or instance")
         if not 0.0 <= self.rate <= 1.0:
             raise ValueError(f"missing rate={self.rate}: use a fraction in [0, 1]")
         if not 0.0 <= self.complete_fraction <= 1.0:
@@ -82,6 +92,41 @@ def drop_modalities(drop: tuple[str, ...] | list[str], seed: int = 0) -> MaskSpe
     return MaskSpec(kind="fixed", seed=seed, rate=0.0, drop=tuple(drop))
 
 
+def dataset_missing(rate: float, seed: int, modalities: tuple[str, ...] = MODALITIES) -> MaskSpec:
+    """CyIN's dataset-level protocol: whole modalities removed per sample, a fraction
+    ``rate`` of all (sample, modality) slots in expectation, each sample keeping one."""
+    return MaskSpec(kind="dataset", seed=seed, rate=rate, modalities=tuple(modalities))
+
+
+def instance_missing(prob: float, seed: int, modalities: tuple[str, ...] = MODALITIES
+                     ) -> MaskSpec:
+    """CyIN's instance-level protocol: each sample incomplete with probability ``prob``."""
+    return MaskSpec(kind="instance", seed=seed, rate=prob, modalities=tuple(modalities))
+
+
+def dataset_level_keep(rng: np.random.Generator, modalities: list[str], rate: float
+                       ) -> list[str]:
+    """Modalities one sample keeps at dataset-level missing rate ``rate`` (M modalities):
+    one drawn uniformly is kept; each other with ``q = (M (1 - rate) - 1) / (M - 1)``
+    (clipped to [0, 1]), so the expected kept fraction is ``1 - rate`` down to ``1 / M``."""
+    m = len(modalities)
+    sure = int(rng.integers(m))
+    q = 1.0 if m == 1 else min(1.0, max(0.0, (m * (1.0 - rate) - 1.0) / (m - 1)))
+    draws = rng.random(m)
+    return [x for k, x in enumerate(modalities) if k == sure or draws[k] < q]
+
+
+def instance_level_keep(rng: np.random.Generator, modalities: list[str], prob: float
+                        ) -> list[str]:
+    """Modalities one sample keeps at instance-level missing probability ``prob``: all of
+    them with probability ``1 - prob``, else one of the non-empty proper subsets, uniformly."""
+    if rng.random() >= prob or len(modalities) < 2:
+        return list(modalities)
+    subsets = [list(c) for k in range(1, len(modalities))
+               for c in itertools.combinations(modalities, k)]
+    return subsets[int(rng.integers(len(subsets)))]
+
+
 def removal_patterns(modalities: tuple[str, ...] | list[str]) -> dict[str, tuple[str, ...]]:
     """Every non-empty subset of ``modalities`` to keep, named by its initials
     (``t``, ``a``, ``v``, ``t+a``, ...), mapped to the modalities to drop."""
@@ -100,6 +145,11 @@ def sample_rates(spec: MaskSpec, sample_id: str) -> dict[str, float]:
     if spec.kind == "lnln":
         rates.update(draw_rates(mask_rng(spec.seed, spec.epoch, sample_id),
                                 list(spec.modalities), spec.complete_fraction))
+    elif spec.kind in ("dataset", "instance"):
+        rng = mask_rng(spec.seed, spec.epoch, f"{sample_id}/{spec.kind}")
+        pick = dataset_level_keep if spec.kind == "dataset" else instance_level_keep
+        kept = pick(rng, list(spec.modalities), spec.rate)
+        rates.update({m: 0.0 if m in kept else 1.0 for m in spec.modalities})
     else:
         rates.update({m: spec.rate for m in spec.modalities})
     rates.update({m: 1.0 for m in spec.drop})

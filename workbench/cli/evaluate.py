@@ -131,6 +131,11 @@ def eval_checkpoints(
     missing_modality: Annotated[list[str] | None, typer.Option(
         help="Remove whole modalities: text, audio, vision or e.g. audio,vision; repeat for "
              "several patterns; none for no patterns (default: every pattern).")] = None,
+    dataset_missing_rates: Annotated[str | None, typer.Option(
+        help="CyIN protocol: dataset-level missing rates (whole modalities per sample, each "
+             "keeping one), e.g. 0.1:0.7:0.1 or a comma list.")] = None,
+    instance_missing_probs: Annotated[str | None, typer.Option(
+        help="CyIN protocol: instance-level missing probabilities, e.g. 0.1:0.7:0.1.")] = None,
     batch_size: Annotated[int | None, typer.Option(
         help="Batch size (default: the checkpoint's eval.batch_size).")] = None,
     no_cost: Annotated[bool, typer.Option(
@@ -158,7 +163,9 @@ def eval_checkpoints(
         missing_rates=parse_rates(missing_rates) if missing_rates is not None else None,
         seeds=parse_seeds(seeds) if seeds is not None else None,
         patterns=parse_patterns(missing_modality) if missing_modality else None,
-        latency_samples=latency_samples, device_cost_per_hour=device_cost_per_hour)
+        latency_samples=latency_samples, device_cost_per_hour=device_cost_per_hour,
+        dataset_rates=parse_rates(dataset_missing_rates) if dataset_missing_rates else [],
+        instance_probs=parse_rates(instance_missing_probs) if instance_missing_probs else [])
     options = [options_for(p, **common) for p in paths]
     evals, datasets = [], {}
     for path, name, opts in zip(paths, names, options, strict=True):

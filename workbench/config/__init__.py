@@ -41,6 +41,7 @@ from workbench.config.loader import (
 from workbench.config.methods import (
     AugmentConfig,
     ConflictConfig,
+    CyinConfig,
     DashFusionConfig,
     EnhanceConfig,
     MissingConfig,
@@ -56,7 +57,7 @@ __all__ = [
     "StudentConfig", "LoraConfig", "TrainConfig", "SignalsConfig", "LossConfig",
     "EvalConfig", "DistillConfig", "MediaConfig", "MediaJobConfig",
     "MsMixConfig", "ConflictConfig", "AugmentConfig", "MissingConfig", "EnhanceConfig",
-    "DashFusionConfig",
+    "DashFusionConfig", "CyinConfig",
     "load_config", "from_dict", "to_dict", "apply_overrides", "dump_config", "versions",
     "config_class_for",
 ]

@@ -12,6 +12,8 @@ default. Where they sit in a distillation recipe:
 ``student.enhance``           :class:`EnhanceConfig` (``students.enhance``)
 ``student.dashfusion``        :class:`DashFusionConfig` (``students.dashfusion``), on with
                               ``student.fusion=dashfusion``
+``student.cyin``              :class:`CyinConfig` (``students.cyin``), on with
+                              ``student.latent=cyin``
 ============================  ========================================================
 
 A switch may be given alone, ``train.msmix=true`` (the loader reads a bool given for a
@@ -192,6 +194,46 @@ class DashFusionConfig:
                   "use 0 (term off) or a positive weight")
         check(self.temperature > 0, "student.dashfusion.temperature", self.temperature,
               "use a positive temperature, e.g. 0.1")
+
+
+@dataclass
+class CyinConfig:
+    """CyIN (cyclic informative latent space; ``students.cyin``), used when
+    ``student.latent=cyin``. Each modality passes a variational bottleneck (token-level:
+    mean, log-variance, reparameterisation, KL to N(0, I); decoders reconstruct every
+    modality from every latent, cyclically; label-level: a head per latent predicts the
+    label); residual translators map each modality's latent to every other's, trained
+    forward and in reverse (cycle consistency). A missing modality's latent is the mean of
+    its translations from those present, so one model serves complete and incomplete
+    inputs. Adds ``kl_weight`` x KL + ``recon_weight`` x reconstruction + ``label_weight``
+    x label loss + ``translate_weight`` x forward + ``cycle_weight`` x reverse translation
+    errors."""
+
+    inter: int = 0
+    """Inner width of the encoders, decoders and translators; 0: ``student.hidden``."""
+    kl_weight: float = 0.01
+    """Weight of the KL term (the bottleneck's beta)."""
+    recon_weight: float = 0.1
+    """Weight of the cyclic reconstruction error."""
+    label_weight: float = 0.1
+    """Weight of the label-level bottleneck (task loss of each latent's head)."""
+    translate_weight: float = 0.1
+    """Weight of the forward translation error."""
+    cycle_weight: float = 0.1
+    """Weight of the reverse (cycle-consistency) translation error."""
+    substitute_prob: float = 0.25
+    """Training only: probability that a present modality's latent is replaced by its
+    translation from the others (the fusion learns to read translations)."""
+
+    def __post_init__(self) -> None:
+        check(self.inter >= 0, "student.cyin.inter", self.inter,
+              "use 0 (student.hidden) or a positive width")
+        for name in ("kl_weight", "recon_weight", "label_weight", "translate_weight",
+                     "cycle_weight"):
+            check(getattr(self, name) >= 0, f"student.cyin.{name}", getattr(self, name),
+                  "use 0 (term off) or a positive weight")
+        check(0.0 <= self.substitute_prob < 1.0, "student.cyin.substitute_prob",
+              self.substitute_prob, "use a probability in [0, 1), e.g. 0.25")
 
 
 METHOD_CONFIGS = (MsMixConfig, ConflictConfig, AugmentConfig, MissingConfig, EnhanceConfig)

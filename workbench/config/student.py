@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from workbench.config.fields import check
-from workbench.config.methods import DashFusionConfig, EnhanceConfig
+from workbench.config.methods import CyinConfig, DashFusionConfig, EnhanceConfig
 
 
 @dataclass
@@ -72,6 +72,11 @@ class StudentConfig:
     losses (``students.dashfusion``, settings in ``student.dashfusion``)."""
     dashfusion: DashFusionConfig = field(default_factory=DashFusionConfig)
     """DashFusion's settings (read when ``student.fusion=dashfusion``)."""
+    latent: Literal["none", "cyin"] = "none"
+    """``cyin``: every modality through CyIN's variational bottleneck, missing modalities
+    translated from those present (``students.cyin``, settings in ``student.cyin``)."""
+    cyin: CyinConfig = field(default_factory=CyinConfig)
+    """CyIN's settings (read when ``student.latent=cyin``)."""
 
     def __post_init__(self) -> None:
         check(self.hidden >= 8, "student.hidden", self.hidden, "use at least 8")
