@@ -117,3 +117,47 @@ def test_nonfinite_features_name_their_modality_and_data_nonfinite_zero(tmp_path
     other = {"audio": "vision", "vision": "audio"}[mod]
     assert other not in out.split("nonfinite:")[1]
     assert runner.invoke(app, ["data", "validate", pkl, "nonfinite=zero"]).exit_code == 0
+
+
+# ------------------------------------------------------------------ config keys
+
+
+def _teacher_yaml(tmp_path, base_url: str = "http://127.0.0.1:9/v1", **kw):
+    import yaml
+
+    path = tmp_path / "fault_teacher.yaml"
+    path.write_text(yaml.safe_dump({"backend": "openai_compat", "model": "fake", "api":
+                                    "completions", "base_url": base_url, "max_retries": 0, **kw}))
+    return path
+
+
+def test_an_unknown_override_key_is_blamed_on_the_override_not_the_file(synth, tmp_path):
+    import yaml
+
+    manifest, features = synth
+    teacher = _teacher_yaml(tmp_path)
+    data = tmp_path / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(manifest), "features": str(features)}))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"data": str(data), "teacher": str(teacher),
+                                      "cache": {"dir": str(tmp_path / "c")}}))
+    runs = {
+        "retry": ("cache", "retry", tmp_path / "c", "--teacher", teacher),
+        "run": ("cache", "run", "--config", recipe),
+        "distill": ("distill", "--config", "configs/distill/synth_demo.yaml"),
+    }
+    for name, args in runs.items():
+        key = "train.epoch" if name == "distill" else "teacher.timeout"
+        out = fails(*args, f"{key}=3")
+        assert f"command-line override '{key}=3': unknown key" in out, (name, out)
+        assert "fault_teacher.yaml" not in out and "recipe.yaml" not in out, (name, out)
+        assert "did you mean" in out, (name, out)
+    # a bad value an override gave is the override's too; a key the file gave is the file's
+    out = fails(*runs["retry"], "teacher.temperature=-1")
+    assert "command-line override 'teacher.temperature=-1'" in out
+    out = fails("data", "validate", data, "data.modalites=[text]")
+    assert "command-line override 'data.modalites=[text]'" in out and "did you mean 'modalities'" in out
+    data.write_text(yaml.safe_dump({"path": str(manifest), "modalites": ["text"]}))
+    out = fails("data", "validate", data, "name=x")
+    assert f"{data}: unknown key 'modalites'" in out and "command-line" not in out
+    assert not (tmp_path / "c").exists()

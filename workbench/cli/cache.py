@@ -75,7 +75,13 @@ def print_report(report, status: dict[str, Any]) -> None:
 def job_config(recipe: Path | None, teacher: Path | None, data: str | None,
                flags: dict[str, Any], overrides: list[str]) -> CacheJobConfig:
     """The job: the recipe, then the flags given (``None``: not given), then overrides."""
-    from workbench.config import TeacherConfig, apply_overrides, from_dict, to_dict
+    from workbench.config import (
+        TeacherConfig,
+        apply_overrides,
+        attribute_error,
+        from_dict,
+        to_dict,
+    )
 
     if recipe is None and (teacher is None or data is None):
         missing = " and ".join(f for f, v in (("--teacher", teacher), ("--data", data)) if v is None)
@@ -98,7 +104,7 @@ def job_config(recipe: Path | None, teacher: Path | None, data: str | None,
     try:
         return from_dict(CacheJobConfig, tree)
     except ConfigError as e:
-        raise ConfigError(f"{recipe}: {e}" if recipe else str(e)) from None
+        raise attribute_error(e, recipe, overrides) from None
 
 
 @app.command("run")
@@ -188,7 +194,7 @@ def cache_retry(
     bad = [o for o in overrides or [] if not o.startswith("teacher.") or "=" not in o]
     if bad:
         raise ConfigError(f"overrides {bad} must look like teacher.KEY=V")
-    tcfg = load_config(TeacherConfig, teacher, [o.removeprefix("teacher.") for o in overrides or []])
+    tcfg = load_config(TeacherConfig, teacher, overrides or [], section="teacher")
     kinds = [k for k in errors.split(",") if k]
     backend = make_teacher(tcfg)
     with open_store(cache) as store:

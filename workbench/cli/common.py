@@ -70,12 +70,11 @@ def new_app(help: str, **kw: Any) -> typer.Typer:
 
 def data_config(source: str, overrides: list[str]) -> DataConfig:
     """A :class:`DataConfig` from a YAML file or a dataset path, plus overrides."""
-    overrides = [o.removeprefix("data.") for o in overrides]
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ConfigError(f"expected key=value overrides after SOURCE, got {bad}")
     if source.endswith((".yaml", ".yml")):
-        return load_config(DataConfig, source, overrides)
+        return load_config(DataConfig, source, overrides, section="data")
     from workbench.data import imported_info
 
     info = imported_info(source)
@@ -83,7 +82,7 @@ def data_config(source: str, overrides: list[str]) -> DataConfig:
     if info is not None:  # an imported dataset describes itself; overrides still win
         seeded = [f"name={info.name}", f"task={info.task}", f"metric_set={info.metric_set}",
                   f"label_range={list(info.label_range)}", f"class_names={info.class_names}"]
-    return load_config(DataConfig, None, [f"path={source}", *seeded, *overrides])
+    return load_config(DataConfig, None, [f"path={source}", *seeded, *overrides], section="data")
 
 
 def load_data(source: str, overrides: list[str] | None):

@@ -32,6 +32,7 @@ from workbench.config.fields import MODALITIES, SPLITS, ConfigError
 from workbench.config.media import MediaConfig, MediaJobConfig
 from workbench.config.loader import (
     apply_overrides,
+    attribute_error,
     dump_config,
     from_dict,
     load_config,
@@ -58,7 +59,8 @@ __all__ = [
     "EvalConfig", "DistillConfig", "MediaConfig", "MediaJobConfig",
     "MsMixConfig", "ConflictConfig", "AugmentConfig", "MissingConfig", "EnhanceConfig",
     "DashFusionConfig", "CyinConfig",
-    "load_config", "from_dict", "to_dict", "apply_overrides", "dump_config", "versions",
+    "load_config", "from_dict", "to_dict", "apply_overrides", "attribute_error", "dump_config",
+    "versions",
     "config_class_for",
 ]
 

@@ -134,9 +134,15 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f"; did you mean {(prefix + '.' if prefix else '') + near[0]!r}?" if near else ""
             raise ConfigError(
-                f"unknown key {where!r} for {cls.__name__}{hint} Valid keys: {', '.join(names)}"
-            )
-        kwargs[key] = _convert(value, hints[key], where)
+                f"unknown key {where!r} for {cls.__name__}{hint or '.'} Valid keys: "
+                f"{', '.join(names)}",
+                key=where)
+        try:
+            kwargs[key] = _convert(value, hints[key], where)
+        except ConfigError as e:
+            if e.key is None:
+                e.key = where
+            raise
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -279,25 +285,58 @@ def _resolve_includes(cls: type, data: dict[str, Any], base: Path) -> dict[str, 
 
 
 def load_config(
-    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None
+    cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None,
+    *, section: str = "",
 ) -> T:
     """Read ``path`` (YAML) into ``cls``, apply ``overrides``, validate, and return it.
 
-    Relative input paths in a YAML file are read relative to that file (older configs
-    written for the working directory still load, :func:`_resolve_paths`); overrides'
-    paths are relative to the working directory.
+    ``section``: the overrides may name their keys under ``section.`` (``teacher.seed=1``
+    for a :class:`TeacherConfig`). An error about a key an override set names that
+    override, as given; any other error names ``path``. Relative input paths in a YAML
+    file are read relative to that file (older configs written for the working directory
+    still load, :func:`_resolve_paths`); overrides' paths are relative to the working
+    directory.
     """
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
         data = _resolve_includes(cls, _resolve_paths(cls, _read_yaml(p), p.parent), p.parent)
-    data = apply_overrides(data, list(overrides or []), cls)
+    given = list(overrides or [])
+    applied = [o.removeprefix(f"{section}.") for o in given] if section else given
+    data = apply_overrides(data, applied, cls)
     try:
         return from_dict(cls, data)
     except ConfigError as e:
-        if path is not None:
-            raise ConfigError(f"{path}: {e}") from None
-        raise
+        raise attribute_error(e, path, applied, shown=given) from None
+
+
+def _override_of(key: str | None, overrides: list[str]) -> int | None:
+    """Index of the last override that set ``key`` (or a section holding it, or a key
+    inside it), else None. ``key`` may carry a section prefix the overrides lack."""
+    if not key:
+        return None
+    k = key.replace("[", ".[").split(".")
+    for i in reversed(range(len(overrides))):
+        name = overrides[i].split("=", 1)[0].strip()
+        if not name:
+            continue
+        o = name.split(".")
+        n = min(len(o), len(k))
+        if o[:n] == k[:n] or (len(o) < len(k) and k[len(k) - len(o):] == o):
+            return i
+    return None
+
+
+def attribute_error(e: ConfigError, source: str | Path | None, overrides: list[str],
+                    shown: list[str] | None = None) -> ConfigError:
+    """``e`` told where its key came from: the command-line override that set it (quoted as
+    the user typed it, ``shown``), else the YAML file ``source`` (if any)."""
+    i = _override_of(e.key, overrides)
+    if i is not None:
+        return ConfigError(f"command-line override {(shown or overrides)[i]!r}: {e}", key=e.key)
+    if source is not None:
+        return ConfigError(f"{source}: {e}", key=e.key)
+    return e
 
 
 def versions() -> dict[str, str]:
