@@ -26,6 +26,10 @@ class MediaConfig:
     """What the sample's ``audio`` feature holds: the 25 eGeMAPS low-level descriptors at
     100 Hz as a sequence (``lld``, for sequence encoders) or the 88 functionals as one
     utterance vector (``functionals``). The functionals are always kept in ``meta``."""
+    standardize: bool = True
+    """Z-score each dimension of the ``audio`` feature with the mean and deviation of the
+    train clips (eGeMAPS mixes Hz, dB and ratios; students expect comparable scales);
+    the statistics are saved in ``OUT/media/feature_stats.json``."""
     image_encoder: str = ""
     """Local directory of a transformers image encoder (``AutoModel`` +
     ``AutoImageProcessor``, e.g. a CLIP or SigLIP vision tower); when set, the sample's

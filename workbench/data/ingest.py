@@ -304,6 +304,8 @@ def ingest_media(cfg: MediaJobConfig,
     built = [_sample(by_id[r["id"]], r, mcfg, media_dir, embeddings.get(r["key"])) for r in ok]
     if mcfg.cues:
         add_acoustic_cues(built)
+    if mcfg.standardize:
+        standardize_audio(built, media_dir / "feature_stats.json")
     data_cfg = replace(cfg.data, modalities=list(cfg.data.modalities))
     ds = MSADataset.from_samples(built, infer_info(built, data_cfg, cfg.data.path))
     ds.save(out)
@@ -355,3 +357,22 @@ def add_acoustic_cues(samples: list[Sample]) -> None:
     for s in with_audio:
         s.meta.update(acoustic_cues(np.asarray(s.meta[FUNCTIONALS_KEY]), names, thresholds))
         s.meta[CUES_VERSION_KEY] = CUES_VERSION
+
+
+def standardize_audio(samples: list[Sample], stats_path: Path) -> None:
+    """Z-score each audio dimension by the train clips' statistics (all clips when no
+    train clip has audio); padding and missing audio stay as they are."""
+    def rows(s: Sample) -> np.ndarray:
+        return s.audio[: s.audio_length] if s.audio.ndim == 2 else s.audio[None]
+
+    with_audio = [s for s in samples if s.audio is not None]
+    if not with_audio:
+        return
+    ref = [s for s in with_audio if s.split == "train"] or with_audio
+    table = np.concatenate([rows(s) for s in ref]).astype(np.float64)
+    mean, std = table.mean(0), table.std(0)
+    std[std < 1e-8] = 1.0
+    for s in with_audio:
+        s.audio = ((s.audio - mean) / std).astype(np.float32)
+    atomic_write_text(stats_path, json.dumps({"mean": mean.tolist(), "std": std.tolist(),
+                                              "reference": "train" if ref is not with_audio else "all"}))
