@@ -3,7 +3,7 @@
 A template is a YAML file (``prompts/templates/<name>.yaml``, or any path) with Jinja
 ``system`` / ``user`` strings and what the teacher's answer is read as (``output``:
 ``soft_label``, ``description`` or ``text``). Rendering a template for a sample gives a
-:class:`Rendered` request: chat messages (text parts, plus image parts for video frames),
+:class:`Rendered` request: chat messages (text parts, plus image parts for video frames and, opt-in, an ``input_audio`` part),
 the same request as one plain prompt for base models, and what the cache stores.
 
 A template that shows the gold label to the teacher must say so (``uses_gold_label``);
@@ -34,7 +34,7 @@ OUTPUTS = ("soft_label", "description", "text")
 MEDIA_URL_PREFIX = "sha256:"
 
 __all__ = ["Template", "Rendered", "Scale", "load_template", "list_templates", "render",
-           "materialize_messages", "TemplateError"]
+           "materialize_messages", "media_file", "audio_bytes", "TemplateError"]
 
 
 class TemplateError(WorkbenchError, ValueError):
@@ -215,8 +215,12 @@ def cue_values(sample: Sample, cue_fields: list[str] | tuple[str, ...]) -> tuple
 
 
 def render(template: Template, sample: Sample, info: DataInfo, *, cue_fields: list[str] | tuple[str, ...] = (),
-           variant: int = 0) -> Rendered:
-    """Render ``template`` for ``sample``; raises TemplateError naming the sample on failure."""
+           variant: int = 0, audio: bool = False) -> Rendered:
+    """Render ``template`` for ``sample``; raises TemplateError naming the sample on failure.
+
+    ``audio``: add the sample's audio file as an ``input_audio`` part (for audio-capable
+    chat models; ``teacher.send_audio``); like frames, it is referenced by content hash.
+    """
     scale = template.scale(info) if template.output == "soft_label" else None
     frames = _frames(sample, template.max_frames) if "vision" in info.modalities else []
     cues, versions = cue_values(sample, cue_fields)
@@ -240,33 +244,88 @@ def render(template: Template, sample: Sample, info: DataInfo, *, cue_fields: li
         raise TemplateError(f"template {template.name!r} on sample {sample.id!r}: {e}{hint}") from None
     media = {file_sha256(f): f for f in frames}
     content: str | list[dict[str, Any]]
-    if media:
-        content = [{"type": "text", "text": user}] + [
-            {"type": "image_url", "image_url": {"url": MEDIA_URL_PREFIX + h}} for h in media]
-    else:
-        content = user
+    parts = [{"type": "image_url", "image_url": {"url": MEDIA_URL_PREFIX + h}} for h in media]
+    if audio and sample.media.audio_file:
+        h = file_sha256(sample.media.audio_file)
+        media[h] = sample.media.audio_file
+        parts.append({"type": "input_audio",
+                      "input_audio": {"data": MEDIA_URL_PREFIX + h, "format": audio_format(sample.media.audio_file)}})
+    content = [{"type": "text", "text": user}] + parts if parts else user
     messages = [{"role": "system", "content": system}, {"role": "user", "content": content}]
     prompt = f"{system}\n\n{user}\n{template.answer_prefix}".rstrip()
     return Rendered(messages=messages, prompt=prompt, media=media, scale=scale, versions=versions)
 
 
-def _data_url(path: str, expected_hash: str) -> str:
-    if file_sha256(path) != expected_hash:
+def media_file(media: dict[str, str], ref: str) -> str:
+    """The file behind a ``sha256:`` reference, checked to still hold the rendered content."""
+    h = ref[len(MEDIA_URL_PREFIX):] if ref.startswith(MEDIA_URL_PREFIX) else ref
+    path = media.get(h)
+    if path is None:
+        raise TemplateError(f"media reference {ref!r} is not among the request's media files")
+    if file_sha256(path) != h:
         raise TemplateError(f"media file {path} changed since it was rendered; rerun the job")
+    return path
+
+
+def _data_url(path: str) -> str:
     mime = mimetypes.guess_type(path)[0] or "image/jpeg"
     return f"data:{mime};base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
+AUDIO_AS_IS = {".wav": "wav", ".mp3": "mp3"}
+"""Audio formats chat APIs take in ``input_audio`` parts; other files are decoded to wav."""
+
+
+def audio_format(path: str) -> str:
+    """The ``input_audio`` format a file is sent as."""
+    return AUDIO_AS_IS.get(Path(path).suffix.lower(), "wav")
+
+
+def audio_bytes(path: str) -> bytes:
+    """The file's bytes when chat APIs take its format; else its audio as 16 kHz mono wav."""
+    if Path(path).suffix.lower() in AUDIO_AS_IS:
+        return Path(path).read_bytes()
+    import io
+    import wave
+
+    import av
+    import numpy as np
+
+    try:
+        with av.open(path) as container:
+            stream = next((s for s in container.streams if s.type == "audio"), None)
+            if stream is None:
+                raise TemplateError(f"media file {path} has no audio stream")
+            resampler = av.AudioResampler(format="s16", layout="mono", rate=16000)
+            chunks = [f.to_ndarray().reshape(-1) for frame in container.decode(stream)
+                      for f in resampler.resample(frame)]
+            chunks += [f.to_ndarray().reshape(-1) for f in resampler.resample(None)]
+    except av.error.FFmpegError as e:
+        raise TemplateError(f"media file {path}: cannot decode its audio ({e})") from None
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes(np.concatenate(chunks).astype("<i2").tobytes() if chunks else b"")
+    return buf.getvalue()
+
+
 def materialize_messages(messages: list[dict[str, Any]], media: dict[str, str]) -> list[dict[str, Any]]:
-    """Messages with ``sha256:`` image URLs replaced by base64 data URLs of the files."""
+    """Messages with ``sha256:`` references replaced by the files' content: image URLs by
+    base64 data URLs, ``input_audio`` data by the base64 of the audio (see audio_bytes)."""
     out = []
     for m in messages:
         if isinstance(m["content"], list):
             parts = []
             for part in m["content"]:
                 if part.get("type") == "image_url" and part["image_url"]["url"].startswith(MEDIA_URL_PREFIX):
-                    h = part["image_url"]["url"][len(MEDIA_URL_PREFIX):]
-                    part = {"type": "image_url", "image_url": {"url": _data_url(media[h], h)}}
+                    path = media_file(media, part["image_url"]["url"])
+                    part = {"type": "image_url", "image_url": {"url": _data_url(path)}}
+                elif part.get("type") == "input_audio" and part["input_audio"]["data"].startswith(MEDIA_URL_PREFIX):
+                    path = media_file(media, part["input_audio"]["data"])
+                    data = base64.b64encode(audio_bytes(path)).decode()
+                    part = {"type": "input_audio", "input_audio": {**part["input_audio"], "data": data}}
                 parts.append(part)
             m = {**m, "content": parts}
         out.append(m)

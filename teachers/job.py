@@ -169,7 +169,8 @@ class CachingJob:
     def _plan_one(self, sample: Sample, variant: int, variants: int) -> PlannedRequest:
         try:
             rendered = render(self.template, sample, self.data.info,
-                              cue_fields=self.ccfg.cue_fields, variant=variant)
+                              cue_fields=self.ccfg.cue_fields, variant=variant,
+                              audio=self.tcfg.send_audio)
         except TemplateError as e:
             raise TemplateError(f"{self.data.info.source}: {e}") from None
         sid = sample.id if variants == 1 else f"{sample.id}#{variant}"

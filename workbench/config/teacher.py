@@ -41,6 +41,11 @@ class TeacherConfig:
     api: Literal["chat", "completions"] = "chat"
     """``chat``: send chat messages (instruction-tuned models); ``completions``: send the
     rendered plain prompt ending in the template's answer prefix (base models)."""
+    send_audio: bool = False
+    """``openai_compat`` with ``api: chat`` only: add each clip's audio file to the user
+    message as an ``input_audio`` part (base64; wav and mp3 as they are, other formats
+    decoded to 16 kHz mono wav), for audio-capable chat models. Off by default; the audio's
+    content hash enters the cache key."""
     temperature: float = 0.0
     max_tokens: int = 0
     """Cap on generated tokens; 0 uses each template's own bound."""
@@ -74,6 +79,10 @@ class TeacherConfig:
         if self.backend == "openai_compat":
             check(bool(self.base_url), "teacher.base_url", self.base_url,
                   "openai_compat needs the endpoint, e.g. http://127.0.0.1:8080/v1")
+        if self.send_audio:
+            check(self.backend == "openai_compat" and self.api == "chat", "teacher.send_audio",
+                  self.send_audio, "input_audio parts go to audio-capable chat models: use "
+                  "backend openai_compat with api chat, or set send_audio false")
         check(not self.api_key_env.startswith(("sk-", "sk_")), "teacher.api_key_env",
               "<redacted>", "name the environment variable that holds the key, not the key")
         check(self.num_threads >= 0, "teacher.num_threads", self.num_threads,
