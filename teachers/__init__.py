@@ -3,6 +3,7 @@
 The job's library entry is :func:`teachers.run.run_cache_job` (a
 :class:`~workbench.config.CacheJobConfig` in, a :class:`~teachers.run.JobSummary` out);
 :mod:`teachers.job` holds its parts (keys, planning, sending, retries);
+:mod:`teachers.hf_vision` serves image-text-to-text models for ``hf_local``;
 :mod:`teachers.llamacpp_server` starts a local llama.cpp server for ``openai_compat``.
 """
 
@@ -27,6 +28,10 @@ def _vllm_engine(cfg: TeacherConfig) -> Teacher:
 
 
 def _hf_local(cfg: TeacherConfig) -> Teacher:
+    from teachers.hf_vision import HFVisionTeacher, is_vision_model
+
+    if is_vision_model(cfg):  # an image-text-to-text model directory: frames go in
+        return HFVisionTeacher(cfg)
     from teachers.hf_local import HFLocalTeacher
 
     return HFLocalTeacher(cfg)

@@ -87,8 +87,8 @@ class HFLocalTeacher:
         if self.cfg.api == "completions":
             return req.prompt
         if any(isinstance(m["content"], list) for m in req.messages):
-            raise ValueError("hf_local serves text-only causal LMs; image parts need an MLLM "
-                             "behind openai_compat or vllm_engine")
+            raise ValueError(f"{self.cfg.model} is a text-only model: frames need an "
+                             "image-text-to-text model directory (hf_local serves those too)")
         return self.tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, requests: Iterable[TeacherRequest], on_result: OnResult) -> None:
