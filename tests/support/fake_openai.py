@@ -32,6 +32,8 @@ class FakeOpenAI:
         self.hang_s, self.slow_s, self.retry_after = hang_s, slow_s, retry_after
         self.attempts: Counter[str] = Counter()
         self.behaviours: Counter[str] = Counter()
+        self.bodies: list[dict] = []
+        """Every request body received, in arrival order."""
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -86,6 +88,8 @@ class FakeOpenAI:
 
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with fake.lock:
+                    fake.bodies.append(body)
                 chat = self.path.endswith("/chat/completions")
                 prompt = (body["messages"][-1]["content"] if chat else body["prompt"])
                 prompt = prompt if isinstance(prompt, str) else json.dumps(prompt)
