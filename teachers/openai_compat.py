@@ -3,9 +3,13 @@
 The official ``openai`` async client with its own retries turned off; this module
 retries instead, so every attempt is counted: jittered exponential backoff on 429, 5xx,
 timeouts, connection errors and malformed bodies, honouring ``Retry-After``. Requests run
-with bounded concurrency under requests-per-minute and tokens-per-minute limits, each
-with a timeout. The API key is read from the environment variable the config names and
-goes nowhere else.
+with bounded concurrency under requests-per-minute and tokens-per-minute limits.
+``teacher.timeout_s`` is a total deadline per attempt (connect, headers and the whole
+body): a server that drips its answer a byte at a time is cut off at the deadline, and the
+attempt is retried or becomes a ``timeout`` row. The API key is read from the environment
+variable the config names and goes nowhere else: it is registered with
+:mod:`workbench.cache.scrub`, so server texts that echo it are scrubbed before they are
+logged or stored.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any
 
 from prompts import materialize_messages
 from teachers.base import OnResult, RawOutput, TeacherRequest, TeacherUnavailable
+from workbench.cache.scrub import register_secret, scrub
 from workbench.config import TeacherConfig
 
 log = logging.getLogger(__name__)
@@ -84,6 +89,8 @@ def classify(exc: Exception) -> tuple[str, bool]:
     """(error kind, retryable) for an exception raised by the openai client."""
     import openai
 
+    if isinstance(exc, TimeoutError):  # the per-attempt deadline (asyncio.wait_for)
+        return "timeout", True
     if isinstance(exc, openai.RateLimitError):
         return "rate_limited", True
     if isinstance(exc, openai.APITimeoutError):
@@ -140,6 +147,7 @@ class OpenAICompatTeacher:
                     f"teacher.api_key_env={self.cfg.api_key_env!r} but that environment variable "
                     f"is not set: export {self.cfg.api_key_env}=... before running")
             self._api_key = key
+            register_secret(key)
         else:
             self._api_key = "not-needed"  # local servers ignore it; the client requires one
 
@@ -195,11 +203,12 @@ class OpenAICompatTeacher:
         while True:
             await limiter.acquire(est_tokens)
             try:
-                out = await self._call(client, req)
+                out = await asyncio.wait_for(self._call(client, req), cfg.timeout_s)
             except Exception as e:  # noqa: BLE001 - classify() re-raises what it does not know
                 kind, retryable = classify(e)
                 if not retryable or retries >= cfg.max_retries:
-                    return RawOutput(error_kind=kind, error=f"{type(e).__name__}: {str(e)[:300]}",
+                    detail = str(e) or f"no complete answer within teacher.timeout_s={cfg.timeout_s}"
+                    return RawOutput(error_kind=kind, error=scrub(f"{type(e).__name__}: {detail[:300]}"),
                                      retries=retries, latency_s=time.perf_counter() - t0)
                 delay = _retry_after(e)
                 if delay is None:
@@ -224,19 +233,27 @@ class OpenAICompatTeacher:
         sem = asyncio.Semaphore(cfg.max_concurrency)
         stop = asyncio.Event()
         tasks: set[asyncio.Task] = set()
+        failures: list[BaseException] = []
 
         async def worker(req: TeacherRequest) -> None:
             try:
                 out = await self._one(client, req, limiter)
                 if on_result(req, out) is False:
                     stop.set()
+            except Exception as e:  # noqa: BLE001 - re-raised below, after in-flight answers land
+                failures.append(e)
+                stop.set()
             finally:
                 sem.release()
 
         try:
-            for req in requests:
+            # A slot is taken before the next request is drawn, so the caller's iterator
+            # (which reserves budget and leases keys) only hands out what is sent now.
+            it = iter(requests)
+            while True:
                 await sem.acquire()
-                if stop.is_set():
+                req = None if stop.is_set() else next(it, None)
+                if req is None:
                     sem.release()
                     break
                 task = asyncio.create_task(worker(req))
@@ -246,6 +263,8 @@ class OpenAICompatTeacher:
                 await asyncio.gather(*tasks)
         finally:
             await client.close()
+        if failures:
+            raise failures[0]
 
     def generate(self, requests: Iterable[TeacherRequest], on_result: OnResult) -> None:
         if self._api_key is None:

@@ -5,7 +5,9 @@ variants of a label's token (``"4"``, ``" 4"``, ``"▁4"``, ``"Positive"``, ``" 
 are merged, a token that is an unambiguous prefix of one label's name counts for it
 (``"pos"`` for ``positive`` when the name spans several tokens), probabilities are
 renormalised over the label set, and the mass that fell outside it is kept as a quality
-signal. A position with no label token at all is a parse failure, never a zero.
+signal. A position with no label token at all is a parse failure, never a zero; so are
+log-probabilities that are NaN or above 0, or whose probabilities sum past 1
+(:class:`BadLogprobs`: a broken server, stored as a ``bad_response`` row).
 """
 
 from __future__ import annotations
@@ -18,8 +20,29 @@ from workbench.cache.records import SoftLabel
 _SPACE_MARKERS = ("▁", "Ġ", "Ċ")
 
 
+NORM_TOLERANCE = 1e-2
+"""How far past 1 the top-k probabilities at a position may sum (rounding in servers)."""
+
+
 class NoLabelError(ValueError):
     """No label token among the alternatives at the answer position."""
+
+
+class BadLogprobs(ValueError):
+    """Log-probabilities that no distribution has: NaN, above 0, or summing past 1."""
+
+
+def check_logprobs(alts: dict[str, float], position: int) -> None:
+    """Raise :class:`BadLogprobs` unless ``alts`` (token -> logprob) can be a distribution."""
+    bad = [(t, lp) for t, lp in alts.items()
+           if not isinstance(lp, (int, float)) or math.isnan(lp) or lp > 1e-6]
+    if bad:
+        shown = ", ".join(f"{t!r}: {lp}" for t, lp in bad[:4])
+        raise BadLogprobs(f"log-probabilities at position {position} are not valid ({shown})")
+    total = sum(math.exp(lp) for lp in alts.values())
+    if total > 1 + NORM_TOLERANCE:
+        raise BadLogprobs(f"the top-k probabilities at position {position} sum to {total:.4f} > 1: "
+                          "they cannot be normalised")
 
 
 def norm_token(tok: str) -> str:
@@ -68,6 +91,7 @@ def soft_label(positions: list[dict[str, Any]], labels: list[str], values: list[
     pos = positions[i]
     alts = {tok: lp for tok, lp in pos.get("top") or []}
     alts.setdefault(pos["token"], pos["logprob"])
+    check_logprobs(alts, i)
     mass = [0.0] * len(labels)
     for tok, lp in alts.items():
         j = _match(tok, norm)

@@ -131,5 +131,6 @@ def test_error_rate_threshold_fails_loudly_keeping_results(tmp_path):
             run_job(tcfg, data, tmp_path / "c", ccfg=ccfg)
     with CacheStore(tmp_path / "c") as store:
         st = store.status()
-    assert st["errors"]["server_error"] >= 20 and st["pending"] > 0
+    # stopped early (the Wilson bound, not a fixed 20 answers), keeping what it had
+    assert 5 <= st["errors"]["server_error"] < 20 and st["pending"] > 0
     assert json.loads((tmp_path / "c" / "manifest.json").read_text())["jobs"]

@@ -5,13 +5,24 @@ bodies on demand, so the fault-injection tests use this one. It answers
 ``/v1/completions`` and ``/v1/chat/completions`` with a deterministic label and top-k
 log-probabilities. ``schedule`` maps a request's prompt to the behaviours of its
 successive attempts (the last one repeats): ``ok``, ``429``, ``500``, ``hang``,
-``malformed``, ``truncated``, ``nolabel``, ``slow`` (ok after ``slow_s``).
+``malformed``, ``truncated``, ``nolabel``, ``slow`` (ok after ``slow_s``), ``drip`` (an ok
+body sent one byte every ``drip_s``), ``nan`` (an ok body whose log-probabilities are NaN),
+``echo401`` (a 401 whose body echoes the request's ``Authorization`` header) and ``echo``
+(an ok answer whose text echoes it).
+
+The server bills like a paid API: every ok body it wrote in full adds its usage to
+``billed_tokens_in`` / ``billed_tokens_out`` (``GET /stats`` returns the counters, so a
+process that only knows the URL can read them). ``python -m tests.support.fake_openai``
+serves with a random fault schedule until killed, printing its URL.
 """
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
+import random
+import sys
 import threading
 import time
 from collections import Counter
@@ -27,15 +38,21 @@ def label_for(prompt: str) -> str:
 
 class FakeOpenAI:
     def __init__(self, schedule: Callable[[str], list[str]] | None = None, *, hang_s: float = 5.0,
-                 slow_s: float = 0.05, retry_after: str = "0.05") -> None:
+                 slow_s: float = 0.05, retry_after: str = "0.05", drip_s: float = 1.0,
+                 port: int = 0) -> None:
         self.schedule = schedule or (lambda prompt: ["ok"])
         self.hang_s, self.slow_s, self.retry_after = hang_s, slow_s, retry_after
+        self.drip_s = drip_s
         self.attempts: Counter[str] = Counter()
         self.behaviours: Counter[str] = Counter()
         self.bodies: list[dict] = []
         """Every request body received, in arrival order."""
+        self.billed_tokens_in = 0
+        self.billed_tokens_out = 0
+        self.billed_answers: Counter[str] = Counter()
+        """prompt -> ok bodies written in full for it (the answers paid for)."""
         self.lock = threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
@@ -50,6 +67,20 @@ class FakeOpenAI:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def bill(self, prompt: str, usage: dict) -> None:
+        with self.lock:
+            self.billed_tokens_in += usage["prompt_tokens"]
+            self.billed_tokens_out += usage["completion_tokens"]
+            self.billed_answers[prompt] += 1
+
+    def stats(self) -> dict:
+        with self.lock:
+            return {"attempts": sum(self.attempts.values()), "prompts": len(self.attempts),
+                    "behaviours": dict(self.behaviours), "billed_tokens_in": self.billed_tokens_in,
+                    "billed_tokens_out": self.billed_tokens_out,
+                    "billed_answers": sum(self.billed_answers.values()),
+                    "billed_prompts": len(self.billed_answers)}
 
     def next_behaviour(self, prompt: str) -> str:
         with self.lock:
@@ -86,6 +117,18 @@ class FakeOpenAI:
                 self.wfile.write(body)
                 self.wfile.flush()
 
+            def do_GET(self):  # noqa: N802
+                if self.path.rstrip("/").endswith("/stats"):
+                    return self._send(200, json.dumps(fake.stats()).encode())
+                return self._send(404, b'{"error": {"message": "not found"}}')
+
+            def _send_ok(self, prompt: str, answer: dict) -> None:
+                try:
+                    self._write(200, json.dumps(answer).encode(), None, None)
+                except (BrokenPipeError, ConnectionResetError):
+                    return
+                fake.bill(prompt, answer["usage"])
+
             def do_POST(self):  # noqa: N802
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with fake.lock:
@@ -109,20 +152,43 @@ class FakeOpenAI:
                     self._send(200, full[: len(full) // 2], length=len(full))
                     self.close_connection = True
                     return None
+                if b == "echo401":
+                    auth = self.headers.get("Authorization", "")
+                    msg = json.dumps({"error": {"message": f"invalid credentials: {auth}"}})
+                    return self._send(401, msg.encode())
+                if b == "drip":
+                    full = json.dumps(self._ok(body, chat, prompt, "ok")).encode()
+                    try:
+                        self.send_response(200)
+                        self.send_header("Content-Type", "application/json")
+                        self.send_header("Content-Length", str(len(full)))
+                        self.end_headers()
+                        for i in range(len(full)):
+                            self.wfile.write(full[i:i + 1])
+                            self.wfile.flush()
+                            time.sleep(fake.drip_s)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass
+                    self.close_connection = True
+                    return None
                 if b == "slow":
                     time.sleep(fake.slow_s)
-                return self._send(200, json.dumps(self._ok(body, chat, prompt, b)).encode())
+                return self._send_ok(prompt, self._ok(body, chat, prompt, b))
 
             def _ok(self, body, chat, prompt, b):
                 label = label_for(prompt)
                 if b == "nolabel":
-                    tops = [["The", -0.1], ["I", -2.5], ["It", -3.0]]
+                    tops = [["The", -0.2], ["I", -2.5], ["It", -3.0]]
                     first = "The"
                 else:
                     others = [lab for lab in LABELS if lab != label]
                     tops = [[" " + label, -0.3], [" " + others[0], -2.0], [" " + others[1], -3.0],
                             [" Positive" if label != "positive" else " Negative", -4.0], ["\n", -5.0]]
                     first = " " + label
+                if b == "nan":
+                    tops = [[t, float("nan")] for t, _ in tops]
+                if b == "echo":
+                    first = " " + label + " (you sent " + self.headers.get("Authorization", "") + ")"
                 usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": 1,
                          "total_tokens": len(prompt.split()) + 1}
                 if chat:
@@ -141,3 +207,34 @@ class FakeOpenAI:
                         "usage": usage}
 
         return Handler
+
+
+def soak_schedule(fault_rate: float, seed: int = 0) -> Callable[[str], list[str]]:
+    """Per prompt, deterministically: mostly ok; ``fault_rate`` of prompts start with a
+    transient fault (429, 500, malformed, truncated) and recover on the next attempt."""
+    faults = ["429", "500", "malformed", "truncated"]
+
+    def schedule(prompt: str) -> list[str]:
+        rng = random.Random(f"{seed}:{prompt}")
+        if rng.random() < fault_rate:
+            return [rng.choice(faults), "ok"]
+        return ["ok"]
+
+    return schedule
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="serve the fault-injecting fake on loopback")
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--fault-rate", type=float, default=0.05)
+    ap.add_argument("--slow-s", type=float, default=0.0)
+    args = ap.parse_args(argv)
+    server = FakeOpenAI(soak_schedule(args.fault_rate), port=args.port, slow_s=args.slow_s,
+                        retry_after="0.05")
+    print(server.base_url, flush=True)
+    sys.stdout.flush()
+    server.server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,11 +1,13 @@
 """Join a dataset's samples to the teacher outputs a cache holds, with the guards that
 make it safe: the cache must have been made from this very data (fingerprint), with the
-template and teacher asked for; enough rows must be ok; and outputs of a template that
-showed the gold label are refused for valid/test samples.
+template and teacher asked for; enough rows must be ok; every ok soft label must be a
+distribution (finite, summing to 1); and outputs of a template that showed the gold label
+are refused for valid/test samples.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +109,14 @@ def teacher_view(cache_dir: str | Path, sample_splits: dict[str, str], data_fing
         out = current.get(key)
         if out is not None and out.ok:
             outputs[sid] = out
+    bad = sorted(o.key for o in outputs.values() if not _valid_soft_label(o))
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise CacheError(
+            f"cache {cache_dir} job {spec['job']} ({template}) has {len(bad)} ok rows whose soft "
+            f"label is not a distribution (NaN, infinite or not summing to 1): keys {shown}. "
+            "A workbench that did not check log-probabilities stored them; re-run the job into "
+            "a new cache directory (this workbench stores such answers as bad_response errors).")
     view = TeacherView(job=spec, outputs=outputs, n_samples=len(sample_splits), cache_dir=str(cache_dir))
     if view.ok_fraction < min_ok_fraction:
         raise CacheError(
@@ -115,3 +125,11 @@ def teacher_view(cache_dir: str | Path, sample_splits: dict[str, str], data_fing
             f"min_ok_fraction={min_ok_fraction:.0%}; finish or retry the job "
             "(`workbench cache run` / `cache retry`) or lower the threshold")
     return view
+
+
+def _valid_soft_label(out: TeacherOutput) -> bool:
+    sl = out.soft_label
+    if sl is None:
+        return True
+    vals = [*sl.probs, sl.expected, sl.entropy]
+    return all(math.isfinite(v) for v in vals) and abs(sum(sl.probs) - 1.0) < 1e-3

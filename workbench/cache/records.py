@@ -8,6 +8,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 OK = "ok"
+DUPLICATE = "duplicate"
+"""A paid answer for a key that already had an ok row (two jobs raced): never the key's
+current answer, kept so the money it cost is counted."""
 
 # Error kinds. Transport kinds come from the backend after its retries are spent;
 # parse kinds from reading the answer. Each is retryable with `workbench cache retry`.

@@ -5,33 +5,48 @@ Tables
   requests     key -> the request a teacher was sent (messages with media by hash, params)
   sample_keys  (job, sample id) -> key: which key answers which sample in which job
   outputs      append-only attempts; at most one ``ok`` row per key (a partial unique
-               index), so two writers can never duplicate an answer
+               index), so two writers can never duplicate an answer (a second paid ok
+               answer is kept as a ``duplicate`` row, for its cost)
+  spend        teacher -> dollars spent on this cache (every paid answer, stored or not)
+  leases       key -> the job sending it now, its budget reservation and expiry
+               (:mod:`workbench.cache.ledger`)
 
 A key's current state is its ok row if it has one, else its latest error. Every attempt
 is committed as soon as it finishes, so killing a job loses at most the in-flight
-requests. ``manifest.json`` beside the database describes the jobs for humans and for
+requests. A write that finds the disk full raises :class:`CacheFull`. The WAL is
+checkpointed often and truncated to :data:`WAL_LIMIT_BYTES`, so a job needs about its
+final database size plus that much free space. ``manifest.json`` beside the database describes the jobs for humans and for
 consumers that check what a cache was made from.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.cache.records import OK, SoftLabel, TeacherOutput, stable_hash
+from workbench.cache.ledger import (LEDGER_SCHEMA, add_spend, rebuild_spend, release_all,
+                                    release_lease, take_lease)
+from workbench.cache.ledger import spent as _spent
+from workbench.cache.records import DUPLICATE, OK, SoftLabel, TeacherOutput, stable_hash
+from workbench.cache.scrub import scrub
+from workbench.cache.spill import read_spill, spill_files
 from workbench.errors import WorkbenchError
 from workbench.io import atomic_write_text
 
 DB_FILE = "cache.sqlite"
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
+WAL_LIMIT_BYTES = 4 * 1024 * 1024
+"""The WAL is checkpointed every 256 pages (1 MiB) and truncated back to this size."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
@@ -49,7 +64,7 @@ CREATE TABLE IF NOT EXISTS outputs (
     retries INTEGER, created_at REAL, meta TEXT);
 CREATE UNIQUE INDEX IF NOT EXISTS outputs_ok_once ON outputs(key) WHERE status = 'ok';
 CREATE INDEX IF NOT EXISTS outputs_key ON outputs(key, created_at);
-"""
+""" + LEDGER_SCHEMA
 
 _OUT_COLS = ("attempt", "key", "status", "error", "raw_text", "description", "soft_label",
              "top_logprobs", "tokens_in", "tokens_out", "latency_s", "cost_usd", "retries",
@@ -58,6 +73,23 @@ _OUT_COLS = ("attempt", "key", "status", "error", "raw_text", "description", "so
 
 class CacheError(WorkbenchError, RuntimeError):
     """The cache directory is missing, unreadable, or does not match what was asked."""
+
+
+class CacheFull(CacheError):
+    """A write found the cache's disk full (SQLite ``SQLITE_FULL`` or ``ENOSPC``)."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for SQLite's "database or disk is full" and for OS "no space left" errors."""
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL or "database or disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno == 28  # ENOSPC
+
+
+def free_bytes(path: str | Path) -> int:
+    """Free bytes on the filesystem holding ``path``."""
+    return shutil.disk_usage(path).free
 
 
 @dataclass
@@ -113,6 +145,8 @@ class CacheStore:
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
         self.conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+        self.conn.execute("PRAGMA wal_autocheckpoint=256")
+        self.conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         with self.transaction():
             for statement in _SCHEMA.split(";"):  # executescript would commit mid-way
                 if statement.strip():
@@ -128,16 +162,56 @@ class CacheStore:
         def __init__(self, conn: sqlite3.Connection) -> None:
             self.conn = conn
 
+        def __init__(self, conn: sqlite3.Connection, where: Path) -> None:
+            self.conn, self.where = conn, where
+
         def __enter__(self) -> sqlite3.Connection:
-            self.conn.execute("BEGIN IMMEDIATE")
+            self._run("BEGIN IMMEDIATE")
             return self.conn
 
         def __exit__(self, exc_type, exc, tb) -> None:
-            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+            if exc_type is None:
+                try:
+                    self._run("COMMIT")
+                    return
+                except CacheFull:
+                    self._rollback()
+                    raise
+            self._rollback()
+            if exc is not None and is_disk_full(exc):
+                raise CacheFull(f"{self.where}: database or disk is full") from exc
+
+        def _run(self, sql: str) -> None:
+            try:
+                self.conn.execute(sql)
+            except sqlite3.Error as e:
+                if is_disk_full(e):
+                    raise CacheFull(f"{self.where}: database or disk is full") from e
+                raise
+
+        def _rollback(self) -> None:
+            if self.conn.in_transaction:  # SQLite may have rolled back already (SQLITE_FULL)
+                self.conn.execute("ROLLBACK")
 
     def transaction(self) -> _Tx:
-        """A write transaction (taken immediately, so concurrent writers queue, not fail)."""
-        return self._Tx(self.conn)
+        """A write transaction (taken immediately, so concurrent writers queue, not fail).
+        A full disk raises :class:`CacheFull`, with the transaction rolled back."""
+        return self._Tx(self.conn, self.dir / DB_FILE)
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database and truncate it (bounds the disk a job needs)."""
+        try:
+            self.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except sqlite3.Error as e:
+            if is_disk_full(e):
+                raise CacheFull(f"{self.dir / DB_FILE}: database or disk is full") from e
+            raise
+
+    def size_bytes(self) -> tuple[int, int]:
+        """(database bytes, WAL bytes) on disk."""
+        db = self.dir / DB_FILE
+        wal = db.with_name(DB_FILE + "-wal")
+        return db.stat().st_size, (wal.stat().st_size if wal.exists() else 0)
 
     def close(self) -> None:
         self.conn.close()
@@ -182,24 +256,68 @@ class CacheStore:
         return {r["sample_id"]: (r["split"], r["key"]) for r in rows}
 
     # outputs ----------------------------------------------------------------
-    def put(self, out: TeacherOutput) -> bool:
-        """Append one attempt; False if ``out`` is ok and the key already had an ok row."""
-        row = self._row(out)
+    def put(self, out: TeacherOutput, *, teacher: str = "", owner: str = "",
+            attempt: str = "") -> bool:
+        """Append one attempt; False if ``out`` is ok and the key already had an ok row
+        (then it is kept as a ``duplicate`` row, so its cost still counts).
+
+        ``teacher``: add the attempt's cost to that teacher's spend on this cache.
+        ``owner``: release the key's lease held by that job, in the same transaction.
+        ``attempt``: the attempt's id (a spilled answer keeps its id, so importing it
+        twice adds nothing).
+        """
+        row = self._row(out, attempt or uuid.uuid4().hex)
+        insert = (f"INSERT OR IGNORE INTO outputs ({', '.join(_OUT_COLS)}) "
+                  f"VALUES ({', '.join('?' * len(_OUT_COLS))})")
         with self.transaction() as c:
-            cur = c.execute(
-                f"INSERT OR IGNORE INTO outputs ({', '.join(_OUT_COLS)}) "
-                f"VALUES ({', '.join('?' * len(_OUT_COLS))})", row)
-        return cur.rowcount == 1
+            if attempt and c.execute("SELECT 1 FROM outputs WHERE attempt=?", (attempt,)).fetchone():
+                return False  # already imported
+            stored = c.execute(insert, row).rowcount == 1
+            if not stored:  # a second ok answer for the key: paid for, so kept as a duplicate
+                c.execute(insert, (row[0], row[1], DUPLICATE, "the key already had an ok answer",
+                                   *row[4:]))
+            if teacher:
+                add_spend(c, teacher, out.cost_usd)
+            if owner:
+                release_lease(c, out.key, owner)
+        return stored
 
     @staticmethod
-    def _row(out: TeacherOutput) -> tuple[Any, ...]:
+    def _row(out: TeacherOutput, attempt: str) -> tuple[Any, ...]:
+        lp = json.dumps(out.top_logprobs) if out.top_logprobs is not None else None
         return (
-            uuid.uuid4().hex, out.key, out.status, out.error, out.raw_text, out.description,
-            json.dumps(out.soft_label.to_json()) if out.soft_label else None,
-            json.dumps(out.top_logprobs) if out.top_logprobs is not None else None,
+            attempt, out.key, out.status, scrub(out.error), scrub(out.raw_text),
+            scrub(out.description),
+            json.dumps(out.soft_label.to_json()) if out.soft_label else None, scrub(lp),
             out.tokens_in, out.tokens_out, out.latency_s, out.cost_usd, out.retries,
-            out.created_at or time.time(), json.dumps(out.meta) if out.meta else None,
+            out.created_at or time.time(), scrub(json.dumps(out.meta)) if out.meta else None,
         )
+
+    # leases, spend, spills ---------------------------------------------------
+    def lease(self, key: str, owner: str, *, teacher: str, reserve_usd: float, ttl_s: float,
+              budget_usd: float = 0.0) -> str:
+        """Lease ``key`` for sending (see :func:`workbench.cache.ledger.take_lease`)."""
+        with self.transaction() as c:
+            return take_lease(c, key, owner, teacher=teacher, reserve_usd=reserve_usd,
+                              ttl_s=ttl_s, budget_usd=budget_usd)
+
+    def release_leases(self, owner: str) -> None:
+        with self.transaction() as c:
+            release_all(c, owner)
+
+    def spent(self, teacher: str) -> float:
+        """Dollars ``teacher`` has cost this cache, over every job and run."""
+        return _spent(self.conn, teacher)
+
+    def import_spills(self) -> int:
+        """Store the answers a disk-full run left in spill files; returns how many."""
+        n = 0
+        for path in spill_files(self.dir):
+            for attempt, teacher, out in read_spill(path):
+                self.put(out, teacher=teacher, attempt=attempt)
+                n += 1
+            path.unlink()
+        return n
 
     def ok_keys(self) -> set[str]:
         return {r[0] for r in self.conn.execute("SELECT key FROM outputs WHERE status='ok'")}
@@ -283,6 +401,8 @@ class CacheStore:
                           f"SELECT {', '.join(_OUT_COLS)} FROM other.outputs ORDER BY created_at")
         finally:
             self.conn.execute("DETACH DATABASE other")
+        with self.transaction() as c:
+            rebuild_spend(c)
         self.write_manifest()
         return {"attempts_added": self.count_rows() - before}
 
@@ -300,9 +420,9 @@ class CacheStore:
                 "job": r["job"], "template": spec.get("template"), "teacher": spec.get("teacher"),
                 "data_fingerprint": spec.get("data_fingerprint"),
                 "sample_id": r["sample_id"], "split": r["split"], "key": r["key"],
-                "status": o.status if o else "pending", "error": o.error if o else "",
-                "raw_text": o.raw_text if o else None,
-                "description": o.description if o else None,
+                "status": o.status if o else "pending", "error": scrub(o.error) if o else "",
+                "raw_text": scrub(o.raw_text) if o else None,
+                "description": scrub(o.description) if o else None,
                 "soft_probs": sl.probs if sl else None,
                 "soft_values": sl.values if sl else None,
                 "soft_expected": sl.expected if sl else None,

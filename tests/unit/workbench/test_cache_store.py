@@ -43,8 +43,10 @@ def test_ok_once_current_and_status(tmp_path):
         assert cur["k_a"].soft_label.probs == pytest.approx([0.2, 0.8])  # the first ok stays
         assert cur["k_b"].status == "server_error"  # latest error is current
         st = store.status(job)
+        # the second ok answer for k_a was paid for: it stays as a duplicate attempt
+        assert [o.status for o in store.attempts("k_a")] == ["ok", "duplicate"]
         assert st == {**st, "keys": 4, "ok": 2, "errors": {"no_label": 1, "server_error": 1},
-                      "pending": 0, "attempts": 5}
+                      "pending": 0, "attempts": 6}
         assert st["cost_usd"] == pytest.approx(0.04)
         assert store.error_keys(["no_label"], job) == ["k_d"]
         store.put(TeacherOutput(key="k_b", status="ok", soft_label=sl(0.6)))
