@@ -35,7 +35,14 @@ from teachers.softlabel import BadLogprobs, NoLabelError, soft_label
 from workbench.cache.ledger import DONE, LEASED, OVER_BUDGET, end_owner, new_owner
 from workbench.cache.records import OK, TeacherOutput, stable_hash
 from workbench.cache.spill import write_spill
-from workbench.cache.store import WAL_LIMIT_BYTES, CacheError, CacheFull, CacheStore, JobSpec, free_bytes
+from workbench.cache.store import (
+    WAL_LIMIT_BYTES,
+    CacheError,
+    CacheFull,
+    CacheStore,
+    JobSpec,
+    free_bytes,
+)
 from workbench.config import CacheConfig, ConfigError, TeacherConfig
 from workbench.data import MSADataset, Sample
 from workbench.errors import WorkbenchError

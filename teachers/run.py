@@ -21,7 +21,7 @@ from prompts import load_template
 from teachers import make_teacher
 from teachers.job import CachingJob, JobReport
 from workbench.cache.records import TeacherOutput
-from workbench.cache.store import CacheStore
+from workbench.cache.store import CacheFull, CacheStore, is_disk_full
 from workbench.config import CacheJobConfig, dump_config
 from workbench.data import load_dataset
 
@@ -87,7 +87,13 @@ def run_cache_job(cfg: CacheJobConfig, *, progress: ProgressFactory | None = Non
             if cfg.limit:
                 planned = planned[: cfg.limit]
             plan_s = time.perf_counter() - t0
-            config_path = dump_config(cfg, Path(cfg.cache.dir) / JOBS_DIR / job.job_id)
+            try:
+                config_path = dump_config(cfg, Path(cfg.cache.dir) / JOBS_DIR / job.job_id)
+            except OSError as e:
+                if not is_disk_full(e):
+                    raise
+                raise CacheFull(f"cache {cfg.cache.dir}: no space left on the disk for the job's "
+                                "config; free a few MB there and rerun") from e
             keys = [p.key for p in planned]
             unique = set(keys)
             todo = len(unique - store.ok_keys())

@@ -2,7 +2,7 @@
 
 A reader (or a process that starts after a crash) sees either the old content or the new,
 never a half-written file or directory. Temporaries live beside the target (same
-filesystem, so the final rename is atomic) under one scheme: ``.<name>.tmp-<pid>`` for a
+filesystem, so the final rename is atomic) under one scheme: ``.<name>.tmp-<pid>-<thread>`` for a
 file (several processes may write the same file), ``.<name>.tmp`` for a directory (all
 ranks of a distributed run write into the same one), ``.<name>.old`` for the directory
 being replaced. A leftover is hidden and never mistaken for a result.
@@ -13,13 +13,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 
 def temp_path(target: Path) -> Path:
-    """The temporary sibling of the file ``target`` this process writes before renaming."""
-    return target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    """The temporary sibling of the file ``target`` this thread writes before renaming (two
+    jobs in one process may write the same file at once)."""
+    return target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
 
 
 def temp_dir(target: str | Path) -> Path:

@@ -7,7 +7,7 @@ log-probabilities. ``schedule`` maps a request's prompt to the behaviours of its
 successive attempts (the last one repeats): ``ok``, ``429``, ``500``, ``hang``,
 ``malformed``, ``truncated``, ``nolabel``, ``slow`` (ok after ``slow_s``), ``drip`` (an ok
 body sent one byte every ``drip_s``), ``nan`` (an ok body whose log-probabilities are NaN),
-``echo401`` (a 401 whose body echoes the request's ``Authorization`` header) and ``echo``
+``echo401`` (a 401 whose body echoes the API key the request carried) and ``echo``
 (an ok answer whose text echoes it).
 
 The server bills like a paid API: every ok body it wrote in full adds its usage to
@@ -153,8 +153,8 @@ class FakeOpenAI:
                     self.close_connection = True
                     return None
                 if b == "echo401":
-                    auth = self.headers.get("Authorization", "")
-                    msg = json.dumps({"error": {"message": f"invalid credentials: {auth}"}})
+                    auth = self.headers.get("Authorization", "").removeprefix("Bearer ")
+                    msg = json.dumps({"error": {"message": f"invalid api key: {auth}"}})
                     return self._send(401, msg.encode())
                 if b == "drip":
                     full = json.dumps(self._ok(body, chat, prompt, "ok")).encode()
@@ -187,8 +187,9 @@ class FakeOpenAI:
                     first = " " + label
                 if b == "nan":
                     tops = [[t, float("nan")] for t, _ in tops]
+                text = first
                 if b == "echo":
-                    first = " " + label + " (you sent " + self.headers.get("Authorization", "") + ")"
+                    text = first + " (you sent " + self.headers.get("Authorization", "") + ")"
                 usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": 1,
                          "total_tokens": len(prompt.split()) + 1}
                 if chat:
@@ -196,13 +197,13 @@ class FakeOpenAI:
                                        "top_logprobs": [{"token": t, "logprob": v, "bytes": None}
                                                         for t, v in tops]}]}
                     choice = {"index": 0, "finish_reason": "stop", "logprobs": lp,
-                              "message": {"role": "assistant", "content": first}}
+                              "message": {"role": "assistant", "content": text}}
                     return {"id": "x", "object": "chat.completion", "created": 0,
                             "model": body["model"], "choices": [choice], "usage": usage}
                 lp = {"tokens": [first], "token_logprobs": [tops[0][1]],
                       "top_logprobs": [dict(tops)], "text_offset": [0]}
                 return {"id": "x", "object": "text_completion", "created": 0, "model": body["model"],
-                        "choices": [{"index": 0, "text": first, "finish_reason": "stop",
+                        "choices": [{"index": 0, "text": text, "finish_reason": "stop",
                                      "logprobs": lp if body.get("logprobs") else None}],
                         "usage": usage}
 

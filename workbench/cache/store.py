@@ -28,13 +28,18 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from workbench.cache.ledger import (LEDGER_SCHEMA, add_spend, rebuild_spend, release_all,
-                                    release_lease, take_lease)
+from workbench.cache.ledger import (
+    LEDGER_SCHEMA,
+    add_spend,
+    rebuild_spend,
+    release_all,
+    release_lease,
+    take_lease,
+)
 from workbench.cache.ledger import spent as _spent
 from workbench.cache.records import DUPLICATE, OK, SoftLabel, TeacherOutput, stable_hash
 from workbench.cache.scrub import scrub
@@ -159,9 +164,6 @@ class CacheStore:
 
     # plumbing ---------------------------------------------------------------
     class _Tx:
-        def __init__(self, conn: sqlite3.Connection) -> None:
-            self.conn = conn
-
         def __init__(self, conn: sqlite3.Connection, where: Path) -> None:
             self.conn, self.where = conn, where
 
@@ -272,12 +274,12 @@ class CacheStore:
         with self.transaction() as c:
             if attempt and c.execute("SELECT 1 FROM outputs WHERE attempt=?", (attempt,)).fetchone():
                 return False  # already imported
+            if teacher:  # before the insert: a first spend row is summed from the stored rows
+                add_spend(c, teacher, out.cost_usd)
             stored = c.execute(insert, row).rowcount == 1
             if not stored:  # a second ok answer for the key: paid for, so kept as a duplicate
                 c.execute(insert, (row[0], row[1], DUPLICATE, "the key already had an ok answer",
                                    *row[4:]))
-            if teacher:
-                add_spend(c, teacher, out.cost_usd)
             if owner:
                 release_lease(c, out.key, owner)
         return stored
@@ -375,10 +377,15 @@ class CacheStore:
 
     def write_manifest(self) -> Path:
         """``manifest.json``: the jobs this cache holds (atomic replace)."""
-        return atomic_write_text(
-            self.dir / MANIFEST_FILE,
-            json.dumps({"schema_version": SCHEMA_VERSION, "jobs": self.jobs()}, indent=2,
-                       sort_keys=True) + "\n")
+        text = json.dumps({"schema_version": SCHEMA_VERSION, "jobs": self.jobs()}, indent=2,
+                          sort_keys=True) + "\n"
+        try:
+            return atomic_write_text(self.dir / MANIFEST_FILE, text)
+        except OSError as e:
+            if is_disk_full(e):
+                raise CacheFull(f"{self.dir / MANIFEST_FILE}: no space left on the disk; free some "
+                                "space (the cache needs its database size plus a few MB) and rerun") from e
+            raise
 
     # sharing ----------------------------------------------------------------
     def merge_from(self, other_dir: str | Path) -> dict[str, int]:
