@@ -100,7 +100,7 @@ def write_leaderboard(evals: Sequence[CheckpointEval], out_dir: str | Path) -> l
     if board["lnln"]:
         results["lnln_leaderboard"] = board["lnln"]
         results["robustness"] = {ev.name: ev.robustness() for ev in evals}
-    paths += list(write_results(out, results))
+    paths += list(write_results(out, results, row_header="checkpoint"))
     runs = out / "runs.csv"
     runs.write_text(runs_csv(evals), encoding="utf-8")
     paths.append(runs)

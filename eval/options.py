@@ -27,7 +27,7 @@ class EvalError(WorkbenchError, RuntimeError):
 
 
 def parse_rates(spec: str) -> list[float]:
-    """Missing rates from ``a:b:step`` (inclusive end), a comma list, or ``none``.
+    """Missing rates from ``start:stop:step`` (inclusive end), a comma list, or ``none``.
 
     ``0:0.9:0.1`` -> ``[0.0, 0.1, ..., 0.9]`` (10 rates); ``0,0.5,1`` -> three rates;
     ``none`` or ``""`` -> no sweep. Every rate must lie in ``[0, 1]``.
@@ -49,7 +49,7 @@ def parse_rates(spec: str) -> list[float]:
         else:
             rates = [float(p) for p in text.split(",") if p.strip()]
     except ValueError:
-        raise EvalError(f"--missing-rates={spec!r} is not a:b:step (e.g. 0:0.9:0.1), a comma "
+        raise EvalError(f"--missing-rates={spec!r} is not start:stop:step (e.g. 0:0.9:0.1), a comma "
                         "list of rates (e.g. 0,0.5), or none") from None
     bad = [r for r in rates if not 0.0 <= r <= 1.0]
     if bad:

@@ -292,6 +292,8 @@ def robustness_table(summary: RobustnessSummary, columns: Sequence[str] | None =
         f"{rate:g}": summary["per_rate"][rate] for rate in summary["rates"]
     }
     rows["average"] = summary["average"]
+    if all(n == 1 for n in summary.get("n_runs", {0: 2}).values()):
+        rows = means_only(rows)  # one seed: no spread to show
     return markdown_table(rows, names, name_header="missing rate")
 
 
@@ -334,8 +336,17 @@ def _json_key(key: Any, where: str) -> str:
     raise TypeError(f"{where}: mapping key {key!r} of type {type(key).__name__} is not allowed")
 
 
-def results_markdown(results: Mapping[str, Any]) -> str:
-    """Human-readable Markdown for a results dict (schema in the module docstring)."""
+def means_only(rows: Mapping[str, Mapping[str, Cell]]) -> dict[str, dict[str, Cell]]:
+    """``rows`` with each (mean, std) pair replaced by its mean: a summary over one run has
+    no spread to show (no "± 0.0")."""
+    return {name: {m: (c[0] if isinstance(c, Sequence) and not isinstance(c, str) else c)
+                   for m, c in row.items()} for name, row in rows.items()}
+
+
+def results_markdown(results: Mapping[str, Any], row_header: str = "condition") -> str:
+    """Human-readable Markdown for a results dict (schema in the module docstring);
+    ``row_header`` names the leaderboard's rows (a checkpoint's input conditions, or
+    checkpoints)."""
     metric_set = results.get("metric_set")
     lines = ["# Results", ""]
     if metric_set is not None:
@@ -348,7 +359,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     board = results.get("leaderboard")
     if board:
         cols = order_metrics((m for row in board.values() for m in row), metric_set)
-        lines += ["## Leaderboard", "", markdown_table(board, cols)]
+        lines += ["## Leaderboard", "", markdown_table(board, cols, name_header=row_header)]
     robust = results.get("robustness")
     if robust:
         lines += ["## Robustness to missing modalities", ""]
@@ -384,7 +395,8 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines).rstrip("\n") + "\n"
 
 
-def write_results(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -> tuple[Path, Path]:
+def write_results(out_dir: str | os.PathLike[str], results: Mapping[str, Any],
+                  row_header: str = "condition") -> tuple[Path, Path]:
     """Write ``results.json`` (sorted keys, floats unrounded) and ``results.md`` to ``out_dir``.
 
     The directory is created if needed; each file is written atomically
@@ -399,7 +411,7 @@ def write_results(out_dir: str | os.PathLike[str], results: Mapping[str, Any]) -
         normalized["robustness"] = robustness_variants(normalized["robustness"])
     payload = to_jsonable(normalized)
     json_text = json.dumps(payload, sort_keys=True, indent=2, allow_nan=True) + "\n"
-    md_text = results_markdown(results)
+    md_text = results_markdown(results, row_header)
     json_path, md_path = out / "results.json", out / "results.md"
     atomic_write_text(json_path, json_text)
     atomic_write_text(md_path, md_text)

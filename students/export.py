@@ -59,7 +59,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from students.model import StudentModel, build_student
-from workbench.config import StudentConfig, from_dict, to_dict, versions
+from workbench.config import DataConfig, StudentConfig, from_dict, to_dict, versions
 from workbench.data.store import DataInfo
 from workbench.errors import WorkbenchError
 from workbench.io import atomic_dir
@@ -247,7 +247,7 @@ def _write_export(model: StudentModel, tmp: Path, source: dict[str, Any] | None
         "format_version": EXPORT_FORMAT,
         "kind": "prompted" if model.prompt is not None else "student",
         "student": to_dict(scfg),
-        "data_info": model.info.to_json(),
+        "data_info": _data_info(model.info),
         "bins": model.bin_values,
         "modalities": ["text", *model.modalities],
         "task": model.task,
@@ -262,6 +262,15 @@ def _write_export(model: StudentModel, tmp: Path, source: dict[str, Any] | None
     }
     (tmp / EXPORT_FILE).write_text(json.dumps(spec, indent=2, default=str) + "\n")
     return spec
+
+
+def _data_info(info: DataInfo) -> dict[str, Any]:
+    """The dataset's info as export.json records it: a classification set has classes,
+    not a score range (``label_range`` null)."""
+    out = info.to_json()
+    if info.task == "classification":
+        out["label_range"] = None
+    return out
 
 
 def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = False,
@@ -321,7 +330,10 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> Stude
                 raise ExportError(f"export {p} has no {sub}/config.json; it is incomplete, "
                                   "re-export the checkpoint")
             setattr(scfg, field_name, str(p / sub))
-    info = DataInfo.from_json(spec["data_info"])
+    recorded = dict(spec["data_info"])
+    if recorded.get("label_range") is None:  # a classification set records none
+        recorded["label_range"] = DataConfig().label_range
+    info = DataInfo.from_json(recorded)
     model = build_student(scfg, info, spec.get("bins"), device=device)
     weights = p / WEIGHTS_FILE
     if not weights.is_file():

@@ -489,7 +489,8 @@ def build_student(cfg: StudentConfig, info: DataInfo, bins: list[float] | None =
             child.to(device)
         model.bins = model.bins.to(device)
     counts = model.parameter_counts()["all"]
-    log.info("student for %s: modalities=text+%s prompted=%s params total=%d trainable=%d",
-             info.name, "+".join(model.modalities) or "none", cfg.prompted, counts.total,
-             counts.trainable)
+    # one trainable count in a run's log: the trainer's, after the heads no loss reads are
+    # frozen (students.objective.freeze_unused)
+    log.info("student for %s: modalities=text+%s prompted=%s params total=%d",
+             info.name, "+".join(model.modalities) or "none", cfg.prompted, counts.total)
     return model

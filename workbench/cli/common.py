@@ -15,8 +15,8 @@ from typer.core import TyperGroup
 from workbench.config import ConfigError, DataConfig, load_config
 from workbench.errors import WorkbenchError
 
-console = Console()
-err_console = Console(stderr=True)
+console = Console(emoji=False)  # ":b:" in a message stays ":b:"
+err_console = Console(stderr=True, emoji=False)
 log = logging.getLogger("workbench")
 
 

@@ -78,9 +78,13 @@ def print_eval(ev, paths: list[Path]) -> None:
     if rob is not None:
         rows: dict[str, Any] = {f"{r:g}": rob["per_rate"][r] for r in rob["rates"]}
         rows["average"] = rob["average"]
-        print_metric_tables(
-            f"missing-rate sweep (mean ± std over seeds {','.join(map(str, ev.seeds))})",
-            rows, ev.metric_set, "missing rate")
+        if len(ev.seeds) == 1:  # one seed: no spread to show
+            from eval.report import means_only
+
+            title, rows = f"missing-rate sweep (seed {ev.seeds[0]})", means_only(rows)
+        else:
+            title = f"missing-rate sweep (mean ± std over seeds {','.join(map(str, ev.seeds))})"
+        print_metric_tables(title, rows, ev.metric_set, "missing rate")
     if ev.cost is not None:
         for line in cost_lines(ev.cost):
             console.print(line, markup=False, highlight=False)
@@ -124,7 +128,7 @@ def eval_checkpoints(
         "--out", "-o", help="Output dir (default: <run>/eval-<split> beside checkpoint-best).")
     ] = None,
     missing_rates: Annotated[str | None, typer.Option(
-        help="LNLN sweep a:b:step (inclusive), e.g. 0:0.9:0.1, a comma list, or none "
+        help="LNLN sweep start:stop:step (inclusive), e.g. 0:0.9:0.1, a comma list, or none "
              "(default: the checkpoint's eval.missing_rates).")] = None,
     seeds: Annotated[str | None, typer.Option(
         help="Comma-separated mask seeds (default: the checkpoint's eval.seeds).")] = None,

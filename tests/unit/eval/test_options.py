@@ -31,8 +31,8 @@ def test_rate_ranges_include_their_end():
 
 
 @pytest.mark.parametrize(("spec", "pattern"), [
-    ("0:0.9", "a:b:step"), ("0:0.9:0", "step > 0"), ("0.9:0:0.1", "start <= stop"),
-    ("0:1.5:0.5", r"outside \[0, 1\]"), ("a,b", "a:b:step"), ("0.1,0.1", "repeats"),
+    ("0:0.9", "start:stop:step"), ("0:0.9:0", "step > 0"), ("0.9:0:0.1", "start <= stop"),
+    ("0:1.5:0.5", r"outside \[0, 1\]"), ("a,b", "start:stop:step"), ("0.1,0.1", "repeats"),
 ])
 def test_bad_rates_are_explained(spec, pattern):
     with pytest.raises(EvalError, match=pattern):

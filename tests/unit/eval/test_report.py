@@ -16,8 +16,10 @@ from eval.report import (
     format_cell,
     is_percent_metric,
     markdown_table,
+    means_only,
     order_metrics,
     robustness_summary,
+    robustness_table,
     robustness_variants,
     summarize,
     to_jsonable,
@@ -177,7 +179,7 @@ def test_write_results_round_trip(tmp_path):
 
     md = md_path.read_text()
     assert "## Leaderboard" in md
-    assert "| run | acc2_non0 | f1_non0 | mae | corr |" in md
+    assert "| condition | acc2_non0 | f1_non0 | mae | corr |" in md  # a checkpoint's rows
     assert "| student | 82.0 ± 2.0 |" in md
     assert "### student" in md and "| missing rate |" in md and "| average |" in md
     assert "- **seeds**: [0, 1, 2]" in md
@@ -193,6 +195,15 @@ def test_write_results_single_sweep_named_model(tmp_path):
     assert list(data["robustness"]) == ["model"]
     assert data["robustness"]["model"]["rates"] == [0.0, 0.3, 0.6, 0.9]
     assert "### model" in md_path.read_text()
+
+
+def test_one_seed_shows_no_spread(tmp_path):
+    one = robustness_summary({0.0: [{"mae": 0.5}], 0.5: [{"mae": 0.9}]})
+    table = robustness_table(one, ["mae"])
+    assert "±" not in table and "| 0.5 | 0.900 |" in table
+    assert means_only({"r": {"mae": (0.5, 0.0), "n": 3}}) == {"r": {"mae": 0.5, "n": 3}}
+    _, md = write_results(tmp_path, {"leaderboard": {"a": {"mae": 0.5}}}, row_header="checkpoint")
+    assert "| checkpoint | mae |" in md.read_text()
 
 
 def test_write_results_nan_written_and_read_back(tmp_path):

@@ -277,3 +277,30 @@ def test_eval_output_is_whole_at_80_columns(tmp_path_factory, one_thread):
     for m in METRIC_NAMES["mosi"]:
         assert m in words, (m, r.output)
     assert "test metrics" in r.output and "missing-rate sweep" in r.output
+
+
+def test_eval_help_shows_the_sweep_syntax_as_written():
+    r = runner.invoke(app, ["eval", "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0 and "start:stop:step" in r.output and "\U0001f171" not in r.output
+    from workbench.cli.common import err_console
+
+    with err_console.capture() as cap:
+        err_console.print("a:b:step")
+    assert cap.get().strip() == "a:b:step"  # messages keep their colons too
+
+
+def test_one_seed_sweep_prints_no_spread(tmp_path_factory, one_thread):
+    from tests.support.checkpoints import tiny_checkpoints
+
+    ck = tiny_checkpoints(tmp_path_factory)
+    out = tmp_path_factory.mktemp("eval1seed")
+    r = runner.invoke(app, ["eval", str(ck["b"]), "--out", str(out), "--threads", "1",
+                            "--device", "cpu", "--missing-rates", "0,0.5", "--seeds", "7",
+                            "--no-cost", "--missing-modality", "none"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    sweep = r.output.split("missing-rate sweep (seed 7)")[1]
+    assert "±" not in sweep
+    md = (out / "results.md").read_text()
+    assert md.split("## Leaderboard")[1].split("\n")[2].startswith("| condition |")
+    rows = [ln for ln in md.splitlines() if ln.startswith(("| 0 |", "| 0.5 |", "| average |"))]
+    assert len(rows) == 3 and not any("±" in ln for ln in rows)
