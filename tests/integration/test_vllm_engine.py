@@ -42,3 +42,24 @@ def test_vllm_soft_labels_and_descriptions(tmp_path):
     report = job.report
     assert report.ok == report.sent
 
+
+
+@pytest.mark.timeout(1800)
+def test_vllm_vision_model_gets_the_frames(tmp_path):
+    """A tiny LLaVA built on the spot: the frames go in as multi_modal_data, every answer
+    lands, and each prompt counts the image tokens vLLM expanded the placeholders to."""
+    from tests.support.frames_data import frames_dataset
+    from tests.support.tiny_vlm import TOKENS_PER_IMAGE, build_tiny_vlm
+
+    vlm = build_tiny_vlm(tmp_path / "vlm")
+    data = frames_dataset(tmp_path / "d")
+    tcfg = vllm_teacher(model=str(vlm), api="chat", gpu_memory_utilization=0.3)
+    job = run_job(tcfg, data, tmp_path / "c")
+    assert job.report.ok == job.report.sent == 6, job.report.finished
+    with CacheStore(tmp_path / "c") as store:
+        outs = list(store.current(job.job_id).values())
+    assert all(abs(sum(o.soft_label.probs) - 1) < 1e-6 for o in outs)
+    assert all(o.tokens_in > TOKENS_PER_IMAGE for o in outs)
+    job = run_job(vllm_teacher(model=str(vlm), api="chat", gpu_memory_utilization=0.3, max_tokens=6),
+                  data, tmp_path / "c", template="context_aware")
+    assert job.report.ok == job.report.sent == 6, job.report.finished

@@ -115,3 +115,24 @@ def test_vlm_needs_the_chat_api(vlm_dir, tmp_path):
     assert isinstance(t, HFVisionTeacher)
     with pytest.raises(ConfigError, match="teacher.api='completions'.*set teacher.api=chat"):
         t.load()
+
+
+def test_vllm_prompt_puts_the_frames_in_multi_modal_data(vlm_dir, tmp_path):
+    """The vllm_engine prompt for a vision model, built without an engine: the chat
+    template's image placeholders (one per frame; vLLM expands them) and the decoded frames."""
+    from transformers import AutoProcessor
+
+    from prompts import load_template, render
+    from teachers.base import TeacherRequest
+    from teachers.vllm_engine import VLLMTeacher
+
+    data = frames_dataset(tmp_path / "d")
+    ds = load_dataset(data)
+    sample = next(s for s in ds.samples() if len(s.media.frames) == 2)
+    r = render(load_template("sentiment_polarity"), sample, ds.info)
+    t = VLLMTeacher(TeacherConfig(backend="vllm_engine", model=str(vlm_dir)))
+    t.processor = AutoProcessor.from_pretrained(vlm_dir)
+    prompt = t.mm_prompt(TeacherRequest(key="k", messages=r.messages, prompt=r.prompt, media=r.media))
+    assert prompt["prompt"].count("<image>") == 2 and sample.text in prompt["prompt"]
+    images = prompt["multi_modal_data"]["image"]
+    assert [im.tobytes() for im in images] == [im.tobytes() for im in load_images(sample.media.frames)]

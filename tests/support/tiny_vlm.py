@@ -74,9 +74,9 @@ def build_tiny_vlm(out: Path, seed: int = 0) -> Path:
                           vision_feature_select_strategy="default", chat_template=CHAT_TEMPLATE,
                           num_additional_image_tokens=1, image_token="<image>")
     cfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+        vision_config=CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                                        num_attention_heads=2, image_size=IMAGE_SIZE, patch_size=PATCH,
-                                       projection_dim=32),
+                                       projection_dim=64),
         text_config=LlamaConfig(vocab_size=len(vocab), hidden_size=128, intermediate_size=256,
                                 num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                                 head_dim=64, max_position_embeddings=4096, pad_token_id=0,

@@ -74,6 +74,9 @@ class TeacherConfig:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.85
     max_model_len: int = 4096
+    max_images: int = 8
+    """``vllm_engine`` with a local vision-language model: the most frames one prompt may
+    carry (vLLM reserves memory for that many)."""
 
     def __post_init__(self) -> None:
         if self.backend == "openai_compat":
@@ -99,6 +102,7 @@ class TeacherConfig:
               "use at least 1")
         check(self.timeout_s > 0, "teacher.timeout_s", self.timeout_s, "use a positive number")
         check(self.max_retries >= 0, "teacher.max_retries", self.max_retries, "use 0 or more")
+        check(self.max_images >= 1, "teacher.max_images", self.max_images, "use at least 1")
         check(self.batch_size >= 1, "teacher.batch_size", self.batch_size, "use at least 1")
         check(self.budget_usd >= 0, "teacher.budget_usd", self.budget_usd,
               "use 0 for no cap or a positive amount")
