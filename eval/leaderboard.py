@@ -1,8 +1,10 @@
 """Compare several evaluated checkpoints: one leaderboard across them.
 
-:func:`leaderboard`: one row per checkpoint plus the mean ± std across checkpoints with
-complete inputs, and the LNLN average per checkpoint (mean ± std over its seeds) plus
-across checkpoints × seeds. The checkpoints must share a metric set and a split, and a
+:func:`leaderboard`: one row per checkpoint plus, per recipe (:func:`recipe_groups`: the
+resolved config minus seed, output dir and runtime knobs), the mean ± std across its
+checkpoints with complete inputs, and the LNLN average per checkpoint (mean ± std over
+its seeds) plus per recipe across checkpoints × seeds. Runs of different recipes are
+never pooled. The checkpoints must share a metric set and a split, and a
 sweep must use the same rates and seeds for all of them.
 
 Files (:func:`write_leaderboard`): ``leaderboard.md`` and ``leaderboard.csv`` (and
@@ -13,14 +15,81 @@ checkpoint, unrounded) and, with a sweep, ``robustness.png``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from eval.evaluate import CheckpointEval, plot_metrics, runs_csv
 from eval.options import EvalError
 from eval.plots import robustness_curve
 from eval.report import csv_table, markdown_table, order_metrics, summarize, write_results
+from students.checkpoint import CONFIG_FILE
+from students.rundir import flatten_config
+
+
+NOT_RECIPE = ("train.seed", "train.output_dir", "train.overwrite", "train.num_threads",
+              "train.num_workers", "eval.")
+"""Resolved-config keys (or prefixes, ending in ``.``) that do not make a different recipe:
+the seed, where the run was written, runtime knobs and the evaluation options."""
+LABEL_KEYS = 3
+"""Differing keys shown in a group's name (then ``…``)."""
+
+
+def _recipe(path: Path) -> dict[str, Any]:
+    """The checkpoint's resolved config (``config.yaml``), flattened, minus NOT_RECIPE."""
+    cfg_file = Path(path) / CONFIG_FILE
+    try:
+        raw = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise EvalError(f"checkpoint {path}: cannot read {CONFIG_FILE} to group it by recipe "
+                        f"({e})") from None
+    flat = flatten_config(raw)
+    return {k: v for k, v in flat.items()
+            if not any(k == n or (n.endswith(".") and k.startswith(n)) for n in NOT_RECIPE)}
+
+
+def _short(v: Any) -> str:
+    text = json.dumps(v, default=str) if not isinstance(v, str) else (v or "''")
+    return text if len(text) <= 24 else "…" + text[-23:]
+
+
+def recipe_groups(evals: Sequence[CheckpointEval]) -> dict[str, list[str]]:
+    """Checkpoints grouped by recipe (the resolved config minus seed, output dir and
+    runtime knobs, :data:`NOT_RECIPE`), in first-seen order: ``{group name: checkpoint
+    names}``. A group is named by the keys in which the recipes differ (``recipe`` when
+    there is one)."""
+    recipes = [_recipe(ev.path) for ev in evals]
+    keys: list[str] = []
+    for r in recipes:
+        keys += [k for k in r if k not in keys]
+    frozen = [json.dumps([r.get(k) for k in keys], sort_keys=True, default=str) for r in recipes]
+    order = list(dict.fromkeys(frozen))
+    if len(order) == 1:
+        return {"recipe": [ev.name for ev in evals]}
+    first = {f: recipes[frozen.index(f)] for f in order}
+    differ = [k for k in keys if len({json.dumps(first[f].get(k), default=str) for f in order}) > 1]
+    groups: dict[str, list[str]] = {}
+    for i, f in enumerate(order):
+        shown = ", ".join(f"{k}={_short(first[f].get(k))}" for k in differ[:LABEL_KEYS])
+        name = f"recipe {i + 1}: {shown}{', …' if len(differ) > LABEL_KEYS else ''}"
+        groups[name] = [ev.name for ev, g in zip(evals, frozen, strict=True) if g == f]
+    return groups
+
+
+def _group_rows(groups: dict[str, list[str]], per_name: dict[str, list[dict[str, float]]],
+                unit: str) -> dict[str, Any]:
+    """One ``mean ± std`` row per group (its checkpoints' runs pooled); a group of one run
+    shows its values without a spread."""
+    rows: dict[str, Any] = {}
+    for group, names in groups.items():
+        runs = [r for n in names for r in per_name[n]]
+        label = unit.format(n=len(names))
+        title = f"mean ± std ({label})" if len(groups) == 1 else f"mean ± std ({group}; {label})"
+        rows[title] = summarize(runs) if len(runs) > 1 else dict(runs[0])
+    return rows
 
 
 def leaderboard(evals: Sequence[CheckpointEval]) -> dict[str, Any]:
@@ -40,8 +109,14 @@ def leaderboard(evals: Sequence[CheckpointEval]) -> dict[str, Any]:
     splits = {ev.split for ev in evals}
     if len(splits) > 1:
         raise EvalError(f"the evaluations are on different splits {sorted(splits)}")
+    names = [ev.name for ev in evals]
+    if len(set(names)) != len(names):
+        raise EvalError(f"two checkpoints share a name ({names}); name each run directory "
+                        "differently")
+    groups = recipe_groups(evals)
     complete: dict[str, Any] = {ev.name: ev.metrics for ev in evals}
-    complete[f"mean ± std ({len(evals)} checkpoints)"] = summarize([ev.metrics for ev in evals])
+    complete.update(_group_rows(groups, {ev.name: [ev.metrics] for ev in evals},
+                                "{n} checkpoints"))
     lnln: dict[str, Any] = {}
     swept = [ev for ev in evals if ev.sweep]
     if swept:
@@ -49,15 +124,14 @@ def leaderboard(evals: Sequence[CheckpointEval]) -> dict[str, Any]:
         if len(grids) > 1 or len(swept) != len(evals):
             raise EvalError("the checkpoints were swept over different rates or seeds; "
                             "evaluate them in one call with the same --missing-rates/--seeds")
-        pooled: list[dict[str, float]] = []
+        per_name: dict[str, list[dict[str, float]]] = {}
         for ev in swept:
-            per_seed = ev.seed_averages()
-            lnln[ev.name] = summarize(per_seed)
-            pooled += per_seed
+            per_name[ev.name] = ev.seed_averages()
+            lnln[ev.name] = summarize(per_name[ev.name])
         n_seeds = len(swept[0].seeds)
-        lnln[f"mean ± std ({len(swept)} checkpoints × {n_seeds} seeds)"] = summarize(pooled)
+        lnln.update(_group_rows(groups, per_name, f"{{n}} checkpoints × {n_seeds} seeds"))
     return {"metric_set": evals[0].metric_set, "split": evals[0].split, "complete": complete,
-            "lnln": lnln}
+            "lnln": lnln, "groups": groups}
 
 
 def leaderboard_markdown(board: Mapping[str, Any]) -> str:
@@ -65,12 +139,19 @@ def leaderboard_markdown(board: Mapping[str, Any]) -> str:
     metric_set = board["metric_set"]
     cols = order_metrics((m for row in board["complete"].values() for m in row), metric_set)
     lines = [f"# Leaderboard ({board['split']} split, metric set `{metric_set}`)", "",
-             "Accuracies and F1 ×100; MAE and Corr as is.", "",
+             "Accuracies and F1 ×100; MAE and Corr as is. Checkpoints are grouped by recipe "
+             "(the resolved config minus seed, output dir and runtime knobs); each group gets "
+             "its own mean ± std.", "", *group_lines(board["groups"]), "",
              "## Complete inputs", "", markdown_table(board["complete"], cols, name_header="checkpoint")]
     if board["lnln"]:
         lines += ["## LNLN average over missing rates (mean ± std over seeds)", "",
                   markdown_table(board["lnln"], cols, name_header="checkpoint")]
     return "\n".join(lines)
+
+
+def group_lines(groups: Mapping[str, Sequence[str]]) -> list[str]:
+    """One line per recipe group: its name and its checkpoints."""
+    return [f"- {name}: {', '.join(names)}" for name, names in groups.items()]
 
 
 def write_leaderboard(evals: Sequence[CheckpointEval], out_dir: str | Path) -> list[Path]:
@@ -93,7 +174,7 @@ def write_leaderboard(evals: Sequence[CheckpointEval], out_dir: str | Path) -> l
     results: dict[str, Any] = {
         "metric_set": board["metric_set"],
         "leaderboard": board["complete"],
-        "meta": {"split": board["split"], "checkpoints": {ev.name: str(ev.path) for ev in evals},
+        "meta": {"split": board["split"], "groups": board["groups"], "checkpoints": {ev.name: str(ev.path) for ev in evals},
                  "seeds": evals[0].seeds if evals[0].sweep else [],
                  "missing_rates": sorted(evals[0].sweep)},
     }

@@ -64,11 +64,40 @@ def test_directory_of_runs_gives_a_leaderboard(ck, tmp_path):
                  "results.md", "runs.csv", "robustness.png"):
         assert (board / name).is_file(), name
     res = json.loads((board / "results.json").read_text())
-    assert list(res["leaderboard"]) == ["a", "b", "mean ± std (2 checkpoints)"]
+    # a and b are different recipes: never pooled, one row each, the groups named
+    groups = res["meta"]["groups"]
+    assert list(groups.values()) == [["a"], ["b"]]
+    assert all(g.startswith("recipe ") and "signals.cache_dir=" in g for g in groups)
+    assert list(res["leaderboard"])[:2] == ["a", "b"] and len(res["leaderboard"]) == 4
+    assert not any("(2 checkpoints)" in k for k in res["leaderboard"])
     assert set(res["robustness"]) == {"a", "b"}
-    assert "leaderboard, test split" in r.output and "mean ± std" in r.output
+    assert "2 recipe group(s)" in r.output and "mean ± std" in r.output
+    assert "leaderboard, test split" in r.output
     one = json.loads((runs / "a" / "eval-test" / "results.json").read_text())
     assert one["cost"]["parameters"]["total"] > 0 and "speed" not in one["cost"]  # --no-cost
+
+
+def test_seeds_of_one_recipe_are_grouped_apart_from_another(ck, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(ck["runs"], runs)
+    # a second seed of recipe a: same resolved config but train.seed and the output dir
+    shutil.copytree(runs / "a", runs / "a2")
+    cfg_file = runs / "a2" / "checkpoint-best" / "config.yaml"
+    cfg = yaml.safe_load(cfg_file.read_text())
+    cfg["train"]["seed"] += 1
+    cfg["train"]["output_dir"] = str(runs / "a2")
+    cfg_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    r = run(str(runs), "--missing-rates", "none", "--missing-modality", "none", "--no-cost")
+    assert r.exit_code == 0, r.output
+    res = json.loads((runs / "leaderboard-test" / "results.json").read_text())
+    groups = res["meta"]["groups"]
+    assert sorted(map(sorted, groups.values())) == [["a", "a2"], ["b"]]
+    (pair,) = [k for k in res["leaderboard"] if "2 checkpoints" in k]
+    (single,) = [k for k in res["leaderboard"] if "1 checkpoints" in k]
+    assert pair.startswith("mean ± std (recipe ")
+    assert res["leaderboard"][single] == res["leaderboard"]["b"]  # no spread over one run
+    md = (runs / "leaderboard-test" / "leaderboard.md").read_text()
+    assert all(f"- {g}: " in md for g in groups)
 
 
 def test_errors_are_reported_cleanly(ck, tmp_path):

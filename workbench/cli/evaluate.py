@@ -184,6 +184,11 @@ def eval_checkpoints(
         f"leaderboard-{evals[0].split}"
     written = write_leaderboard(evals, board_dir)
     console.print()
+    from eval.leaderboard import group_lines
+
+    console.print(f"{len(board['groups'])} recipe group(s):", highlight=False)
+    for line in group_lines(board["groups"]):
+        console.print("  " + escape(line), highlight=False)
     print_metric_tables(f"leaderboard, {board['split']} split, complete inputs",
                         board["complete"], board["metric_set"], "checkpoint")
     if board["lnln"]:

@@ -4,6 +4,7 @@ modality patterns, cost fields, guards and bad inputs, and the leaderboard."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -230,17 +231,26 @@ def test_results_files_and_leaderboard_over_two_checkpoints(full, again, other, 
     rows = list(csv.DictReader(io.StringIO((tmp_path / "one" / "runs.csv").read_text())))
     assert len(rows) == 7 + 30
 
+    # a and b are different recipes: one group each, never pooled
     board = leaderboard([again, other])
-    agg = "mean ± std (2 checkpoints)"
-    assert list(board["complete"]) == ["a", "b", agg]
+    assert list(board["groups"].values()) == [["a"], ["b"]]
+    assert len(board["complete"]) == 4 and board["complete"][list(board["complete"])[3]] == \
+        other.metrics
+    # a second run of a's recipe (its config, other metrics) is pooled with a only
+    twin = dataclasses.replace(other, name="a2", path=again.path)
+    board = leaderboard([again, twin, other])
+    (g1, ga), (g2, gb) = board["groups"].items()
+    assert ga == ["a", "a2"] and gb == ["b"]
+    agg = f"mean ± std ({g1}; 2 checkpoints)"
+    assert list(board["complete"]) == ["a", "a2", "b", agg, f"mean ± std ({g2}; 1 checkpoints)"]
     mae = [again.metrics["mae"], other.metrics["mae"]]
     assert board["complete"][agg]["mae"] == pytest.approx((np.mean(mae), np.std(mae, ddof=1)))
-    pooled = "mean ± std (2 checkpoints × 3 seeds)"
-    assert list(board["lnln"]) == ["a", "b", pooled]
+    pooled = f"mean ± std ({g1}; 2 checkpoints × 3 seeds)"
+    assert list(board["lnln"])[:4] == ["a", "a2", "b", pooled]
     per_seed = [s["mae"] for ev in (again, other) for s in ev.seed_averages()]
     assert board["lnln"][pooled]["mae"] == pytest.approx(
         (np.mean(per_seed), np.std(per_seed, ddof=1)))
-    paths = write_leaderboard([again, other], tmp_path / "board")
+    paths = write_leaderboard([again, twin, other], tmp_path / "board")
     names = {p.name for p in paths}
     assert {"leaderboard.md", "leaderboard.csv", "leaderboard_lnln.csv", "results.json",
             "results.md", "runs.csv", "robustness.png"} <= names
@@ -248,6 +258,6 @@ def test_results_files_and_leaderboard_over_two_checkpoints(full, again, other, 
     assert "## Complete inputs" in md and agg in md and pooled in md
     table = list(csv.reader(io.StringIO((tmp_path / "board" / "leaderboard.csv").read_text())))
     assert table[0][:3] == ["checkpoint", "acc2_has0", "acc2_has0_std"]
-    assert [r[0] for r in table[1:]] == ["a", "b", agg]
+    assert [r[0] for r in table[1:]][:4] == ["a", "a2", "b", agg]
     with pytest.raises(EvalError, match="different rates or seeds"):
         leaderboard([full, other])
