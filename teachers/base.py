@@ -23,6 +23,9 @@ class TeacherRequest:
     want_logprobs: bool = False
     stop: list[str] = field(default_factory=list)
     """Generation ends at the first of these strings (which is not part of the text)."""
+    labels: list[str] = field(default_factory=list)
+    """The label names when the answer is read only as a soft label (no description): a
+    backend may then answer from the answer position alone (see ``teachers.scoring``)."""
 
 
 @dataclass

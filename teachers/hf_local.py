@@ -13,6 +13,17 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from teachers.base import OnResult, RawOutput, TeacherRequest
+from teachers.scoring import (
+    PrefixKV,
+    batch_inputs,
+    chosen_tokens,
+    full_ids,
+    last_logits,
+    needs_full_decode,
+    position_entry,
+    score_only,
+    shared_prefix_len,
+)
 from workbench.config import ConfigError, TeacherConfig
 from workbench.models import ModelNotFound, resolve_teacher_model
 
@@ -35,7 +46,9 @@ def local_model_id(cfg: TeacherConfig) -> str:
 
 
 class HFLocalTeacher:
-    """Batched greedy (or sampled) generation through ``model.generate``."""
+    """Batched greedy (or sampled) generation through ``model.generate``; soft-label-only
+    requests by one forward pass, and the job's shared prompt prefix computed once
+    (``teachers.scoring``)."""
 
     name = "hf_local"
 
@@ -96,15 +109,24 @@ class HFLocalTeacher:
 
         assert self.model is not None, "call load() first"
         reqs = list(requests)
+        if not reqs:
+            return
+        texts = [self._prompt_text(r) for r in reqs]
+        enc = self.tok(texts, add_special_tokens=self.cfg.api == "completions")["input_ids"]
+        rows = {r.key: list(ids) for r, ids in zip(reqs, enc, strict=True)}
+        # The prefix every prompt of the job shares: its KV cache is computed once.
+        prefix = None
+        if self.cfg.prefix_cache and (n := shared_prefix_len(list(rows.values()))):
+            prefix = PrefixKV(self.model, rows[reqs[0].key][:n], self.device, torch)
+            log.info("shared prompt prefix: %d tokens, computed once for %d requests", n, len(reqs))
         # Similar lengths together: less padding per batch.
-        texts = {r.key: self._prompt_text(r) for r in reqs}
-        order = sorted(reqs, key=lambda r: len(texts[r.key]))
+        order = sorted(reqs, key=lambda r: len(rows[r.key]))
         bs = self.cfg.batch_size
         for start in range(0, len(order), bs):
             batch = order[start:start + bs]
             t0 = time.perf_counter()
             try:
-                outs = self._generate_batch([texts[r.key] for r in batch], batch, torch)
+                outs = self._answer_batch(batch, [rows[r.key] for r in batch], prefix, torch)
             except (RuntimeError, ValueError) as e:  # OOM, bad shapes: record per request
                 outs = [RawOutput(error_kind="backend_error", error=f"{type(e).__name__}: {e}")
                         for _ in batch]
@@ -114,9 +136,55 @@ class HFLocalTeacher:
                 if on_result(r, o) is False:
                     return
 
-    def _generate_batch(self, texts: list[str], batch: list[TeacherRequest], torch) -> list[RawOutput]:
-        enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=self.cfg.api == "completions")
-        enc = {k: v.to(self.device) for k, v in enc.items()}
+    def _answer_batch(self, batch: list[TeacherRequest], rows: list[list[int]],
+                      prefix: PrefixKV | None, torch) -> list[RawOutput]:
+        """Score-only rows by one forward pass, the rest (and score-only rows whose first token
+        is not a label) through ``generate``; both over the shared prefix when it fits."""
+        if prefix is not None:
+            suffix = max(len(r) for r in rows) - len(prefix)
+            if not prefix.fits(suffix, max(r.max_tokens for r in batch)):
+                prefix = None
+        outs: list[RawOutput | None] = [None] * len(batch)
+        scored = [i for i, r in enumerate(batch) if score_only(r, self.cfg)]
+        if scored:
+            for i, o in zip(scored, self._score_batch([rows[i] for i in scored], batch, prefix, torch),
+                            strict=True):
+                if not needs_full_decode(o.positions, batch[i].labels):
+                    outs[i] = o
+        full = [i for i, o in enumerate(outs) if o is None]
+        if full:
+            gen = self._generate_batch([rows[i] for i in full], [batch[i] for i in full], prefix, torch)
+            for i, o in zip(full, gen, strict=True):
+                outs[i] = o
+        return outs
+
+    def _score_batch(self, rows: list[list[int]], batch: list[TeacherRequest],
+                     prefix: PrefixKV | None, torch) -> list[RawOutput]:
+        """The answer position's log-probabilities from one forward pass; the chosen token is
+        the one greedy ``generate`` would pick (repetition penalty included)."""
+        inputs = batch_inputs(rows, prefix, self.tok.pad_token_id, self.device, torch)
+        logits = last_logits(self.model, inputs, torch)
+        chosen = chosen_tokens(logits, full_ids(inputs, prefix, torch), self.cfg.repetition_penalty,
+                               torch).tolist()
+        logprobs = logits.float().log_softmax(-1)
+        k = max(1, self.cfg.top_logprobs)
+        results = []
+        for b, row in enumerate(rows):
+            t = chosen[b]
+            text = self.tok.decode([t], skip_special_tokens=True)
+            cut = min((text.find(s) for s in batch[b].stop if s in text), default=-1)
+            results.append(RawOutput(
+                text=text[:cut] if cut >= 0 else text,
+                positions=[position_entry(logprobs[b], t, k, self.tok.decode, torch)],
+                tokens_in=len(row), tokens_out=1, finish_reason="score_only"))
+        return results
+
+    def _generate_batch(self, rows: list[list[int]], batch: list[TeacherRequest],
+                        prefix: PrefixKV | None, torch) -> list[RawOutput]:
+        inputs = batch_inputs(rows, prefix, self.tok.pad_token_id, self.device, torch)
+        enc = {"input_ids": full_ids(inputs, prefix, torch), "attention_mask": inputs["attention_mask"]}
+        if prefix is not None:
+            enc[prefix.kwarg] = inputs[prefix.kwarg]
         max_new = max(r.max_tokens for r in batch)
         want = any(r.want_logprobs for r in batch)
         sample = self.cfg.temperature > 0
@@ -144,15 +212,8 @@ class HFLocalTeacher:
             ids = ids[:n_out]
             positions = None
             if want and req.want_logprobs:
-                positions = []
-                for i, t in enumerate(ids):
-                    lp = logprobs[i][b]
-                    top = torch.topk(lp, k)
-                    positions.append({
-                        "token": self.tok.decode([t]), "logprob": float(lp[t]),
-                        "top": [[self.tok.decode([j]), float(v)]
-                                for v, j in zip(top.values.tolist(), top.indices.tolist(), strict=True)],
-                    })
+                positions = [position_entry(logprobs[i][b], t, k, self.tok.decode, torch)
+                             for i, t in enumerate(ids)]
             text = self.tok.decode(ids, skip_special_tokens=True)
             cut = min((text.find(s) for s in req.stop if s in text), default=-1)
             if cut >= 0:  # the batch ran on for its longest member; cut at the stop string

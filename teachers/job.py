@@ -297,9 +297,11 @@ def send_requests(store: CacheStore, teacher: Teacher, template: Template, tcfg:
                 report.stopped = "budget"
                 return
             report.sent += 1
+            scale = p.rendered.scale if want_lp else None
             yield TeacherRequest(key=key, messages=p.rendered.messages, prompt=p.rendered.prompt,
                                  media=p.rendered.media, max_tokens=max_tokens, want_logprobs=want_lp,
-                                 stop=list(decoding.get("stop", [])))
+                                 stop=list(decoding.get("stop", [])),
+                                 labels=list(scale.labels) if scale else [])
 
     def store_one(out: TeacherOutput) -> None:
         nonlocal stored

@@ -10,6 +10,12 @@ attempt is retried or becomes a ``timeout`` row. The API key is read from the en
 variable the config names and goes nowhere else: it is registered with
 :mod:`workbench.cache.scrub`, so server texts that echo it are scrubbed before they are
 logged or stored.
+
+A soft-label-only request (``teachers.scoring.score_only``) asks for one token with its
+``logprobs`` (``max_tokens=1``) and is re-sent whole only when that token is no label. The
+prompt is sent as rendered: the template's shared text comes first and byte-identical in
+every request, so servers that cache prompt prefixes reuse it (vLLM's automatic prefix
+caching, llama.cpp's ``cache_prompt``, OpenAI's automatic prompt caching from 1024 tokens).
 """
 
 from __future__ import annotations
@@ -22,10 +28,12 @@ import random
 import time
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import replace
 from typing import Any
 
 from prompts import materialize_messages
 from teachers.base import OnResult, RawOutput, TeacherRequest, TeacherUnavailable
+from teachers.scoring import needs_full_decode, score_only
 from workbench.cache.scrub import register_secret, scrub
 from workbench.config import TeacherConfig
 
@@ -174,6 +182,17 @@ class OpenAICompatTeacher:
         return "completions", p
 
     async def _call(self, client: Any, req: TeacherRequest) -> RawOutput:
+        if score_only(req, self.cfg):  # one token: the answer position's log-probabilities
+            out = await self._call_once(client, replace(req, max_tokens=1))
+            if not needs_full_decode(out.positions, req.labels):
+                return out
+            full = await self._call_once(client, req)  # the first token is no label: as before
+            full.tokens_in += out.tokens_in
+            full.tokens_out += out.tokens_out
+            return full
+        return await self._call_once(client, req)
+
+    async def _call_once(self, client: Any, req: TeacherRequest) -> RawOutput:
         kind, params = self._params(req)
         if kind == "chat":
             resp = await client.chat.completions.create(**params)

@@ -65,6 +65,11 @@ def _match(tok: str, labels: list[str]) -> int | None:
     return None
 
 
+def is_label_token(tok: str, labels: list[str]) -> bool:
+    """Whether ``tok`` reads as one of ``labels`` (the test :func:`answer_position` applies)."""
+    return _match(tok, [norm_token(lab) for lab in labels]) is not None
+
+
 def answer_position(positions: list[dict[str, Any]], labels: list[str]) -> int:
     """The first position whose chosen token is a label, else the first non-blank one."""
     norm = [norm_token(lab) for lab in labels]

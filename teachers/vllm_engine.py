@@ -7,6 +7,10 @@ directory gets its prompts from its processor's chat template and its frames as
 other models go through ``LLM.chat``. vLLM is imported only when the
 backend loads, so the rest of the workbench works without it; ``workbench doctor`` says
 why it is unavailable.
+
+Soft-label-only requests ask for one token (``teachers.scoring``), and vLLM's automatic
+prefix caching is on (``teacher.prefix_cache``), so the template's shared prompt prefix is
+computed once.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from prompts import materialize_messages
 from teachers.base import OnResult, RawOutput, TeacherRequest, TeacherUnavailable
 from teachers.hf_local import local_model_id
 from teachers.hf_vision import hf_conversation, is_vision_model, load_images
+from teachers.scoring import needs_full_decode, score_only
 from workbench.config import TeacherConfig
 from workbench.models import resolve_teacher_model
 
@@ -73,7 +78,8 @@ class VLLMTeacher:
         cfg = self.cfg
         kw: dict[str, Any] = dict(model=resolve_teacher_model(cfg.model), seed=cfg.seed,
                                   tensor_parallel_size=cfg.tensor_parallel_size,
-                                  max_model_len=cfg.max_model_len)
+                                  max_model_len=cfg.max_model_len,
+                                  enable_prefix_caching=cfg.prefix_cache)
         if cfg.revision and not Path(kw["model"]).exists():
             kw["revision"] = cfg.revision
         if cfg.dtype != "auto":
@@ -89,11 +95,11 @@ class VLLMTeacher:
         self.llm = LLM(**kw)
         log.info("vLLM engine for %s ready in %.1fs", kw["model"], time.perf_counter() - t0)
 
-    def _params(self, req: TeacherRequest):
+    def _params(self, req: TeacherRequest, max_tokens: int | None = None):
         from vllm import SamplingParams
 
         return SamplingParams(
-            temperature=self.cfg.temperature, max_tokens=req.max_tokens, seed=self.cfg.seed,
+            temperature=self.cfg.temperature, max_tokens=max_tokens or req.max_tokens, seed=self.cfg.seed,
             logprobs=self.cfg.top_logprobs if req.want_logprobs else None,
             stop=req.stop or None, repetition_penalty=self.cfg.repetition_penalty)
 
@@ -111,37 +117,50 @@ class VLLMTeacher:
             prompt["multi_modal_data"] = {"image": load_images(images)}
         return prompt
 
+    def _run(self, chunk: list[TeacherRequest], params: list) -> list:
+        if self.processor is not None:
+            return self.llm.generate([self.mm_prompt(r) for r in chunk], params, use_tqdm=False)
+        if self.cfg.api == "chat":
+            convs = [materialize_messages(r.messages, r.media) for r in chunk]
+            return self.llm.chat(convs, params, use_tqdm=False)
+        return self.llm.generate([r.prompt for r in chunk], params, use_tqdm=False)
+
+    def _raw(self, req: TeacherRequest, o: Any) -> RawOutput:
+        c = o.outputs[0]
+        return RawOutput(
+            text=c.text, tokens_in=len(o.prompt_token_ids or []), tokens_out=len(c.token_ids),
+            positions=positions_from_vllm(list(c.token_ids), c.logprobs, self.cfg.top_logprobs)
+            if req.want_logprobs else None,
+            finish_reason=c.finish_reason or "")
+
+    def _answer_chunk(self, chunk: list[TeacherRequest]) -> list[RawOutput]:
+        """Score-only requests get one token (``max_tokens=1``); those whose token is no label,
+        and all others, the full decode."""
+        scored = [score_only(r, self.cfg) for r in chunk]
+        outs = self._run(chunk, [self._params(r, 1 if s else None) for r, s in zip(chunk, scored, strict=True)])
+        raws = [self._raw(r, o) for r, o in zip(chunk, outs, strict=True)]
+        redo = [i for i, r in enumerate(chunk) if scored[i] and needs_full_decode(raws[i].positions, r.labels)]
+        if redo:
+            again = self._run([chunk[i] for i in redo], [self._params(chunk[i]) for i in redo])
+            for i, o in zip(redo, again, strict=True):
+                raws[i] = self._raw(chunk[i], o)
+        return raws
+
     def generate(self, requests: Iterable[TeacherRequest], on_result: OnResult) -> None:
         if self.llm is None:
             raise RuntimeError("call load() first")
         pending = list(requests)
         for start in range(0, len(pending), CHUNK):
             chunk = pending[start:start + CHUNK]
-            params = [self._params(r) for r in chunk]
             t0 = time.perf_counter()
             try:
-                if self.processor is not None:
-                    outs = self.llm.generate([self.mm_prompt(r) for r in chunk], params, use_tqdm=False)
-                elif self.cfg.api == "chat":
-                    convs = [materialize_messages(r.messages, r.media) for r in chunk]
-                    outs = self.llm.chat(convs, params, use_tqdm=False)
-                else:
-                    outs = self.llm.generate([r.prompt for r in chunk], params, use_tqdm=False)
+                raws = self._answer_chunk(chunk)
             except (RuntimeError, ValueError, OSError) as e:
-                outs = None
                 err = f"{type(e).__name__}: {e}"
+                raws = [RawOutput(error_kind="backend_error", error=err) for _ in chunk]
             per = (time.perf_counter() - t0) / len(chunk)
-            for i, req in enumerate(chunk):
-                if outs is None:
-                    raw = RawOutput(error_kind="backend_error", error=err, latency_s=per)
-                else:
-                    o = outs[i]
-                    c = o.outputs[0]
-                    raw = RawOutput(
-                        text=c.text, tokens_in=len(o.prompt_token_ids or []), tokens_out=len(c.token_ids),
-                        positions=positions_from_vllm(list(c.token_ids), c.logprobs, self.cfg.top_logprobs)
-                        if req.want_logprobs else None,
-                        latency_s=per, finish_reason=c.finish_reason or "")
+            for req, raw in zip(chunk, raws, strict=True):
+                raw.latency_s = per
                 if on_result(req, raw) is False:
                     return
 

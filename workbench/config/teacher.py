@@ -63,6 +63,15 @@ class TeacherConfig:
     max_retries: int = 5
     batch_size: int = 8
     """Prompts per generate call for in-process backends."""
+    score_only: bool = True
+    """Answer a soft-label-only template (greedy) from the answer position's
+    log-probabilities: one forward pass in ``hf_local``, ``max_tokens=1`` over an API; a row
+    whose first token is not a label gets the full decode. Same soft labels and cache keys
+    as ``false`` (the full ``generate`` path); a runtime knob, not part of the key."""
+    prefix_cache: bool = True
+    """Reuse the prompt prefix every request of a job shares: ``hf_local`` computes its KV
+    cache once per job, ``vllm_engine`` turns on vLLM's automatic prefix caching. A runtime
+    knob, not part of the key."""
     device: str = "auto"
     dtype: str = "auto"
     num_threads: int = 0
