@@ -5,10 +5,11 @@ a slice of MOSI (when the shared data is here)."""
 
 import pytest
 
+from teachers.run import run_cache_job
 from tests.support.paths import REPO
-from tests.support.teacher_env import run_job, tiny_data
+from tests.support.teacher_env import tiny_data
 from workbench.cache.store import CacheStore
-from workbench.config import CacheConfig, DataConfig, TeacherConfig, load_config
+from workbench.config import CacheConfig, CacheJobConfig, DataConfig, TeacherConfig, load_config
 
 pytestmark = pytest.mark.integration
 
@@ -31,9 +32,6 @@ def _teacher(**kw) -> TeacherConfig:
 
 def _soft_labels(tcfg, data, cache, limit, splits):
     ccfg = CacheConfig(dir=str(cache), template="sentiment_polarity", max_error_rate=1.0)
-    from teachers.run import run_cache_job
-    from workbench.config import CacheJobConfig
-
     job = run_cache_job(CacheJobConfig(data=data, teacher=tcfg, cache=ccfg, splits=splits, limit=limit))
     with CacheStore(cache) as store:
         outs = store.current(job.job_id)

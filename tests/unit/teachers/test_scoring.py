@@ -21,7 +21,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module", params=["gemma3", "llama"])
 def model(request):
-    from transformers import Gemma3TextConfig, Gemma3ForCausalLM, LlamaConfig, LlamaForCausalLM
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
     if request.param == "gemma3":
