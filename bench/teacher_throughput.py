@@ -1,9 +1,20 @@
-"""Teacher throughput on CPU with Gemma 3 270M: samples/s for a soft-label template on
-MOSI transcripts (synthetic ones without the shared data), through transformers
-(hf_local, batched) and through the llama.cpp server (openai_compat). Each backend answers
-the same N test prompts into a fresh cache through the caching job's library entry
-(``run_cache_job``); model loading and server start-up are excluded (the rate is over the
-job's sending time, ``report.wall_s``).
+"""Teacher throughput on CPU with Gemma 3 270M: soft-label samples/s for a soft-label
+template on MOSI test transcripts (synthetic ones without the shared data), one torch
+thread, batch 16, measured in one run:
+
+* hf_local, today's path: ``model.generate`` for every request (score_only=false,
+  prefix_cache=false);
+* hf_local, score-only: one forward pass, logits at the answer position only;
+* hf_local, score-only + the job's shared prompt prefix computed once;
+* the llama.cpp server (openai_compat) at the same concurrency (16);
+* the compute bound: FLOPs per request from the model's config (non-embedding matmuls over
+  the tokens each path runs, attention, the vocabulary projection at one position) against
+  a matmul rate measured here at one thread.
+
+Each backend answers the same N prompts into a fresh cache through the caching job's
+library entry (``run_cache_job``); model loading and server start-up are excluded (the
+rate is over the job's sending time, ``report.wall_s``). The soft labels of every path are
+compared with today's (max |Δp|).
 
     python bench/teacher_throughput.py [N] [TEMPLATE]
 """
@@ -12,44 +23,121 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from common import bench_data, loadavg
 
 from teachers.llamacpp_server import llama_server
 from teachers.run import run_cache_job
+from workbench.cache.store import CacheStore
 from workbench.config import CacheConfig, CacheJobConfig, DataConfig, TeacherConfig
-from workbench.models import gemma_gguf_path
+from workbench.models import gemma_gguf_path, gemma_hf_dir
+
+BATCH = 16
 
 
-def measure(tcfg: TeacherConfig, data: DataConfig, template: str, n: int,
-            cache: Path) -> tuple[float, int]:
+def measure(tcfg: TeacherConfig, data: DataConfig, template: str, n: int, cache: Path):
     cfg = CacheJobConfig(data=data, teacher=tcfg, cache=CacheConfig(dir=str(cache), template=template),
                          splits=["test"], limit=n)
-    report = run_cache_job(cfg).report
-    return report.ok / report.wall_s, report.ok
+    summary = run_cache_job(cfg)
+    with CacheStore(cache) as store:
+        outs = store.current(summary.job_id)
+    probs = {k: o.soft_label.probs for k, o in outs.items() if o.ok and o.soft_label}
+    return summary.report.ok / summary.report.wall_s, summary.report.ok, probs, summary
+
+
+def max_dp(a: dict, b: dict) -> float:
+    common = set(a) & set(b)
+    return max((abs(x - y) for k in common for x, y in zip(a[k], b[k], strict=True)), default=float("nan"))
+
+
+def matmul_rate(torch, m: int = 352, k: int = 640, n: int = 2048, reps: int = 30) -> float:
+    """FLOP/s of an fp32 matmul shaped like the model's (batch x suffix tokens, hidden, MLP)."""
+    a, b = torch.randn(m, k), torch.randn(k, n)
+    for _ in range(3):
+        a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * m * k * n * reps / (time.perf_counter() - t0)
+
+
+def request_flops(config, tokens: float, context: float) -> float:
+    """Forward FLOPs of one request: ``tokens`` new tokens attending over ``context``
+    positions, logits at one position."""
+    c = getattr(config, "text_config", config)
+    h, inter, layers = c.hidden_size, c.intermediate_size, c.num_hidden_layers
+    hd = getattr(c, "head_dim", None) or h // c.num_attention_heads
+    q, kv = c.num_attention_heads * hd, c.num_key_value_heads * hd
+    per_token_layer = 2 * (h * q + 2 * h * kv + q * h) + 2 * 3 * h * inter  # projections + gated MLP
+    attn = 2 * 2 * q * context  # scores and weighted values
+    return tokens * layers * (per_token_layer + attn) + 2 * h * c.vocab_size
+
+
+def prompt_tokens(template: str, data: DataConfig, n: int) -> tuple[float, float]:
+    """Mean prompt tokens of the first N test prompts, and the tokens they all share."""
+    from transformers import AutoTokenizer
+
+    from prompts import load_template, render
+    from teachers.scoring import shared_prefix_len
+    from workbench.data import load_dataset
+
+    tok = AutoTokenizer.from_pretrained(str(gemma_hf_dir()))
+    ds = load_dataset(data)
+    tpl = load_template(template)
+    samples = list(ds.iter_samples("test"))[:n]
+    rows = [tok(render(tpl, s, ds.info).prompt)["input_ids"] for s in samples]
+    return sum(map(len, rows)) / len(rows), float(shared_prefix_len(rows))
 
 
 def main() -> None:
+    import torch
+    from transformers import AutoConfig
+
+    torch.set_num_threads(1)
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 64
     template = sys.argv[2] if len(sys.argv) > 2 else "sentiment_polarity"
     tmp = Path(tempfile.mkdtemp())
     data = bench_data(tmp)
-    rows = []
-    for bs in (1, 16):
-        cfg = TeacherConfig(backend="hf_local", model="gemma3-270m", api="completions", device="cpu",
-                            batch_size=bs)
-        rate, ok = measure(cfg, data, template, n, tmp / f"hf{bs}")
-        rows.append((f"hf_local batch {bs}", rate, ok))
-    with llama_server(gemma_gguf_path()) as url:
-        for conc in (1, 2):
-            cfg = TeacherConfig(backend="openai_compat", model="gemma3-270m", base_url=url,
-                                api="completions", max_concurrency=conc, timeout_s=300)
-            rate, ok = measure(cfg, data, template, n, tmp / f"llama{conc}")
-            rows.append((f"llama.cpp server, concurrency {conc}", rate, ok))
-    print(f"{template} on {data.name or Path(data.path).stem} ({n} test transcripts), {loadavg()}")
-    for name, rate, ok in rows:
-        print(f"  {name:<32} {rate:6.2f} samples/s  ({ok} ok)")
+    base = dict(backend="hf_local", model="gemma3-270m", api="completions", device="cpu",
+                batch_size=BATCH, repetition_penalty=1.2)
+    paths = [("hf_local generate (today)", dict(score_only=False, prefix_cache=False)),
+             ("hf_local score-only", dict(score_only=True, prefix_cache=False)),
+             ("hf_local score-only + prefix", dict(score_only=True, prefix_cache=True))]
+    rows, probs = [], {}
+    for i, (name, kw) in enumerate(paths):
+        rate, ok, p, _ = measure(TeacherConfig(**base, **kw), data, template, n, tmp / f"hf{i}")
+        rows.append((name, rate, ok))
+        probs[name] = p
+    with llama_server(gemma_gguf_path(), threads=1) as url:
+        cfg = TeacherConfig(backend="openai_compat", model="gemma3-270m", base_url=url, api="completions",
+                            max_concurrency=BATCH, timeout_s=600, repetition_penalty=1.2)
+        rate, ok, p, _ = measure(cfg, data, template, n, tmp / "llama")
+        rows.append((f"llama.cpp server, concurrency {BATCH}", rate, ok))
+        probs[rows[-1][0]] = p
+
+    mean_tokens, shared = prompt_tokens(template, data, n)
+    config = AutoConfig.from_pretrained(str(gemma_hf_dir()))
+    rate = matmul_rate(torch)
+    suffix = mean_tokens - shared
+    bound_full = rate / request_flops(config, mean_tokens, mean_tokens / 2)
+    bound_suffix = rate / request_flops(config, suffix, shared + suffix / 2)
+
+    today = rows[0][1]
+    print(f"{template} on {data.name or Path(data.path).stem} ({n} test transcripts), 1 torch thread, "
+          f"batch {BATCH}, {loadavg()}")
+    for name, r, ok in rows:
+        dp = "" if name == paths[0][0] else f"   max |Δp| vs today {max_dp(probs[paths[0][0]], probs[name]):.1e}"
+        print(f"  {name:<34} {r:6.2f} samples/s  {r / today:5.2f}x  ({ok} ok){dp}")
+    print(f"  prompt: {mean_tokens:.1f} tokens on average, {shared:.0f} shared by every prompt "
+          f"({suffix:.1f} of its own)")
+    print(f"  matmul rate (fp32, 1 thread): {rate / 1e9:.1f} GFLOP/s")
+    print(f"  compute bound, whole prompt:  {bound_full:6.2f} samples/s "
+          f"({request_flops(config, mean_tokens, mean_tokens / 2) / 1e9:.2f} GFLOP/request)")
+    print(f"  compute bound, suffix only:   {bound_suffix:6.2f} samples/s "
+          f"({request_flops(config, suffix, shared + suffix / 2) / 1e9:.2f} GFLOP/request); "
+          f"score-only + prefix reaches {rows[2][1] / bound_suffix:.2f} of it")
 
 
 if __name__ == "__main__":
