@@ -189,8 +189,10 @@ class CachingJob:
 
     # planning ---------------------------------------------------------------
     def plan(self, splits: Iterable[str] | None = None, shard: tuple[int, int] = (0, 1),
-             variants: int = 1) -> list[PlannedRequest]:
-        """Render every selected sample and record its key under this job."""
+             variants: int = 1, limit: int = 0) -> list[PlannedRequest]:
+        """Render every selected sample and record its key under this job; ``limit`` > 0
+        keeps only the first ``limit`` requests, and only those are recorded (the job's
+        pending count is about what it was asked to do)."""
         splits = list(splits) if splits else self.data.splits
         if self.template.uses_gold_label and splits != ["train"]:
             log.warning("template %r shows the gold label; its outputs on %s will be refused by "
@@ -203,6 +205,8 @@ class CachingJob:
                     continue
                 for v in range(variants):
                     planned.append(self._plan_one(sample, v, variants))
+        if limit:
+            planned = planned[:limit]
         self.store.register_job(self.spec)
         known = self.store.sample_keys(self.job_id)  # a resumed job has these already
         self.store.add_requests(self.job_id, [

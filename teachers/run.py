@@ -83,9 +83,7 @@ def run_cache_job(cfg: CacheJobConfig, *, progress: ProgressFactory | None = Non
         with CacheStore(cfg.cache.dir) as store:
             job = CachingJob(cfg.teacher, cfg.cache, template, ds, store, backend.model_id())
             t0 = time.perf_counter()
-            planned = job.plan(cfg.splits or None, cfg.shard_tuple(), cfg.variants)
-            if cfg.limit:
-                planned = planned[: cfg.limit]
+            planned = job.plan(cfg.splits or None, cfg.shard_tuple(), cfg.variants, cfg.limit)
             plan_s = time.perf_counter() - t0
             try:
                 config_path = dump_config(cfg, Path(cfg.cache.dir) / JOBS_DIR / job.job_id)

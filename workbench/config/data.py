@@ -36,6 +36,14 @@ class DataConfig:
     """Declared range of the score labels; labels outside it are rejected."""
     class_names: list[str] = field(default_factory=list)
     """Names of the classes for classification datasets, in label-index order."""
+    subset: dict[str, float] = field(default_factory=dict)
+    """A seeded random subset per split, e.g. ``{train: 1500}`` (a count) or
+    ``{train: 0.15}`` (a fraction, < 1); splits not named are kept whole. Applied when the
+    dataset loads, so caching, distillation and evaluation see the same samples (and the
+    dataset's fingerprint is that of the subset)."""
+    subset_seed: int = 0
+    """Seed of ``subset``: a sample is kept by the rank of hash(seed, id), so the choice does
+    not depend on the file's row order and a larger count keeps every smaller one's."""
     # Manifest reader --------------------------------------------------------
     encoding: str = "utf-8"
     """Text encoding of a CSV/JSONL manifest (any Python codec name, e.g. ``latin-1``,
@@ -109,6 +117,11 @@ class DataConfig:
         except LookupError:
             check(False, "data.encoding", self.encoding,
                   "use a Python codec name such as utf-8, latin-1 or cp1252")
+        for split, n in self.subset.items():
+            check(split in SPLITS, f"data.subset.{split}", n,
+                  f"name a split of {list(SPLITS)}")
+            check(0 < n < 1 or (n >= 1 and float(n).is_integer()), f"data.subset.{split}", n,
+                  "give a fraction in (0, 1) or a whole count of samples >= 1")
         for mod in self.feature_keys:
             check(mod in ("audio", "vision"), "data.feature_keys", self.feature_keys,
                   "keys must be audio and/or vision")

@@ -6,6 +6,8 @@ reader, validates every sample, and returns an :class:`MSADataset`.
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -112,5 +114,32 @@ def load_dataset(cfg: DataConfig) -> MSADataset:
     else:
         samples = read_samples(cfg)
         ds = MSADataset.from_samples(samples, infer_info(samples, cfg, cfg.path))
+    if cfg.subset:
+        ds = take_subset(ds, cfg.subset, cfg.subset_seed)
     ds.info.modalities = [m for m in ds.info.modalities if m in cfg.modalities]
     return ds
+
+
+def subset_ids(ids: list[str], size: float, seed: int) -> set[str]:
+    """The ids ``data.subset`` keeps of one split: ``size`` a fraction (< 1, rounded, at
+    least 1) or a count, ranked by sha256(seed, id) -- independent of row order, and
+    nested (a larger size keeps every smaller one's ids)."""
+    n = max(1, round(size * len(ids))) if size < 1 else min(int(size), len(ids))
+    ranked = sorted(ids, key=lambda i: hashlib.sha256(f"{seed}\x00{i}".encode()).hexdigest())
+    return set(ranked[:n])
+
+
+def take_subset(ds: MSADataset, subset: dict[str, float], seed: int) -> MSADataset:
+    """``ds`` with each split named in ``subset`` cut to its seeded random subset
+    (:func:`subset_ids`); the fingerprint is recomputed over what is kept."""
+    kept: list[Sample] = []
+    for split in ds.splits:
+        samples = ds.samples(split)
+        if split in subset:
+            keep = subset_ids([s.id for s in samples], subset[split], seed)
+            samples = [s for s in samples if s.id in keep]
+            log.info("data.subset: kept %d of %d %s samples (seed %d)", len(samples),
+                     ds.num_rows(split), split, seed)
+        kept += samples
+    info = dataclasses.replace(ds.info, fingerprint=fingerprint(kept))
+    return MSADataset.from_samples(kept, info)

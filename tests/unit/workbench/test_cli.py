@@ -222,8 +222,9 @@ def test_run_cache_job_plans_writes_its_config_and_resumes(tmp_path):
         again = run_cache_job(cfg)
     assert len(first.keys) == 12 and first.todo == len(set(first.keys)) == first.report.sent
     assert first.report.ok == first.todo and not first.no_calls and first.plan_s > 0
-    # the job registered every planned request of its shard; the limit sent the first 12
-    assert first.status["ok"] == first.todo and first.status["keys"] > first.todo
+    # the limit planned, registered and sent the first 12: nothing else is left "pending"
+    assert first.status["ok"] == first.todo == first.status["keys"]
+    assert first.status["pending"] == 0
     assert first.teacher == "fake-model" and first.template == "sentiment_polarity"
     assert load_config(CacheJobConfig, first.config_path) == cfg
     assert again.no_calls and again.todo == 0 and again.job_id == first.job_id
