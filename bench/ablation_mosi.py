@@ -21,7 +21,13 @@ checkpoint, so the script can be stopped and rerun.
 
     python bench/ablation_mosi.py --cache /path/to/teacher_cache/mosi [--runs runs/ablation]
         [--seeds 1111,1112,1113] [--variants baseline,soft,...] [--augment-data DIR]
-        [--list] [--table-only]
+        [--list] [--table-only] [--no-teacher]
+
+``--no-teacher`` trains every row on the gold-label recipe without a teacher cache (the
+"+ soft-label KD" row then equals the baseline): the method rows' differences still pair
+seed by seed against it, where no MOSI teacher cache exists. The CyIN row and its
+reference are also evaluated with CyIN's protocol (fixed subsets, dataset-level missing
+rates and instance-level missing probabilities 0.1..0.7), tabulated after the others.
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     # enhancement learns its gate only from samples with a missing / masked modality
     "enhance": ("soft + missing training + enhancement", RECIPE,
                 [*SOFT, "train.missing.enabled=true", "student.enhance.enabled=true"]),
+    # the architecture methods (each a student switch, off by default)
+    "dashfusion": ("soft + DashFusion", RECIPE, [*SOFT, "student.fusion=dashfusion"]),
+    "cyin": ("soft + CyIN", RECIPE, [*SOFT, "student.latent=cyin"]),
     "all": ("all together", RECIPE,
             ["train.augment.data={aug}", "train.msmix.enabled=true", "train.conflict.enabled=true",
              "train.missing.enabled=true", "student.enhance.enabled=true"]),
@@ -65,7 +74,11 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
 # enhancement, and the shipped recipe (quality weights) for "all together"
 REFERENCE = {"soft": "baseline", "prompted": "soft", "quality": "prompted", "augment": "soft",
              "msmix": "soft", "cpsl": "soft", "missing": "soft", "enhance": "missing",
-             "all": "quality"}
+             "all": "quality", "dashfusion": "soft", "cyin": "soft"}
+# rows evaluated with CyIN's protocol too (the CyIN row and its reference)
+CYIN_ROWS = ("cyin", "soft")
+CYIN_VALUES = "0.1:0.7:0.1"
+CYIN_SUBSETS = [("t", "text only"), ("a", "audio only"), ("t+a", "text + audio")]
 METRICS = [("acc2_non0", "non0 Acc-2", 100), ("f1_non0", "non0 F1", 100),
            ("acc7", "Acc-7", 100), ("mae", "MAE", 1), ("corr", "Corr", 1)]
 LNLN = [("acc2_non0", "LNLN avg Acc-2", 100), ("mae", "LNLN avg MAE", 1)]
@@ -93,8 +106,11 @@ def epoch_seconds(out: Path) -> float:
     return total
 
 
-def train(variant: str, seed: int, out: Path, cache: str, aug: str) -> dict:
+def train(variant: str, seed: int, out: Path, cache: str, aug: str,
+          no_teacher: bool = False) -> dict:
     _, recipe, overrides = VARIANTS[variant]
+    if no_teacher:
+        recipe, cache = GOLD, ""
     if "{aug}" in " ".join(overrides) and not aug:
         raise SystemExit(f"variant {variant!r} needs --augment-data (a dataset written by "
                          "`workbench data augment`)")
@@ -122,16 +138,19 @@ def train(variant: str, seed: int, out: Path, cache: str, aug: str) -> dict:
     return rec
 
 
-def evaluate(out: Path, seed: int) -> dict:
+def evaluate(out: Path, seed: int, cyin: bool = False) -> dict:
     ckpt = out / "checkpoint-best"
     res = out / "eval-test" / "results.json"
     results = None
     if res.is_file() and res.stat().st_mtime > (ckpt / "selection.json").stat().st_mtime:
         results = json.loads(res.read_text())
-    if results is None or results["meta"].get("seeds") != [seed]:
+    if results is None or results["meta"].get("seeds") != [seed] or (
+            cyin and "cyin_protocol" not in results):
         cmd = [str(Path(sys.executable).parent / "workbench"), "eval", str(ckpt), "--split",
                "test", "--missing-rates", "0:0.9:0.1", "--seeds", str(seed), "--no-cost",
-               "--missing-modality", "none", "--out", str(out / "eval-test")]
+               "--out", str(out / "eval-test")]
+        cmd += (["--dataset-missing-rates", CYIN_VALUES, "--instance-missing-probs", CYIN_VALUES]
+                if cyin else ["--missing-modality", "none"])
         with open(out / "eval.log", "w") as logf:
             rc = subprocess.call(cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
         if rc != 0:
@@ -209,6 +228,30 @@ def paired_table(rows: dict[str, list[Run]]) -> str:
     return "\n".join(md) + "\n"
 
 
+def cyin_table(rows: dict[str, list[Run]]) -> str:
+    """CyIN's protocol for the rows that have it: non0 Acc-2 / MAE per fixed subset of
+    modalities, and averaged over the dataset-level missing rates and over the
+    instance-level missing probabilities; mean ± std over training seeds."""
+    head = ["variant", "seeds"] + [f"{name} Acc-2 / MAE" for _, name in CYIN_SUBSETS] + [
+        "dataset-rate avg Acc-2 / MAE", "instance-prob avg Acc-2 / MAE"]
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for variant, runs in rows.items():
+        have = [r for _, r, _ in runs if "cyin_protocol" in r]
+        if not have:
+            continue
+        cells = [VARIANTS[variant][0], str(len(have))]
+        for key, _ in CYIN_SUBSETS:
+            fixed = [r["cyin_protocol"]["fixed_subsets"][key] for r in have]
+            cells.append(cell([f["acc2_non0"] for f in fixed], 100, 1) + " / "
+                         + cell([f["mae"] for f in fixed], 1, 3))
+        for kind in ("dataset_rate", "instance_prob"):
+            avg = [r["cyin_protocol"][kind]["average"] for r in have]
+            cells.append(cell([a["acc2_non0"] for a in avg], 100, 1) + " / "
+                         + cell([a["mae"] for a in avg], 1, 3))
+        md.append("| " + " | ".join(cells) + " |")
+    return "\n".join(md) + "\n" if len(md) > 2 else ""
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cache", default="runs/teacher_cache/mosi", help="MOSI teacher cache")
@@ -216,6 +259,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="1111,1112,1113")
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--augment-data", default="", help="dataset from `workbench data augment`")
+    ap.add_argument("--no-teacher", action="store_true",
+                    help="train every row on the gold-label recipe (no teacher cache)")
     ap.add_argument("--list", action="store_true", help="print the runs and exit")
     ap.add_argument("--table-only", action="store_true",
                     help="only tabulate the runs that are finished and evaluated")
@@ -239,13 +284,16 @@ def main() -> None:
                     rec = {**json.loads(timing.read_text()), "epoch_seconds": epoch_seconds(out)}
                     rows[v].append((seed, json.loads(res.read_text()), rec))
                 continue
-            timing = train(v, seed, out, args.cache, args.augment_data)
+            timing = train(v, seed, out, args.cache, args.augment_data, args.no_teacher)
             timing["epoch_seconds"] = epoch_seconds(out)
-            rows[v].append((seed, evaluate(out, seed), timing))
+            rows[v].append((seed, evaluate(out, seed, cyin=v in CYIN_ROWS), timing))
             md, _ = table(rows)
             print(md, flush=True)
     md, csv = table(rows)
     md += "\nPaired differences (same training seed):\n\n" + paired_table(rows)
+    cy = cyin_table(rows)
+    if cy:
+        md += f"\nCyIN's protocol (rates / probabilities {CYIN_VALUES}):\n\n" + cy
     args.runs.mkdir(parents=True, exist_ok=True)
     (args.runs / "ablation.md").write_text(md)
     (args.runs / "ablation.csv").write_text(csv)

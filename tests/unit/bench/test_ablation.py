@@ -77,3 +77,23 @@ def test_the_robust_recipe_is_the_measured_enhancement_row(ablation):
     differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
     assert row.train.privileged == "none"
     assert differ <= {"train.output_dir", "train.prompted_epochs", "student.prompt_max_len"}
+
+
+def test_cyin_table_averages_the_protocol_over_seeds(ablation):
+    def with_cyin(seed, acc_t, mae_avg):
+        s, res, timing = run(seed, 0.8, 0.9, 0.6)
+        m = {"acc2_non0": acc_t, "mae": 1.0}
+        res["cyin_protocol"] = {
+            "fixed_subsets": {"t": m, "a": m, "t+a": m},
+            "dataset_rate": {"average": {"acc2_non0": 0.7, "mae": mae_avg}},
+            "instance_prob": {"average": {"acc2_non0": 0.75, "mae": 1.1}}}
+        return s, res, timing
+
+    rows = {"cyin": [with_cyin(1, 0.80, 1.2), with_cyin(2, 0.82, 1.4)],
+            "soft": [run(1, 0.8, 0.9, 0.6)]}
+    md = ablation.cyin_table(rows)
+    row = cells(md, "soft + CyIN")
+    assert row[1] == "2" and row[2] == "81.0 ± 1.4 / 1.000 ± 0.000"
+    assert row[5] == "70.0 ± 0.0 / 1.300 ± 0.141"
+    assert "+ soft-label KD" not in md  # a row without the protocol is left out
+    assert ablation.cyin_table({"soft": rows["soft"]}) == ""
