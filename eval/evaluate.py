@@ -78,6 +78,7 @@ from students.inference import predict
 from students.robustness import dataset_missing, drop_modalities, fixed_rate, instance_missing
 from workbench.config import MODALITIES, DataConfig
 from workbench.data import MSADataset
+from workbench.data.domains import domain_names, sample_domain
 from workbench.metrics import compute_metrics
 
 log = logging.getLogger(__name__)
@@ -159,6 +160,20 @@ def _resolve_patterns(opts: EvalOptions, modalities: list[str], where: Path
     return out
 
 
+def in_domain(samples: list[Any], data_cfg: DataConfig, dataset: str, domain: str,
+              split: str, where: Path) -> list[Any]:
+    """The samples of ``domain`` (under ``data_cfg.domain``); refuses an empty result."""
+    if not data_cfg.domain:
+        raise EvalError(f"evaluating {where} on domain {domain!r}: the data config declares no "
+                        "domains; set data.domain (name, column:COL or source:N)")
+    kept = [s for s in samples if sample_domain(s, data_cfg.domain, dataset) == domain]
+    if not kept:
+        raise EvalError(f"evaluating {where} on domain {domain!r}: no {split} sample has it "
+                        f"(data.domain={data_cfg.domain!r} gives "
+                        f"{domain_names(samples, data_cfg.domain, dataset)}); name one of them")
+    return kept
+
+
 def evaluate_checkpoint(path: str | Path, opts: EvalOptions, data: DataConfig | None = None,
                         *, data_source: str = "", datasets: dict[str, MSADataset] | None = None,
                         name: str | None = None, progress: Progress | None = None
@@ -182,6 +197,8 @@ def evaluate_checkpoint(path: str | Path, opts: EvalOptions, data: DataConfig | 
     ds = load_data(data_cfg, data_source or "checkpoint", p, datasets)
     check_data_matches(meta.info, ds, data_source or f"(data section of {p / CONFIG_FILE})", p)
     samples = split_samples(ds, opts.split, meta.info)
+    if opts.domain:
+        samples = in_domain(samples, data_cfg, ds.info.name, opts.domain, opts.split, p)
     items = eval_items(meta, samples, ds, opts.split)
     labels = labels_of(samples, meta.info)
     modalities = list(meta.student.get("modalities") or ["text", *meta.info.feature_dims])

@@ -125,6 +125,9 @@ class EvalOptions:
     instance_probs: list[float] = field(default_factory=list)
     """CyIN's instance-level missing probabilities (a sample loses a random non-empty
     proper subset with this probability); empty: none."""
+    domain: str = ""
+    """Report only the split's samples of this domain (the data config's ``data.domain``);
+    empty: every sample."""
 
     def __post_init__(self) -> None:
         if (self.dataset_rates or self.instance_probs) and not self.seeds:

@@ -18,6 +18,7 @@ Batch keys (B samples, L tokens, T frames):
   ``teacher_expected``, ``teacher_entropy``, ``teacher_off_mass`` (B,) (NaN where none),
   ``descriptions`` list[str] ('' where none), ``consistency`` (B,) (NaN where the sample
   is not augmented), ``n_bins`` int or None.
+* ``domain`` (B,) long: the item's domain index (-1 where none; MIDG).
 * with a mask spec: the masked tensors and ``missing_rates`` (see
   :mod:`students.robustness`).
 """
@@ -59,6 +60,8 @@ class StudentItem:
     sample: Sample
     teacher: TeacherSignal | None = None
     consistency: float | None = None
+    domain: int = -1
+    """Index of the sample's domain (``data.domain``; MIDG's invariance penalty); -1: none."""
 
 
 def _nan(x: float | None) -> float:
@@ -201,6 +204,7 @@ def collate(items: Sequence[Sample | StudentItem], tokenizer: Any, info: DataInf
     batch["label_mask"] = (batch["label_class"] >= 0).float() if classification else (
         ~torch.isnan(batch["labels"])).float()
     batch.update(_teacher(its, n_bins))
+    batch["domain"] = torch.tensor([it.domain for it in its], dtype=torch.long)
     if masking is not None:
         batch = mask_batch(batch, masking, unk_id if unk_id is not None
                            else tokenizer.unk_token_id)

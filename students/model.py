@@ -53,6 +53,7 @@ from students.encoders import (
 from students.enhance import CrossSampleEnhancer, observed_fraction
 from students.fusion import GatedBottleneckFusion
 from students.losses import expected_score
+from students.midg import CrossModalAdapter, MixtureOfExperts, encoder_layers
 from workbench.config import ConfigError, StudentConfig
 from workbench.data.store import DataInfo
 
@@ -117,6 +118,8 @@ class StudentOutput:
     attention: dict[str, Tensor] | None
     contributions: dict[str, Tensor] | None = None
     encoding: StudentEncoding | None = None
+    router: Tensor | None = None
+    """``student.experts=midg``: the router's (B, n_experts) probabilities."""
 
 
 @dataclass
@@ -278,6 +281,13 @@ class StudentModel(nn.Module):
                         if ecfg.enabled else None)
         self.latent = (CyclicLatent(h, ["text", *self.modalities], self.out_dim, cfg.cyin)
                        if cfg.latent == "cyin" else None)
+        mc = cfg.midg
+        midg = cfg.experts == "midg"
+        self.experts = MixtureOfExperts(h, mc.n_experts, cfg.dropout) if midg else None
+        self.adapter = (CrossModalAdapter(encoder_layers(self.text.model), self.text.out_dim, h,
+                                          self.modalities, mc.adapter_layers, mc.adapter_rank,
+                                          cfg.heads)
+                        if midg and mc.adapter and self.modalities else None)
         # MS-Mix: emotional intensity |score| per modality (training only).
         self.intensity_heads = (nn.ModuleDict({
             m: nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 1))
@@ -308,6 +318,10 @@ class StudentModel(nn.Module):
             parts["enhance"] = self.enhance
         if self.latent is not None:
             parts["latent"] = self.latent
+        if self.experts is not None:
+            parts["experts"] = self.experts
+        if self.adapter is not None:
+            parts["adapter"] = self.adapter
         out = {k: count_parameters(v) for k, v in parts.items()}
         every = count_parameters(self)
         if self.intensity_heads is not None:  # training only, not part of the student
@@ -360,20 +374,16 @@ class StudentModel(nn.Module):
         ``hidden``), the description branch, and (``student.enhance.enabled``) cross-sample
         enhancement of degraded audio / vision, which in training mode also pushes the
         batch's complete samples into the memory bank."""
-        te = self.text(self._get(batch, "input_ids"), self._get(batch, "attention_mask"),
-                       batch.get("token_type_ids"))
+        feats = self._features(batch) if self.adapter is not None else None
+        ids, am = self._get(batch, "input_ids"), self._get(batch, "attention_mask")
+        if self.adapter is not None and feats is not None:
+            with self.adapter.reading(*feats):  # MIDG: the text layers read audio / vision
+                te = self.text(ids, am, batch.get("token_type_ids"))
+        else:
+            te = self.text(ids, am, batch.get("token_type_ids"))
         tok = self.text_proj(te.tokens)
         text = Encoded(tokens=tok, mask=te.mask, pooled=masked_mean(tok, te.mask))
-        others: dict[str, Encoded] = {}
-        avail: dict[str, Tensor] = {}
-        for m in self.modalities:
-            x = self._get(batch, m)
-            keep = self._get(batch, f"{m}_keep")
-            if self.feature_kind[m] == "vector":
-                others[m] = self.encoders[m](x, keep)
-            else:
-                others[m] = self.encoders[m](x, self._get(batch, f"{m}_lengths"), keep)
-            avail[m] = self._get(batch, f"{m}_avail")
+        others, avail = feats if feats is not None else self._features(batch)
         text_avail = batch.get("text_avail")
         if text_avail is None:
             text_avail = torch.ones(tok.shape[0], device=tok.device)
@@ -387,6 +397,19 @@ class StudentModel(nn.Module):
         if self.enhance is not None:
             enc = self._enhance(enc, batch)
         return enc
+
+    def _features(self, batch: dict[str, Any]) -> tuple[dict[str, Encoded], dict[str, Tensor]]:
+        others: dict[str, Encoded] = {}
+        avail: dict[str, Tensor] = {}
+        for m in self.modalities:
+            x = self._get(batch, m)
+            keep = self._get(batch, f"{m}_keep")
+            if self.feature_kind[m] == "vector":
+                others[m] = self.encoders[m](x, keep)
+            else:
+                others[m] = self.encoders[m](x, self._get(batch, f"{m}_lengths"), keep)
+            avail[m] = self._get(batch, f"{m}_avail")
+        return others, avail
 
     def _enhance(self, enc: StudentEncoding, batch: dict[str, Any]) -> StudentEncoding:
         assert self.enhance is not None
@@ -434,6 +457,9 @@ class StudentModel(nn.Module):
         fused = fo.fused
         if desc is not None and self.prompt is not None and self.prompt.mode == "film":
             fused = self.prompt.modulate(fused, desc)
+        router = None
+        if self.experts is not None:
+            fused, router = self.experts(fused)
         pred = self._shape(self.head(fused))
         if self.task == "classification":
             bin_logits = pred
@@ -442,7 +468,8 @@ class StudentModel(nn.Module):
         unimodal = {m: self._shape(self.unimodal_heads[m](v)) for m, v in enc.pooled().items()}
         return StudentOutput(pred=pred, bin_logits=bin_logits, fused=fused,
                              projected=self.kd_proj(fused), unimodal=unimodal, gates=fo.gates,
-                             attention=fo.attention, contributions=fo.contributions)
+                             attention=fo.attention, contributions=fo.contributions,
+                             router=router)
 
     # ---------------------------------------------------------- for training methods
     def shared_tail(self, x: Tensor) -> Tensor:

@@ -5,8 +5,8 @@ where their signal exists, each method's terms only with its switch, the method'
 object held whole); :func:`compute_losses` is every term of one forward pass and their
 weighted sum; :func:`training_losses` is one training step (the forward pass, those terms,
 and the methods' terms from :func:`students.msmix.msmix_losses`,
-:func:`students.conflict.conflict_losses`, :func:`students.dashfusion.dashfusion_losses`
-and :func:`students.cyin.cyin_losses`).
+:func:`students.conflict.conflict_losses`, :func:`students.dashfusion.dashfusion_losses`,
+:func:`students.cyin.cyin_losses` and :func:`students.midg.midg_losses`).
 :func:`freeze_unused` freezes the heads no term reads.
 """
 
@@ -30,6 +30,7 @@ from students.losses import (
     soft_label_kd,
     task_loss,
 )
+from students.midg import midg_losses
 from students.model import StudentModel, StudentOutput
 from students.msmix import msmix_losses
 from workbench.config import (
@@ -37,6 +38,7 @@ from workbench.config import (
     CyinConfig,
     DashFusionConfig,
     DistillConfig,
+    MidgConfig,
     MsMixConfig,
 )
 
@@ -66,6 +68,8 @@ class LossPlan:
     """DashFusion's alignment losses (``student.fusion=dashfusion``); None: off."""
     cyin: CyinConfig | None = None
     """CyIN's bottleneck and translation losses (``student.latent=cyin``); None: off."""
+    midg: MidgConfig | None = None
+    """MIDG's load-balance and invariance terms (``student.experts=midg``); None: off."""
 
     @property
     def uses_bins(self) -> bool:
@@ -78,7 +82,8 @@ class LossPlan:
     @property
     def needs_encoding(self) -> bool:
         return (self.msmix is not None or self.conflict is not None
-                or self.dashfusion is not None or self.cyin is not None)
+                or self.dashfusion is not None or self.cyin is not None
+                or self.midg is not None)
 
 
 def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool,
@@ -106,6 +111,7 @@ def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool,
         label_range=tuple(cfg.data.label_range),  # type: ignore[arg-type]
         dashfusion=cfg.student.dashfusion if cfg.student.fusion == "dashfusion" else None,
         cyin=cfg.student.cyin if cfg.student.latent == "cyin" else None,
+        midg=cfg.student.midg if cfg.student.experts == "midg" else None,
     )
 
 
@@ -207,6 +213,13 @@ def training_losses(model: Any, batch: dict[str, Any], plan: LossPlan, bins: Ten
         parts = cyin_losses(raw, out, batch, plan.cyin, task_kind=plan.task_kind,
                             classification=plan.classification)
         total = total + cyin_total(parts, plan.cyin)
+        losses.update(parts)
+    if plan.midg is not None:
+        mg = plan.midg
+        parts = midg_losses(out, batch, mg, task_kind=plan.task_kind,
+                            classification=plan.classification)
+        total = total + mg.balance_weight * parts["midg_balance"] \
+            + mg.invariance_weight * parts["midg_invariance"]
         losses.update(parts)
     losses["total"] = total
     return losses

@@ -45,6 +45,7 @@ This module assembles the stages; the pieces live beside it: the teacher signals
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ from students.signals import (
 )
 from workbench.config import ConfigError, DistillConfig, dump_config, to_dict
 from workbench.data import MSADataset, Sample, load_dataset, require_labels
+from workbench.data.domains import domain_names, sample_domain
 from workbench.data.store import DataInfo
 
 __all__ = ["Stage", "TrainError", "train"]
@@ -128,6 +130,38 @@ def _check_labels(samples: list[Sample], info: DataInfo, split: str) -> None:
                    why="validation metrics need every label")
 
 
+def _held_in(cfg: DistillConfig, info: DataInfo, samples: list[Sample], split: str
+             ) -> list[Sample]:
+    """``samples`` without those of ``train.holdout_domain`` (all of them when unset)."""
+    held = cfg.train.holdout_domain
+    if not held:
+        return samples
+    if not cfg.data.domain:
+        raise ConfigError(f"train.holdout_domain={held!r} is invalid without domains: set "
+                          "data.domain (name, column:COL or source:N)")
+    kept = [s for s in samples if sample_domain(s, cfg.data.domain, info.name) != held]
+    if len(kept) == len(samples):
+        found = domain_names(samples, cfg.data.domain, info.name)
+        raise ConfigError(f"train.holdout_domain={held!r} is invalid: no {split} sample of "
+                          f"dataset {info.name!r} has that domain (data.domain="
+                          f"{cfg.data.domain!r} gives {found}); name one of them")
+    if not kept:
+        raise TrainError(f"train.holdout_domain={held!r} leaves no {split} sample; every "
+                         f"{split} sample of {info.name!r} is in that domain")
+    logging.getLogger(__name__).info("holding out domain %r: %d of %d %s samples left", held,
+                                     len(kept), len(samples), split)
+    return kept
+
+
+def _set_domains(items: list[StudentItem], spec: str, dataset: str) -> None:
+    """Each item's domain index (sorted domain names) for MIDG's invariance penalty."""
+    names = domain_names([it.sample for it in items], spec, dataset)
+    index = {d: i for i, d in enumerate(names)}
+    for it in items:
+        it.domain = index.get(sample_domain(it.sample, spec, dataset), -1)
+    logging.getLogger(__name__).info("domains (%s): %s", spec, ", ".join(names))
+
+
 def _run(cfg: DistillConfig, resume: bool) -> Path:
     accelerator = _make_accelerator(cfg)
     out = Path(cfg.train.output_dir)
@@ -142,8 +176,8 @@ def _run(cfg: DistillConfig, resume: bool) -> Path:
                           "train.privileged=prompted to train it as stage 1")
     privileged = cfg.train.privileged == "prompted"
     signals = join_signals(cfg, ds, descriptions=privileged or cfg.student.prompted)
-    train_samples = ds.samples("train")
-    valid_samples = ds.samples("valid")
+    train_samples = _held_in(cfg, info, ds.samples("train"), "train")
+    valid_samples = _held_in(cfg, info, ds.samples("valid"), "valid")
     _check_labels(valid_samples, info, "valid")
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
@@ -187,6 +221,8 @@ def _run(cfg: DistillConfig, resume: bool) -> Path:
             train_items = [StudentItem(s, soft_signal(teacher_output(signals.soft, s.id)))
                            for s in train_samples]
             valid_items = [StudentItem(s) for s in valid_samples]
+        if cfg.data.domain:
+            _set_domains(train_items, cfg.data.domain, info.name)
         stage = Stage(name="prompted" if cfg.student.prompted else "student", cfg=cfg,
                       out_dir=out, train_items=train_items, valid_items=valid_items,
                       bins=signals.bins,

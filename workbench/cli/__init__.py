@@ -41,6 +41,7 @@ app.command("eval")(evaluate.eval_checkpoints)
 app.command("predict")(predict.predict_cmd)
 app.command("export")(predict.export_cmd)
 app.command("distill")(distill.distill)
+app.command("eval-domains")(distill.eval_domains)
 app.command("demo")(demo.demo)
 app.command("doctor")(doctor.doctor)
 

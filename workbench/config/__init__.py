@@ -45,6 +45,7 @@ from workbench.config.methods import (
     CyinConfig,
     DashFusionConfig,
     EnhanceConfig,
+    MidgConfig,
     MissingConfig,
     MsMixConfig,
 )
@@ -58,7 +59,7 @@ __all__ = [
     "StudentConfig", "LoraConfig", "TrainConfig", "SignalsConfig", "LossConfig",
     "EvalConfig", "DistillConfig", "MediaConfig", "MediaJobConfig",
     "MsMixConfig", "ConflictConfig", "AugmentConfig", "MissingConfig", "EnhanceConfig",
-    "DashFusionConfig", "CyinConfig",
+    "DashFusionConfig", "CyinConfig", "MidgConfig",
     "load_config", "from_dict", "to_dict", "apply_overrides", "attribute_error", "dump_config",
     "versions",
     "config_class_for",

@@ -9,6 +9,20 @@ from typing import ClassVar, Literal
 from workbench.config.fields import MODALITIES, SPLITS, check
 
 
+def check_domain_spec(spec: str) -> str | None:
+    """None when ``spec`` is a valid ``data.domain``, else what to set instead."""
+    if spec in ("", "name"):
+        return None
+    if spec.startswith("column:") and spec[len("column:"):].strip():
+        return None
+    if spec.startswith("source:"):
+        n = spec[len("source:"):]
+        if n.isdigit() and int(n) >= 2:
+            return None
+        return "source:N needs a group count N >= 2, e.g. source:4"
+    return "use '' (no domains), name, column:COL or source:N"
+
+
 @dataclass
 class DataConfig:
     """Where a dataset lives and how to read it."""
@@ -83,6 +97,12 @@ class DataConfig:
     # MMSA reader ------------------------------------------------------------
     mmsa_text_key: Literal["raw_text"] = "raw_text"
     """MMSA field with the transcript (the student tokenizes it itself)."""
+    # Domains ----------------------------------------------------------------
+    domain: str = ""
+    """What a sample's domain is (MIDG's invariance penalty, ``train.holdout_domain``,
+    leave-one-domain-out): ``""`` none, ``name`` the dataset's name, ``column:COL`` a
+    manifest column, ``source:N`` the sample's source (id before the last ``_``) hashed
+    into N groups (``workbench.data.domains``)."""
     # Validation -------------------------------------------------------------
     check_media: bool = True
     """Fail when a referenced media file does not exist."""
@@ -91,6 +111,8 @@ class DataConfig:
     does for the -inf values in its MOSI/MOSEI audio features."""
 
     def __post_init__(self) -> None:
+        problem = check_domain_spec(self.domain)
+        check(problem is None, "data.domain", self.domain, problem or "")
         for m in self.modalities:
             check(m in MODALITIES, "data.modalities", self.modalities,
                   f"each entry must be one of {list(MODALITIES)}")

@@ -14,6 +14,8 @@ default. Where they sit in a distillation recipe:
                               ``student.fusion=dashfusion``
 ``student.cyin``              :class:`CyinConfig` (``students.cyin``), on with
                               ``student.latent=cyin``
+``student.midg``              :class:`MidgConfig` (``students.midg``), on with
+                              ``student.experts=midg``
 ============================  ========================================================
 
 A switch may be given alone, ``train.msmix=true`` (the loader reads a bool given for a
@@ -25,6 +27,7 @@ loader maps them once, with a deprecation note (:mod:`workbench.config.legacy`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from workbench.config.fields import check
 
@@ -234,6 +237,43 @@ class CyinConfig:
                   "use 0 (term off) or a positive weight")
         check(0.0 <= self.substitute_prob < 1.0, "student.cyin.substitute_prob",
               self.substitute_prob, "use a probability in [0, 1), e.g. 0.25")
+
+
+@dataclass
+class MidgConfig:
+    """MIDG (mixture of invariant experts, cross-modal adapter; ``students.midg``), used
+    when ``student.experts=midg``. A router mixes ``n_experts`` residual experts over the
+    fused vector (``balance_weight`` x the Switch load-balance term); ``invariance_weight``
+    x an invariance penalty across the domains of the batch (``data.domain`` says what a
+    sample's domain is): ``vrex`` (variance of the per-domain risks) or ``irm`` (IRMv1).
+    With ``adapter``, cross-attention adapter blocks after the last ``adapter_layers``
+    layers of the text encoder inject the audio / vision tokens (beside LoRA)."""
+
+    n_experts: int = 4
+    """Experts of the mixture."""
+    balance_weight: float = 0.01
+    """Weight of the router's load-balance term."""
+    invariance: Literal["vrex", "irm"] = "vrex"
+    """Invariance penalty across domains."""
+    invariance_weight: float = 0.1
+    """Weight of the invariance penalty (0 when the batch has one domain)."""
+    adapter: bool = False
+    """Cross-modal adapter blocks in the text encoder."""
+    adapter_layers: int = 2
+    """Text-encoder layers (the last ones) followed by an adapter block."""
+    adapter_rank: int = 32
+    """Inner width of an adapter block."""
+
+    def __post_init__(self) -> None:
+        check(self.n_experts >= 2, "student.midg.n_experts", self.n_experts,
+              "use at least 2 experts, e.g. 4")
+        for name in ("balance_weight", "invariance_weight"):
+            check(getattr(self, name) >= 0, f"student.midg.{name}", getattr(self, name),
+                  "use 0 (term off) or a positive weight")
+        check(self.adapter_layers >= 1, "student.midg.adapter_layers", self.adapter_layers,
+              "use at least 1 layer, e.g. 2")
+        check(self.adapter_rank >= 1, "student.midg.adapter_rank", self.adapter_rank,
+              "use a positive width, e.g. 32")
 
 
 METHOD_CONFIGS = (MsMixConfig, ConflictConfig, AugmentConfig, MissingConfig, EnhanceConfig)

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from workbench.config.fields import check
-from workbench.config.methods import CyinConfig, DashFusionConfig, EnhanceConfig
+from workbench.config.methods import CyinConfig, DashFusionConfig, EnhanceConfig, MidgConfig
 
 
 @dataclass
@@ -77,6 +77,12 @@ class StudentConfig:
     translated from those present (``students.cyin``, settings in ``student.cyin``)."""
     cyin: CyinConfig = field(default_factory=CyinConfig)
     """CyIN's settings (read when ``student.latent=cyin``)."""
+    experts: Literal["none", "midg"] = "none"
+    """``midg``: a mixture of invariant experts over the fused vector, optionally a
+    cross-modal adapter in the text encoder (``students.midg``, settings in
+    ``student.midg``; domains from ``data.domain``)."""
+    midg: MidgConfig = field(default_factory=MidgConfig)
+    """MIDG's settings (read when ``student.experts=midg``)."""
 
     def __post_init__(self) -> None:
         check(self.hidden >= 8, "student.hidden", self.hidden, "use at least 8")

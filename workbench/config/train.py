@@ -48,6 +48,9 @@ class TrainConfig:
     select_mode: Literal["auto", "min", "max"] = "auto"
     """Whether smaller or larger ``select_metric`` is better; ``auto`` takes it from the
     metric (``workbench.metrics.higher_is_better``); an explicit value must agree with it."""
+    holdout_domain: str = ""
+    """A domain (``data.domain``) left out of training and validation (leave-one-domain-out);
+    empty: every sample trains."""
     early_stop_patience: int = 5
     """Stop after this many epochs without a better validation value; 0: never stop early."""
     num_workers: int = 0

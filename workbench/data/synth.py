@@ -6,6 +6,12 @@ utterances are worded neutrally or sarcastically), and acoustic / visual vectors
 drawn around directions that encode ``z`` with modality noise, so that no single
 modality suffices. Some samples lack audio or vision entirely. It is synthetic: numbers
 on it say the workbench runs, not how a method does on real data.
+
+With ``domains=K`` (K >= 2) sample ``i`` belongs to domain ``i % K`` (``DOMAINS``, a
+``domain`` column of the manifest; ``data.domain: column:domain`` in the written config):
+each domain talks about its own subjects with its own sentiment words (vocabulary shift)
+and adds its own offset to the audio and visual vectors (feature shift, of norm about
+``domain_shift``), for domain-generalization protocols.
 """
 
 from __future__ import annotations
@@ -23,6 +29,22 @@ NEGATIVE = [["meh", "so so", "bland"], ["bad", "dull", "poor"],
 NEUTRAL = ["there", "on", "about", "long", "in color", "a sequel", "from last year"]
 SUBJECTS = ["the movie", "this film", "the acting", "the plot", "the ending", "the soundtrack",
             "the main character", "the dialogue", "the second half", "the camera work"]
+DOMAINS = ["movies", "food", "gadgets", "travel", "books", "music"]
+DOMAIN_SUBJECTS = {
+    "movies": SUBJECTS,
+    "food": ["the soup", "this pasta", "the dessert", "the service", "the menu", "the wine"],
+    "gadgets": ["the battery", "this phone", "the screen", "the charger", "the keyboard"],
+    "travel": ["the hotel", "this beach", "the flight", "the tour guide", "the old town"],
+    "books": ["the novel", "this chapter", "the narrator", "the prose", "the last page"],
+    "music": ["the album", "this song", "the chorus", "the drummer", "the live set"],
+}
+DOMAIN_WORDS = {  # per domain: positive / negative words by strength (its own vocabulary)
+    "food": (["edible", "tasty", "delicious", "exquisite"], ["salty", "stale", "inedible", "revolting"]),
+    "gadgets": (["usable", "handy", "slick", "flawless"], ["laggy", "flimsy", "broken", "useless"]),
+    "travel": (["restful", "charming", "stunning", "breathtaking"], ["crowded", "shabby", "filthy", "dreadful"]),
+    "books": (["readable", "engaging", "gripping", "masterful"], ["wordy", "tedious", "unreadable", "dire"]),
+    "music": (["catchy", "groovy", "soaring", "sublime"], ["tinny", "repetitive", "grating", "unbearable"]),
+}
 OPENERS = ["i think", "honestly", "well", "you know", "to be fair", "i mean", "so", "basically"]
 
 
@@ -38,15 +60,30 @@ class SynthSpec:
     missing_audio: float = 0.1
     missing_vision: float = 0.1
     seed: int = 0
+    domains: int = 0
+    """Number of domains (0: none; at most ``len(DOMAINS)``); see the module docstring."""
+    domain_shift: float = 1.5
+    """Norm of each domain's offset of the audio / visual vectors."""
+
+    def __post_init__(self) -> None:
+        if self.domains == 1 or not 0 <= self.domains <= len(DOMAINS):
+            raise ValueError(f"SynthSpec.domains={self.domains}: use 0 (none) or 2.."
+                             f"{len(DOMAINS)}")
 
 
-def _sentence(rng: np.random.Generator, z: float, text_signal: float) -> str:
-    subject = SUBJECTS[rng.integers(len(SUBJECTS))]
+def _sentence(rng: np.random.Generator, z: float, text_signal: float,
+              domain: str = "movies") -> str:
+    subjects = DOMAIN_SUBJECTS[domain]
+    subject = subjects[rng.integers(len(subjects))]
     opener = OPENERS[rng.integers(len(OPENERS))]
     if abs(z) < 0.5 or rng.random() > text_signal:
         return f"{opener} {subject} was {NEUTRAL[rng.integers(len(NEUTRAL))]}"
     strength = int(min(3, abs(z)))
-    words = (POSITIVE if z > 0 else NEGATIVE)[strength]
+    if domain in DOMAIN_WORDS:
+        pos, neg = DOMAIN_WORDS[domain]
+        words = [(pos if z > 0 else neg)[strength]]
+    else:
+        words = (POSITIVE if z > 0 else NEGATIVE)[strength]
     adverb = ["", "really ", "very ", "extremely "][min(3, strength)]
     return f"{opener} {subject} was {adverb}{words[rng.integers(len(words))]}"
 
@@ -66,10 +103,24 @@ def generate(spec: SynthSpec) -> tuple[list[dict[str, object]], dict[str, np.nda
     rows = []
     keep_a = rng.random(spec.n) >= spec.missing_audio
     keep_v = rng.random(spec.n) >= spec.missing_vision
+    names = DOMAINS[:spec.domains]
+    if names:  # a separate stream: without domains the data is unchanged
+        drng = np.random.default_rng(spec.seed + 7919)
+        shift_a = drng.normal(size=(len(names), spec.audio_dim))
+        shift_v = drng.normal(size=(len(names), spec.vision_dim))
+        shift_a *= spec.domain_shift / np.linalg.norm(shift_a, axis=1, keepdims=True)
+        shift_v *= spec.domain_shift / np.linalg.norm(shift_v, axis=1, keepdims=True)
+        k = np.arange(spec.n) % len(names)
+        audio = (audio + shift_a[k]).astype(np.float32)
+        vision = (vision + shift_v[k]).astype(np.float32)
     for i in range(spec.n):
         split = "train" if split_draw[i] < 0.7 else "valid" if split_draw[i] < 0.85 else "test"
-        rows.append({"id": ids[i], "text": _sentence(rng, float(z[i]), spec.text_signal),
-                     "label": float(z[i]), "split": split})
+        domain = names[i % len(names)] if names else "movies"
+        row = {"id": ids[i], "text": _sentence(rng, float(z[i]), spec.text_signal, domain),
+               "label": float(z[i]), "split": split}
+        if names:
+            row["domain"] = domain
+        rows.append(row)
     feats = {
         "id": np.asarray(ids),
         "audio_ids": np.asarray([ids[i] for i in range(spec.n) if keep_a[i]]),
@@ -92,7 +143,8 @@ def write(out_dir: str | Path, spec: SynthSpec | None = None) -> Path:
     rows, feats = generate(spec)
     manifest = out / "manifest.csv"
     with manifest.open("w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["id", "text", "label", "split"])
+        w = csv.DictWriter(f, fieldnames=["id", "text", "label", "split",
+                                          *(["domain"] if spec.domains else [])])
         w.writeheader()
         w.writerows(rows)
     np.savez(out / "features.npz", **feats)
@@ -115,6 +167,8 @@ def write_with_config(out_dir: str | Path, spec: SynthSpec | None = None) -> Pat
            "feature_keys": {"audio": "audio", "vision": "vision"},
            "modalities": ["text", "audio", "vision"], "task": "regression",
            "metric_set": "mosi", "label_range": [-3, 3]}
+    if spec and spec.domains:
+        cfg["domain"] = "column:domain"
     config = out / CONFIG_FILE
     config.write_text("# Synthetic MSA data written by `workbench data synth` (not real data).\n"
                       + yaml.safe_dump(cfg, sort_keys=False))
