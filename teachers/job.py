@@ -24,7 +24,7 @@ import json
 import logging
 import math
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -233,10 +233,16 @@ class CachingJob:
                              self.decoding, planned, only_keys=only_keys, progress=progress)
 
 
-def _worst_price(tcfg: TeacherConfig, p: PlannedRequest, max_tokens: int) -> float:
-    """An upper estimate of one request's price (reserved against the budget while it runs)."""
-    text = p.rendered.prompt or json.dumps(p.rendered.messages)
-    tokens_in = len(text) // 2 + 16  # no tokenizer needs as few as 2 characters a token
+def _prompt_chars(p: PlannedRequest) -> int:
+    return len(p.rendered.prompt or json.dumps(p.rendered.messages))
+
+
+def _worst_price(tcfg: TeacherConfig, p: PlannedRequest, max_tokens: int,
+                 tokens_per_char: float = 0.5) -> float:
+    """An upper estimate of one request's price, reserved against the budget while it runs:
+    every output token it may generate, and its input at ``tokens_per_char`` (0.5 before
+    any answer is in: no tokenizer needs fewer than 2 characters a token)."""
+    tokens_in = math.ceil(_prompt_chars(p) * tokens_per_char) + 16
     return (tokens_in * tcfg.price.input_per_mtok + max_tokens * tcfg.price.output_per_mtok) / 1e6
 
 
@@ -275,6 +281,8 @@ def send_requests(store: CacheStore, teacher: Teacher, template: Template, tcfg:
     unstored: list[TeacherOutput] = []  # paid answers the full disk refused, for the spill
     full: list[CacheFull] = []
     stored = 0
+    tokens_per_char = 0.5  # then 1.1 x the largest tokens-per-character the answers show
+    seen_ratio = 0.0
 
     def disk_full(e: CacheFull) -> None:
         if not full:
@@ -282,24 +290,33 @@ def send_requests(store: CacheStore, teacher: Teacher, template: Template, tcfg:
             full.append(e)
         report.stopped = "disk_full"
 
+    queue = deque(todo.items())
+    paused = [False]  # the budget is reserved by this job's own requests in flight
+
     def requests():
-        for key, p in todo.items():
+        paused[0] = False
+        while queue:
+            key, p = queue[0]
             if report.stopped:
                 return
             try:
-                verdict = store.lease(key, owner, teacher=teacher_id, budget_usd=budget,
-                                      reserve_usd=_worst_price(tcfg, p, max_tokens), ttl_s=ttl)
+                verdict = store.lease(key, owner, teacher=teacher_id, budget_usd=budget, ttl_s=ttl,
+                                      reserve_usd=_worst_price(tcfg, p, max_tokens, tokens_per_char))
             except CacheFull as e:
                 disk_full(e)
                 return
+            if verdict == OVER_BUDGET:
+                if report.sent > sum(report.finished.values()):
+                    paused[0] = True  # wait for them: their real price frees the reservations
+                else:
+                    report.stopped = "budget"
+                return
+            queue.popleft()
             if verdict == DONE:
                 continue
             if verdict == LEASED:
                 report.leased_elsewhere += 1
                 continue
-            if verdict == OVER_BUDGET:
-                report.stopped = "budget"
-                return
             report.sent += 1
             scale = p.rendered.scale if want_lp else None
             yield TeacherRequest(key=key, messages=p.rendered.messages, prompt=p.rendered.prompt,
@@ -323,7 +340,11 @@ def send_requests(store: CacheStore, teacher: Teacher, template: Template, tcfg:
                 disk_full(e)
 
     def on_result(req: TeacherRequest, raw: RawOutput) -> bool:
+        nonlocal tokens_per_char, seen_ratio
         out = parse_output(template, todo[req.key].rendered, req, raw, tcfg)
+        if out.tokens_in:
+            seen_ratio = max(seen_ratio, out.tokens_in / max(1, _prompt_chars(todo[req.key])))
+            tokens_per_char = 1.1 * seen_ratio
         store_one(out)  # counted below even if the disk refused it: it was paid for
         report.finished[out.status] += 1
         report.tokens_in += out.tokens_in
@@ -340,6 +361,8 @@ def send_requests(store: CacheStore, teacher: Teacher, template: Template, tcfg:
 
     try:
         teacher.generate(requests(), on_result)
+        while paused[0] and not report.stopped:  # near the budget: drained, now ask again
+            teacher.generate(requests(), on_result)
     finally:
         spill = _keep_unstored(store, unstored, teacher_id, owner, report)
         try:
@@ -389,9 +412,12 @@ def _keep_unstored(store: CacheStore, unstored: list[TeacherOutput], teacher_id:
 
 
 def _disk_full_message(store: CacheStore, report: JobReport, remaining: int, spill: str) -> str:
-    db, wal = store.size_bytes()
-    rows = max(1, store.count_rows())
-    need = remaining * db / rows * 1.25 + WAL_LIMIT_BYTES + 1024 * 1024
+    per_answer = store.conn.execute(
+        "SELECT COALESCE(AVG(COALESCE(LENGTH(raw_text), 0) + COALESCE(LENGTH(error), 0) "
+        "+ COALESCE(LENGTH(description), 0) + COALESCE(LENGTH(soft_label), 0) "
+        "+ COALESCE(LENGTH(top_logprobs), 0) + COALESCE(LENGTH(meta), 0)), 2048) "
+        "FROM outputs").fetchone()[0]
+    need = remaining * (per_answer + 300) * 1.5 + WAL_LIMIT_BYTES + 1024 * 1024
     kept = (f"; {report.spilled} answers it could not write are in {spill}, imported by the next "
             "run" if spill else "")
     return (f"cache {store.dir}: the disk is full ({free_bytes(store.dir) / 1e6:.1f} MB free); "

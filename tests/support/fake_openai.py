@@ -54,6 +54,12 @@ class FakeOpenAI:
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
+        default_error = self.server.handle_error
+
+        def handle_error(request, client_address):  # a client killed mid-request is no error
+            if not isinstance(sys.exc_info()[1], ConnectionError):
+                default_error(request, client_address)
+        self.server.handle_error = handle_error
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     @property
@@ -130,7 +136,11 @@ class FakeOpenAI:
                 fake.bill(prompt, answer["usage"])
 
             def do_POST(self):  # noqa: N802
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                try:
+                    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                except (ValueError, ConnectionError):  # the client died mid-request
+                    self.close_connection = True
+                    return None
                 with fake.lock:
                     fake.bodies.append(body)
                 chat = self.path.endswith("/chat/completions")
