@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from students.model import StudentModel, build_student
@@ -207,11 +208,20 @@ def read_meta(path: str | Path) -> CheckpointMeta:
         versions=_read_json(p / VERSIONS_FILE), student=student)
 
 
-def _load_weights(path: Path, what: str) -> dict[str, torch.Tensor]:
+def load_weights(path: Path, what: str,
+                 fix: str = "re-save it from its run") -> dict[str, torch.Tensor]:
+    """The tensors of the safetensors file ``path`` (``what`` it holds, for messages); a
+    missing, truncated or damaged file is a :class:`CheckpointError` naming it and ``fix``."""
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path.parent} has no {path.relative_to(path.parent)} "
-                              f"({what}); it is incomplete, re-save it from its run")
-    return load_file(str(path))
+        raise CheckpointError(f"checkpoint {path.parent} has no {path.name} ({what}); it is "
+                              f"incomplete: {fix}")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(
+            f"{path} ({what}, {path.stat().st_size} bytes) is not a readable safetensors file: "
+            f"{e}. It is truncated or damaged (an interrupted copy or save?): copy it again "
+            f"whole, or {fix}") from None
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
@@ -236,7 +246,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
         raise CheckpointError(f"checkpoint {p}: {STUDENT_FILE} says kind={meta.kind!r} but its "
                               f"config has student.prompted={cfg.student.prompted}")
     model = build_student(cfg.student, meta.info, meta.bins, device=device)
-    rest = _load_weights(p / WEIGHTS_FILE, "heads, feature encoders and fusion")
+    rest = load_weights(p / WEIGHTS_FILE, "heads, feature encoders and fusion")
     result = model.load_state_dict(rest, strict=False)
     missing = [k for k in result.missing_keys
                if not k.startswith(TEXT_PREFIX) and not k.startswith(FROZEN_PREFIXES)]
@@ -253,14 +263,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
         if not (adapter_dir / "adapter_config.json").is_file():
             raise CheckpointError(f"checkpoint {p} has no {ADAPTER_DIR}/adapter_config.json "
                                   "(student.text_mode=lora); it is incomplete")
-        adapter = _load_weights(adapter_dir / "adapter_model.safetensors", "the LoRA adapter")
+        adapter = load_weights(adapter_dir / "adapter_model.safetensors", "the LoRA adapter")
         res = set_peft_model_state_dict(model.text.model, adapter)
         bad = [k for k in getattr(res, "unexpected_keys", []) if "lora_" in k]
         if bad:
             raise CheckpointError(f"checkpoint {p}: the adapter does not fit the text encoder "
                                   f"(unexpected {bad[:8]}); check student.lora in its config")
     elif mode == "full":
-        text_sd = _load_weights(p / TEXT_ENCODER_FILE, "the fine-tuned text encoder")
+        text_sd = load_weights(p / TEXT_ENCODER_FILE, "the fine-tuned text encoder")
         res = model.text.model.load_state_dict(text_sd, strict=False)
         if res.unexpected_keys or [k for k in res.missing_keys if "position_ids" not in k]:
             raise CheckpointError(f"checkpoint {p}: {TEXT_ENCODER_FILE} does not fit "

@@ -55,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
 from students.model import StudentModel, build_student
@@ -338,8 +338,10 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> Stude
     weights = p / WEIGHTS_FILE
     if not weights.is_file():
         raise ExportError(f"export {p} has no {WEIGHTS_FILE}; it is incomplete")
-    res = model.load_state_dict(load_file(str(weights)), strict=False)
-    from students.checkpoint import FROZEN_PREFIXES, TEXT_PREFIX
+    from students.checkpoint import FROZEN_PREFIXES, TEXT_PREFIX, load_weights
+
+    res = model.load_state_dict(load_weights(weights, "the student's weights",
+                                             "re-export the checkpoint"), strict=False)
 
     missing = [k for k in res.missing_keys
                if not k.startswith(TEXT_PREFIX) and not k.startswith(FROZEN_PREFIXES)]

@@ -21,7 +21,7 @@ from prompts import load_template
 from teachers import make_teacher
 from teachers.job import CachingJob, JobReport
 from workbench.cache.records import TeacherOutput
-from workbench.cache.store import CacheFull, CacheStore, is_disk_full
+from workbench.cache.store import DB_FILE, CacheFull, CacheStore, check_cache_dir, is_disk_full
 from workbench.config import CacheJobConfig, dump_config
 from workbench.data import load_dataset
 
@@ -80,7 +80,14 @@ def run_cache_job(cfg: CacheJobConfig, *, progress: ProgressFactory | None = Non
         torch.set_num_threads(cfg.teacher.num_threads)
     backend = make_teacher(cfg.teacher)
     try:
-        with CacheStore(cfg.cache.dir) as store:
+        cache_dir = Path(cfg.cache.dir)
+        check_cache_dir(cache_dir, must_exist=False)
+        # A new cache has every key to send: the backend loads (its API key set, its device
+        # present) before the cache directory is created, so a failure leaves nothing behind.
+        loaded = not (cache_dir / DB_FILE).is_file()
+        if loaded:
+            backend.load()
+        with CacheStore(cache_dir) as store:
             job = CachingJob(cfg.teacher, cfg.cache, template, ds, store, backend.model_id())
             t0 = time.perf_counter()
             planned = job.plan(cfg.splits or None, cfg.shard_tuple(), cfg.variants, cfg.limit)
@@ -98,7 +105,8 @@ def run_cache_job(cfg: CacheJobConfig, *, progress: ProgressFactory | None = Non
             if todo:
                 log.info("job %s: %d of %d keys to ask %s", job.job_id, todo, len(unique),
                          backend.model_id())
-                backend.load()
+                if not loaded:
+                    backend.load()
             if todo and progress is not None:
                 with progress(todo, f"{template.name} x {cfg.teacher.model}") as on_answer:
                     report = job.run(backend, planned, progress=on_answer)

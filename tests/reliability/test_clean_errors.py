@@ -161,3 +161,141 @@ def test_an_unknown_override_key_is_blamed_on_the_override_not_the_file(synth, t
     out = fails("data", "validate", data, "name=x")
     assert f"{data}: unknown key 'modalites'" in out and "command-line" not in out
     assert not (tmp_path / "c").exists()
+
+
+# ------------------------------------------------------------------ cache files
+
+
+@pytest.fixture(scope="module")
+def good_cache(tmp_path_factory):
+    """A real cache (the caching job against the fake server), its data and teacher YAML."""
+    import yaml
+
+    from tests.support.fake_openai import FakeOpenAI
+
+    tmp = tmp_path_factory.mktemp("good_cache")
+    manifest = write(tmp / "synth", SynthSpec(n=12, seed=2))
+    data = tmp / "data.yaml"
+    data.write_text(yaml.safe_dump({"path": str(manifest),
+                                    "features": str(tmp / "synth" / "features.npz")}))
+    with FakeOpenAI() as server:
+        teacher = _teacher_yaml(tmp, server.base_url, api_key_env="WB_TEST_KEY")
+        r = runner.invoke(app, ["cache", "run", "--teacher", str(teacher), "--data", str(data),
+                                "--cache", str(tmp / "cache"), "--template",
+                                "sentiment_polarity"], env={"WB_TEST_KEY": "k"})
+    assert r.exit_code == 0, r.output
+    return {"dir": tmp / "cache", "data": data, "teacher": teacher}
+
+
+def _damage(src, dst, how: str):
+    """Copy the cache ``src`` to ``dst`` with its database damaged ``how``."""
+    import shutil
+    import sqlite3
+
+    shutil.copytree(src, dst)
+    db = dst / "cache.sqlite"
+    raw = bytearray(db.read_bytes())
+    if how == "not_a_database":
+        raw = bytearray(np.random.default_rng(0).bytes(len(raw)))
+    elif how == "truncated":
+        raw = raw[: len(raw) // 3]
+    else:  # "malformed": the outputs table's root page overwritten, the schema intact
+        with sqlite3.connect(db) as c:
+            root = c.execute("SELECT rootpage FROM sqlite_master WHERE name='outputs'").fetchone()[0]
+            size = c.execute("PRAGMA page_size").fetchone()[0]
+        c.close()
+        raw[(root - 1) * size + 8: root * size] = np.random.default_rng(1).bytes(size - 8)
+    db.write_bytes(bytes(raw))
+    return dst
+
+
+@pytest.mark.parametrize("how", ["not_a_database", "truncated", "malformed"])
+def test_a_damaged_cache_sqlite_is_named_by_every_cache_command(good_cache, tmp_path, how):
+    bad = _damage(good_cache["dir"], tmp_path / "bad", how)
+    db = bad / "cache.sqlite"
+    def files():  # SQLite's own -wal / -shm beside the database aside
+        return sorted(p.name for p in bad.rglob("*") if not p.name.endswith(("-wal", "-shm")))
+
+    before = files()
+    run = ("cache", "run", "--teacher", good_cache["teacher"], "--data", good_cache["data"],
+           "--cache", bad, "--template", "sentiment_polarity")
+    commands = {
+        "status": ("cache", "status", bad),
+        "export": ("cache", "export", bad, "--out", tmp_path / "out.parquet"),
+        "retry": ("cache", "retry", bad, "--teacher", good_cache["teacher"]),
+        "merge from": ("cache", "merge", tmp_path / "merged", bad),
+        "merge into": ("cache", "merge", bad, good_cache["dir"]),
+        "run": run,
+    }
+    for name, args in commands.items():
+        r = runner.invoke(app, [str(a) for a in args], env={"WB_TEST_KEY": "k"})
+        out = " ".join(r.output.split())
+        assert r.exit_code == 2 and "Traceback" not in out, (name, r.output, r.exception)
+        assert f"error: {db}:" in out and "damaged or is not a workbench cache" in out, (name, out)
+        assert ".recover" in out and "move it aside" in out, (name, out)
+    assert not (tmp_path / "out.parquet").exists() and not (tmp_path / "merged").exists()
+    if how != "malformed":  # a file that does not open: the job writes nothing beside it
+        assert files() == before
+
+
+def test_a_damaged_cache_through_the_real_command_line(good_cache, tmp_path):
+    bad = _damage(good_cache["dir"], tmp_path / "bad", "not_a_database")
+    r = subprocess.run([sys.executable, "-m", "workbench.cli", "cache", "status", str(bad)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr + r.stdout
+    assert r.stderr.startswith(f"error: {bad / 'cache.sqlite'}: file is not a database")
+
+
+def test_cache_pointing_at_a_file_is_named_and_left_alone(good_cache, tmp_path):
+    afile = tmp_path / "cache"
+    afile.write_text("not a directory\n")
+    commands = [
+        ("cache", "run", "--teacher", good_cache["teacher"], "--data", good_cache["data"],
+         "--cache", afile, "--template", "sentiment_polarity"),
+        ("cache", "status", afile),
+        ("cache", "export", afile, "--out", tmp_path / "o.parquet"),
+        ("cache", "merge", afile, good_cache["dir"]),
+        ("cache", "merge", tmp_path / "m", afile),
+    ]
+    for args in commands:
+        out = fails(*args)
+        assert f"{afile} is a file, not a cache directory" in out, (args, out)
+    assert afile.read_text() == "not a directory\n" and not (tmp_path / "m").exists()
+
+
+def test_an_unset_api_key_fails_before_the_cache_is_created(good_cache, tmp_path, monkeypatch):
+    monkeypatch.delenv("WB_TEST_KEY", raising=False)
+    args = ("cache", "run", "--teacher", good_cache["teacher"], "--data", good_cache["data"],
+            "--template", "sentiment_polarity", "--cache")
+    out = fails(*args, tmp_path / "new" / "cache")
+    assert "teacher.api_key_env='WB_TEST_KEY'" in out and "export WB_TEST_KEY=" in out
+    assert not (tmp_path / "new").exists()
+    # a cache that holds every answer needs no key: nothing is sent
+    r = runner.invoke(app, [str(a) for a in (*args, good_cache["dir"])])
+    assert r.exit_code == 0 and "no teacher calls" in r.output, r.output
+
+
+# ------------------------------------------------------------------ checkpoints
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from tests.support.checkpoints import tiny_checkpoints
+
+    return tiny_checkpoints(tmp_path_factory)["a"]  # a LoRA student
+
+
+@pytest.mark.parametrize("part", ["model.safetensors", "adapter/adapter_model.safetensors"])
+def test_a_truncated_checkpoint_file_is_named_by_eval_and_predict(checkpoint, tmp_path, part):
+    import shutil
+
+    ck = tmp_path / "checkpoint-best"
+    shutil.copytree(checkpoint, ck)
+    weights = ck / part
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    for args in (("eval", ck, "--out", tmp_path / "eval"),
+                 ("predict", ck, "--out", tmp_path / "p.csv")):
+        out = fails(*args, "--device", "cpu")
+        assert f"{weights} (" in out and "is not a readable safetensors file" in out, out
+        assert "truncated or damaged" in out and "copy it again" in out
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "p.csv").exists()

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from workbench.cache.db import CacheError, check_database, connect
 from workbench.cache.ledger import (
     LEDGER_SCHEMA,
     add_spend,
@@ -44,7 +45,6 @@ from workbench.cache.ledger import spent as _spent
 from workbench.cache.records import DUPLICATE, OK, SoftLabel, TeacherOutput, stable_hash
 from workbench.cache.scrub import scrub
 from workbench.cache.spill import read_spill, spill_files
-from workbench.errors import WorkbenchError
 from workbench.io import atomic_write_text
 
 DB_FILE = "cache.sqlite"
@@ -74,10 +74,6 @@ CREATE INDEX IF NOT EXISTS outputs_key ON outputs(key, created_at);
 _OUT_COLS = ("attempt", "key", "status", "error", "raw_text", "description", "soft_label",
              "top_logprobs", "tokens_in", "tokens_out", "latency_s", "cost_usd", "retries",
              "created_at", "meta")
-
-
-class CacheError(WorkbenchError, RuntimeError):
-    """The cache directory is missing, unreadable, or does not match what was asked."""
 
 
 class CacheFull(CacheError):
@@ -122,6 +118,18 @@ class JobSpec:
         return {"job": self.job_id, **self.__dict__}
 
 
+def check_cache_dir(cache_dir: Path, *, must_exist: bool) -> None:
+    """Raise :class:`CacheError` when ``cache_dir`` is a file, or (``must_exist``) holds no
+    cache; creates nothing."""
+    if cache_dir.exists() and not cache_dir.is_dir():
+        raise CacheError(f"{cache_dir} is a file, not a cache directory: name a directory "
+                         "(`cache run --cache DIR` / cache.dir makes a new one), or move the "
+                         "file aside")
+    if must_exist and not (cache_dir / DB_FILE).is_file():
+        raise CacheError(f"no cache at {cache_dir} (missing {DB_FILE}); run `workbench cache "
+                         "run` first")
+
+
 def _row_to_output(row: sqlite3.Row) -> TeacherOutput:
     sl = json.loads(row["soft_label"]) if row["soft_label"] else None
     return TeacherOutput(
@@ -142,10 +150,9 @@ class CacheStore:
     def __init__(self, cache_dir: str | Path, *, create: bool = True, timeout_s: float = 60.0):
         self.dir = Path(cache_dir)
         db = self.dir / DB_FILE
-        if not db.is_file() and not create:
-            raise CacheError(f"no cache at {self.dir} (missing {DB_FILE}); run `workbench cache run` first")
+        check_cache_dir(self.dir, must_exist=not create)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(db), timeout=timeout_s, isolation_level=None)
+        self.conn = connect(db, timeout_s)
         self.conn.row_factory = sqlite3.Row
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
@@ -395,8 +402,8 @@ class CacheStore:
         or merging caches that overlap, adds nothing twice.
         """
         other = Path(other_dir) / DB_FILE
-        if not other.is_file():
-            raise CacheError(f"no cache at {other_dir} (missing {DB_FILE})")
+        check_cache_dir(Path(other_dir), must_exist=True)
+        check_database(other)
         before = self.count_rows()
         self.conn.execute("ATTACH DATABASE ? AS other", (str(other),))
         try:

@@ -231,8 +231,11 @@ def cache_merge(
     sources: Annotated[list[Path], typer.Argument(help="Cache directories to merge from.")],
 ) -> None:
     """Combine caches (e.g. shards from several machines) by key; idempotent."""
-    from workbench.cache.store import CacheStore
+    from workbench.cache.store import DB_FILE, CacheStore, check_cache_dir, check_database
 
+    for src in sources:  # every source readable before the destination is created
+        check_cache_dir(src, must_exist=True)
+        check_database(src / DB_FILE)
     with CacheStore(dest) as store:
         for src in sources:
             added = store.merge_from(src)
