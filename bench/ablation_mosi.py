@@ -21,13 +21,14 @@ checkpoint, so the script can be stopped and rerun.
 
     python bench/ablation_mosi.py --cache /path/to/teacher_cache/mosi [--runs runs/ablation]
         [--seeds 1111,1112,1113] [--variants baseline,soft,...] [--augment-data DIR]
-        [--list] [--table-only] [--no-teacher]
+        [--list] [--table-only] [--no-teacher] [--set KEY=VALUE ...]
 
 ``--no-teacher`` trains every row on the gold-label recipe without a teacher cache (the
 "+ soft-label KD" row then equals the baseline): the method rows' differences still pair
 seed by seed against it, where no MOSI teacher cache exists. The CyIN row and its
 reference are also evaluated with CyIN's protocol (fixed subsets, dataset-level missing
 rates and instance-level missing probabilities 0.1..0.7), tabulated after the others.
+``--set`` adds overrides to every row (a reduced run, e.g. ``--set train.epochs=4``).
 """
 
 from __future__ import annotations
@@ -65,6 +66,9 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     # the architecture methods (each a student switch, off by default)
     "dashfusion": ("soft + DashFusion", RECIPE, [*SOFT, "student.fusion=dashfusion"]),
     "cyin": ("soft + CyIN", RECIPE, [*SOFT, "student.latent=cyin"]),
+    # MOSI declares no domains: the videos hashed into 4 groups are the domains
+    "midg": ("soft + MIDG", RECIPE, [*SOFT, "student.experts=midg", "student.midg.adapter=true",
+                                     "data.domain=source:4"]),
     "all": ("all together", RECIPE,
             ["train.augment.data={aug}", "train.msmix.enabled=true", "train.conflict.enabled=true",
              "train.missing.enabled=true", "student.enhance.enabled=true"]),
@@ -74,7 +78,8 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
 # enhancement, and the shipped recipe (quality weights) for "all together"
 REFERENCE = {"soft": "baseline", "prompted": "soft", "quality": "prompted", "augment": "soft",
              "msmix": "soft", "cpsl": "soft", "missing": "soft", "enhance": "missing",
-             "all": "quality", "dashfusion": "soft", "cyin": "soft"}
+             "all": "quality", "dashfusion": "soft", "cyin": "soft",
+             "midg": "soft"}
 # rows evaluated with CyIN's protocol too (the CyIN row and its reference)
 CYIN_ROWS = ("cyin", "soft")
 CYIN_VALUES = "0.1:0.7:0.1"
@@ -107,8 +112,9 @@ def epoch_seconds(out: Path) -> float:
 
 
 def train(variant: str, seed: int, out: Path, cache: str, aug: str,
-          no_teacher: bool = False) -> dict:
+          no_teacher: bool = False, extra: list[str] | None = None) -> dict:
     _, recipe, overrides = VARIANTS[variant]
+    overrides = [*overrides, *(extra or [])]
     if no_teacher:
         recipe, cache = GOLD, ""
     if "{aug}" in " ".join(overrides) and not aug:
@@ -261,6 +267,8 @@ def main() -> None:
     ap.add_argument("--augment-data", default="", help="dataset from `workbench data augment`")
     ap.add_argument("--no-teacher", action="store_true",
                     help="train every row on the gold-label recipe (no teacher cache)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override added to every row (repeatable)")
     ap.add_argument("--list", action="store_true", help="print the runs and exit")
     ap.add_argument("--table-only", action="store_true",
                     help="only tabulate the runs that are finished and evaluated")
@@ -284,7 +292,8 @@ def main() -> None:
                     rec = {**json.loads(timing.read_text()), "epoch_seconds": epoch_seconds(out)}
                     rows[v].append((seed, json.loads(res.read_text()), rec))
                 continue
-            timing = train(v, seed, out, args.cache, args.augment_data, args.no_teacher)
+            timing = train(v, seed, out, args.cache, args.augment_data, args.no_teacher,
+                           args.set)
             timing["epoch_seconds"] = epoch_seconds(out)
             rows[v].append((seed, evaluate(out, seed, cyin=v in CYIN_ROWS), timing))
             md, _ = table(rows)

@@ -25,7 +25,7 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli import cache, data, demo, distill, doctor, evaluate, predict
+from workbench.cli import cache, data, demo, distill, doctor, domains, evaluate, predict
 from workbench.cli.common import WorkbenchGroup, err_console, setup_logging
 
 app = typer.Typer(
@@ -41,7 +41,8 @@ app.command("eval")(evaluate.eval_checkpoints)
 app.command("predict")(predict.predict_cmd)
 app.command("export")(predict.export_cmd)
 app.command("distill")(distill.distill)
-app.command("eval-domains")(distill.eval_domains)
+app.command("eval-domains")(domains.eval_domains)
+app.command("eval-cross")(domains.eval_cross)
 app.command("demo")(demo.demo)
 app.command("doctor")(doctor.doctor)
 
