@@ -1,6 +1,8 @@
 """The demo: the three jobs end to end on embedded defaults (``workbench demo``).
 
-data (the synthetic set by default) -> teacher caching (Gemma 3 270M on CPU through
+data (the synthetic set by default; with ``media`` synthetic mp4 clips decoded by
+:func:`workbench.data.ingest.ingest_media` into eGeMAPS LLD sequences, frames and
+acoustic cues the text-only teacher reads) -> teacher caching (Gemma 3 270M on CPU through
 transformers, soft labels on the train split) -> distillation (MiniLM-L6 + LoRA,
 ``configs/distill/synth_demo.yaml``) -> evaluation (test split, missing-rate sweep, cost).
 Each step calls the library entry users call (:func:`teachers.run.run_cache_job`,
@@ -29,6 +31,8 @@ DEMO_TEACHER = REPO / "configs" / "teachers" / "gemma3_270m_cpu.yaml"
 DEMO_RECIPE = REPO / "configs" / "distill" / "synth_demo.yaml"
 DEMO_TEMPLATE = "sentiment_polarity"  # the 270M base model answers in words, not digits
 SYNTH_DIR = "synth"
+MEDIA_SRC_DIR = "synth_media"
+MEDIA_DATA_DIR = "data_media"
 
 
 @dataclass
@@ -47,6 +51,13 @@ class DemoConfig:
     """Mask seeds of the missing-rate sweep."""
     missing_rates: list[float] = field(default_factory=lambda: [i / 10 for i in range(10)])
     """Missing rates of the sweep."""
+    media: bool = False
+    """Run from raw files: synthetic mp4 clips (``out/synth_media``) ingested into
+    ``out/data_media`` (only without ``data``)."""
+    media_clips: int = 48
+    """Synthetic clips to write with ``media``."""
+    media_processes: int = 2
+    """Worker processes of the media ingestion."""
 
 
 @dataclass
@@ -99,6 +110,8 @@ def _data(cfg: DemoConfig, report: DemoReporter) -> tuple[DataConfig, str]:
 
     if cfg.data is not None:
         return cfg.data, cfg.data_source or cfg.data.path
+    if cfg.media:
+        return _media_data(cfg, report)
     synth = cfg.out / SYNTH_DIR
     config = synth / CONFIG_FILE
     if config.is_file():
@@ -110,6 +123,35 @@ def _data(cfg: DemoConfig, report: DemoReporter) -> tuple[DataConfig, str]:
     return load_config(DataConfig, config), str(config)
 
 
+def _media_data(cfg: DemoConfig, report: DemoReporter) -> tuple[DataConfig, str]:
+    """Synthetic mp4 clips, written once, ingested into a dataset (resumably)."""
+    from workbench.config import MediaConfig, MediaJobConfig, load_config
+    from workbench.data import imported_info
+    from workbench.data.ingest import ingest_media
+    from workbench.data.synth_media import MEDIA_CONFIG_FILE, MediaSynthSpec, write_media_dataset
+
+    src, out = cfg.out / MEDIA_SRC_DIR, cfg.out / MEDIA_DATA_DIR
+    config = src / MEDIA_CONFIG_FILE
+    if config.is_file():
+        report.note(f"synthetic clips: reusing {src / 'videos'}")
+    else:
+        write_media_dataset(src, MediaSynthSpec(n=cfg.media_clips, seed=0))
+        report.note(f"wrote {cfg.media_clips} synthetic mp4 clips to {src / 'videos'}; "
+                    f"manifest: {src / 'manifest.csv'}")
+    info = imported_info(str(out))
+    if info is not None:
+        report.note(f"media dataset: reusing {out}")
+    else:
+        r = ingest_media(MediaJobConfig(data=load_config(DataConfig, config), out=str(out),
+                                        media=MediaConfig(processes=cfg.media_processes)))
+        report.note(f"ingested {r.ok} clips into {out} in {r.wall_s:.1f}s (frames, 16 kHz "
+                    f"audio, eGeMAPS LLD sequences, acoustic cues; {len(r.errors)} errors)")
+        info = imported_info(str(out))
+    data = DataConfig(path=str(out), name=info.name, task=info.task, metric_set=info.metric_set,
+                      label_range=info.label_range)
+    return data, str(out)
+
+
 def _cache(cfg: DemoConfig, data: DataConfig, report: DemoReporter) -> JobSummary:
     from teachers.run import run_cache_job
     from workbench.config import CacheConfig, CacheJobConfig, TeacherConfig, load_config
@@ -117,8 +159,18 @@ def _cache(cfg: DemoConfig, data: DataConfig, report: DemoReporter) -> JobSummar
     cache = cfg.out / "cache"
     report.note(f"teacher {DEMO_TEACHER.relative_to(REPO)} on the train split, template "
                 f"{DEMO_TEMPLATE}, cache {cache}")
+    cues: list[str] = []
+    if cfg.media and cfg.data is None:
+        # a text-only teacher: no frames in its prompt, the voice as acoustic cue words
+        from dataclasses import replace
+
+        data = replace(data, modalities=[m for m in data.modalities if m != "vision"])
+        cues = ["acoustic"]
+        report.note("the text-only teacher hears the voice through acoustic cues "
+                    "(cache.cue_fields=[acoustic])")
     job = CacheJobConfig(data=data, teacher=load_config(TeacherConfig, DEMO_TEACHER),
-                         cache=CacheConfig(dir=str(cache), template=DEMO_TEMPLATE),
+                         cache=CacheConfig(dir=str(cache), template=DEMO_TEMPLATE,
+                                           cue_fields=cues),
                          splits=["train"])
     summary = run_cache_job(job, progress=report.cache_progress())
     report.cache_done(summary)

@@ -73,6 +73,10 @@ def demo(
     samples: Annotated[int, typer.Option(help="Synthetic utterances to generate.")] = 400,
     seeds: Annotated[str, typer.Option(help="Mask seeds of the missing-rate sweep.")] = "1111,1112,1113",
     missing_rates: Annotated[str, typer.Option(help="Missing rates of the sweep.")] = "0:0.9:0.1",
+    media: Annotated[bool, typer.Option(
+        "--media", help="Run from raw files: synthetic mp4 clips decoded into frames, 16 kHz "
+                        "audio, eGeMAPS sequences and acoustic cues (`workbench data media`).")
+    ] = False,
 ) -> None:
     """The three jobs end to end on embedded defaults: teacher cache, distillation, evaluation.
 
@@ -85,8 +89,11 @@ def demo(
     if not data and samples < 20:
         raise ConfigError(f"--samples={samples} is too small to fill train/valid/test; "
                           "use at least 20")
+    if media and data:
+        raise ConfigError("--media runs on its own synthetic clips; drop --data, or ingest "
+                          "your files with `workbench data media` and pass --data OUT")
     cfg = DemoConfig(out=out, samples=samples, seeds=parse_seeds(seeds),
-                     missing_rates=parse_rates(missing_rates))
+                     missing_rates=parse_rates(missing_rates), media=media)
     if data:
         source, overrides = demo_data(data)
         cfg.data, cfg.data_source = data_config(source, overrides), source

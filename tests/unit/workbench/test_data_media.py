@@ -139,3 +139,19 @@ def test_acoustic_cues_are_relative_to_the_dataset():
     shifted = table.copy()
     shifted[:, names.index(LOUDNESS)] -= 10
     assert acoustic_cues(clip, names, cue_thresholds(shifted, names))["loudness"] == "loud"
+
+
+def test_one_pass_egemaps_equals_opensmiles_own_extraction_per_level():
+    import opensmile
+
+    rng = np.random.default_rng(0)
+    sig = (tone(200.0, 2.0) * (1 + 0.5 * np.sin(np.arange(32_000) / 3000))
+           + 0.01 * rng.normal(size=32_000)).astype(np.float32)
+    func, lld = egemaps(sig)
+    fs = opensmile.FeatureSet.eGeMAPSv02
+    ref_f = opensmile.Smile(feature_set=fs, feature_level=opensmile.FeatureLevel.Functionals
+                            ).process_signal(sig, 16_000).to_numpy().reshape(-1)
+    ref_l = opensmile.Smile(feature_set=fs, feature_level=opensmile.FeatureLevel.LowLevelDescriptors
+                            ).process_signal(sig, 16_000).to_numpy()
+    np.testing.assert_allclose(func, ref_f, rtol=1e-6)
+    np.testing.assert_allclose(lld, ref_l, rtol=1e-6)
