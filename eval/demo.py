@@ -147,8 +147,10 @@ def _media_data(cfg: DemoConfig, report: DemoReporter) -> tuple[DataConfig, str]
         report.note(f"ingested {r.ok} clips into {out} in {r.wall_s:.1f}s (frames, 16 kHz "
                     f"audio, eGeMAPS LLD sequences, acoustic cues; {len(r.errors)} errors)")
         info = imported_info(str(out))
+    # the frames stay in the dataset for teachers that see images; the student reads text
+    # and the LLD sequences (no image encoder in the demo, so no vision features)
     data = DataConfig(path=str(out), name=info.name, task=info.task, metric_set=info.metric_set,
-                      label_range=info.label_range)
+                      label_range=info.label_range, modalities=["text", "audio"])
     return data, str(out)
 
 
@@ -162,9 +164,6 @@ def _cache(cfg: DemoConfig, data: DataConfig, report: DemoReporter) -> JobSummar
     cues: list[str] = []
     if cfg.media and cfg.data is None:
         # a text-only teacher: no frames in its prompt, the voice as acoustic cue words
-        from dataclasses import replace
-
-        data = replace(data, modalities=[m for m in data.modalities if m != "vision"])
         cues = ["acoustic"]
         report.note("the text-only teacher hears the voice through acoustic cues "
                     "(cache.cue_fields=[acoustic])")

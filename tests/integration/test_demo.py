@@ -90,3 +90,20 @@ def test_predict_and_export_work_on_the_demo_checkpoint(demo_run, tmp_path):
     assert rows and {"id", "score", "audio_avail", "vision_avail"} <= set(rows[0])
     _workbench("export", str(ckpt), "--out", str(tmp_path / "exported"), cwd=out)
     assert (tmp_path / "exported" / "model.safetensors").is_file()
+
+
+def test_demo_media_runs_from_raw_files(gemma, tmp_path):
+    out = tmp_path / "demo_media"
+    args = ("demo", "--media", "--out", str(out), "--samples", "24", "--seeds", "1111",
+            "--missing-rates", "0,0.5")
+    first = _workbench(*args, cwd=tmp_path)
+    assert "ingested 24 clips" in first and "acoustic cues" in first
+    assert len(list((out / "synth_media" / "videos").glob("*.mp4"))) == 12
+    import sqlite3
+
+    with sqlite3.connect(out / "cache" / "cache.sqlite") as db:
+        prompts = [r[0] for r in db.execute("select request from requests")]
+    assert prompts and all("pitch: " in p and "speaking rate: " in p for p in prompts)
+    assert all("image_url" not in p for p in prompts)  # the text-only teacher sees no frames
+    results = json.loads((out / "student-synth_media" / "eval-test" / "results.json").read_text())
+    assert results["leaderboard"]["complete"]["mae"] > 0

@@ -70,7 +70,9 @@ def demo(
         help="Data YAML, MMSA pickle, dataset path or the shared MOSI folder "
              "(default: the synthetic dataset).")] = "",
     out: Annotated[Path, typer.Option("--out", "-o", help="Where everything goes.")] = Path("runs/demo"),
-    samples: Annotated[int, typer.Option(help="Synthetic utterances to generate.")] = 400,
+    samples: Annotated[int, typer.Option(
+        help="Synthetic utterances (default 400) or, with --media, clips (default 48) to "
+             "generate.")] = 0,
     seeds: Annotated[str, typer.Option(help="Mask seeds of the missing-rate sweep.")] = "1111,1112,1113",
     missing_rates: Annotated[str, typer.Option(help="Missing rates of the sweep.")] = "0:0.9:0.1",
     media: Annotated[bool, typer.Option(
@@ -86,6 +88,7 @@ def demo(
     from eval.demo import DemoConfig, run_demo
     from eval.options import parse_rates, parse_seeds
 
+    samples = samples or (48 if media else 400)
     if not data and samples < 20:
         raise ConfigError(f"--samples={samples} is too small to fill train/valid/test; "
                           "use at least 20")
@@ -93,7 +96,8 @@ def demo(
         raise ConfigError("--media runs on its own synthetic clips; drop --data, or ingest "
                           "your files with `workbench data media` and pass --data OUT")
     cfg = DemoConfig(out=out, samples=samples, seeds=parse_seeds(seeds),
-                     missing_rates=parse_rates(missing_rates), media=media)
+                     missing_rates=parse_rates(missing_rates), media=media,
+                     media_clips=samples)
     if data:
         source, overrides = demo_data(data)
         cfg.data, cfg.data_source = data_config(source, overrides), source
