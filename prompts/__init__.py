@@ -30,10 +30,15 @@ from workbench.data.store import DataInfo, file_sha256
 from workbench.errors import WorkbenchError
 
 TEMPLATE_DIR = Path(__file__).parent / "templates"
+SCALE_SETS = ("mosi", "sims", "classification")
+"""Metric sets a soft-label template's ``scales`` may name; a template without a scale for
+a regression set refuses it; a classification set without one answers with its class
+names."""
 OUTPUTS = ("soft_label", "description", "text")
 MEDIA_URL_PREFIX = "sha256:"
 
 __all__ = ["Template", "Rendered", "Scale", "load_template", "list_templates", "render",
+           "few_shot_examples",
            "materialize_messages", "media_file", "audio_bytes", "TemplateError"]
 
 
@@ -77,10 +82,20 @@ class Template:
         """The label scale for a dataset: by metric set, or its class names."""
         if self.output != "soft_label":
             raise TemplateError(f"template {self.name!r} has output={self.output!r}: no label scale")
+        spec = self.scales.get(info.metric_set)
         if info.metric_set == "classification":
             names = tuple(info.class_names)
-            return Scale(labels=names, values=tuple(float(i) for i in range(len(names))), names=names)
-        spec = self.scales.get(info.metric_set)
+            values = tuple(float(i) for i in range(len(names)))
+            if spec is None:  # the answer words are the dataset's class names
+                return Scale(labels=names, values=values, names=names)
+            labels = tuple(str(x) for x in spec.get("labels", ()))
+            if len(labels) != len(names):
+                raise TemplateError(
+                    f"template {self.name!r} ({self.source}): scales.classification.labels "
+                    f"{list(labels)} must give one answer word per class of "
+                    f"data.class_names={list(names)}, in that order; fix the template or "
+                    "remove its classification scale to answer with the class names")
+            return Scale(labels=labels, values=values, names=names)
         if spec is None:
             raise TemplateError(
                 f"template {self.name!r} ({self.source}) has no scale for metric set "
@@ -135,8 +150,13 @@ def _load(path: str) -> Template:
             _ENV.parse(d[part])
         except jinja2.TemplateSyntaxError as e:
             raise TemplateError(f"{p}: {part} is not a valid Jinja template (line {e.lineno}): {e.message}") from None
-    if d["output"] == "soft_label" and not d.get("scales"):
-        raise TemplateError(f"{p}: a soft_label template needs `scales`")
+    for metric_set, spec in (d.get("scales") or {}).items():
+        if metric_set not in SCALE_SETS or not isinstance(spec, dict) or "labels" not in spec \
+                or (metric_set != "classification" and "values" not in spec):
+            raise TemplateError(
+                f"{p}: scales.{metric_set} is not used: give scales for metric sets "
+                f"{list(SCALE_SETS)}, each with labels (and values, except classification, "
+                "whose values are the class indices)")
     return Template(
         name=str(d["name"]), version=int(d["version"]), output=d["output"],
         uses_gold_label=bool(d.get("uses_gold_label", False)), system=str(d["system"]),
@@ -215,8 +235,15 @@ def cue_values(sample: Sample, cue_fields: list[str] | tuple[str, ...]) -> tuple
 
 
 def render(template: Template, sample: Sample, info: DataInfo, *, cue_fields: list[str] | tuple[str, ...] = (),
-           variant: int = 0, audio: bool = False) -> Rendered:
+           variant: int = 0, audio: bool = False, examples: list[dict[str, Any]] | tuple = (),
+           max_examples: int = 0) -> Rendered:
     """Render ``template`` for ``sample``; raises TemplateError naming the sample on failure.
+
+    The template sees ``text``, ``speaker`` and ``context`` (the previous utterances of the
+    dialogue, ``[{speaker, text}]``, :mod:`workbench.data.dialogue`), ``frames``, ``cues``,
+    ``scale`` and ``examples``: few-shot examples from the train split
+    (:func:`few_shot_examples`, ``[{id, text, speaker, answer}]``), never the sample itself
+    (at most ``max_examples`` when > 0).
 
     ``audio``: add the sample's audio file as an ``input_audio`` part (for audio-capable
     chat models; ``teacher.send_audio``); like frames, it is referenced by content hash.
@@ -226,6 +253,10 @@ def render(template: Template, sample: Sample, info: DataInfo, *, cue_fields: li
     cues, versions = cue_values(sample, cue_fields)
     ctx: dict[str, Any] = {
         "text": sample.text, "frames": frames, "cues": cues, "variant": variant,
+        "speaker": str(sample.meta.get("speaker") or ""),
+        "context": list(sample.meta.get("context") or []),
+        "examples": [e for e in examples if e["id"] != sample.id][:max_examples]
+        if max_examples else [e for e in examples if e["id"] != sample.id],
         "scale": [{"token": t, "name": n, "value": v}
                   for t, n, v in zip(scale.labels, scale.names, scale.values, strict=True)]
         if scale else [],
@@ -254,6 +285,51 @@ def render(template: Template, sample: Sample, info: DataInfo, *, cue_fields: li
     messages = [{"role": "system", "content": system}, {"role": "user", "content": content}]
     prompt = f"{system}\n\n{user}\n{template.answer_prefix}".rstrip()
     return Rendered(messages=messages, prompt=prompt, media=media, scale=scale, versions=versions)
+
+
+def few_shot_examples(train: list[Sample], info: DataInfo, template: Template,
+                      per_label: int, seed: int = 0) -> list[dict[str, Any]]:
+    """Few-shot examples for ``template`` from the **train** split only: ``per_label``
+    labelled samples per answer word of its scale (a regression label goes to the word of
+    the nearest scale value), picked by a seeded hash of the id, in a fixed interleaved
+    order. Each is ``{id, text, speaker, answer}``; :func:`render` drops the sample itself."""
+    import random
+
+    if per_label <= 0:
+        return []
+    if any(s.split != "train" for s in train):
+        raise TemplateError("few-shot examples come from the train split only")
+    scale = template.scale(info) if template.output == "soft_label" else None
+    if scale is None:
+        raise TemplateError(f"template {template.name!r} has no label scale to answer few-shot "
+                            "examples with; set data.few_shot=0")
+    by_word: dict[str, list[Sample]] = {w: [] for w in scale.labels}
+    for s in train:
+        if info.task == "classification":
+            if s.label_class is None:
+                continue
+            word = scale.labels[int(s.label_class)]
+        else:
+            if s.label is None:
+                continue
+            word = min(zip(scale.labels, scale.values, strict=True),
+                       key=lambda lv: abs(lv[1] - float(s.label)))[0]
+        by_word[word].append(s)
+    rng = random.Random(seed)
+    picked: dict[str, list[Sample]] = {}
+    for word, pool in by_word.items():
+        pool = sorted(pool, key=lambda s: hashlib.sha256(f"{seed}\x00{s.id}".encode()).hexdigest())
+        picked[word] = pool[: per_label + 1]  # one spare: a sample never shows itself
+    order = [w for w in scale.labels]
+    rng.shuffle(order)
+    out = []
+    for i in range(per_label + 1):
+        for w in order:
+            if i < len(picked[w]):
+                s = picked[w][i]
+                out.append({"id": s.id, "text": s.text, "answer": w,
+                            "speaker": str(s.meta.get("speaker") or "")})
+    return out
 
 
 def media_file(media: dict[str, str], ref: str) -> str:

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from prompts import Rendered, Template, TemplateError, render
+from prompts import Rendered, Template, TemplateError, few_shot_examples, render
 from teachers.base import RawOutput, Teacher, TeacherRequest
 from teachers.softlabel import BadLogprobs, NoLabelError, soft_label
 from workbench.cache.ledger import DONE, LEASED, OVER_BUDGET, end_owner, new_owner
@@ -176,9 +176,18 @@ class CachingJob:
     """One template x teacher x dataset, filling a cache."""
 
     def __init__(self, tcfg: TeacherConfig, ccfg: CacheConfig, template: Template, data: MSADataset,
-                 store: CacheStore, model_id: str) -> None:
+                 store: CacheStore, model_id: str, *, few_shot: int = 0,
+                 few_shot_seed: int = 0) -> None:
         self.tcfg, self.ccfg, self.template, self.data, self.store = tcfg, ccfg, template, data, store
         self.model_id = model_id
+        # few-shot examples from the data's own train split (data.few_shot), never valid/test
+        self.examples = few_shot_examples(
+            data.samples("train") if "train" in data.splits else [], data.info, template,
+            few_shot, few_shot_seed) if few_shot else []
+        self.max_examples = few_shot * len(self.examples and template.scale(data.info).labels)
+        if few_shot and not self.examples:
+            raise TemplateError(f"data.few_shot={few_shot}: dataset {data.info.name!r} has no "
+                                "labelled train samples to draw examples from")
         self.decoding = decoding_params(tcfg, template)
         self.spec = JobSpec(
             template=template.name, template_version=template.version, template_hash=template.hash,
@@ -218,7 +227,8 @@ class CachingJob:
         try:
             rendered = render(self.template, sample, self.data.info,
                               cue_fields=self.ccfg.cue_fields, variant=variant,
-                              audio=self.tcfg.send_audio)
+                              audio=self.tcfg.send_audio, examples=self.examples,
+                              max_examples=self.max_examples)
         except TemplateError as e:
             raise TemplateError(f"{self.data.info.source}: {e}") from None
         sid = sample.id if variants == 1 else f"{sample.id}#{variant}"

@@ -100,7 +100,7 @@ def job_config(recipe: Path | None, teacher: Path | None, data: str | None,
         for part in parents:
             node = node.setdefault(part, {})
         node[last] = value
-    apply_overrides(tree, overrides)
+    apply_overrides(tree, overrides, CacheJobConfig)  # data=FILE reads that file
     try:
         return from_dict(CacheJobConfig, tree)
     except ConfigError as e:

@@ -58,6 +58,13 @@ class DataConfig:
     subset_seed: int = 0
     """Seed of ``subset``: a sample is kept by the rank of hash(seed, id), so the choice does
     not depend on the file's row order and a larger count keeps every smaller one's."""
+    few_shot: int = 0
+    """Few-shot examples per answer word that a teacher's template is shown, drawn from this
+    dataset's own **train** split (never valid or test; a sample never sees itself), for
+    templates that render ``examples`` (``dialogue_polarity``, ``sentiment_polarity``); 0:
+    the template's own neutral examples."""
+    few_shot_seed: int = 0
+    """Seed of the few-shot draw."""
     # Manifest reader --------------------------------------------------------
     encoding: str = "utf-8"
     """Text encoding of a CSV/JSONL manifest (any Python codec name, e.g. ``latin-1``,
@@ -78,6 +85,20 @@ class DataConfig:
     present is still checked. Training and evaluation need labels whatever this says."""
     split_column: str = "split"
     """Manifest column holding the split of each row."""
+    split_files: dict[str, str] = field(default_factory=dict)
+    """One manifest per split instead of a split column, e.g. ``{train: train.csv, valid:
+    dev.csv, test: test.csv}``, named relative to ``path`` (then a folder). Each row gets
+    its file's split; ``id_format`` may use ``{split}`` where ids repeat across files."""
+    dialogue_column: str = ""
+    """Manifest column with a dialogue (conversation) id: turns the dialogue context on."""
+    turn_column: str = ""
+    """Manifest column with the utterance's position in its dialogue (a number)."""
+    speaker_column: str = ""
+    """Manifest column with the speaker's name (shown with the context)."""
+    context_turns: int = 0
+    """How many previous utterances of the same dialogue (same split, earlier turn) each
+    sample carries as ``context`` for templates (with speakers); 0: none. What a template
+    renders of it enters the cache key."""
     split_names: dict[str, str] = field(default_factory=dict)
     """Map raw split values to train/valid/test, e.g. ``{dev: valid, val: valid}``."""
     frames_column: str = ""
@@ -139,6 +160,16 @@ class DataConfig:
         except LookupError:
             check(False, "data.encoding", self.encoding,
                   "use a Python codec name such as utf-8, latin-1 or cp1252")
+        for split in self.split_files:
+            check(split in SPLITS, f"data.split_files.{split}", self.split_files[split],
+                  f"key each file by one of {list(SPLITS)}")
+        check(self.few_shot >= 0, "data.few_shot", self.few_shot,
+              "use 0 (the template's own examples) or a positive count per answer word")
+        check(self.context_turns >= 0, "data.context_turns", self.context_turns,
+              "use 0 (no context) or a positive number of previous utterances")
+        check(not self.context_turns or bool(self.dialogue_column and self.turn_column),
+              "data.context_turns", self.context_turns,
+              "dialogue context needs data.dialogue_column and data.turn_column")
         for split, n in self.subset.items():
             check(split in SPLITS, f"data.subset.{split}", n,
                   f"name a split of {list(SPLITS)}")

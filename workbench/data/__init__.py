@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.config import DataConfig
+from workbench.data.dialogue import add_dialogue_context
 from workbench.data.hf import read_hf
 from workbench.data.manifest import read_manifest
 from workbench.data.masks import availability, availability_counts
@@ -38,6 +39,8 @@ def detect_format(cfg: DataConfig) -> str:
     """The reader for ``cfg.path``: explicit ``cfg.format`` or from the file name."""
     if cfg.format != "auto":
         return cfg.format
+    if cfg.split_files:
+        return "manifest"
     p = Path(cfg.path)
     if p.is_dir():
         return "hf"
@@ -78,6 +81,8 @@ def read_samples(cfg: DataConfig) -> list[Sample]:
     if fmt == "hf" and (Path(cfg.path) / INFO_FILE).is_file():
         return MSADataset.load(cfg.path).samples()
     samples = READERS[fmt](cfg)
+    if cfg.dialogue_column:
+        add_dialogue_context(samples, cfg)
     if cfg.nonfinite == "zero":
         _fix_nonfinite(samples, cfg)
     validate(samples, cfg, cfg.path)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -175,8 +176,18 @@ def _read_npz(cfg: DataConfig, fpath: Path) -> dict[str, tuple[dict[str, int], n
     return out
 
 
-def read_manifest(cfg: DataConfig) -> list[Sample]:
-    """Read a CSV/JSONL manifest (and its optional feature file) into samples."""
+def read_manifest(cfg: DataConfig, split: str | None = None) -> list[Sample]:
+    """Read a CSV/JSONL manifest (and its optional feature file) into samples.
+
+    With ``data.split_files`` (one file per split, named relative to ``data.path``, a
+    folder) each file is read with its split given (``split``), which ``id_format`` may
+    use as ``{split}``."""
+    if cfg.split_files and split is None:
+        root = Path(cfg.path)
+        out: list[Sample] = []
+        for sp, name in cfg.split_files.items():
+            out += read_manifest(dataclasses.replace(cfg, path=str(root / name)), split=sp)
+        return out
     path = Path(cfg.path)
     if not path.is_file():
         raise DataError(f"manifest {path} does not exist: check data.path")
@@ -185,6 +196,9 @@ def read_manifest(cfg: DataConfig) -> list[Sample]:
     feats = load_features(cfg)
     samples: list[Sample] = []
     for lineno, row in _rows(path, cfg.encoding):
+        if split is not None:  # one file per split
+            row.setdefault(cfg.split_column, split)
+            row.setdefault("split", split)
         for col in (cfg.text_column, cfg.split_column):
             if col not in row:
                 raise DataError(f"{path}:{lineno}: no column {col!r} (columns: {sorted(row)})")
