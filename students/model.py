@@ -6,7 +6,7 @@ has, :class:`~students.fusion.GatedBottleneckFusion` (or, with
 ``student.fusion=dashfusion``, :class:`~students.dashfusion.DashFusion`), a prediction head, a head over the
 label bins, one auxiliary head per modality, and a linear projection of the fused vector
 for representation distillation. With ``cfg.prompted`` it also gets the
-:class:`DescriptionBranch` (MMSLF's teacher network): a frozen text encoder reads the
+:class:`~students.description.DescriptionBranch` (MMSLF's teacher network): a frozen text encoder reads the
 teacher's cached description, and its projection modulates fusion.
 
 How the bins relate to the scalar prediction
@@ -43,6 +43,7 @@ from torch import Tensor, nn
 
 from students.cyin import CyclicLatent
 from students.dashfusion import DashFusion
+from students.description import DescriptionBranch, DescriptionEncoding
 from students.encoders import (
     Encoded,
     TextEncoder,
@@ -151,63 +152,6 @@ class StudentEncoding:
     def available(self) -> dict[str, Tensor]:
         """Per modality (``text`` first), (B,) availability."""
         return {"text": self.text_avail, **self.avail}
-
-
-@dataclass
-class DescriptionEncoding:
-    """The description branch's output: pooled (B, h), token states, availability (B,)."""
-
-    pooled: Tensor
-    tokens: Encoded
-    available: Tensor
-
-
-class DescriptionBranch(nn.Module):
-    """Frozen text encoder + trainable projection for the teacher's descriptions.
-
-    An empty description (no teacher output for the sample) contributes nothing: its
-    pooled vector, token mask and FiLM terms are zeroed.
-    """
-
-    def __init__(self, cfg: StudentConfig, device: str | torch.device | None) -> None:
-        super().__init__()
-        self.encoder = TextEncoder(cfg.prompt_encoder or cfg.text_encoder, mode="frozen",
-                                   quantize=cfg.quantize,
-                                   compute_dtype=cfg.quant_compute_dtype, device=device)
-        self.max_len = cfg.prompt_max_len
-        self.mode = cfg.prompt_fusion
-        self.proj = nn.Sequential(nn.Linear(self.encoder.out_dim, cfg.hidden),
-                                  nn.LayerNorm(cfg.hidden))
-        # Only the film mode has FiLM weights (no parameter without a gradient, which
-        # distributed training would reject).
-        self.film = nn.Linear(cfg.hidden, 2 * cfg.hidden) if self.mode == "film" else None
-
-    def forward(self, descriptions: list[str], device: torch.device) -> DescriptionEncoding:
-        if not isinstance(descriptions, (list, tuple)) or not all(
-                isinstance(d, str) for d in descriptions):
-            raise TypeError("batch['descriptions'] must be a list of strings ('' where a sample "
-                            f"has none), got {type(descriptions).__name__}")
-        available = torch.tensor([1.0 if d.strip() else 0.0 for d in descriptions],
-                                 device=device)
-        tok = self.encoder.tokenizer(list(descriptions), padding=True, truncation=True,
-                                     max_length=self.max_len, return_tensors="pt")
-        tok = {k: v.to(device) for k, v in tok.items()}
-        enc = self.encoder(tok["input_ids"], tok["attention_mask"], tok.get("token_type_ids"))
-        tokens = self.proj(enc.tokens)
-        mask = enc.mask & available.bool().unsqueeze(1)
-        pooled = masked_mean(tokens, enc.mask) * available.unsqueeze(1)
-        return DescriptionEncoding(pooled=pooled,
-                                   tokens=Encoded(tokens=tokens * mask.unsqueeze(-1), mask=mask,
-                                                  pooled=pooled),
-                                   available=available)
-
-    def modulate(self, fused: Tensor, desc: DescriptionEncoding) -> Tensor:
-        """FiLM: ``fused * (1 + gamma) + beta``, with gamma, beta from the description."""
-        if self.film is None:
-            raise ValueError("FiLM needs student.prompt_fusion=film")
-        gamma, beta = self.film(desc.pooled).chunk(2, dim=-1)
-        a = desc.available.unsqueeze(1)
-        return fused * (1.0 + gamma * a) + beta * a
 
 
 def _check_bins(bins: list[float] | None, info: DataInfo) -> list[float] | None:

@@ -123,6 +123,8 @@ def data_synth(
     media: Annotated[bool, typer.Option("--media", help="Write real mp4 clips (drawn faces, "
                                         "voiced tones) and a manifest naming them, for "
                                         "`workbench data media`.")] = False,
+    domains: Annotated[int, typer.Option(help="Domains differing in vocabulary and feature "
+                                         "shift (0: none; 2..6), declared as data.domain.")] = 0,
 ) -> None:
     """Generate the synthetic MSA dataset (manifest.csv + features.npz + data.yaml), or
     with --media a folder of mp4 clips plus manifest.csv + data.yaml."""
@@ -139,7 +141,9 @@ def data_synth(
                       f"{escape(str(config))}; next: workbench data media {escape(str(config))} "
                       f"--out DIR")
         return
-    config = write_with_config(out, SynthSpec(n=n, seed=seed))
+    if domains == 1 or not 0 <= domains <= 6:
+        raise ConfigError(f"--domains={domains}: use 0 (none) or 2..6")
+    config = write_with_config(out, SynthSpec(n=n, seed=seed, domains=domains))
     console.print(f"wrote {n} synthetic utterances to {escape(str(out / 'manifest.csv'))}; "
                   f"config: {escape(str(config))}")
 
