@@ -17,6 +17,7 @@ from tests.support.media import (
     tone,
     write_corrupt,
     write_truncated,
+    write_unknown_codec_wav,
     write_video,
 )
 from workbench.config import DataConfig, MediaConfig, MediaJobConfig
@@ -26,7 +27,8 @@ from workbench.data.store import MSADataset, file_sha256
 
 GOOD = ["long_0", "long_1", "long_2", "mkv_clip", "wav_only", "images"]
 BAD = {"corrupt": "cannot open", "truncated": "truncated", "no_audio": "no audio stream",
-       "past_end": "past the end", "zero_len": "zero-length", "missing": "file not found"}
+       "past_end": "past the end", "zero_len": "zero-length", "missing": "file not found",
+       "odd_codec": "unsupported audio codec"}
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,7 @@ def folder(tmp_path_factory) -> Path:
     write_corrupt(root / "corrupt.mp4")
     write_truncated(long, root / "truncated.mp4", keep=0.25)
     write_video(root / "silent.mp4", seconds=2, audio=False)
+    write_unknown_codec_wav(root / "odd.wav")
     rows = [
         ("long_0", "long.mp4", "", "", 0, 2, "train", 1.0),
         ("long_1", "long.mp4", "", "", 2, 4, "train", -1.0),
@@ -56,6 +59,7 @@ def folder(tmp_path_factory) -> Path:
         ("past_end", "long.mp4", "", "", 5, 9, "train", 0.0),
         ("zero_len", "long.mp4", "", "", 3, 3, "train", 0.0),
         ("missing", "nowhere.mp4", "", "", "", "", "train", 0.0),
+        ("odd_codec", "", "odd.wav", "", "", "", "train", 0.0),
     ]
     with (root / "manifest.csv").open("w", newline="") as f:
         w = csv.writer(f)
@@ -152,7 +156,7 @@ def test_the_cli_ingests_and_lists_the_errors(folder, tmp_path):
                                    "frames_column=frames", "media.max_error_rate=0.6",
                                    "media.frames=2", "--out", str(out)])
     assert res.exit_code == 0, res.output
-    assert "ingested 6 of 12 clips" in res.output
+    assert "ingested 6 of 13 clips" in res.output
     for sid in BAD:
         assert sid in res.output
     assert all(len(s.media.frames) == 2 for s in MSADataset.load(out).samples() if s.id.startswith("long"))

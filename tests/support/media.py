@@ -52,6 +52,18 @@ def write_truncated(src: Path, path: Path, keep: float = 0.3) -> Path:
     return path
 
 
+def write_unknown_codec_wav(path: Path) -> Path:
+    """A WAV whose format tag names a codec FFmpeg has no decoder for."""
+    import struct
+
+    data = bytes(16_000)
+    fmt = struct.pack("<HHIIHH", 0x9999, 1, 16_000, 32_000, 2, 16)
+    path.write_bytes(b"RIFF" + struct.pack("<I", 4 + 8 + len(fmt) + 8 + len(data)) + b"WAVE"
+                     + b"fmt " + struct.pack("<I", len(fmt)) + fmt
+                     + b"data" + struct.pack("<I", len(data)) + data)
+    return path
+
+
 def espeak(path: Path, text: str) -> Path | None:
     """A spoken clip from espeak-ng (None where it is not installed)."""
     exe = shutil.which("espeak-ng")
