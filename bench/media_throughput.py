@@ -63,8 +63,7 @@ def main() -> None:
               f"({rates[procs] * SECONDS:.1f}x real time)")
     print(f"2 processes / 1 process: {rates[2] / rates[1]:.2f}x")
     total = sum(parts.values())
-    print(f"work per clip (1 process, sum of the parts): {total / n:.2f}s; workers start "
-          "by importing PyAV and openSMILE (spawn), which small runs pay for")
+    print(f"work per clip (1 process, sum of the parts): {total / n:.2f}s")
     print("share of the clip time (1 process): " + ", ".join(
         f"{k} {parts[k] / total:.0%}" for k in ("decode_video", "frames", "decode_audio", "egemaps")))
     print(loadavg())

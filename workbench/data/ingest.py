@@ -212,6 +212,14 @@ def _work(args: tuple[ClipSpec, MediaConfig, str]) -> dict[str, Any]:
 # ------------------------------------------------------------------ the job
 
 
+def _start_method() -> str:
+    """``fork`` (workers start at once) unless torch is loaded in this process, whose
+    threads do not survive a fork; then ``spawn`` (workers import PyAV and openSMILE)."""
+    import sys
+
+    return "spawn" if "torch" in sys.modules else "fork"
+
+
 def _run_clips(specs: list[ClipSpec], mcfg: MediaConfig, media_dir: Path, allowed: int,
                progress: Callable[[dict[str, Any]], None] | None) -> tuple[list[dict], bool]:
     """Every clip's record; ``stopped`` when errors passed ``allowed`` (the rest not run)."""
@@ -231,7 +239,7 @@ def _run_clips(specs: list[ClipSpec], mcfg: MediaConfig, media_dir: Path, allowe
             if take(process_clip(spec, mcfg, media_dir)):
                 return records, True
         return records, False
-    with ProcessPoolExecutor(max_workers=mcfg.processes, mp_context=get_context("spawn")) as pool:
+    with ProcessPoolExecutor(max_workers=mcfg.processes, mp_context=get_context(_start_method())) as pool:
         pending = {pool.submit(_work, (s, mcfg, str(media_dir))) for s in specs}
         while pending:
             finished, pending = wait(pending, return_when=FIRST_COMPLETED)
