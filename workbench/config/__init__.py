@@ -29,7 +29,6 @@ from workbench.config.data import DataConfig
 from workbench.config.distill import DistillConfig, LossConfig, SignalsConfig
 from workbench.config.evaluation import EvalConfig
 from workbench.config.fields import MODALITIES, SPLITS, ConfigError
-from workbench.config.media import MediaConfig, MediaJobConfig
 from workbench.config.loader import (
     apply_overrides,
     attribute_error,
@@ -39,6 +38,7 @@ from workbench.config.loader import (
     to_dict,
     versions,
 )
+from workbench.config.media import MediaConfig, MediaJobConfig
 from workbench.config.methods import (
     AugmentConfig,
     ConflictConfig,
