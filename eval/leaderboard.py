@@ -29,7 +29,6 @@ from eval.report import csv_table, markdown_table, order_metrics, summarize, wri
 from students.checkpoint import CONFIG_FILE
 from students.rundir import flatten_config
 
-
 NOT_RECIPE = ("train.seed", "train.output_dir", "train.overwrite", "train.num_threads",
               "train.num_workers", "eval.")
 """Resolved-config keys (or prefixes, ending in ``.``) that do not make a different recipe:

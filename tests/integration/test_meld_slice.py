@@ -152,3 +152,15 @@ def test_meld_slice_end_to_end(gemma, tmp_path):
     run("export", str(out), "--out", str(tmp_path / "exported"))
     spec = json.loads((tmp_path / "exported" / "export.json").read_text())
     assert spec["task"] == "classification" and spec["data_info"]["label_range"] is None
+    # the README's load_exported usage, as written there
+    import torch
+
+    from students.collate import Collator
+    from students.export import load_exported
+    from workbench.data.schema import Sample
+
+    model = load_exported(tmp_path / "exported")
+    samples = [Sample(id="u1", text="I can't believe you did that!", split="test")]
+    with torch.no_grad():
+        out = model(Collator.for_model(model)(samples))
+    assert tuple(out.pred.shape) == (1, len(spec["class_names"]))
