@@ -30,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -81,17 +82,29 @@ def mount_tmpfs(where: Path, size_mb: int) -> bool:
 
 
 def run_cli(recipe: Path, kill_after: float | None) -> tuple[int, str]:
+    """Run the job; with ``kill_after``, SIGKILL it that many seconds after it starts sending."""
     cmd = [sys.executable, "-m", "workbench.cli", "cache", "run", "--config", str(recipe)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
-    if kill_after is not None:
+    lines: list[str] = []
+    sending = threading.Event()
+
+    def read() -> None:
+        for line in proc.stderr:
+            lines.append(line)
+            if "to ask" in line:
+                sending.set()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    if kill_after is not None and sending.wait(timeout=600) and proc.poll() is None:
         try:
             proc.wait(timeout=kill_after)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
-    _, err = proc.communicate()
-    return proc.returncode, err
+    proc.wait()
+    reader.join()
+    return proc.returncode, "".join(lines)
 
 
 def disk_full_injected(cfg: CacheJobConfig) -> str:
@@ -118,10 +131,12 @@ def disk_full_injected(cfg: CacheJobConfig) -> str:
 def disk_full_episode(cfg: CacheJobConfig, recipe: Path, fs: Path | None) -> str:
     if fs is None:
         return "disk full injected (no mount here): " + disk_full_injected(cfg)
+    with CacheStore(cfg.cache.dir) as store:  # a killed run's WAL is reclaimed first
+        store.checkpoint()
     ballast = fs / "ballast.bin"
     free = shutil.disk_usage(fs).free
     with open(ballast, "wb") as f:
-        f.write(b"\0" * max(0, free - 32 * 1024))
+        f.write(b"\0" * max(0, free - 256 * 1024))
     rc, err = run_cli(recipe, kill_after=None)
     ballast.unlink()
     said = [line for line in err.splitlines() if line.startswith("error:")]
@@ -154,7 +169,7 @@ def main() -> None:
         episodes = []
         with Timer() as wall:
             for i in range(args.kills):
-                rc, _ = run_cli(recipe, kill_after=rng.uniform(4.0, 12.0))
+                rc, _ = run_cli(recipe, kill_after=rng.uniform(2.0, 8.0))
                 episodes.append(f"SIGKILL (rc {rc})")
                 if i == 0:  # the disk-full episode, while most keys are still to send
                     episodes.append(disk_full_episode(cfg, recipe, fs if mounted else None))

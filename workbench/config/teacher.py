@@ -60,6 +60,8 @@ class TeacherConfig:
     tokens_per_minute: int = 0
     """0 means no limit."""
     timeout_s: float = 60.0
+    """Total deadline of one attempt (connect, headers and the whole body); then the attempt
+    is retried, and after ``max_retries`` stored as a ``timeout`` row."""
     max_retries: int = 5
     batch_size: int = 8
     """Prompts per generate call for in-process backends."""
@@ -79,7 +81,9 @@ class TeacherConfig:
     loads); 0 keeps torch's default. A runtime knob: not part of the cache key."""
     price: PriceConfig = field(default_factory=PriceConfig)
     budget_usd: float = 0.0
-    """Stop the job cleanly once this much has been spent (0: no cap)."""
+    """Cap on what this teacher may cost the cache, in total over every run and job (stored
+    spend plus the worst-case price of requests in flight); the job stops cleanly there,
+    and a rerun with a larger cap continues (0: no cap)."""
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.85
     max_model_len: int = 4096
