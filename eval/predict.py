@@ -53,10 +53,13 @@ import torch
 from eval.data import check_data_matches, eval_items, load_data
 from eval.options import EvalError, parse_patterns, resolve_device, run_config
 from students.checkpoint import STUDENT_FILE, check_files, load_checkpoint, read_meta
+from students.export import EXPORT_FILE, read_export
 from students.inference import predict
 from students.robustness import drop_modalities
+from students.serving import RUNTIMES, load_served
 from workbench.config import MODALITIES, DataConfig
 from workbench.data.schema import Sample
+from workbench.data.store import DataInfo
 from workbench.io import atomic_write_text
 from workbench.metrics import SIMS_EDGES_3, SIMS_EDGES_5, sims_bins
 
@@ -84,8 +87,13 @@ class PredictOptions:
     """Modalities removed for every sample (text -> ``[UNK]``, features -> zeros)."""
     new_data: bool = False
     """Accept data other than the training data if task, metric set and features match."""
+    runtime: str = "torch"
+    """For an export directory: ``torch`` (float, or int8 as exported) or ``onnx`` (ONNX
+    Runtime, ``model.onnx``); a checkpoint runs in PyTorch only."""
 
     def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise PredictError(f"--runtime={self.runtime!r}: use one of {list(RUNTIMES)}")
         if self.batch_size < 1:
             raise PredictError(f"--batch-size={self.batch_size}: use at least 1")
         bad = [m for m in self.drop if m not in MODALITIES]
@@ -233,15 +241,28 @@ def _splits(ds: Any, split: str) -> list[str]:
     return [split]
 
 
+def is_export(path: str | Path) -> bool:
+    """Whether ``path`` is a student export (``workbench export``), not a checkpoint."""
+    return (Path(path) / EXPORT_FILE).is_file()
+
+
 def predict_samples(path: str | Path, opts: PredictOptions, data: DataConfig | None = None,
                     *, data_source: str = "") -> Predictions:
-    """Predict every sample of ``opts.split`` (or all splits) with checkpoint ``path``.
+    """Predict every sample of ``opts.split`` (or all splits) with checkpoint ``path``, or
+    with the export directory ``path`` (served by ``opts.runtime``).
 
     ``data`` overrides the checkpoint's own data config (``data_source`` names it in
-    messages). Raises :class:`PredictError` / :class:`eval.options.EvalError` /
+    messages; an export reads the data config of the checkpoint it came from). Raises
+    :class:`PredictError` / :class:`eval.options.EvalError` /
     :class:`students.checkpoint.CheckpointError` saying what is wrong.
     """
     p = Path(path)
+    if is_export(p):
+        return _predict_export(p, opts, data, data_source)
+    if opts.runtime != "torch":
+        raise PredictError(f"--runtime {opts.runtime}: {p} is a checkpoint, which runs in "
+                           "PyTorch; export it first (workbench export CHECKPOINT --out DIR "
+                           "--onnx) and predict with the export directory")
     check_files(p)
     meta = read_meta(p)
     device = opts.resolved_device()
@@ -250,7 +271,18 @@ def predict_samples(path: str | Path, opts: PredictOptions, data: DataConfig | N
     data_cfg = dataclasses.replace(data_cfg, labels="optional")
     source = data_source or f"(data section of {p / 'config.yaml'})"
     ds = load_data(data_cfg, data_source or "checkpoint", p)
-    trained = dataclasses.replace(meta.info, fingerprint="") if opts.new_data else meta.info
+    _check_data(meta.info, ds, source, p, opts)
+    modalities = list(meta.student.get("modalities") or ["text", *meta.info.feature_dims])
+    _check_drop(opts, modalities, p, f"per its {STUDENT_FILE}")
+    splits = _splits(ds, opts.split)
+    per_split = {sp: ds.samples(sp) for sp in splits}
+    items = {sp: eval_items(meta, s, ds, sp) for sp, s in per_split.items()}
+    model, _, meta = load_checkpoint(p, device=device)
+    return _predictions(model, meta.info, per_split, items, opts, p, str(device))
+
+
+def _check_data(trained: DataInfo, ds: Any, source: str, p: Path, opts: PredictOptions) -> None:
+    trained = dataclasses.replace(trained, fingerprint="") if opts.new_data else trained
     try:
         check_data_matches(trained, ds, source, p)
     except EvalError as e:
@@ -258,21 +290,55 @@ def predict_samples(path: str | Path, opts: PredictOptions, data: DataConfig | N
             raise
         raise PredictError(f"{e}. To predict on other data with the same task and "
                            "features, pass --new-data") from None
-    modalities = list(meta.student.get("modalities") or ["text", *meta.info.feature_dims])
+
+
+def _check_drop(opts: PredictOptions, modalities: list[str], p: Path, why: str) -> None:
     absent = [m for m in opts.drop if m not in modalities]
     if absent:
-        raise PredictError(f"--missing-modality {','.join(opts.drop)}: checkpoint {p} has no "
-                           f"{', '.join(absent)} input (it reads {modalities}, per its "
-                           f"{STUDENT_FILE}); name only those")
+        raise PredictError(f"--missing-modality {','.join(opts.drop)}: {p} has no "
+                           f"{', '.join(absent)} input (it reads {modalities}, {why}); "
+                           "name only those")
+
+
+def _predict_export(p: Path, opts: PredictOptions, data: DataConfig | None,
+                    data_source: str) -> Predictions:
+    spec = read_export(p)
+    if spec.get("kind") == "prompted":
+        raise PredictError(f"export {p} is a prompted network, which reads teacher "
+                           "descriptions; predict with its checkpoint instead")
+    device = opts.resolved_device()
+    if opts.runtime == "onnx" and device.type != "cpu":
+        raise PredictError(f"--runtime onnx serves on the CPU; pass --device cpu (not {device})")
+    info = DataInfo.from_json(spec["data_info"])
+    if data is None:
+        ckpt = Path((spec.get("source") or {}).get("checkpoint") or "")
+        if not (ckpt / "config.yaml").is_file():
+            raise PredictError(f"export {p}: the checkpoint it came from ({ckpt}) is not here "
+                               "to give the data config; pass --data")
+        data, where = run_config(ckpt).data, ckpt
+        source = data_source or f"(data section of {ckpt / 'config.yaml'})"
+    else:
+        where, source = p, data_source or "--data"
+    data = dataclasses.replace(data, labels="optional")  # rows without a label are fine
+    ds = load_data(data, data_source or "checkpoint", where)
+    _check_data(info, ds, source, p, opts)
+    _check_drop(opts, list(spec["modalities"]), p, f"per its {EXPORT_FILE}")
     splits = _splits(ds, opts.split)
     per_split = {sp: ds.samples(sp) for sp in splits}
-    items = {sp: eval_items(meta, s, ds, sp) for sp, s in per_split.items()}
-    model, _, meta = load_checkpoint(p, device=device)
-    info, task = meta.info, meta.info.task
+    model = load_served(p, opts.runtime)
+    if opts.runtime == "torch":
+        model = model.to(device)
+    where_run = "onnxruntime (cpu)" if opts.runtime == "onnx" else str(device)
+    return _predictions(model, info, per_split, per_split, opts, p, where_run)
+
+
+def _predictions(model: Any, info: DataInfo, per_split: dict[str, list[Sample]],
+                 items: dict[str, Any], opts: PredictOptions, p: Path,
+                 device: str) -> Predictions:
+    task = info.task
     masking = drop_modalities(opts.drop) if opts.drop else None
     rows: list[dict[str, Any]] = []
-    for sp in splits:
-        samples = per_split[sp]
+    for sp, samples in per_split.items():
         preds = predict(model, items[sp], opts.batch_size, masking=masking)
         cols = prediction_columns(preds, task, info.metric_set, info.class_names)
         for i, s in enumerate(samples):
@@ -285,10 +351,11 @@ def predict_samples(path: str | Path, opts: PredictOptions, data: DataConfig | N
     pred_cols = [c for c in rows[0] if c not in ("id", "split", "label")
                  and not c.endswith("_avail")]
     columns = ["id", "split", *pred_cols, *[f"{m}_avail" for m in MODALITIES], "label"]
+    splits = list(per_split)
     log.info("predicted %d samples (%s) with %s on %s%s", len(rows), ", ".join(splits), p,
              device, f", without {'+'.join(opts.drop)}" if opts.drop else "")
     return Predictions(columns=columns, rows=rows, splits={sp: len(per_split[sp]) for sp in splits},
-                       task=task, dropped=opts.drop, device=str(device))
+                       task=task, dropped=opts.drop, device=device)
 
 
 def predict_checkpoint(path: str | Path, out: str | Path, opts: PredictOptions,

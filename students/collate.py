@@ -78,7 +78,8 @@ class Collator:
     """
 
     def __init__(self, tokenizer: Any, info: DataInfo, max_text_len: int,
-                 n_bins: int | None = None, masking: MaskSpec | None = None) -> None:
+                 n_bins: int | None = None, masking: MaskSpec | None = None,
+                 inputs_only: bool = False) -> None:
         self.tokenizer = tokenizer
         self.info = info
         self.max_text_len = max_text_len
@@ -86,13 +87,17 @@ class Collator:
         self.masking = masking
         self.modalities = feature_modalities(info)
         self.unk_id: int | None = tokenizer.unk_token_id
+        self.inputs_only = inputs_only
 
     @classmethod
-    def for_model(cls, model: Any, masking: MaskSpec | None = None) -> Collator:
-        """A collator matching a :class:`students.model.StudentModel`."""
+    def for_model(cls, model: Any, masking: MaskSpec | None = None,
+                  inputs_only: bool = False) -> Collator:
+        """A collator matching a :class:`students.model.StudentModel` (``inputs_only``:
+        what ``forward`` reads, no labels or teacher signals; for serving)."""
         bins = model.bin_values
         return cls(model.tokenizer, model.info, model.cfg.max_text_len,
-                   n_bins=len(bins) if bins is not None else None, masking=masking)
+                   n_bins=len(bins) if bins is not None else None, masking=masking,
+                   inputs_only=inputs_only)
 
     def set_masking(self, masking: MaskSpec | None) -> None:
         self.masking = masking
@@ -100,7 +105,7 @@ class Collator:
     def __call__(self, items: Sequence[Sample | StudentItem]) -> dict[str, Any]:
         return collate(items, self.tokenizer, self.info, self.max_text_len,
                        n_bins=self.n_bins, masking=self.masking, modalities=self.modalities,
-                       unk_id=self.unk_id)
+                       unk_id=self.unk_id, inputs_only=self.inputs_only)
 
 
 def _features(samples: list[Sample], m: str, kind: str, dim: int) -> dict[str, torch.Tensor]:
@@ -180,8 +185,10 @@ def _teacher(items: list[StudentItem], n_bins: int | None) -> dict[str, Any]:
 
 def collate(items: Sequence[Sample | StudentItem], tokenizer: Any, info: DataInfo,
             max_text_len: int, n_bins: int | None = None, masking: MaskSpec | None = None,
-            modalities: list[str] | None = None, unk_id: int | None = None) -> dict[str, Any]:
-    """Collate ``items`` into a batch dict (keys in the module docstring)."""
+            modalities: list[str] | None = None, unk_id: int | None = None,
+            inputs_only: bool = False) -> dict[str, Any]:
+    """Collate ``items`` into a batch dict (keys in the module docstring); ``inputs_only``
+    (without a mask spec): only the keys ``forward`` reads (``ids``, text, features)."""
     if not items:
         raise ValueError("collate got an empty list of items")
     its = [it if isinstance(it, StudentItem) else StudentItem(sample=it) for it in items]
@@ -197,6 +204,8 @@ def collate(items: Sequence[Sample | StudentItem], tokenizer: Any, info: DataInf
     batch["text_avail"] = torch.tensor([1.0 if s.has("text") else 0.0 for s in samples])
     for m in mods:
         batch.update(_features(samples, m, info.feature_kind[m], info.feature_dims[m]))
+    if inputs_only and masking is None:
+        return batch
     classification = info.task == "classification"
     batch["labels"] = torch.tensor([_nan(s.label) for s in samples], dtype=torch.float32)
     batch["label_class"] = torch.tensor(

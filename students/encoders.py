@@ -19,9 +19,11 @@ padding. A sample with no usable frame yields zeros.
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import logging
 import math
+import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -197,6 +199,11 @@ def lora_target_names(model: nn.Module, targets: list[str], where: str = "") -> 
     return sorted(n for names in found.values() for n in names)
 
 
+_MERGED: weakref.WeakKeyDictionary[nn.Module, tuple[Any, nn.Module]] = (
+    weakref.WeakKeyDictionary())
+"""TextEncoder -> (weights' version key, merged copy): :meth:`TextEncoder.merged`."""
+
+
 class TextEncoder(nn.Module):
     """A pre-trained text encoder, mean-pooled, in ``lora`` / ``frozen`` / ``full`` mode.
 
@@ -264,15 +271,41 @@ class TextEncoder(nn.Module):
             self.model.eval()
         return self
 
+    def merged(self) -> nn.Module | None:
+        """For serving (eval mode, no gradients): a copy of the LoRA encoder with the adapter
+        merged into its weights (``merge_and_unload``), or None where there is nothing to
+        merge (``frozen`` / ``full``, or a bitsandbytes base, whose merge would re-quantize).
+
+        The copy is made once and kept while the adapter's and base's weights are unchanged
+        (their in-place version counters: an optimizer step makes a new copy on the next
+        call); it is not a submodule (no state dict, no ``.to``: it is rebuilt on another
+        device). Same outputs as the adapter up to float rounding.
+        """
+        if self.mode != "lora" or self.quantize != "none" or self.training:
+            return None
+        params = list(self.model.parameters())
+        key = tuple((p.data_ptr(), p._version) for p in params)
+        hit = _MERGED.get(self)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with torch.inference_mode(False), torch.no_grad():  # plain tensors, usable anywhere
+            merged = copy.deepcopy(self.model).merge_and_unload().eval()
+        merged.requires_grad_(False)
+        _MERGED[self] = (key, merged)
+        return merged
+
     def forward(self, input_ids: Tensor, attention_mask: Tensor,
-                token_type_ids: Tensor | None = None) -> Encoded:
-        """Token states ``(B, L, out_dim)``, the attention mask as bool, and their mean."""
+                token_type_ids: Tensor | None = None, merged: bool = False) -> Encoded:
+        """Token states ``(B, L, out_dim)``, the attention mask as bool, and their mean.
+
+        ``merged`` (serving, eval mode): run :meth:`merged` where it exists."""
         kwargs: dict[str, Tensor] = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
+        net = (self.merged() if merged and not torch.is_grad_enabled() else None) or self.model
         ctx = torch.no_grad() if self.mode == "frozen" else contextlib.nullcontext()
         with ctx:
-            states = self.model(**kwargs).last_hidden_state
+            states = net(**kwargs).last_hidden_state
         states = states.float()
         mask = attention_mask.bool()
         return Encoded(tokens=states, mask=mask, pooled=masked_mean(states, mask))

@@ -18,6 +18,16 @@
 ``model.onnx``             with ``--onnx`` (:func:`export_onnx`)
 =========================  ==============================================================
 
+With ``--int8`` (:func:`export_checkpoint`'s ``int8``) ``export.json`` gets an ``int8``
+section and :func:`load_exported` applies dynamic int8 quantization
+(:func:`quantize_int8`: every ``nn.Linear``, weights int8 per tensor, activations
+quantized per batch at run time) to the float weights it loads; the files stay float32
+(``model.onnx`` too; with ``--onnx``, ``model.int8.onnx`` is ONNX Runtime's own dynamic
+int8 model), ``load_exported(path, int8=False)`` gives the float model. The
+accuracy change on the validation split is measured by the caller
+(:func:`eval.export_check.measure_int8`, what ``workbench export --int8`` runs) and
+written into that section.
+
 :func:`load_exported` (one call, no PEFT import) rebuilds the model: a
 :class:`~students.model.StudentModel` in eval mode whose ``forward`` takes the batch dicts
 :class:`~students.collate.Collator` makes (``Collator.for_model(model)``) and returns the
@@ -72,6 +82,7 @@ WEIGHTS_FILE = "model.safetensors"
 TEXT_DIR = "text_encoder"
 PROMPT_DIR = "prompt_encoder"
 ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model.int8.onnx"
 
 
 class ExportError(WorkbenchError, RuntimeError):
@@ -257,6 +268,7 @@ def _write_export(model: StudentModel, tmp: Path, source: dict[str, Any] | None
                     "bin_logits": "(B, n_bins) or null"},
         "text_encoder": how,
         "onnx": None,
+        "int8": None,
         "source": source or {},
         "versions": versions(),
     }
@@ -274,10 +286,12 @@ def _data_info(info: DataInfo) -> dict[str, Any]:
 
 
 def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = False,
-                      overwrite: bool = False, device: str | torch.device = "cpu") -> Path:
+                      overwrite: bool = False, device: str | torch.device = "cpu",
+                      int8: bool = False) -> Path:
     """Load a checkpoint and export it (:func:`export_model`; with ``onnx``, also
-    :func:`export_onnx`). A quantized base is loaded on ``device`` (bitsandbytes places
-    weights at load time); the exported weights are written from the CPU."""
+    :func:`export_onnx`; with ``int8``, :func:`mark_int8`). A quantized base is loaded on
+    ``device`` (bitsandbytes places weights at load time); the exported weights are
+    written from the CPU."""
     from students.checkpoint import load_checkpoint
 
     if onnx:
@@ -292,6 +306,8 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = Fal
         "trained_with": meta.versions})
     if onnx:
         export_onnx(out)
+    if int8:
+        mark_int8(out)
     return out
 
 
@@ -315,11 +331,13 @@ def read_export(path: str | Path) -> dict[str, Any]:
     return spec
 
 
-def load_exported(path: str | Path, device: str | torch.device = "cpu") -> StudentModel:
+def load_exported(path: str | Path, device: str | torch.device = "cpu",
+                  int8: bool | None = None) -> StudentModel:
     """Load an export directory: a :class:`~students.model.StudentModel` in eval mode on
     ``device``, with no gradients and no PEFT.
 
     ``model(Collator.for_model(model)(samples))`` gives what the checkpoint gives.
+    ``int8``: quantize (:func:`quantize_int8`, CPU only); None: as ``export.json`` says.
     """
     p = Path(path).resolve()
     spec = read_export(p)
@@ -351,7 +369,75 @@ def load_exported(path: str | Path, device: str | torch.device = "cpu") -> Stude
                           f"{res.unexpected_keys[:8]}); re-export the checkpoint")
     model.requires_grad_(False)
     model.eval()
+    if int8 if int8 is not None else bool(spec.get("int8")):
+        quantize_int8(model)
     return model
+
+
+# ---------------------------------------------------------------------------------- int8
+
+
+def quantize_int8(model: StudentModel) -> int:
+    """Dynamic int8 quantization of every ``nn.Linear`` of ``model`` in place
+    (``torch.ao.quantization.quantize_dynamic``: int8 weights per output channel,
+    activations quantized per batch; CPU only); returns the number of layers quantized.
+    ``nn.MultiheadAttention``'s output projection stays float (PyTorch does not quantize
+    it dynamically)."""
+    import warnings
+
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    if model.device.type != "cpu":
+        raise ExportError(f"int8 (dynamic quantization) runs on the CPU; load the export with "
+                          f"device='cpu' (not {model.device})")
+    with warnings.catch_warnings():  # torch.ao's own deprecation notes, once per layer
+        warnings.simplefilter("ignore")
+        for name, child in list(model.named_children()):
+            if name != "bins":
+                setattr(model, name, quantize_dynamic(
+                    child, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8))
+    return sum(1 for m in model.modules()
+               if type(m).__module__.startswith("torch.ao.nn.quantized.dynamic"))
+
+
+def quantize_onnx_int8(export_dir: str | Path) -> Path:
+    """``model.int8.onnx`` beside ``model.onnx``: ONNX Runtime's dynamic int8 quantization
+    of its MatMul / Gemm nodes (int8 weights per output channel, uint8 activations
+    quantized per batch); recorded in ``export.json``'s ``int8.onnx_file``."""
+    if importlib.util.find_spec("onnxruntime") is None:
+        raise ExportError("--int8 with --onnx needs onnxruntime (its quantization tool): pip "
+                          "install onnxruntime; or export without --onnx")
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    p = Path(export_dir)
+    target = p / ONNX_INT8_FILE
+    with _quiet_loggers("root"):
+        quantize_dynamic(str(p / ONNX_FILE), str(target), weight_type=QuantType.QInt8,
+                         per_channel=True, op_types_to_quantize=["MatMul", "Gemm"])
+    return target
+
+
+def mark_int8(export_dir: str | Path, accuracy: dict[str, Any] | None = None,
+              onnx_accuracy: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Record int8 serving in ``export.json`` (:func:`load_exported` then quantizes; with an
+    ONNX model, :func:`quantize_onnx_int8` writes ``model.int8.onnx``), with the measured
+    accuracy changes when given; returns the ``int8`` section."""
+    p = Path(export_dir)
+    spec = read_export(p)
+    layers = quantize_int8(load_exported(p, int8=False))
+    onnx_file = None
+    if spec.get("onnx"):
+        onnx_file = ONNX_INT8_FILE if (p / ONNX_INT8_FILE).is_file() else \
+            quantize_onnx_int8(p).name
+    section = {"method": "torch.ao.quantization.quantize_dynamic (per-channel qint8)",
+               "modules": "nn.Linear", "layers": layers, "weights_stored": "float32",
+               "accuracy": accuracy, "onnx_file": onnx_file,
+               "onnx_method": ("onnxruntime.quantization.quantize_dynamic (per-channel QInt8, "
+                               "MatMul/Gemm)") if onnx_file else None,
+               "onnx_accuracy": onnx_accuracy}
+    spec["int8"] = section
+    (p / EXPORT_FILE).write_text(json.dumps(spec, indent=2, default=str) + "\n")
+    return section
 
 
 # ---------------------------------------------------------------------------------- ONNX
@@ -421,7 +507,7 @@ def export_onnx(export_dir: str | Path, opset: int = 18) -> Path:
     require_onnx()
     p = Path(export_dir)
     spec = read_export(p)
-    model = load_exported(p)
+    model = load_exported(p, int8=False)
     if model.prompt is not None:
         raise ExportError("a prompted network tokenizes descriptions inside forward; ONNX "
                           "export supports plain students only")

@@ -232,6 +232,9 @@ class StudentModel(nn.Module):
                                           self.modalities, mc.adapter_layers, mc.adapter_rank,
                                           cfg.heads)
                         if midg and mc.adapter and self.modalities else None)
+        self.serve_merged = False
+        """Serving (:func:`students.inference.predict`): the text encoder runs its merged
+        copy (:meth:`~students.encoders.TextEncoder.merged`) under no-grad in eval mode."""
         # MS-Mix: emotional intensity |score| per modality (training only).
         self.intensity_heads = (nn.ModuleDict({
             m: nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 1))
@@ -245,7 +248,7 @@ class StudentModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return self.text_proj[0].weight.device
+        return self.bins.device  # a buffer: also on an int8 model, whose Linear has no .weight
 
     def parameter_counts(self) -> dict[str, ParamCount]:
         """Total / trainable parameters per component and overall (``all``)."""
@@ -323,8 +326,8 @@ class StudentModel(nn.Module):
         if self.adapter is not None and feats is not None:
             with self.adapter.reading(*feats):  # MIDG: the text layers read audio / vision
                 te = self.text(ids, am, batch.get("token_type_ids"))
-        else:
-            te = self.text(ids, am, batch.get("token_type_ids"))
+        else:  # serving may run the merged encoder (MIDG's adapter hooks the layers: not then)
+            te = self.text(ids, am, batch.get("token_type_ids"), merged=self.serve_merged)
         tok = self.text_proj(te.tokens)
         text = Encoded(tokens=tok, mask=te.mask, pooled=masked_mean(tok, te.mask))
         others, avail = feats if feats is not None else self._features(batch)

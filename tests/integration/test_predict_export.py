@@ -1,6 +1,7 @@
 """`workbench predict` and `workbench export` through typer's CliRunner on the tiny trained
 checkpoints of tests/support/checkpoints.py (MiniLM + LoRA), the export loaded in a
-subprocess where PEFT cannot be imported, and bench/merged_latency.py's measurement."""
+subprocess where PEFT cannot be imported, ``--int8`` / ``--onnx`` exports served by
+``workbench predict`` through PyTorch and ONNX Runtime, and bench/student_speed.py."""
 
 from __future__ import annotations
 
@@ -275,20 +276,60 @@ def test_export_loads_without_peft(boosted, exported, ck, dataset, tmp_path):
     np.testing.assert_allclose(np.load(out), want, rtol=1e-5, atol=1e-6)
 
 
-def test_merged_latency_bench_reports_both_models(ck, capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(REPO / "bench"))
-    import merged_latency
+def test_int8_and_onnx_exports_serve_through_predict(boosted, ck, dataset, tmp_path):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the onnx extra)")
+    pytest.importorskip("onnxscript", reason="onnxscript is not installed (the onnx extra)")
+    from students.serving import OrtStudent
 
-    res = merged_latency.main([str(ck["a"].parent), "--runs", "4", "--warmup", "1",
-                               "--batch-runs", "2", "--batch-size", "8"])
+    out = tmp_path / "exp"
+    r = run("export", str(boosted), "--out", str(out), "--onnx", "--int8")
+    assert r.exit_code == 0, r.output
+    assert "int8 in PyTorch on valid" in r.output and "int8 in ONNX Runtime" in r.output
+    spec = json.loads((out / "export.json").read_text())
+    section = spec["int8"]
+    assert section["layers"] > 20 and section["onnx_file"] == "model.int8.onnx"
+    n_valid = len(dataset.samples("valid"))
+    for acc in (section["accuracy"], section["onnx_accuracy"]):
+        assert acc["split"] == "valid" and acc["samples"] == n_valid
+        assert set(acc["delta"]) == set(acc["float32"]) and np.isfinite(acc["delta"]["mae"])
+        assert acc["delta"]["mae"] == pytest.approx(acc["int8"]["mae"] - acc["float32"]["mae"])
+    model, _, _ = load_checkpoint(boosted)
+    samples = _probe(dataset)
+    want = predict(model, samples, 4)
+    # ONNX Runtime, float32: the checkpoint's predictions within 1e-4
+    np.testing.assert_allclose(predict(OrtStudent(out), samples, 4), want, atol=1e-4, rtol=0)
+    # int8 in both runtimes: quantized (not the float model), still near it
+    int8_pt = predict(load_exported(out), samples, 4)
+    assert 0 < np.abs(int8_pt - want).max() < 0.5
+    assert not isinstance(load_exported(out).text_proj[0], torch.nn.Linear)
+    # workbench predict serves the export: int8 ONNX as exported, and the CSV says so
+    csv_out = tmp_path / "ort.csv"
+    r = run("predict", str(out), "--runtime", "onnx", "--out", str(csv_out))
+    assert r.exit_code == 0, r.output
+    assert "onnxruntime" in r.output
+    rows = _rows(csv_out)
+    test = dataset.samples("test")
+    assert [row["id"] for row in rows] == [s.id for s in test]
+    ort8 = predict(OrtStudent(out, int8=True), test, 64)
+    np.testing.assert_allclose([float(row["score"]) for row in rows], ort8, atol=1e-6)
+    r = run("predict", str(ck["a"]), "--runtime", "onnx", "--out", str(csv_out))
+    assert r.exit_code == 2 and "export it first" in r.output
+
+
+def test_student_speed_bench_times_every_path(ck, capsys, monkeypatch):
+    pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (the onnx extra)")
+    pytest.importorskip("onnxscript", reason="onnxscript is not installed (the onnx extra)")
+    monkeypatch.syspath_prepend(str(REPO / "bench"))
+    import student_speed
+
+    res = student_speed.main(["--checkpoint", str(ck["a"]), "--n", "8", "--runs", "3",
+                              "--threads", "1", "--batch-size", "4"])
     out = capsys.readouterr().out
-    assert res["max_abs_diff"] < 1e-4
-    for name in ("adapter", "merged"):
-        m = res["models"][name]
-        assert 0 < m["b1_p50_ms"] <= m["b1_p95_ms"] and m["samples_per_s"] > 0
-        assert out.count(name) >= 2
-    assert res["ratio"]["batch_ms"] == pytest.approx(
-        res["models"]["merged"]["batch_ms"] / res["models"]["adapter"]["batch_ms"])
-    assert "merged/adapter" in out and "b8 samples/s" in out
-    with pytest.raises(SystemExit, match="no adapter"):
-        merged_latency.measure(ck["b"], runs=1, warmup=0, batch_runs=1, batch_size=2)
+    paths = {"adapter", "merged", "int8", "ort", "ort-int8", "bare-pt", "bare-ort"}
+    assert set(res["results"][1]) == paths
+    for m in res["results"][1].values():
+        assert m["samples_per_s"] > 0 and 0 < m["p50_ms"] <= m["p95_ms"]
+    assert res["max_abs_diff"]["merged"] < 1e-4 and res["max_abs_diff"]["ort"] < 1e-4
+    assert res["max_abs_diff"]["int8"] > 0
+    assert res["flops"] > 0 and res["rates_gflops"][1] > 0
+    assert "compute bound" in out and out.count("goal") == 4 and "bare-ort" in out

@@ -42,16 +42,27 @@ def predict_cmd(
     new_data: Annotated[bool, typer.Option(
         "--new-data", help="Accept data other than the training data when task, metric set "
                            "and features match (new utterances).")] = False,
+    runtime: Annotated[str, typer.Option(
+        help="For an export directory: torch (float, or int8 if exported with --int8) or "
+             "onnx (ONNX Runtime on model.onnx, CPU).")] = "torch",
     threads: ThreadsOpt = 0,
 ) -> None:
-    """Per-sample predictions (score / class, classes, modality availability, label) as CSV or JSONL."""
-    from eval.predict import PredictOptions, output_format, parse_drop, predict_checkpoint
+    """Per-sample predictions (score / class, classes, modality availability, label) as CSV
+    or JSONL, from a checkpoint or an export directory (workbench export)."""
+    from eval.predict import (
+        PredictOptions,
+        is_export,
+        output_format,
+        parse_drop,
+        predict_checkpoint,
+    )
 
     set_threads(threads)
     output_format(out)
-    path = one_checkpoint(checkpoint)
+    path = Path(checkpoint) if is_export(checkpoint) else one_checkpoint(checkpoint)
     opts = PredictOptions(split=split, batch_size=batch_size, device=device,
-                          drop=parse_drop(missing_modality), new_data=new_data)
+                          drop=parse_drop(missing_modality), new_data=new_data,
+                          runtime=runtime)
     res = predict_checkpoint(path, out, opts, data_config(data, []) if data else None,
                              data_source=data or "")
     per = ", ".join(f"{k} {v}" for k, v in res.splits.items())
@@ -65,6 +76,9 @@ def export_cmd(
     out: Annotated[Path, typer.Option("--out", "-o", help="Export directory (new or empty).")],
     onnx: Annotated[bool, typer.Option(
         "--onnx", help="Also write model.onnx (needs the onnx and onnxscript packages).")] = False,
+    int8: Annotated[bool, typer.Option(
+        "--int8", help="Serve with dynamic int8 linear layers (CPU); the accuracy change on "
+                       "the validation split is measured and written into export.json.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
     device: Annotated[str, typer.Option(
         help="Where to load the checkpoint (a bitsandbytes base may need cuda).")] = "cpu",
@@ -74,7 +88,18 @@ def export_cmd(
     from students.export import export_checkpoint, read_export
 
     path = one_checkpoint(checkpoint)
-    written = export_checkpoint(path, out, onnx=onnx, overwrite=force, device=device)
+    written = export_checkpoint(path, out, onnx=onnx, overwrite=force, device=device, int8=int8)
+    if int8:
+        from eval.export_check import measure_int8
+
+        section = measure_int8(path, written)
+        for where, acc in (("PyTorch", section["accuracy"]),
+                           ("ONNX Runtime", section["onnx_accuracy"])):
+            if acc:
+                shown = [k for k in ("acc2_non0", "acc2", "acc", "mae") if k in acc["delta"]]
+                console.print(f"int8 in {where} on {acc['split']} ({acc['samples']} samples): "
+                              + ", ".join(f"{k} {acc['float32'][k]:.4f} -> "
+                                          f"{acc['int8'][k]:.4f}" for k in shown[:2]))
     spec = read_export(written)
     how = spec["text_encoder"]
     what = {"merged_lora": "LoRA adapter merged into the text encoder",
@@ -84,4 +109,5 @@ def export_cmd(
     console.print(f"exported {escape(str(path))} to {escape(str(written))}: "
                   f"{what.get(how['made_by'], how['made_by'])}{note}"
                   + (", model.onnx" if spec.get("onnx") else "")
+                  + (", int8 linear layers" if spec.get("int8") else "")
                   + "; load with students.export.load_exported")
