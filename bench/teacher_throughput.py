@@ -21,6 +21,7 @@ compared with today's (max |Δp|).
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import tempfile
 import time
@@ -43,7 +44,9 @@ def measure(tcfg: TeacherConfig, data: DataConfig, template: str, n: int, cache:
     summary = run_cache_job(cfg)
     with CacheStore(cache) as store:
         outs = store.current(summary.job_id)
-    probs = {k: o.soft_label.probs for k, o in outs.items() if o.ok and o.soft_label}
+    # by position in the plan: backends with different model ids have different keys
+    probs = {i: outs[k].soft_label.probs for i, k in enumerate(summary.keys)
+             if k in outs and outs[k].ok and outs[k].soft_label}
     return summary.report.ok / summary.report.wall_s, summary.report.ok, probs, summary
 
 
@@ -75,8 +78,9 @@ def request_flops(config, tokens: float, context: float) -> float:
     return tokens * layers * (per_token_layer + attn) + 2 * h * c.vocab_size
 
 
-def prompt_tokens(template: str, data: DataConfig, n: int) -> tuple[float, float]:
-    """Mean prompt tokens of the first N test prompts, and the tokens they all share."""
+def prompt_tokens(template: str, data: DataConfig, n: int) -> tuple[float, float, float]:
+    """Mean prompt tokens of the first N test prompts, the tokens they all share, and the
+    suffix tokens a request runs once padded in batches of BATCH sorted by length."""
     from transformers import AutoTokenizer
 
     from prompts import load_template, render
@@ -87,8 +91,10 @@ def prompt_tokens(template: str, data: DataConfig, n: int) -> tuple[float, float
     ds = load_dataset(data)
     tpl = load_template(template)
     samples = list(ds.iter_samples("test"))[:n]
-    rows = [tok(render(tpl, s, ds.info).prompt)["input_ids"] for s in samples]
-    return sum(map(len, rows)) / len(rows), float(shared_prefix_len(rows))
+    rows = sorted((tok(render(tpl, s, ds.info).prompt)["input_ids"] for s in samples), key=len)
+    shared = shared_prefix_len(rows)
+    padded = sum(len(b) * (len(b[-1]) - shared) for b in (rows[i:i + BATCH] for i in range(0, len(rows), BATCH)))
+    return sum(map(len, rows)) / len(rows), float(shared), padded / len(rows)
 
 
 def main() -> None:
@@ -105,39 +111,44 @@ def main() -> None:
     paths = [("hf_local generate (today)", dict(score_only=False, prefix_cache=False)),
              ("hf_local score-only", dict(score_only=True, prefix_cache=False)),
              ("hf_local score-only + prefix", dict(score_only=True, prefix_cache=True))]
+    print(f"{template} on {data.name or Path(data.path).stem} ({n} test transcripts), 1 torch thread, "
+          f"batch {BATCH}, {loadavg()}", flush=True)
     rows, probs = [], {}
-    for i, (name, kw) in enumerate(paths):
-        rate, ok, p, _ = measure(TeacherConfig(**base, **kw), data, template, n, tmp / f"hf{i}")
+
+    def show(name, rate, ok, p):
         rows.append((name, rate, ok))
         probs[name] = p
-    with llama_server(gemma_gguf_path(), threads=1) as url:
-        cfg = TeacherConfig(backend="openai_compat", model="gemma3-270m", base_url=url, api="completions",
-                            max_concurrency=BATCH, timeout_s=600, repetition_penalty=1.2)
-        rate, ok, p, _ = measure(cfg, data, template, n, tmp / "llama")
-        rows.append((f"llama.cpp server, concurrency {BATCH}", rate, ok))
-        probs[rows[-1][0]] = p
+        dp = "" if len(rows) == 1 else f"   max |Δp| vs today {max_dp(probs[rows[0][0]], p):.1e}"
+        print(f"  {name:<34} {rate:6.2f} samples/s  {rate / rows[0][1]:5.2f}x  ({ok} ok){dp}", flush=True)
 
-    mean_tokens, shared = prompt_tokens(template, data, n)
+    for i, (name, kw) in enumerate(paths):
+        rate, ok, p, _ = measure(TeacherConfig(**base, **kw), data, template, n, tmp / f"hf{i}")
+        show(name, rate, ok, p)
+    if importlib.util.find_spec("llama_cpp") is None:
+        print("  llama.cpp server: llama-cpp-python is not installed (`make bench` builds it)")
+    else:
+        with llama_server(gemma_gguf_path(), threads=1) as url:
+            cfg = TeacherConfig(backend="openai_compat", model="gemma3-270m", base_url=url, api="completions",
+                                max_concurrency=BATCH, timeout_s=600, repetition_penalty=1.2)
+            rate, ok, p, _ = measure(cfg, data, template, n, tmp / "llama")
+            show(f"llama.cpp server, concurrency {BATCH}", rate, ok, p)
+
+    mean_tokens, shared, padded = prompt_tokens(template, data, n)
     config = AutoConfig.from_pretrained(str(gemma_hf_dir()))
     rate = matmul_rate(torch)
     suffix = mean_tokens - shared
     bound_full = rate / request_flops(config, mean_tokens, mean_tokens / 2)
     bound_suffix = rate / request_flops(config, suffix, shared + suffix / 2)
 
-    today = rows[0][1]
-    print(f"{template} on {data.name or Path(data.path).stem} ({n} test transcripts), 1 torch thread, "
-          f"batch {BATCH}, {loadavg()}")
-    for name, r, ok in rows:
-        dp = "" if name == paths[0][0] else f"   max |Δp| vs today {max_dp(probs[paths[0][0]], probs[name]):.1e}"
-        print(f"  {name:<34} {r:6.2f} samples/s  {r / today:5.2f}x  ({ok} ok){dp}")
     print(f"  prompt: {mean_tokens:.1f} tokens on average, {shared:.0f} shared by every prompt "
-          f"({suffix:.1f} of its own)")
+          f"({suffix:.1f} of its own, {padded:.1f} once padded in batches of {BATCH})")
     print(f"  matmul rate (fp32, 1 thread): {rate / 1e9:.1f} GFLOP/s")
     print(f"  compute bound, whole prompt:  {bound_full:6.2f} samples/s "
           f"({request_flops(config, mean_tokens, mean_tokens / 2) / 1e9:.2f} GFLOP/request)")
     print(f"  compute bound, suffix only:   {bound_suffix:6.2f} samples/s "
           f"({request_flops(config, suffix, shared + suffix / 2) / 1e9:.2f} GFLOP/request); "
           f"score-only + prefix reaches {rows[2][1] / bound_suffix:.2f} of it")
+    print(f"  the bounds' own ratio (whole prompt / suffix): {bound_suffix / bound_full:.2f}x")
 
 
 if __name__ == "__main__":
