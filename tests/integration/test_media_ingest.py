@@ -213,3 +213,25 @@ def test_frame_embeddings_from_a_local_image_encoder(folder, tmp_path):
     assert again.seconds.get("embed", 0) < report.seconds["embed"]  # stored per clip
     np.testing.assert_array_equal(sorted(MSADataset.load(cfg.out).samples(), key=lambda s: s.id)[0].vision,
                                   a.vision)
+
+
+def test_data_synth_media_writes_real_clips_cut_by_segments(tmp_path):
+    import av
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    res = CliRunner().invoke(app, ["data", "synth", "--media", "--n", "20", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    videos = sorted((tmp_path / "videos").glob("*.mp4"))
+    assert len(videos) == 10
+    with av.open(str(videos[0])) as c:
+        assert c.streams.video[0].codec_context.name == "h264"
+        assert c.streams.audio[0].codec_context.name == "aac"
+        assert c.duration / 1e6 == pytest.approx(4.0, abs=0.1)  # two 2-second clips
+    rows = list(csv.DictReader((tmp_path / "manifest.csv").open()))
+    assert [(r["start"], r["end"]) for r in rows[:2]] == [("0.0", "2.0"), ("2.0", "4.0")]
+    from workbench.config import load_config
+
+    cfg = load_config(DataConfig, tmp_path / "data.yaml")
+    assert cfg.video_file_column == "video"
