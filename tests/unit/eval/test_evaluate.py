@@ -89,7 +89,8 @@ def test_sweep_has_ten_rates_by_three_seeds_and_rate_zero_is_the_plain_evaluatio
     assert all(len(runs) == 3 for runs in full.sweep.values())
     for run in full.sweep[0.0]:
         assert run == pytest.approx(full.metrics, rel=1e-9, abs=1e-12)
-    assert all(std == 0.0 for _, std in rob["per_rate"][0.0].values())
+    # zero up to the last bit: a busy machine may give BLAS fewer threads, reordering sums
+    assert all(std == pytest.approx(0.0, abs=1e-12) for _, std in rob["per_rate"][0.0].values())
     mae_avg = np.mean([rob["per_rate"][r]["mae"][0] for r in rob["rates"]])
     assert rob["average"]["mae"] == pytest.approx(mae_avg)
     assert len(full.seed_averages()) == 3
