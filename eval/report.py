@@ -78,7 +78,8 @@ def summarize(runs: Sequence[Mapping[str, float]]) -> dict[str, MeanStd]:
     """Mean and sample standard deviation (ddof=1) of each metric over ``runs``.
 
     Each run is ``{metric: value}`` (e.g. one seed); all runs must have the same metrics.
-    With a single run the std is 0.0. Metric order follows the first run.
+    With a single run, or runs that agree exactly, the std is 0.0 and the mean the value
+    itself (not float noise of the summation). Metric order follows the first run.
     """
     if not runs:
         raise ValueError("summarize needs at least one run; got an empty list")
@@ -94,8 +95,10 @@ def summarize(runs: Sequence[Mapping[str, float]]) -> dict[str, MeanStd]:
     out: dict[str, MeanStd] = {}
     for name in names:
         values = np.array([float(run[name]) for run in runs], dtype=np.float64)
-        std = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-        out[name] = (float(np.mean(values)), std)
+        if len(values) == 1 or bool(np.all(values == values[0])):
+            out[name] = (float(values[0]), 0.0)
+            continue
+        out[name] = (float(np.mean(values)), float(np.std(values, ddof=1)))
     return out
 
 
