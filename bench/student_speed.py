@@ -22,7 +22,7 @@ accuracy change is measured on the whole MOSI test split (non-0 Acc-2). Goals (i
 best fp32 path >= bare-ort at batch 64; best fp32 batch-1 p50 <= 1.2 x bare-ort's; int8 >=
 1.6 x its fp32 throughput with |delta non0 Acc-2| <= 0.5.
 
-    python bench/student_speed.py [--checkpoint CKPT] [--n 256] [--runs 100]
+    python bench/student_speed.py [--checkpoint CKPT] [--n 192] [--runs 80]
         [--threads 1,2] [--train-epochs 1]
 
 Without --checkpoint it uses runs/mosi_text_audio/checkpoint-best (the shipped recipe's
@@ -323,8 +323,8 @@ def report(res: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--checkpoint", default="", help="a student checkpoint (default: see above)")
-    ap.add_argument("--n", type=int, default=256, help="clips timed at batch 64")
-    ap.add_argument("--runs", type=int, default=100, help="timed batch-1 calls per path")
+    ap.add_argument("--n", type=int, default=192, help="clips timed at batch 64")
+    ap.add_argument("--runs", type=int, default=80, help="timed batch-1 calls per path")
     ap.add_argument("--threads", default="1,2", help="thread counts, comma separated")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--train-epochs", type=int, default=1,
