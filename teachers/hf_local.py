@@ -16,6 +16,7 @@ from teachers.base import OnResult, RawOutput, TeacherRequest
 from teachers.scoring import (
     PrefixKV,
     batch_inputs,
+    cache_kwarg,
     chosen_tokens,
     full_ids,
     last_logits,
@@ -138,8 +139,9 @@ class HFLocalTeacher:
 
     def _answer_batch(self, batch: list[TeacherRequest], rows: list[list[int]],
                       prefix: PrefixKV | None, torch) -> list[RawOutput]:
-        """Score-only rows by one forward pass, the rest (and score-only rows whose first token
-        is not a label) through ``generate``; both over the shared prefix when it fits."""
+        """Score-only rows by one forward pass (decoding on from its cache only for rows whose
+        first token is not a label), the rest through ``generate``; both over the shared
+        prefix when it fits."""
         if prefix is not None:
             suffix = max(len(r) for r in rows) - len(prefix)
             if not prefix.fits(suffix, max(r.max_tokens for r in batch)):
@@ -147,10 +149,9 @@ class HFLocalTeacher:
         outs: list[RawOutput | None] = [None] * len(batch)
         scored = [i for i, r in enumerate(batch) if score_only(r, self.cfg)]
         if scored:
-            for i, o in zip(scored, self._score_batch([rows[i] for i in scored], batch, prefix, torch),
-                            strict=True):
-                if not needs_full_decode(o.positions, batch[i].labels):
-                    outs[i] = o
+            got = self._score_batch([rows[i] for i in scored], [batch[i] for i in scored], prefix, torch)
+            for i, o in zip(scored, got, strict=True):
+                outs[i] = o
         full = [i for i, o in enumerate(outs) if o is None]
         if full:
             gen = self._generate_batch([rows[i] for i in full], [batch[i] for i in full], prefix, torch)
@@ -161,22 +162,40 @@ class HFLocalTeacher:
     def _score_batch(self, rows: list[list[int]], batch: list[TeacherRequest],
                      prefix: PrefixKV | None, torch) -> list[RawOutput]:
         """The answer position's log-probabilities from one forward pass; the chosen token is
-        the one greedy ``generate`` would pick (repetition penalty included)."""
+        the one greedy ``generate`` would pick (repetition penalty included). A row whose
+        chosen token is not a label is decoded on from the pass's cache, as ``generate``
+        would have gone on (its later positions may hold the label)."""
         inputs = batch_inputs(rows, prefix, self.tok.pad_token_id, self.device, torch)
-        logits = last_logits(self.model, inputs, torch)
-        chosen = chosen_tokens(logits, full_ids(inputs, prefix, torch), self.cfg.repetition_penalty,
-                               torch).tolist()
+        logits, cache = last_logits(self.model, inputs, torch)
+        ids = full_ids(inputs, prefix, torch)
+        chosen = chosen_tokens(logits, ids, self.cfg.repetition_penalty, torch).tolist()
         logprobs = logits.float().log_softmax(-1)
         k = max(1, self.cfg.top_logprobs)
-        results = []
-        for b, row in enumerate(rows):
-            t = chosen[b]
+        heads = [(t, position_entry(logprobs[b], t, k, self.tok.decode, torch)) for b, t in enumerate(chosen)]
+        results: list[RawOutput] = []
+        go_on = []
+        for b, (row, req) in enumerate(zip(rows, batch, strict=True)):
+            t, pos = heads[b]
             text = self.tok.decode([t], skip_special_tokens=True)
-            cut = min((text.find(s) for s in batch[b].stop if s in text), default=-1)
+            done = t in self.eos_ids or req.max_tokens <= 1 or any(s in text for s in req.stop)
+            if not done and needs_full_decode([pos], req.labels):
+                go_on.append(b)
+            cut = min((text.find(s) for s in req.stop if s in text), default=-1)
             results.append(RawOutput(
-                text=text[:cut] if cut >= 0 else text,
-                positions=[position_entry(logprobs[b], t, k, self.tok.decode, torch)],
-                tokens_in=len(row), tokens_out=1, finish_reason="score_only"))
+                text=text[:cut] if cut >= 0 else text, positions=[pos] if t not in self.eos_ids else [],
+                tokens_in=len(row), tokens_out=0 if t in self.eos_ids else 1,
+                finish_reason="score_only"))
+        if go_on:
+            sel = torch.tensor(go_on, dtype=torch.long, device=self.device)
+            cache.batch_select_indices(sel)
+            first = torch.tensor([[chosen[b]] for b in go_on], dtype=torch.long, device=self.device)
+            mask = inputs["attention_mask"][sel]
+            enc = {"input_ids": torch.cat([ids[sel], first], dim=1),
+                   "attention_mask": torch.cat([mask, torch.ones_like(first)], dim=1),
+                   cache_kwarg(self.model): cache}
+            more = self._generate(enc, [batch[b] for b in go_on], torch, heads=[heads[b] for b in go_on])
+            for b, o in zip(go_on, more, strict=True):
+                results[b] = o
         return results
 
     def _generate_batch(self, rows: list[list[int]], batch: list[TeacherRequest],
@@ -185,7 +204,14 @@ class HFLocalTeacher:
         enc = {"input_ids": full_ids(inputs, prefix, torch), "attention_mask": inputs["attention_mask"]}
         if prefix is not None:
             enc[prefix.kwarg] = inputs[prefix.kwarg]
-        max_new = max(r.max_tokens for r in batch)
+        return self._generate(enc, batch, torch)
+
+    def _generate(self, enc: dict, batch: list[TeacherRequest], torch,
+                  heads: list[tuple[int, dict]] | None = None) -> list[RawOutput]:
+        """``model.generate`` over ``enc``; ``heads``: the first token of every row and its
+        position, already chosen by a score pass (``enc`` ends with it and carries its cache)."""
+        ahead = 1 if heads else 0
+        max_new = max(r.max_tokens for r in batch) - ahead
         want = any(r.want_logprobs for r in batch)
         sample = self.cfg.temperature > 0
         stop = sorted({s for r in batch for s in r.stop})
@@ -201,18 +227,20 @@ class HFLocalTeacher:
             gen_kw.update(temperature=None, top_p=None, top_k=None)
         with torch.inference_mode():
             out = self.model.generate(**enc, **gen_kw)
-        n_in = enc["attention_mask"].sum(dim=1).tolist()
+        n_in = (enc["attention_mask"].sum(dim=1) - ahead).tolist()
         gen = out.sequences[:, enc["input_ids"].shape[1]:]
         k = max(1, self.cfg.top_logprobs)
         logprobs = [lg.float().log_softmax(-1) for lg in out.logits] if want else None
         results = []
         for b, req in enumerate(batch):
-            ids = gen[b].tolist()[: req.max_tokens]
+            generated = ([heads[b][0]] if heads else []) + gen[b].tolist()
+            ids = generated[: req.max_tokens]
             n_out = next((i for i, t in enumerate(ids) if t in self.eos_ids), len(ids))
             ids = ids[:n_out]
             positions = None
             if want and req.want_logprobs:
-                positions = [position_entry(logprobs[i][b], t, k, self.tok.decode, torch)
+                positions = [heads[b][1] if heads and i == 0 else
+                             position_entry(logprobs[i - ahead][b], t, k, self.tok.decode, torch)
                              for i, t in enumerate(ids)]
             text = self.tok.decode(ids, skip_special_tokens=True)
             cut = min((text.find(s) for s in req.stop if s in text), default=-1)
@@ -221,7 +249,7 @@ class HFLocalTeacher:
             results.append(RawOutput(
                 text=text, positions=positions,
                 tokens_in=int(n_in[b]), tokens_out=len(ids),
-                finish_reason="stop" if n_out < len(gen[b]) else "length"))
+                finish_reason="stop" if n_out < len(generated) else "length"))
         return results
 
     def close(self) -> None:

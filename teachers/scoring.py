@@ -150,11 +150,11 @@ def full_ids(inputs: dict[str, Any], prefix: PrefixKV | None, torch):
 
 
 def last_logits(model, inputs: dict[str, Any], torch):
-    """Logits at the last position of every row, one forward pass (``logits_to_keep=1``)."""
-    cached = any(k in inputs for k in ("cache", "past_key_values"))
+    """``(logits, cache)``: the logits at the last position of every row from one forward
+    pass (``logits_to_keep=1``), and the KV cache it leaves (to decode on from)."""
     with torch.inference_mode():
-        out = model(**inputs, use_cache=cached, logits_to_keep=1)
-    return out.logits[:, -1, :]
+        out = model(**inputs, use_cache=True, logits_to_keep=1)
+    return out.logits[:, -1, :], getattr(out, cache_kwarg(model))
 
 
 def chosen_tokens(logits, ids, repetition_penalty: float, torch):

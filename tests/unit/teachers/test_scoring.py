@@ -56,17 +56,17 @@ def test_shared_prefix_len():
 
 def test_prefix_scoring_equals_full_forward(model):
     rows = _rows()
-    plain = last_logits(model, batch_inputs(rows, None, 0, "cpu", torch), torch)
+    plain, _ = last_logits(model, batch_inputs(rows, None, 0, "cpu", torch), torch)
     # each row alone, unpadded: the reference the padded batch must match
     alone = torch.cat([model(input_ids=torch.tensor([r])).logits[:, -1] for r in rows]).detach()
     prefix = PrefixKV(model, rows[0][:shared_prefix_len(rows)], "cpu", torch)
     inputs = batch_inputs(rows, prefix, 0, "cpu", torch)
-    cached = last_logits(model, inputs, torch)
+    cached, _ = last_logits(model, inputs, torch)
     assert torch.allclose(plain, alone, atol=1e-5)
     assert torch.allclose(cached, alone, atol=1e-5)
     assert full_ids(inputs, prefix, torch)[:, :len(prefix)].eq(torch.tensor(rows[0][:len(prefix)])).all()
     # the prefix cache is not consumed by a batch: a second batch gets a fresh copy
-    again = last_logits(model, batch_inputs(rows[:2], prefix, 0, "cpu", torch), torch)
+    again, _ = last_logits(model, batch_inputs(rows[:2], prefix, 0, "cpu", torch), torch)
     assert torch.allclose(again, alone[:2], atol=1e-5)
 
 
@@ -86,7 +86,7 @@ def test_prefix_generation_equals_plain_generation(model):
     for a, b in zip(plain.logits, cached.logits, strict=True):
         assert torch.allclose(a, b, atol=1e-4)
     # the score-only pick of the first token is generate's (repetition penalty included)
-    first = chosen_tokens(last_logits(model, cin, torch), full_ids(cin, prefix, torch), 1.3, torch)
+    first = chosen_tokens(last_logits(model, cin, torch)[0], full_ids(cin, prefix, torch), 1.3, torch)
     assert first.tolist() == cached.sequences[:, m].tolist()
 
 
