@@ -172,6 +172,20 @@ def parse_output(template: Template, rendered: Rendered, req: TeacherRequest, ra
     return TeacherOutput(status=OK, description=text, **base)
 
 
+def prompting_options(ccfg: CacheConfig, tcfg: TeacherConfig, *, few_shot: int,
+                      few_shot_seed: int) -> dict[str, Any]:
+    """The options beside the template that change what a job asks (part of its id): two
+    runs that differ only in these are two jobs, not one job whose keys replace each other's."""
+    opts: dict[str, Any] = {}
+    if few_shot:
+        opts["few_shot"] = {"n": few_shot, "seed": few_shot_seed}
+    if ccfg.cue_fields:
+        opts["cue_fields"] = list(ccfg.cue_fields)
+    if tcfg.send_audio:
+        opts["send_audio"] = True
+    return opts
+
+
 class CachingJob:
     """One template x teacher x dataset, filling a cache."""
 
@@ -193,7 +207,8 @@ class CachingJob:
             template=template.name, template_version=template.version, template_hash=template.hash,
             uses_gold_label=template.uses_gold_label, output=template.output, teacher=model_id,
             backend=tcfg.backend, decoding=self.decoding, data_name=data.info.name,
-            data_fingerprint=data.fingerprint)
+            data_fingerprint=data.fingerprint, prompting=prompting_options(
+                ccfg, tcfg, few_shot=few_shot, few_shot_seed=few_shot_seed))
         self.job_id = self.spec.job_id
 
     # planning ---------------------------------------------------------------

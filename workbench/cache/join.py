@@ -51,7 +51,12 @@ def _describe(jobs: list[dict[str, Any]]) -> str:
         return "it holds no jobs"
     return "it holds: " + "; ".join(
         f"{j['job']} template={j['template']} teacher={j['teacher']} "
-        f"data={j['data_name']}({j['data_fingerprint']})" for j in jobs)
+        f"data={j['data_name']}({j['data_fingerprint']}){_prompting(j)}" for j in jobs)
+
+
+def _prompting(job: dict[str, Any]) -> str:
+    opts = job.get("prompting") or {}
+    return "".join(f" {k}={v}" for k, v in sorted(opts.items()))
 
 
 def find_job(store: CacheStore, *, template: str, data_fingerprint: str, teacher: str = "",
@@ -78,7 +83,7 @@ def find_job(store: CacheStore, *, template: str, data_fingerprint: str, teacher
     if len(same_data) > 1:
         raise CacheError(
             f"cache {store.dir} has {len(same_data)} {template!r} jobs for this data "
-            f"({', '.join(j['job'] + ' teacher=' + j['teacher'] for j in same_data)}); "
+            f"({', '.join(j['job'] + ' teacher=' + j['teacher'] + _prompting(j) for j in same_data)}); "
             "name one by its teacher or job id")
     return same_data[0]
 

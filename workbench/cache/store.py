@@ -28,7 +28,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,10 +109,14 @@ class JobSpec:
     decoding: dict[str, Any]
     data_name: str
     data_fingerprint: str
+    prompting: dict[str, Any] = field(default_factory=dict)
+    """What else shapes the prompts beyond the template (few-shot draw, cue fields, audio
+    parts); left out of the hash when empty, so jobs without such options keep their ids."""
 
     @property
     def job_id(self) -> str:
-        return stable_hash(self.__dict__, 16)
+        spec = {k: v for k, v in self.__dict__.items() if k != "prompting" or v}
+        return stable_hash(spec, 16)
 
     def to_json(self) -> dict[str, Any]:
         return {"job": self.job_id, **self.__dict__}

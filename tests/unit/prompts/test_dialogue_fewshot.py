@@ -106,3 +106,26 @@ def test_scales_are_used_or_refused(tmp_path):
                     fingerprint="", source="")
     with pytest.raises(TemplateError, match="no scale for metric set 'mosi'"):
         load_template(str(none)).scale(info)
+
+
+def test_a_few_shot_run_is_its_own_job_and_leaves_the_plain_jobs_keys(tmp_path):
+    """Two runs into one cache that differ only in data.few_shot are two jobs: the second
+    must not replace the first's sample keys (the join names both when asked for one)."""
+    from teachers.job import CachingJob
+    from workbench.cache import CacheStore
+    from workbench.config import CacheConfig
+
+    ds = load_dataset(_cfg(_meld_like(tmp_path, _rows()), context_turns=1))
+    t = load_template("dialogue_polarity")
+    ccfg = CacheConfig(dir=str(tmp_path / "cache"), template="dialogue_polarity")
+    with CacheStore(tmp_path / "cache") as store:
+        plain = CachingJob(TeacherConfig(), ccfg, t, ds, store, "m")
+        shots = CachingJob(TeacherConfig(), ccfg, t, ds, store, "m", few_shot=1)
+        assert plain.job_id != shots.job_id
+        assert plain.spec.prompting == {} and shots.spec.prompting["few_shot"]["n"] == 1
+        p_keys = {p.sample_id: p.key for p in plain.plan(["test"])}
+        s_keys = {p.sample_id: p.key for p in shots.plan(["test"])}
+        assert set(p_keys) == set(s_keys) and all(p_keys[i] != s_keys[i] for i in p_keys)
+        assert {i: k for i, (_, k) in store.sample_keys(plain.job_id).items()} == p_keys
+        assert {i: k for i, (_, k) in store.sample_keys(shots.job_id).items()} == s_keys
+        assert {j["job"] for j in store.jobs()} == {plain.job_id, shots.job_id}
