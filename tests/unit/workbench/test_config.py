@@ -16,7 +16,6 @@ from workbench.config import (
     MsMixConfig,
     StudentConfig,
     TeacherConfig,
-    TrainConfig,
     apply_overrides,
     config_class_for,
     dump_config,
