@@ -250,6 +250,23 @@ class CachingJob:
         return PlannedRequest(sid, sample.split, cache_key(self.template, self.model_id, self.decoding, rendered),
                               rendered)
 
+    def unreused(self, planned: list[PlannedRequest]) -> list[tuple[dict[str, Any], int]]:
+        """The cache's other jobs of this template on this data whose ok answers this plan
+        will not reuse (another template version, teacher or prompting option gave the same
+        samples other keys), each with how many such answers it holds."""
+        new = {p.sample_id: p.key for p in planned}
+        ok = self.store.ok_keys()
+        out = []
+        for spec in self.store.jobs():
+            if (spec["job"] == self.job_id or spec.get("template") != self.template.name
+                    or spec.get("data_fingerprint") != self.spec.data_fingerprint):
+                continue
+            n = sum(1 for sid, (_, key) in self.store.sample_keys(spec["job"]).items()
+                    if sid in new and key != new[sid] and key in ok)
+            if n:
+                out.append((spec, n))
+        return out
+
     # running ----------------------------------------------------------------
     def run(self, teacher: Teacher, planned: list[PlannedRequest], *, only_keys: set[str] | None = None,
             progress: Callable[[JobReport, TeacherOutput], None] | None = None) -> JobReport:

@@ -103,6 +103,12 @@ def run_cache_job(cfg: CacheJobConfig, *, progress: ProgressFactory | None = Non
             keys = [p.key for p in planned]
             unique = set(keys)
             todo = len(unique - store.ok_keys())
+            for spec, n in job.unreused(planned):
+                log.warning(
+                    "job %s: %d answers of job %s (%s v%s, teacher %s) in %s are for other "
+                    "prompts of the same samples and will not be reused; %d keys to ask",
+                    job.job_id, n, spec["job"], spec["template"], spec.get("template_version"),
+                    spec.get("teacher"), cache_dir, todo)
             if todo:
                 log.info("job %s: %d of %d keys to ask %s", job.job_id, todo, len(unique),
                          backend.model_id())
