@@ -11,6 +11,7 @@ being replaced. A leftover is hidden and never mistaken for a result.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import threading
@@ -128,3 +129,19 @@ def remove_dir(target: str | Path) -> None:
     for p in (target, old_path(target), temp_dir(target)):
         if p.exists():
             shutil.rmtree(p)
+
+
+@contextlib.contextmanager
+def file_lock(path: str | Path) -> Iterator[Path]:
+    """Hold an exclusive advisory lock on the file ``path`` (created) for the block: one
+    process at a time does what is inside (e.g. a once-only conversion that two jobs started
+    at the same moment would both write into the same temporary directory). Released when
+    the block ends or the process dies."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)

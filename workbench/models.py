@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from workbench.errors import WorkbenchError
-from workbench.io import atomic_dir, atomic_file
+from workbench.io import atomic_dir, atomic_file, file_lock
 
 MINILM = "minilm"
 GEMMA = "gemma3-270m"
@@ -65,8 +65,20 @@ def gemma_hf_dir() -> Path:
     two cores); the converted directory loads in seconds, and vLLM can read it too.
     """
     target = cache_home() / "models" / "gemma3-270m-hf"
-    if (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file():
+    if _converted(target):
         return target
+    # two jobs started at once on a fresh machine: one converts, the other waits and reuses
+    with file_lock(target.with_name(f".{target.name}.lock")):
+        if not _converted(target):
+            _convert_gemma(target)
+    return target
+
+
+def _converted(target: Path) -> bool:
+    return (target / "config.json").is_file() and (target / "tokenizer_config.json").is_file()
+
+
+def _convert_gemma(target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -87,7 +99,6 @@ def gemma_hf_dir() -> Path:
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-    return target
 
 
 def resolve_teacher_model(name: str) -> str:
