@@ -50,29 +50,27 @@ def embed(texts: list[str], model, tok, batch: int = 64, max_len: int = 64) -> n
     return back
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train", type=int, default=1500, help="train subset size (0: all)")
-    ap.add_argument("--seed", type=int, default=0, help="data.subset_seed")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cfg = load_config(DataConfig, MELD, [f"subset_seed={args.seed}"]
-                      + ([f"subset={{train: {args.train}}}"] if args.train else []))
+def baselines(train: int = 1500, seed: int = 0, threads: int = 1) -> dict | None:
+    """Majority class and frozen-encoder probe on MELD test, trained on a seeded train
+    subset of ``train`` lines (0: the whole split). ``None`` (with a note printed) when
+    MELD or the encoder is absent; else the rows' classification metrics and a summary."""
+    torch.set_num_threads(threads)
+    cfg = load_config(DataConfig, MELD, [f"subset_seed={seed}"]
+                      + ([f"subset={{train: {train}}}"] if train else []))
     if not (Path(cfg.path) / "train_sent_emo.csv").is_file():
         print(f"skipped: MELD is not at {cfg.path} (see configs/data/meld.yaml)")
-        return 0
+        return None
     try:
         enc_dir = minilm_path()
     except ModelNotFound as e:
         print(f"skipped: {e}")
-        return 0
+        return None
     from sklearn.linear_model import LogisticRegression
     from transformers import AutoModel, AutoTokenizer
 
     ds = load_dataset(cfg)
-    train, test = ds.samples("train"), ds.samples("test")
-    y_tr = np.array([s.label_class for s in train])
+    train_s, test = ds.samples("train"), ds.samples("test")
+    y_tr = np.array([s.label_class for s in train_s])
     y_te = np.array([s.label_class for s in test])
     k = len(ds.info.class_names)
     rows = {}
@@ -82,18 +80,31 @@ def main(argv: list[str] | None = None) -> int:
     tok = AutoTokenizer.from_pretrained(enc_dir)
     model = AutoModel.from_pretrained(enc_dir).eval()
     t0 = time.perf_counter()
-    x_tr = embed([s.text for s in train], model, tok)
+    x_tr = embed([s.text for s in train_s], model, tok)
     x_te = embed([s.text for s in test], model, tok)
     enc_s = time.perf_counter() - t0
     clf = LogisticRegression(max_iter=2000, C=1.0).fit(x_tr, y_tr)
     rows["frozen MiniLM mean-pooled + logistic regression"] = classification_metrics(
         clf.predict_log_proba(x_te), y_te)
-    print(f"MELD test ({len(test)} lines), train subset {len(train)} (seed {args.seed}); "
-          f"encoding {len(train) + len(test)} lines took {enc_s:.0f} s on {args.threads} "
-          "thread(s)")
+    summary = (f"MELD test ({len(test)} lines), train {'subset ' if train else ''}{len(train_s)} "
+               f"(seed {seed}); encoding {len(train_s) + len(test)} lines took {enc_s:.0f} s on "
+               f"{threads} thread(s)")
+    return {"rows": rows, "summary": summary, "n_train": len(train_s), "n_test": len(test)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--train", type=int, default=1500, help="train subset size (0: all)")
+    ap.add_argument("--seed", type=int, default=0, help="data.subset_seed")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    res = baselines(args.train, args.seed, args.threads)
+    if res is None:
+        return 0
+    print(res["summary"])
     print("| system | acc | weighted F1 | macro F1 |")
     print("|---|---|---|---|")
-    for name, m in rows.items():
+    for name, m in res["rows"].items():
         print(f"| {name} | {100 * m['acc']:.1f} | {100 * m['f1_weighted']:.1f} | "
               f"{100 * m['f1_macro']:.1f} |")
     return 0

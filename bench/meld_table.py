@@ -1,0 +1,245 @@
+"""The MELD table: baselines, gold-only student, + teacher soft labels, + dialogue context
+in the teacher's prompt, on the full train split, 3 seeds each.
+
+Rows (test split, 2,610 lines; accuracy, weighted F1, macro F1, mean ± std over seeds):
+
+- majority class and the frozen-encoder probe (``bench/meld_probe.py``, whole train split;
+  both deterministic, so one run),
+- the teacher itself (Gemma 3 270M, ``dialogue_polarity``) scored on the train lines it
+  labelled, without and with the 3 previous lines of the dialogue (its argmax against gold;
+  the few-shot examples it sees are 6 of those lines),
+- ``configs/distill/meld_text_gold.yaml`` (gold labels only),
+- ``configs/distill/meld_text_soft.yaml`` over a cache made without context
+  (``data.context_turns=0``) and over one made with the recipe's 3 previous lines.
+
+Two teacher caches (train split only: what distillation reads) are filled first by
+``workbench cache run --config configs/cache/meld_dialogue_polarity.yaml``, then the nine
+students are trained by ``accelerate launch distill.py`` and evaluated by ``workbench eval``;
+``--jobs`` processes run at once, one CPU thread each. Everything is resumable: a filled
+cache is reused, a finished run is not trained again and its evaluation is kept while it
+is newer than the checkpoint, so the script can be stopped and rerun.
+
+    python bench/meld_table.py [--runs runs/meld_table] [--seeds 1111,1112,1113] [--jobs 2]
+        [--set KEY=VALUE ...] [--table-only]
+
+Needs the shared MELD folder (../shared/data/meld) and the models extra; exits 0 with a
+note when MELD is absent. About an hour and a half on two CPU cores (excluded from
+``make bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+CACHE_RECIPE = "configs/cache/meld_dialogue_polarity.yaml"
+GOLD = "configs/distill/meld_text_gold.yaml"
+SOFT = "configs/distill/meld_text_soft.yaml"
+NO_CONTEXT = ["data.context_turns=0"]
+CACHES = {"no_context": NO_CONTEXT, "context": []}
+# variant -> (row label, recipe, teacher cache or None, extra overrides)
+VARIANTS = {
+    "gold": ("student, gold only (`meld_text_gold.yaml`)", GOLD, None, []),
+    "soft": ("+ soft labels, teacher without context (`meld_text_soft.yaml data.context_turns=0`)",
+             SOFT, "no_context", NO_CONTEXT),
+    "soft_context": ("+ dialogue context in the teacher's prompt (`meld_text_soft.yaml`)",
+                     SOFT, "context", []),
+}
+METRICS = [("acc", "acc"), ("f1_weighted", "weighted F1"), ("f1_macro", "macro F1")]
+
+
+class Task:
+    """One command with a log, done when ``done()`` says so, after the tasks it needs."""
+
+    def __init__(self, name: str, cmd: list[str], log: Path, done, needs: tuple[str, ...] = ()):
+        self.name, self.cmd, self.log, self.done, self.needs = name, cmd, log, done, needs
+        self.proc: subprocess.Popen | None = None
+        self.t0 = 0.0
+
+    def start(self) -> None:
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        print(f"== start {self.name}: {' '.join(self.cmd[1:])}", flush=True)
+        self.t0 = time.perf_counter()
+        with open(self.log, "a") as logf:
+            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
+
+
+def schedule(tasks: list[Task], jobs: int) -> None:
+    """Run ``tasks`` (skipping done ones), at most ``jobs`` at once, each after its needs."""
+    pending = [t for t in tasks if not t.done()]
+    finished = {t.name for t in tasks} - {t.name for t in pending}
+    running: list[Task] = []
+    while pending or running:
+        for t in list(pending):
+            if len(running) < jobs and all(n in finished for n in t.needs):
+                t.start()
+                pending.remove(t)
+                running.append(t)
+        time.sleep(2)
+        for t in list(running):
+            rc = t.proc.poll()
+            if rc is None:
+                continue
+            running.remove(t)
+            if rc != 0:
+                for other in running:
+                    other.proc.terminate()
+                raise SystemExit(f"{t.name} failed (exit {rc}); see {t.log}")
+            print(f"== done {t.name} in {time.perf_counter() - t.t0:.0f} s", flush=True)
+            finished.add(t.name)
+
+
+def workbench() -> str:
+    return str(Path(sys.executable).parent / "workbench")
+
+
+def cache_dir(runs: Path, name: str) -> Path:
+    return runs / f"cache_{name}"
+
+
+def cache_task(runs: Path, name: str) -> Task:
+    """Fill one teacher cache; done once the command has exited 0 (``filled.json``)."""
+    out = cache_dir(runs, name)
+    marker = out / "filled.json"
+    cmd = [workbench(), "cache", "run", "--config", CACHE_RECIPE, "--splits", "train",
+           f"cache.dir={out}", "teacher.num_threads=1", *CACHES[name]]
+    shell = " ".join(shlex.quote(c) for c in cmd) + f" && echo '{{}}' > {shlex.quote(str(marker))}"
+    return Task(f"teacher cache ({name})", ["/bin/sh", "-c", shell],
+                runs / "logs" / f"cache_{name}.log", marker.is_file)
+
+
+def finished(out: Path) -> bool:
+    state = out / "last" / "trainer_state.json"
+    return state.is_file() and bool(json.loads(state.read_text()).get("finished"))
+
+
+def evaluated(out: Path) -> bool:
+    res, sel = out / "eval-test" / "results.json", out / "checkpoint-best" / "selection.json"
+    return res.is_file() and sel.is_file() and res.stat().st_mtime > sel.stat().st_mtime
+
+
+def train_task(runs: Path, variant: str, seed: int, extra: list[str]) -> Task:
+    _, recipe, cache, overrides = VARIANTS[variant]
+    out = runs / variant / f"seed{seed}"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           "configs/accelerate/cpu.yaml", "distill.py", "--config", recipe,
+           f"train.output_dir={out}", f"train.seed={seed}", "train.num_threads=1", *overrides,
+           *([f"signals.cache_dir={cache_dir(runs, cache)}"] if cache else []), *extra]
+    if (out / "config.yaml").is_file() and not finished(out):
+        cmd.append("--resume")
+    needs = (f"teacher cache ({cache})",) if cache else ()
+    return Task(f"{variant} seed {seed}", cmd, out / "train.log", lambda: finished(out), needs)
+
+
+def eval_task(runs: Path, variant: str, seed: int) -> Task:
+    out = runs / variant / f"seed{seed}"
+    cmd = [workbench(), "eval", str(out / "checkpoint-best"), "--split", "test", "--no-cost",
+           "--out", str(out / "eval-test")]
+    return Task(f"eval {variant} seed {seed}", cmd, out / "eval.log", lambda: evaluated(out),
+                (f"{variant} seed {seed}",))
+
+
+def teacher_scores(runs: Path, name: str) -> dict[str, float] | None:
+    """The cached teacher's argmax against gold on the train lines it answered."""
+    from workbench.cache.join import teacher_view
+    from workbench.config import DataConfig, load_config
+    from workbench.data import load_dataset
+    from workbench.metrics import classification_metrics
+
+    data_over = [o.removeprefix("data.") for o in CACHES[name]]
+    ds = load_dataset(load_config(DataConfig, ROOT / "configs" / "data" / "meld.yaml", data_over))
+    train = ds.samples("train")
+    view = teacher_view(cache_dir(runs, name), {s.id: "train" for s in train}, ds.fingerprint,
+                        template="dialogue_polarity")
+    answered = [s for s in train if s.id in view.outputs]
+    probs = [view.outputs[s.id].soft_label.probs for s in answered]
+    res = classification_metrics(probs, [s.label_class for s in answered])
+    res["n"] = len(answered)
+    res["of"] = len(train)
+    return res
+
+
+def cell(values: list[float]) -> str:
+    if not values:
+        return "-"
+    mean = 100 * statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.1f}"
+    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
+
+
+def table(runs: Path, seeds: list[int]) -> str:
+    import meld_probe
+
+    lines = ["| system (MELD test, 2,610 lines) | seeds | acc | weighted F1 | macro F1 |",
+             "|---|---|---|---|---|"]
+    base = meld_probe.baselines(train=0, seed=0, threads=1)
+    if base:
+        for name, m in base["rows"].items():
+            lines.append(f"| {name} (`bench/meld_probe.py --train 0`) | - | "
+                         + " | ".join(cell([m[k]]) for k, _ in METRICS) + " |")
+    for name in CACHES:
+        try:
+            m = teacher_scores(runs, name)
+        except Exception as e:  # noqa: BLE001 - a missing cache is a note, not a crash
+            lines.append(f"| teacher ({name}) | - | not available: {e} | | |")
+            continue
+        lines.append(f"| Gemma 3 270M teacher, {name.replace('_', ' ')}, on the train lines it "
+                     f"answered ({m['n']:,} of {m['of']:,}) | - | "
+                     + " | ".join(cell([m[k]]) for k, _ in METRICS) + " |")
+    per_seed: dict[str, dict[int, dict]] = {}
+    for variant, (label, *_) in VARIANTS.items():
+        got = {}
+        for seed in seeds:
+            res = runs / variant / f"seed{seed}" / "eval-test" / "results.json"
+            if res.is_file():
+                got[seed] = json.loads(res.read_text())["leaderboard"]["complete"]
+        per_seed[variant] = got
+        vals = {k: [r[k] for r in got.values()] for k, _ in METRICS}
+        lines.append(f"| {label} | {len(got)} | " + " | ".join(cell(vals[k]) for k, _ in METRICS)
+                     + " |")
+    lines += ["", "Paired (same seed) against the gold-only student, Δ acc / Δ weighted F1:"]
+    gold = per_seed["gold"]
+    for variant in ("soft", "soft_context"):
+        both = [s for s in seeds if s in gold and s in per_seed[variant]]
+        deltas = {k: [per_seed[variant][s][k] - gold[s][k] for s in both] for k in ("acc", "f1_weighted")}
+        lines.append(f"- {variant}: " + " / ".join(cell(deltas[k]) for k in ("acc", "f1_weighted"))
+                     + f" ({len(both)} seeds)")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=Path, default=ROOT / "runs" / "meld_table")
+    ap.add_argument("--seeds", default="1111,1112,1113")
+    ap.add_argument("--jobs", type=int, default=2, help="processes at once (one thread each)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override for every student run (e.g. train.epochs=2)")
+    ap.add_argument("--table-only", action="store_true")
+    args = ap.parse_args()
+    if not (ROOT.parent / "shared" / "data" / "meld" / "train_sent_emo.csv").is_file():
+        print("skipped: MELD is not at ../shared/data/meld (see configs/data/meld.yaml)")
+        return 0
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs = args.runs.resolve()
+    if not args.table_only:
+        tasks = [cache_task(runs, name) for name in CACHES]
+        tasks += [train_task(runs, v, s, args.set) for s in seeds for v in VARIANTS]
+        tasks += [eval_task(runs, v, s) for s in seeds for v in VARIANTS]
+        schedule(tasks, args.jobs)
+    print(table(runs, seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
