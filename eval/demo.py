@@ -16,6 +16,7 @@ command prints.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,14 +114,24 @@ def _data(cfg: DemoConfig, report: DemoReporter) -> tuple[DataConfig, str]:
     if cfg.media:
         return _media_data(cfg, report)
     synth = cfg.out / SYNTH_DIR
-    config = synth / CONFIG_FILE
-    if config.is_file():
-        report.note(f"synthetic data: reusing {synth}")
-    else:
-        write_with_config(synth, SynthSpec(n=cfg.samples, seed=0))
-        report.note(f"wrote {cfg.samples} synthetic utterances to {synth / 'manifest.csv'}; "
-                    f"config: {config}")
+    config = _write_once(
+        synth / CONFIG_FILE, lambda: write_with_config(synth, SynthSpec(n=cfg.samples, seed=0)),
+        report, reusing=f"synthetic data: reusing {synth}",
+        wrote=f"wrote {cfg.samples} synthetic utterances to {synth / 'manifest.csv'}; "
+              f"config: {synth / CONFIG_FILE}")
     return load_config(DataConfig, config), str(config)
+
+
+def _write_once(config: Path, write: Callable[[], object], report: DemoReporter, *,
+                reusing: str, wrote: str) -> Path:
+    """``config``: reused where it is a file (noting ``reusing``), else written by ``write``
+    (noting ``wrote``)."""
+    if config.is_file():
+        report.note(reusing)
+    else:
+        write()
+        report.note(wrote)
+    return config
 
 
 def _media_data(cfg: DemoConfig, report: DemoReporter) -> tuple[DataConfig, str]:
@@ -131,13 +142,12 @@ def _media_data(cfg: DemoConfig, report: DemoReporter) -> tuple[DataConfig, str]
     from workbench.data.synth_media import MEDIA_CONFIG_FILE, MediaSynthSpec, write_media_dataset
 
     src, out = cfg.out / MEDIA_SRC_DIR, cfg.out / MEDIA_DATA_DIR
-    config = src / MEDIA_CONFIG_FILE
-    if config.is_file():
-        report.note(f"synthetic clips: reusing {src / 'videos'}")
-    else:
-        write_media_dataset(src, MediaSynthSpec(n=cfg.media_clips, seed=0))
-        report.note(f"wrote {cfg.media_clips} synthetic mp4 clips to {src / 'videos'}; "
-                    f"manifest: {src / 'manifest.csv'}")
+    config = _write_once(
+        src / MEDIA_CONFIG_FILE,
+        lambda: write_media_dataset(src, MediaSynthSpec(n=cfg.media_clips, seed=0)),
+        report, reusing=f"synthetic clips: reusing {src / 'videos'}",
+        wrote=f"wrote {cfg.media_clips} synthetic mp4 clips to {src / 'videos'}; "
+              f"manifest: {src / 'manifest.csv'}")
     info = imported_info(str(out))
     if info is not None:
         report.note(f"media dataset: reusing {out}")
