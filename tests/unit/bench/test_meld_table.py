@@ -1,0 +1,59 @@
+"""The MELD table script's scheduler: needs come first, at most ``jobs`` at once, done
+tasks are skipped, and a failure stops the rest with the log named."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def meld_table():
+    spec = importlib.util.spec_from_file_location("meld_table", ROOT / "bench" / "meld_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def task(mod, tmp: Path, name: str, needs=(), code: str = "pass"):
+    """A real process that appends its start and end to ``order.txt``."""
+    marker = tmp / f"{name}.done"
+    order = tmp / "order.txt"
+    body = (f"import time; open({str(order)!r}, 'a').write('{name}+\\n'); time.sleep(0.2); "
+            f"{code}; open({str(order)!r}, 'a').write('{name}-\\n'); "
+            f"open({str(marker)!r}, 'w').write('')")
+    return mod.Task(name, [sys.executable, "-c", body], tmp / "logs" / f"{name}.log",
+                    marker.is_file, tuple(needs))
+
+
+def test_needs_come_first_and_done_tasks_are_skipped(meld_table, tmp_path, monkeypatch):
+    monkeypatch.setattr(meld_table.time, "sleep", lambda s: None)  # scheduler's poll only
+    tasks = [task(meld_table, tmp_path, "cache"), task(meld_table, tmp_path, "gold"),
+             task(meld_table, tmp_path, "soft", needs=["cache"])]
+    (tmp_path / "gold.done").write_text("")  # finished earlier: not run again
+    meld_table.schedule(tasks, jobs=2)
+    lines = (tmp_path / "order.txt").read_text().split()
+    assert lines == ["cache+", "cache-", "soft+", "soft-"]
+
+
+def test_one_job_runs_one_task_at_a_time(meld_table, tmp_path, monkeypatch):
+    monkeypatch.setattr(meld_table.time, "sleep", lambda s: None)
+    meld_table.schedule([task(meld_table, tmp_path, n) for n in ("a", "b")], jobs=1)
+    assert (tmp_path / "order.txt").read_text().split() == ["a+", "a-", "b+", "b-"]
+
+
+def test_a_failure_stops_the_run_and_names_the_log(meld_table, tmp_path):
+    tasks = [task(meld_table, tmp_path, "bad", code="raise SystemExit(3)"),
+             task(meld_table, tmp_path, "after", needs=["bad"])]
+    with pytest.raises(SystemExit, match=r"bad failed \(exit 3\); see .*bad.log"):
+        meld_table.schedule(tasks, jobs=2)
+    assert not (tmp_path / "after.done").exists()
+
+
+def test_cell_gives_mean_and_sample_std(meld_table):
+    assert meld_table.cell([0.60, 0.62]) == "61.0 ± 1.4"
+    assert meld_table.cell([0.631]) == "63.1"
+    assert meld_table.cell([]) == "-"
