@@ -16,6 +16,7 @@ from tests.support.media import (
     nearest_color,
     tone,
     write_corrupt,
+    write_image_encoder,
     write_truncated,
     write_unknown_codec_wav,
     write_video,
@@ -188,14 +189,7 @@ def test_a_spoken_clip_from_espeak(tmp_path):
 
 
 def test_frame_embeddings_from_a_local_image_encoder(folder, tmp_path):
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
-
-    enc = tmp_path / "clip-vision"
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                     num_attention_heads=2, image_size=32, patch_size=8)
-                    ).save_pretrained(enc)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-                       ).save_pretrained(enc)
+    enc = write_image_encoder(tmp_path / "clip-vision", hidden_size=32)
     (tmp_path / "m.csv").write_text("id,text,label,split,video,start,end\n"
                                     f"a,fine,1,train,{folder / 'long.mp4'},0,3\n"
                                     f"b,bad,-1,train,{folder / 'long.mp4'},3,6\n")

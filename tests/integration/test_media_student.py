@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.support.distill import distill_cfg
+from tests.support.media import write_image_encoder
 from workbench.config import DataConfig, MediaConfig, MediaJobConfig, load_config
 from workbench.data.ingest import ingest_media
 from workbench.data.store import MSADataset
@@ -16,15 +17,8 @@ from workbench.data.synth_media import MediaSynthSpec, write_media_dataset
 
 @pytest.fixture(scope="module")
 def media_data(tmp_path_factory):
-    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
-
     root = tmp_path_factory.mktemp("synth_media")
-    enc = root / "clip-vision"
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,
-                                     num_attention_heads=2, image_size=32, patch_size=8)
-                    ).save_pretrained(enc)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-                       ).save_pretrained(enc)
+    enc = write_image_encoder(root / "clip-vision", hidden_size=16)
     config = write_media_dataset(root / "src", MediaSynthSpec(n=24, seconds=1.0, fps=6, size=32))
     out = root / "ds"
     ingest_media(MediaJobConfig(data=load_config(DataConfig, config), out=str(out),

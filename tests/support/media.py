@@ -1,6 +1,7 @@
 """Small real media files for the tests, written with PyAV: videos whose colour changes
 every second (so a sampled frame says when it was taken), tones of known pitch, and
-broken files (corrupt, truncated, without audio)."""
+broken files (corrupt, truncated, without audio); and a tiny local image encoder for the
+frame embeddings."""
 
 from __future__ import annotations
 
@@ -70,4 +71,18 @@ def espeak(path: Path, text: str) -> Path | None:
     if exe is None:
         return None
     subprocess.run([exe, "-w", str(path), text], check=True, capture_output=True)
+    return path
+
+
+def write_image_encoder(path: Path, hidden_size: int = 32) -> Path:
+    """A tiny CLIP vision encoder (random weights, ``hidden_size``-dim embeddings of 32 px
+    images) saved with its image processor, for ``media.image_encoder``."""
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=hidden_size, intermediate_size=2 * hidden_size,
+                                     num_hidden_layers=1, num_attention_heads=2, image_size=32,
+                                     patch_size=8)
+                    ).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+                       ).save_pretrained(path)
     return path
