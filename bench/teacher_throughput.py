@@ -84,7 +84,7 @@ def prompt_tokens(template: str, data: DataConfig, n: int) -> tuple[float, float
     from transformers import AutoTokenizer
 
     from prompts import load_template, render
-    from teachers.scoring import shared_prefix_len
+    from teachers.scoring import shared_prefix
     from workbench.data import load_dataset
 
     tok = AutoTokenizer.from_pretrained(str(gemma_hf_dir()))
@@ -92,7 +92,7 @@ def prompt_tokens(template: str, data: DataConfig, n: int) -> tuple[float, float
     tpl = load_template(template)
     samples = list(ds.iter_samples("test"))[:n]
     rows = sorted((tok(render(tpl, s, ds.info).prompt)["input_ids"] for s in samples), key=len)
-    shared = shared_prefix_len(rows)
+    shared, _ = shared_prefix(rows)
     padded = sum(len(b) * (len(b[-1]) - shared) for b in (rows[i:i + BATCH] for i in range(0, len(rows), BATCH)))
     return sum(map(len, rows)) / len(rows), float(shared), padded / len(rows)
 

@@ -23,7 +23,7 @@ from teachers.scoring import (
     needs_full_decode,
     position_entry,
     score_only,
-    shared_prefix_len,
+    shared_prefix,
 )
 from workbench.config import ConfigError, TeacherConfig
 from workbench.models import ModelNotFound, resolve_teacher_model
@@ -115,27 +115,35 @@ class HFLocalTeacher:
         texts = [self._prompt_text(r) for r in reqs]
         enc = self.tok(texts, add_special_tokens=self.cfg.api == "completions")["input_ids"]
         rows = {r.key: list(ids) for r, ids in zip(reqs, enc, strict=True)}
-        # The prefix every prompt of the job shares: its KV cache is computed once.
-        prefix = None
-        if self.cfg.prefix_cache and (n := shared_prefix_len(list(rows.values()))):
-            prefix = PrefixKV(self.model, rows[reqs[0].key][:n], self.device, torch)
-            log.info("shared prompt prefix: %d tokens, computed once for %d requests", n, len(reqs))
-        # Similar lengths together: less padding per batch.
-        order = sorted(reqs, key=lambda r: len(rows[r.key]))
+        # The prefix (almost) every prompt of the job shares: its KV cache is computed once.
+        prefix, sharing = None, set()
+        if self.cfg.prefix_cache:
+            keys = list(rows)
+            n, members = shared_prefix(list(rows.values()))
+            if n:
+                prefix = PrefixKV(self.model, rows[keys[members[0]]][:n], self.device, torch)
+                sharing = {keys[i] for i in members}
+                log.info("shared prompt prefix: %d tokens, computed once for %d of %d requests",
+                         n, len(sharing), len(rows))
+        # The rows with the prefix, then the others; similar lengths together: less padding.
+        groups = [(prefix, [r for r in reqs if r.key in sharing]),
+                  (None, [r for r in reqs if r.key not in sharing])]
         bs = self.cfg.batch_size
-        for start in range(0, len(order), bs):
-            batch = order[start:start + bs]
-            t0 = time.perf_counter()
-            try:
-                outs = self._answer_batch(batch, [rows[r.key] for r in batch], prefix, torch)
-            except (RuntimeError, ValueError) as e:  # OOM, bad shapes: record per request
-                outs = [RawOutput(error_kind="backend_error", error=f"{type(e).__name__}: {e}")
-                        for _ in batch]
-            per = (time.perf_counter() - t0) / len(batch)
-            for r, o in zip(batch, outs, strict=True):
-                o.latency_s = per
-                if on_result(r, o) is False:
-                    return
+        for pfx, group in groups:
+            order = sorted(group, key=lambda r: len(rows[r.key]))
+            for start in range(0, len(order), bs):
+                batch = order[start:start + bs]
+                t0 = time.perf_counter()
+                try:
+                    outs = self._answer_batch(batch, [rows[r.key] for r in batch], pfx, torch)
+                except (RuntimeError, ValueError) as e:  # OOM, bad shapes: record per request
+                    outs = [RawOutput(error_kind="backend_error", error=f"{type(e).__name__}: {e}")
+                            for _ in batch]
+                per = (time.perf_counter() - t0) / len(batch)
+                for r, o in zip(batch, outs, strict=True):
+                    o.latency_s = per
+                    if on_result(r, o) is False:
+                        return
 
     def _answer_batch(self, batch: list[TeacherRequest], rows: list[list[int]],
                       prefix: PrefixKV | None, torch) -> list[RawOutput]:

@@ -13,8 +13,8 @@ and the cache keys do not change.
 
 **Shared prefix.** Every prompt of a caching job starts with the same template text (the
 system line and few-shot examples: 75 of the 97 tokens of a ``sentiment_polarity`` prompt
-for Gemma 3 270M). :func:`shared_prefix_len` finds the longest common prefix of the job's
-token ids; :class:`PrefixKV` computes its KV cache once per job and hands each batch a
+for Gemma 3 270M). :func:`shared_prefix` finds the longest prefix of the job's token ids
+that most rows share (the rows that part from it early run without it); :class:`PrefixKV` computes its KV cache once per job and hands each batch a
 copy repeated to the batch size. A batch then runs only its suffixes, left-padded *between*
 the prefix and the suffix (the attention mask is ones over the prefix, zeros over the
 padding, ones over the suffix), with position ids continuing after the prefix — the ids an
@@ -25,6 +25,8 @@ ids are split, never text, so prefix + suffix is exactly the full prompt's token
 from __future__ import annotations
 
 import copy
+import math
+from collections import Counter
 from typing import Any
 
 from teachers.base import TeacherRequest
@@ -46,22 +48,32 @@ def needs_full_decode(positions: list[dict[str, Any]] | None, labels: list[str])
     return not positions or not is_label_token(positions[0]["token"], labels)
 
 
-def shared_prefix_len(rows: list[list[int]], *, keep: int = 1) -> int:
-    """Length of the longest token prefix every row shares, leaving each row ``keep`` tokens
-    of its own (a forward pass needs at least one new token); 0 for fewer than two rows or
-    a prefix under :data:`MIN_PREFIX`."""
-    if len(rows) < 2:
-        return 0
-    first = rows[0]
-    n = min(len(r) for r in rows) - keep
-    for r in rows[1:]:
-        i = 0
-        while i < n and r[i] == first[i]:
-            i += 1
-        n = i
-        if n < MIN_PREFIX:
-            return 0
-    return max(n, 0) if n >= MIN_PREFIX else 0
+def shared_prefix(rows: list[list[int]], *, keep: int = 1,
+                  min_share: float = 0.5) -> tuple[int, list[int]]:
+    """The token prefix worth one KV cache, and the indices of the rows that start with it.
+
+    Of the prefixes at least ``min_share`` of the rows share, the one that saves the most
+    tokens (its length times the rows that have it), each row keeping ``keep`` tokens of its
+    own (a forward pass needs at least one new token). A few rows that part early (a
+    few-shot example's own sample, shown the spare example in its place) then run without
+    the prefix, instead of cutting every row's prefix down to the system line. ``(0, [])``
+    for fewer than two rows or a prefix under :data:`MIN_PREFIX`.
+    """
+    need = max(2, math.ceil(min_share * len(rows)))
+    group = list(range(len(rows)))
+    best, best_group, depth = 0, [], 0
+    while len(group) >= need:
+        live = [i for i in group if len(rows[i]) - keep > depth]
+        if len(live) < need:
+            break
+        token, count = Counter(rows[i][depth] for i in live).most_common(1)[0]
+        if count < need:
+            break
+        group = [i for i in live if rows[i][depth] == token]
+        depth += 1
+        if depth >= MIN_PREFIX and depth * len(group) > best * len(best_group):
+            best, best_group = depth, group
+    return best, best_group
 
 
 def left_pad(rows: list[list[int]], pad_id: int, torch) -> tuple[Any, Any]:

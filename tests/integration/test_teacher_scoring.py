@@ -74,3 +74,20 @@ def test_score_only_with_prefix_matches_generate_on_mosi(gemma, mosi_dir, tmp_pa
     data = load_config(DataConfig, REPO / "configs/data/mosi.yaml",
                        [f"path={mosi_dir / 'mosi_label.csv'}", f"features={mosi_dir / 'mosi_bclstm_features.npz'}"])
     _compare(data, tmp_path, limit=16, splits=["test"])
+
+
+def test_few_shot_rows_that_part_early_run_without_the_prefix(gemma, tmp_path, caplog):
+    """With few-shot examples from train, an example's own sample is shown the spare example
+    instead: its prompt parts from the others after the system line. The others keep the
+    long prefix, the odd ones run without it, and every answer is still the full path's."""
+    import dataclasses
+    import re
+
+    data = dataclasses.replace(tiny_data(tmp_path, n=40), few_shot=1)
+    with caplog.at_level("INFO"):
+        _compare(data, tmp_path, limit=0, splits=["train"])
+    said = [m for r in caplog.records if "shared prompt prefix" in (m := r.getMessage())]
+    n, sharing, total = map(int, re.search(r"(\d+) tokens, computed once for (\d+) of (\d+)",
+                                           said[-1]).groups())
+    assert 0 < total - sharing <= 3  # the examples' own samples (one per answer word)
+    assert n > 40  # system line + three examples, not the system line alone

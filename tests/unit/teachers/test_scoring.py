@@ -12,7 +12,7 @@ from teachers.scoring import (
     last_logits,
     needs_full_decode,
     score_only,
-    shared_prefix_len,
+    shared_prefix,
 )
 from workbench.config import TeacherConfig
 
@@ -44,14 +44,28 @@ def _rows(n=5, prefix=20, seed=1):
             for _ in range(n)]
 
 
-def test_shared_prefix_len():
+def test_shared_prefix():
     rows = _rows(prefix=20)
-    n = shared_prefix_len(rows)
+    n, members = shared_prefix(rows)
     assert n >= 20 and all(r[:n] == rows[0][:n] for r in rows)
+    assert members == list(range(len(rows)))
     assert all(len(r) > n for r in rows)  # every row keeps a token of its own
-    assert shared_prefix_len(rows[:1]) == 0
-    assert shared_prefix_len([[1, 2, 3, 4], [1, 2, 3, 5]]) == 0  # under MIN_PREFIX
-    assert shared_prefix_len([list(range(3, 20)), list(range(3, 20))]) == 16
+    assert shared_prefix(rows[:1]) == (0, [])
+    assert shared_prefix([[1, 2, 3, 4], [1, 2, 3, 5]]) == (0, [])  # under MIN_PREFIX
+    assert shared_prefix([list(range(3, 20)), list(range(3, 20))]) == (16, [0, 1])
+
+
+def test_a_few_rows_that_part_early_do_not_cut_the_prefix():
+    """Few-shot prompts: the example's own sample sees another example after the system
+    line; the 20-token prefix stays for the other rows, the odd ones run without it."""
+    rows = _rows(n=10, prefix=30)
+    odd = [rows[3][:10] + [99] + rows[3][10:], rows[7][:10] + [98] + rows[7][10:]]
+    rows[3], rows[7] = odd
+    n, members = shared_prefix(rows)
+    assert n >= 30 and members == [0, 1, 2, 4, 5, 6, 8, 9]
+    assert all(rows[i][:n] == rows[0][:n] for i in members)
+    # a prefix only a minority shares is not taken
+    assert shared_prefix(rows, min_share=0.9)[0] == 10
 
 
 def test_prefix_scoring_equals_full_forward(model):
@@ -59,7 +73,7 @@ def test_prefix_scoring_equals_full_forward(model):
     plain, _ = last_logits(model, batch_inputs(rows, None, 0, "cpu", torch), torch)
     # each row alone, unpadded: the reference the padded batch must match
     alone = torch.cat([model(input_ids=torch.tensor([r])).logits[:, -1] for r in rows]).detach()
-    prefix = PrefixKV(model, rows[0][:shared_prefix_len(rows)], "cpu", torch)
+    prefix = PrefixKV(model, rows[0][:shared_prefix(rows)[0]], "cpu", torch)
     inputs = batch_inputs(rows, prefix, 0, "cpu", torch)
     cached, _ = last_logits(model, inputs, torch)
     assert torch.allclose(plain, alone, atol=1e-5)
@@ -72,7 +86,7 @@ def test_prefix_scoring_equals_full_forward(model):
 
 def test_prefix_generation_equals_plain_generation(model):
     rows = _rows(n=4, seed=3)
-    prefix = PrefixKV(model, rows[0][:shared_prefix_len(rows)], "cpu", torch)
+    prefix = PrefixKV(model, rows[0][:shared_prefix(rows)[0]], "cpu", torch)
     kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, return_dict_in_generate=True,
               output_logits=True, temperature=None, top_p=None, top_k=None, repetition_penalty=1.3)
     plain_in = batch_inputs(rows, None, 0, "cpu", torch)
