@@ -20,7 +20,7 @@ cache is reused, a finished run is not trained again and its evaluation is kept 
 is newer than the checkpoint, so the script can be stopped and rerun.
 
     python bench/meld_table.py [--runs runs/meld_table] [--seeds 1111,1112,1113] [--jobs 2]
-        [--set KEY=VALUE ...] [--table-only]
+        [--variants gold,soft,soft_context] [--set KEY=VALUE ...] [--table-only]
 
 Needs the shared MELD folder (../shared/data/meld) and the models extra; exits 0 with a
 note when MELD is absent. About an hour and a half on two CPU cores (excluded from
@@ -225,6 +225,8 @@ def main() -> int:
     ap.add_argument("--jobs", type=int, default=2, help="processes at once (one thread each)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="an override for every student run (e.g. train.epochs=2)")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"the student rows to train ({', '.join(VARIANTS)}); their caches come along")
     ap.add_argument("--table-only", action="store_true")
     args = ap.parse_args()
     if not (ROOT.parent / "shared" / "data" / "meld" / "train_sent_emo.csv").is_file():
@@ -233,9 +235,14 @@ def main() -> int:
     seeds = [int(s) for s in args.seeds.split(",")]
     runs = args.runs.resolve()
     if not args.table_only:
-        tasks = [cache_task(runs, name) for name in CACHES]
-        tasks += [train_task(runs, v, s, args.set) for s in seeds for v in VARIANTS]
-        tasks += [eval_task(runs, v, s) for s in seeds for v in VARIANTS]
+        variants = [v for v in args.variants.split(",") if v]
+        unknown = sorted(set(variants) - set(VARIANTS))
+        if unknown:
+            raise SystemExit(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+        caches = [c for c in CACHES if any(VARIANTS[v][2] == c for v in variants)]
+        tasks = [cache_task(runs, name) for name in caches]
+        tasks += [train_task(runs, v, s, args.set) for s in seeds for v in variants]
+        tasks += [eval_task(runs, v, s) for s in seeds for v in variants]
         schedule(tasks, args.jobs)
     print(table(runs, seeds))
     return 0
