@@ -46,10 +46,24 @@ def local_model_id(cfg: TeacherConfig) -> str:
     return f"{cfg.model}@{stable_hash(sig, 12)}"
 
 
-class HFLocalTeacher:
-    """Batched greedy (or sampled) generation through ``model.generate``; soft-label-only
-    requests by one forward pass, and the job's shared prompt prefix computed once
-    (``teachers.scoring``)."""
+def torch_device_dtype(cfg: TeacherConfig):
+    """``teacher.device`` and ``teacher.dtype`` as torch sees them (``auto``: CUDA in
+    bfloat16 where there is one, else CPU in float32)."""
+    import torch
+
+    device = cfg.device
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = {"auto": torch.float32 if device == "cpu" else torch.bfloat16,
+             "float32": torch.float32, "bfloat16": torch.bfloat16,
+             "float16": torch.float16}[cfg.dtype]
+    return device, dtype
+
+
+class LocalTransformersTeacher:
+    """What the transformers teachers (this text path and :mod:`teachers.hf_vision`) share:
+    the config and the model loaded later, the cache model id, the model path check, the
+    tokenizer and end-of-sequence setup, and ``model.generate``'s options."""
 
     name = "hf_local"
 
@@ -64,33 +78,64 @@ class HFLocalTeacher:
             self._model_id = local_model_id(self.cfg)
         return self._model_id
 
-    def load(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
+    def _model_path(self, *, directory: bool = False) -> Path:
+        """The local model (``directory``: it must be a model directory); never downloaded."""
         path = Path(resolve_teacher_model(self.cfg.model))
+        if directory and not path.is_dir():
+            raise ModelNotFound(f"teacher.model={self.cfg.model!r}: {path} is not a model directory")
         if not path.exists():
             raise ModelNotFound(
                 f"teacher.model={self.cfg.model!r}: {path} does not exist (models are never "
                 "downloaded at run time; give a local directory or .gguf file)")
-        device = self.cfg.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = {"auto": torch.float32 if device == "cpu" else torch.bfloat16,
-                 "float32": torch.float32, "bfloat16": torch.bfloat16,
-                 "float16": torch.float16}[self.cfg.dtype]
+        return path
+
+    def _pad_left(self) -> None:
+        """Left padding (batched generation), with EOS as the pad token where there is none."""
+        self.tok.padding_side = "left"
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+
+    def _set_eos_ids(self) -> None:
+        """The tokens that end an answer: the generation config's and the tokenizer's EOS."""
+        gen_eos = self.model.generation_config.eos_token_id
+        gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
+        self.eos_ids = {t for t in [*gen_eos, self.tok.eos_token_id] if t is not None}
+
+    def _generate_kwargs(self, batch: list[TeacherRequest], max_new: int, want: bool, torch) -> dict:
+        """``model.generate``'s options for a batch (seeds torch when sampling)."""
+        sample = self.cfg.temperature > 0
+        stop = sorted({s for r in batch for s in r.stop})
+        gen_kw = dict(max_new_tokens=max_new, do_sample=sample, pad_token_id=self.tok.pad_token_id,
+                      return_dict_in_generate=True, output_logits=want,
+                      repetition_penalty=self.cfg.repetition_penalty)
+        if stop:
+            gen_kw.update(stop_strings=stop, tokenizer=self.tok)
+        if sample:
+            gen_kw["temperature"] = self.cfg.temperature
+            torch.manual_seed(self.cfg.seed)
+        else:  # greedy: unset the model's sampling defaults instead of warning about them
+            gen_kw.update(temperature=None, top_p=None, top_k=None)
+        return gen_kw
+
+
+class HFLocalTeacher(LocalTransformersTeacher):
+    """Batched greedy (or sampled) generation through ``model.generate``; soft-label-only
+    requests by one forward pass, and the job's shared prompt prefix computed once
+    (``teachers.scoring``)."""
+
+    def load(self) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        path = self._model_path()
+        device, dtype = torch_device_dtype(self.cfg)
         kw = {"gguf_file": path.name} if path.suffix == ".gguf" else {}
         root = str(path.parent) if path.suffix == ".gguf" else str(path)
         t0 = time.perf_counter()
         self.tok = AutoTokenizer.from_pretrained(root, **kw)
-        self.tok.padding_side = "left"
-        if self.tok.pad_token_id is None:
-            self.tok.pad_token = self.tok.eos_token
+        self._pad_left()
         self.model = AutoModelForCausalLM.from_pretrained(root, dtype=dtype, **kw).to(device).eval()
         self.device = device
-        gen_eos = self.model.generation_config.eos_token_id
-        gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
-        self.eos_ids = {t for t in [*gen_eos, self.tok.eos_token_id] if t is not None}
+        self._set_eos_ids()
         if self.cfg.api == "chat" and not self.tok.chat_template:
             raise ConfigError(
                 f"teacher.model={self.cfg.model!r} has no chat template (a base model?): "
@@ -221,18 +266,7 @@ class HFLocalTeacher:
         ahead = 1 if heads else 0
         max_new = max(r.max_tokens for r in batch) - ahead
         want = any(r.want_logprobs for r in batch)
-        sample = self.cfg.temperature > 0
-        stop = sorted({s for r in batch for s in r.stop})
-        gen_kw = dict(max_new_tokens=max_new, do_sample=sample, pad_token_id=self.tok.pad_token_id,
-                      return_dict_in_generate=True, output_logits=want,
-                      repetition_penalty=self.cfg.repetition_penalty)
-        if stop:
-            gen_kw.update(stop_strings=stop, tokenizer=self.tok)
-        if sample:
-            gen_kw["temperature"] = self.cfg.temperature
-            torch.manual_seed(self.cfg.seed)
-        else:  # greedy: unset the model's sampling defaults instead of warning about them
-            gen_kw.update(temperature=None, top_p=None, top_k=None)
+        gen_kw = self._generate_kwargs(batch, max_new, want, torch)
         with torch.inference_mode():
             out = self.model.generate(**enc, **gen_kw)
         n_in = (enc["attention_mask"].sum(dim=1) - ahead).tolist()

@@ -21,9 +21,9 @@ from typing import Any
 
 from prompts import TemplateError, media_file
 from teachers.base import OnResult, RawOutput, TeacherRequest
-from teachers.hf_local import local_model_id
+from teachers.hf_local import LocalTransformersTeacher, torch_device_dtype
 from workbench.config import ConfigError, TeacherConfig
-from workbench.models import ModelNotFound, resolve_teacher_model
+from workbench.models import resolve_teacher_model
 
 log = logging.getLogger(__name__)
 
@@ -75,41 +75,17 @@ def load_images(paths: list[str]) -> list[Any]:
     return out
 
 
-def torch_device_dtype(cfg: TeacherConfig):
-    import torch
-
-    device = cfg.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dtype = {"auto": torch.float32 if device == "cpu" else torch.bfloat16,
-             "float32": torch.float32, "bfloat16": torch.bfloat16,
-             "float16": torch.float16}[cfg.dtype]
-    return device, dtype
-
-
-class HFVisionTeacher:
+class HFVisionTeacher(LocalTransformersTeacher):
     """Batched generation of an image-text-to-text model through ``model.generate``."""
 
-    name = "hf_local"
-
     def __init__(self, cfg: TeacherConfig) -> None:
-        self.cfg = cfg
-        self.model = None
+        super().__init__(cfg)
         self.processor = None
-        self.tok = None
-        self._model_id: str | None = None
-
-    def model_id(self) -> str:
-        if self._model_id is None:
-            self._model_id = local_model_id(self.cfg)
-        return self._model_id
 
     def load(self) -> None:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        path = Path(resolve_teacher_model(self.cfg.model))
-        if not path.is_dir():
-            raise ModelNotFound(f"teacher.model={self.cfg.model!r}: {path} is not a model directory")
+        path = self._model_path(directory=True)
         if self.cfg.api != "chat":
             raise ConfigError(
                 f"teacher.api={self.cfg.api!r} is invalid for the vision-language model "
@@ -121,13 +97,9 @@ class HFVisionTeacher:
         if self.tok is None or not getattr(self.processor, "chat_template", None):
             raise ConfigError(f"teacher.model={self.cfg.model!r}: its processor has no tokenizer or no "
                               "chat template (save the model with its AutoProcessor)")
-        self.tok.padding_side = "left"
-        if self.tok.pad_token_id is None:
-            self.tok.pad_token = self.tok.eos_token
+        self._pad_left()
         self.model = AutoModelForImageTextToText.from_pretrained(str(path), dtype=dtype).to(self.device).eval()
-        gen_eos = self.model.generation_config.eos_token_id
-        gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
-        self.eos_ids = {t for t in [*gen_eos, self.tok.eos_token_id] if t is not None}
+        self._set_eos_ids()
         log.info("loaded vision-language model %s on %s in %.1fs", path, self.device,
                  time.perf_counter() - t0)
 
@@ -190,18 +162,7 @@ class HFVisionTeacher:
             enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
         max_new = max(r.max_tokens for r in batch)
         want = any(r.want_logprobs for r in batch)
-        sample = self.cfg.temperature > 0
-        stop = sorted({s for r in batch for s in r.stop})
-        gen_kw = dict(max_new_tokens=max_new, do_sample=sample, pad_token_id=self.tok.pad_token_id,
-                      return_dict_in_generate=True, output_logits=want,
-                      repetition_penalty=self.cfg.repetition_penalty)
-        if stop:
-            gen_kw.update(stop_strings=stop, tokenizer=self.tok)
-        if sample:
-            gen_kw["temperature"] = self.cfg.temperature
-            torch.manual_seed(self.cfg.seed)
-        else:
-            gen_kw.update(temperature=None, top_p=None, top_k=None)
+        gen_kw = self._generate_kwargs(batch, max_new, want, torch)
         with torch.inference_mode():
             out = self.model.generate(**enc, **gen_kw)
         n_in = enc["attention_mask"].sum(dim=1).tolist()
