@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from teachers.base import OnResult, RawOutput, TeacherRequest
@@ -101,6 +101,25 @@ class LocalTransformersTeacher:
         gen_eos = gen_eos if isinstance(gen_eos, list) else [gen_eos]
         self.eos_ids = {t for t in [*gen_eos, self.tok.eos_token_id] if t is not None}
 
+    def _send_batches(self, batches: Iterable[list[TeacherRequest]],
+                      answer: Callable[[list[TeacherRequest]], list[RawOutput]], on_result: OnResult,
+                      errors: tuple[type[Exception], ...] = (RuntimeError, ValueError)) -> None:
+        """Each batch through ``answer``; one of ``errors`` (OOM, bad shapes) is recorded per
+        request; the batch's time split evenly over its requests; stops where ``on_result``
+        returns False."""
+        for batch in batches:
+            t0 = time.perf_counter()
+            try:
+                outs = answer(batch)
+            except errors as e:
+                outs = [RawOutput(error_kind="backend_error", error=f"{type(e).__name__}: {e}")
+                        for _ in batch]
+            per = (time.perf_counter() - t0) / len(batch)
+            for r, o in zip(batch, outs, strict=True):
+                o.latency_s = per
+                if on_result(r, o) is False:
+                    return
+
     def _generate_kwargs(self, batch: list[TeacherRequest], max_new: int, want: bool, torch) -> dict:
         """``model.generate``'s options for a batch (seeds torch when sampling)."""
         sample = self.cfg.temperature > 0
@@ -171,24 +190,14 @@ class HFLocalTeacher(LocalTransformersTeacher):
                 log.info("shared prompt prefix: %d tokens, computed once for %d of %d requests",
                          n, len(sharing), len(rows))
         # The rows with the prefix, then the others; similar lengths together: less padding.
-        groups = [(prefix, [r for r in reqs if r.key in sharing]),
-                  (None, [r for r in reqs if r.key not in sharing])]
+        groups = [sorted((r for r in reqs if (r.key in sharing) == shared), key=lambda r: len(rows[r.key]))
+                  for shared in (True, False)]
         bs = self.cfg.batch_size
-        for pfx, group in groups:
-            order = sorted(group, key=lambda r: len(rows[r.key]))
-            for start in range(0, len(order), bs):
-                batch = order[start:start + bs]
-                t0 = time.perf_counter()
-                try:
-                    outs = self._answer_batch(batch, [rows[r.key] for r in batch], pfx, torch)
-                except (RuntimeError, ValueError) as e:  # OOM, bad shapes: record per request
-                    outs = [RawOutput(error_kind="backend_error", error=f"{type(e).__name__}: {e}")
-                            for _ in batch]
-                per = (time.perf_counter() - t0) / len(batch)
-                for r, o in zip(batch, outs, strict=True):
-                    o.latency_s = per
-                    if on_result(r, o) is False:
-                        return
+        self._send_batches((g[start:start + bs] for g in groups for start in range(0, len(g), bs)),
+                           lambda batch: self._answer_batch(
+                               batch, [rows[r.key] for r in batch],
+                               prefix if batch[0].key in sharing else None, torch),
+                           on_result)
 
     def _answer_batch(self, batch: list[TeacherRequest], rows: list[list[int]],
                       prefix: PrefixKV | None, torch) -> list[RawOutput]:

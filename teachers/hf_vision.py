@@ -127,18 +127,9 @@ class HFVisionTeacher(LocalTransformersTeacher):
         # lengths together (less padding).
         order = sorted((r for r in reqs if r.key in prepared),
                        key=lambda r: (len(prepared[r.key][1]), len(prepared[r.key][0])))
-        for batch in self._batches(order, prepared):
-            t0 = time.perf_counter()
-            try:
-                outs = self._generate_batch([prepared[r.key] for r in batch], batch, torch)
-            except (RuntimeError, ValueError, OSError) as e:  # OOM, bad shapes, unreadable frames
-                outs = [RawOutput(error_kind="backend_error", error=f"{type(e).__name__}: {e}")
-                        for _ in batch]
-            per = (time.perf_counter() - t0) / len(batch)
-            for r, o in zip(batch, outs, strict=True):
-                o.latency_s = per
-                if on_result(r, o) is False:
-                    return
+        self._send_batches(self._batches(order, prepared),
+                           lambda batch: self._generate_batch([prepared[r.key] for r in batch], batch, torch),
+                           on_result, errors=(RuntimeError, ValueError, OSError))  # and unreadable frames
 
     def _batches(self, order: list[TeacherRequest], prepared) -> Iterable[list[TeacherRequest]]:
         batch: list[TeacherRequest] = []
