@@ -78,6 +78,15 @@ class Template:
     def hash(self) -> str:
         return hashlib.sha256(self.text.encode()).hexdigest()[:16]
 
+    @property
+    def renders_context(self) -> bool:
+        """Whether the prompt shows the dialogue's previous turns (``context``): only then
+        does ``data.context_turns`` change what a job asks."""
+        from jinja2 import meta
+
+        return any("context" in meta.find_undeclared_variables(_ENV.parse(part))
+                   for part in (self.system, self.user))
+
     def scale(self, info: DataInfo) -> Scale:
         """The label scale for a dataset: by metric set, or its class names."""
         if self.output != "soft_label":

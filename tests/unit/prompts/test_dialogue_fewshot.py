@@ -129,3 +129,30 @@ def test_a_few_shot_run_is_its_own_job_and_leaves_the_plain_jobs_keys(tmp_path):
         assert {i: k for i, (_, k) in store.sample_keys(plain.job_id).items()} == p_keys
         assert {i: k for i, (_, k) in store.sample_keys(shots.job_id).items()} == s_keys
         assert {j["job"] for j in store.jobs()} == {plain.job_id, shots.job_id}
+
+
+def test_a_run_with_dialogue_context_is_its_own_job(tmp_path):
+    """data.context_turns changes what a context-rendering template asks: another job (its
+    id names the option), so a run with and one without context in one cache keep their
+    own sample keys. A template that shows no context is the same job either way."""
+    from teachers.job import CachingJob
+    from workbench.cache import CacheStore
+    from workbench.config import CacheConfig
+
+    path = _meld_like(tmp_path, _rows())
+    with_ctx, without = (load_dataset(_cfg(path, context_turns=k)) for k in (2, 0))
+    ccfg = CacheConfig(dir=str(tmp_path / "cache"), template="dialogue_polarity")
+    dialogue, plain = load_template("dialogue_polarity"), load_template("sentiment_polarity")
+    assert dialogue.renders_context and not plain.renders_context
+    with CacheStore(tmp_path / "cache") as store:
+        ctx = CachingJob(TeacherConfig(), ccfg, dialogue, with_ctx, store, "m", context_turns=2)
+        none = CachingJob(TeacherConfig(), ccfg, dialogue, without, store, "m")
+        assert ctx.job_id != none.job_id and ctx.spec.prompting == {"context_turns": 2}
+        c_keys = {p.sample_id: p.key for p in ctx.plan(["test"])}
+        n_keys = {p.sample_id: p.key for p in none.plan(["test"])}
+        assert {i: k for i, (_, k) in store.sample_keys(ctx.job_id).items()} == c_keys
+        assert {i: k for i, (_, k) in store.sample_keys(none.job_id).items()} == n_keys
+        assert c_keys != n_keys
+        same = [CachingJob(TeacherConfig(), ccfg, plain, ds, store, "m", context_turns=k)
+                for ds, k in ((with_ctx, 2), (without, 0))]
+        assert same[0].job_id == same[1].job_id
