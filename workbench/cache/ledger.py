@@ -134,3 +134,20 @@ def spent(c: sqlite3.Connection, teacher: str) -> float:
     """Dollars ``teacher`` has cost this cache (every paid answer received)."""
     row = c.execute("SELECT usd FROM spend WHERE teacher=?", (teacher,)).fetchone()
     return float(row[0]) if row is not None else _spend_from_outputs(c).get(teacher, 0.0)
+
+
+def lease_summary(c: sqlite3.Connection) -> list[dict]:
+    """Per lease owner (one sending run): keys held, dollars reserved, the last expiry, and
+    whether it is still live (a lapsed owner's leases are freed by the next job that
+    leases a key). Read-only."""
+    now = time.time()
+    rows = c.execute("SELECT owner, COUNT(*), COALESCE(SUM(reserve_usd), 0), MAX(expires_at) "
+                     "FROM leases GROUP BY owner ORDER BY owner").fetchall()
+    return [{"owner": o, "keys": int(n), "reserve_usd": float(r), "expires_at": float(e),
+             "live": e > now and _owner_alive(o)} for o, n, r, e in rows]
+
+
+def spend_by_teacher(c: sqlite3.Connection) -> dict[str, float]:
+    """Dollars per teacher this cache has paid (stored, duplicate and imported answers)."""
+    rows = dict(c.execute("SELECT teacher, usd FROM spend").fetchall())
+    return {t: float(v) for t, v in (rows or _spend_from_outputs(c)).items()}

@@ -36,9 +36,11 @@ from workbench.cache.db import CacheError, check_database, connect
 from workbench.cache.ledger import (
     LEDGER_SCHEMA,
     add_spend,
+    lease_summary,
     rebuild_spend,
     release_all,
     release_lease,
+    spend_by_teacher,
     take_lease,
 )
 from workbench.cache.ledger import spent as _spent
@@ -321,6 +323,14 @@ class CacheStore:
     def spent(self, teacher: str) -> float:
         """Dollars ``teacher`` has cost this cache, over every job and run."""
         return _spent(self.conn, teacher)
+
+    def in_flight(self) -> dict[str, Any]:
+        """What is not (yet) a stored row: the leases of sending runs (live or lapsed), the
+        spill files a disk-full run left (answers paid for, stored by the next run), and
+        the spend per teacher."""
+        spills = [{"path": str(p), "answers": len(read_spill(p))} for p in spill_files(self.dir)]
+        return {"leases": lease_summary(self.conn), "spills": spills,
+                "spend_usd": spend_by_teacher(self.conn)}
 
     def import_spills(self) -> int:
         """Store the answers a disk-full run left in spill files; returns how many."""

@@ -154,11 +154,13 @@ def cache_status(
     cache: Annotated[Path, typer.Argument(help="Cache directory.")] = Path("runs/cache"),
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Counts by status and error kind, tokens and cost, per job."""
+    """Counts by status and error kind, tokens and cost, per job; then what is in flight:
+    keys that sending runs hold (live or lapsed), spill files not yet stored, spend."""
     with open_store(cache) as store:
         jobs = store.jobs()
         out = {"cache": str(cache), "total": store.status(),
-               "jobs": [{**j, "status": store.status(j["job"])} for j in jobs]}
+               "jobs": [{**j, "status": store.status(j["job"])} for j in jobs],
+               "in_flight": store.in_flight()}
     if as_json:
         print(json.dumps(out, indent=2))
         return
@@ -175,6 +177,29 @@ def cache_status(
                       f"{st['pending']}", highlight=False)
         console.print(f"  tokens {st['tokens_in']}+{st['tokens_out']}, cost "
                       f"${st['cost_usd']:.4f}, mean latency {st['mean_latency_s']:.3f} s",
+                      highlight=False)
+    _print_in_flight(out["in_flight"])
+
+
+def _print_in_flight(fl: dict) -> None:
+    import time
+
+    for lease in fl["leases"]:
+        until = time.strftime("%H:%M:%S", time.localtime(lease["expires_at"]))
+        state = (f"sending now, leases until {until}" if lease["live"] else
+                 "lapsed (its run is gone; the next run frees them and sends those keys)")
+        console.print(f"leases: {lease['keys']} key(s) held by {escape(lease['owner'])}, "
+                      f"reserving ${lease['reserve_usd']:.4f}: {state}", highlight=False)
+    if fl["spills"]:
+        n = sum(s["answers"] for s in fl["spills"])
+        console.print(f"spill files: {len(fl['spills'])} holding {n} answer(s) already paid "
+                      "for, not yet stored; the next `workbench cache run` on this cache "
+                      "imports them:", highlight=False)
+        for s in fl["spills"]:
+            console.print(f"  {escape(s['path'])} ({s['answers']})", highlight=False)
+    paid = {t: v for t, v in fl["spend_usd"].items() if v}
+    if paid:
+        console.print("spend: " + ", ".join(f"{escape(t)} ${v:.4f}" for t, v in sorted(paid.items())),
                       highlight=False)
 
 

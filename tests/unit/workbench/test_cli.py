@@ -305,3 +305,38 @@ def test_one_seed_sweep_prints_no_spread(tmp_path_factory, one_thread):
     assert md.split("## Leaderboard")[1].split("\n")[2].startswith("| condition |")
     rows = [ln for ln in md.splitlines() if ln.startswith(("| 0 |", "| 0.5 |", "| average |"))]
     assert len(rows) == 3 and not any("±" in ln for ln in rows)
+
+
+def test_cache_status_shows_leases_spills_and_spend(tmp_path):
+    """What is not a stored row yet: a live run's leases, a killed run's lapsed ones, a
+    disk-full run's spill file (answers paid for), and the spend per teacher."""
+    import subprocess
+    import sys
+
+    from workbench.cache import CacheStore
+    from workbench.cache.ledger import new_owner
+    from workbench.cache.records import TeacherOutput
+    from workbench.cache.spill import write_spill
+
+    cache = tmp_path / "cache"
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    with CacheStore(cache) as store:
+        live = new_owner()
+        for k in ("k1", "k2"):
+            assert store.lease(k, live, teacher="gpt@1", reserve_usd=0.01, ttl_s=600) == "taken"
+        gone = f"{live.split(':')[0]}:{dead}:abcd1234"  # a process that has exited
+        assert store.lease("k3", gone, teacher="gpt@1", reserve_usd=0.02, ttl_s=600) == "taken"
+        store.put(TeacherOutput(key="k0", status="ok", cost_usd=0.5), teacher="gpt@1")
+    write_spill(cache, [TeacherOutput(key="k4", status="ok", cost_usd=0.25)], "gpt@1")
+    r = run("cache", "status", str(cache))
+    assert r.exit_code == 0, r.output
+    out = " ".join(r.output.split())
+    assert f"leases: 2 key(s) held by {live}, reserving $0.0200: sending now" in out
+    assert f"leases: 1 key(s) held by {gone}, reserving $0.0200: lapsed" in out
+    assert "spill files: 1 holding 1 answer(s) already paid for, not yet stored" in out
+    assert "spend: gpt@1 $0.5000" in out
+    fl = json.loads(run("cache", "status", str(cache), "--json").stdout)["in_flight"]
+    assert {lease["owner"]: (lease["keys"], lease["live"]) for lease in fl["leases"]} == {
+        live: (2, True), gone: (1, False)}
+    assert fl["spills"][0]["answers"] == 1 and fl["spend_usd"] == {"gpt@1": 0.5}
