@@ -213,7 +213,8 @@ def teacher_costs(manifest: Mapping[str, Any], ds: MSADataset) -> dict[str, Any]
         sample_splits = {s.id: sp for sp in splits for s in ds.iter_samples(sp)}
         try:
             view = teacher_view(cache_dir, sample_splits, ds.fingerprint,
-                                template=str(job.get("template", "")), job=str(job.get("job", "")))
+                                template=str(job.get("template", "")), job=str(job.get("job", "")),
+                                whole_fingerprint=ds.info.whole_fingerprint)
         except CacheError as e:
             rec.update(available=False, reason=str(e))
             log.warning("teacher side of %s unavailable: %s", where, e)

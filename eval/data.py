@@ -119,7 +119,8 @@ def eval_items(meta: CheckpointMeta, samples: list[Sample], ds: MSADataset, spli
             "Mount that cache at the same path, or evaluate the plain student instead")
     try:
         view = teacher_view(cache_dir, {s.id: split for s in samples}, ds.fingerprint,
-                            template=str(job.get("template", "")), job=str(job.get("job", "")))
+                            template=str(job.get("template", "")), job=str(job.get("job", "")),
+                            whole_fingerprint=ds.info.whole_fingerprint)
     except CacheError as e:
         raise EvalError(f"checkpoint {meta.path} (prompted network): {e}") from None
     log.info("prompted network: teacher descriptions for %d of %d %s samples", len(view.outputs),

@@ -56,7 +56,8 @@ def _view(cfg: DistillConfig, ds: MSADataset, template: str, splits: dict[str, s
     sig = cfg.signals
     try:
         view = teacher_view(sig.cache_dir, splits, ds.fingerprint, template=template,
-                            teacher=sig.teacher, min_ok_fraction=sig.min_ok_fraction)
+                            teacher=sig.teacher, min_ok_fraction=sig.min_ok_fraction,
+                            whole_fingerprint=ds.info.whole_fingerprint)
     except CacheError as e:
         raise CacheError(f"{role} (signals.{role}_template={template!r}): {e}") from None
     if view.job.get("output") != output:

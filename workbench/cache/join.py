@@ -60,8 +60,11 @@ def _prompting(job: dict[str, Any]) -> str:
 
 
 def find_job(store: CacheStore, *, template: str, data_fingerprint: str, teacher: str = "",
-             job: str = "") -> dict[str, Any]:
-    """The one job matching the request, or a CacheError that lists what the cache has."""
+             job: str = "", whole_fingerprint: str = "") -> dict[str, Any]:
+    """The one job matching the request, or a CacheError that lists what the cache has.
+
+    A job made from the data itself matches; for a subset (``whole_fingerprint`` set), so
+    does one made from the whole dataset it was cut from (its keys are per sample)."""
     jobs = store.jobs()
     if job:
         match = [j for j in jobs if j["job"] == job]
@@ -74,6 +77,8 @@ def find_job(store: CacheStore, *, template: str, data_fingerprint: str, teacher
             f"{f' teacher={teacher!r}' if teacher else ''}{f' job={job!r}' if job else ''}; "
             f"{_describe(jobs)}. Run `workbench cache run` for it, or fix the config.")
     same_data = [j for j in match if j["data_fingerprint"] == data_fingerprint]
+    if not same_data and whole_fingerprint:
+        same_data = [j for j in match if j["data_fingerprint"] == whole_fingerprint]
     if not same_data:
         raise CacheError(
             f"cache {store.dir} was made from other data: the config's dataset has fingerprint "
@@ -89,7 +94,8 @@ def find_job(store: CacheStore, *, template: str, data_fingerprint: str, teacher
 
 
 def teacher_view(cache_dir: str | Path, sample_splits: dict[str, str], data_fingerprint: str, *,
-                 template: str, teacher: str = "", job: str = "", min_ok_fraction: float = 0.0) -> TeacherView:
+                 template: str, teacher: str = "", job: str = "", min_ok_fraction: float = 0.0,
+                 whole_fingerprint: str = "") -> TeacherView:
     """The ok outputs of ``template`` for the samples in ``sample_splits`` (id -> split).
 
     Raises CacheError if the cache does not match the data, too few rows are ok, or the
@@ -97,7 +103,7 @@ def teacher_view(cache_dir: str | Path, sample_splits: dict[str, str], data_fing
     """
     with CacheStore(cache_dir, create=False) as store:
         spec = find_job(store, template=template, data_fingerprint=data_fingerprint,
-                        teacher=teacher, job=job)
+                        teacher=teacher, job=job, whole_fingerprint=whole_fingerprint)
         if spec["uses_gold_label"]:
             leaked = sorted({sp for sp in sample_splits.values() if sp != "train"})
             if leaked:

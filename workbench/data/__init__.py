@@ -136,7 +136,8 @@ def subset_ids(ids: list[str], size: float, seed: int) -> set[str]:
 
 def take_subset(ds: MSADataset, subset: dict[str, float], seed: int) -> MSADataset:
     """``ds`` with each split named in ``subset`` cut to its seeded random subset
-    (:func:`subset_ids`); the fingerprint is recomputed over what is kept."""
+    (:func:`subset_ids`); the fingerprint is recomputed over what is kept (the whole's is
+    kept as ``whole_fingerprint``)."""
     kept: list[Sample] = []
     for split in ds.splits:
         samples = ds.samples(split)
@@ -146,5 +147,6 @@ def take_subset(ds: MSADataset, subset: dict[str, float], seed: int) -> MSADatas
             log.info("data.subset: kept %d of %d %s samples (seed %d)", len(samples),
                      ds.num_rows(split), split, seed)
         kept += samples
-    info = dataclasses.replace(ds.info, fingerprint=fingerprint(kept))
+    info = dataclasses.replace(ds.info, fingerprint=fingerprint(kept),
+                               whole_fingerprint=ds.info.whole_fingerprint or ds.fingerprint)
     return MSADataset.from_samples(kept, info)

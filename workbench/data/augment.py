@@ -107,7 +107,7 @@ def build_augmented(ds: MSADataset, cache_dir: str | Path, template: str = "para
     all_ids = {s.id for s in ds.iter_samples()}
     with CacheStore(cache_dir, create=False) as store:
         spec = find_job(store, template=template, data_fingerprint=ds.fingerprint,
-                        teacher=teacher)
+                        teacher=teacher, whole_fingerprint=ds.info.whole_fingerprint)
         if spec.get("output") not in ("text", "description"):
             raise CacheError(f"template {template!r} (job {spec['job']}) produced "
                              f"{spec.get('output')!r} outputs; augmentation needs rewrites "

@@ -66,6 +66,9 @@ class DataInfo:
     fingerprint: str = ""
     source: str = ""
     format_version: int = FORMAT_VERSION
+    whole_fingerprint: str = ""
+    """For a seeded subset (``data.subset``): the fingerprint of the whole dataset it was
+    cut from, so a teacher cache made on the whole still serves it; "" for the whole."""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)

@@ -53,3 +53,27 @@ def test_subset_by_count_and_fraction_is_seeded_and_order_free(tmp_path):
 def test_subset_values_are_checked(subset, msg):
     with pytest.raises(ConfigError, match=msg):
         DataConfig(subset=subset)
+
+
+def test_a_cache_of_the_whole_dataset_serves_a_subset(tmp_path):
+    """Teacher answers cached on the whole data serve a run on its data.subset (keys are per
+    sample); other data is still refused."""
+    from tests.support.distill import make_cache
+    from workbench.cache.join import teacher_view
+    from workbench.cache.store import CacheError
+
+    path = _manifest(tmp_path / "m.csv")
+    make_cache(tmp_path / "cache", {"path": str(path)}, "sentiment_score")
+    whole = load_dataset(DataConfig(path=str(path)))
+    part = load_dataset(DataConfig(path=str(path), subset={"train": 5}))
+    assert part.fingerprint != whole.fingerprint and part.info.whole_fingerprint == whole.fingerprint
+    splits = {s.id: "train" for s in part.samples("train")}
+    view = teacher_view(tmp_path / "cache", splits, part.fingerprint, template="sentiment_score",
+                        whole_fingerprint=part.info.whole_fingerprint, min_ok_fraction=1.0)
+    assert set(view.outputs) == set(splits) and len(splits) == 5
+    with pytest.raises(CacheError, match="made from other data"):
+        teacher_view(tmp_path / "cache", splits, part.fingerprint, template="sentiment_score")
+    other = load_dataset(DataConfig(path=str(_manifest(tmp_path / "o.csv", n=30)), subset={"train": 5}))
+    with pytest.raises(CacheError, match="made from other data"):
+        teacher_view(tmp_path / "cache", splits, other.fingerprint, template="sentiment_score",
+                     whole_fingerprint=other.info.whole_fingerprint)
