@@ -10,3 +10,13 @@ MOSI_DIR = REPO.parent / "shared" / "data" / "mosi"
 """The shared CMU-MOSI folder (present on the team's machines, never committed)."""
 LEGACY_CONFIG = REPO / "tests" / "support" / "legacy" / "config_flat_methods.yaml"
 """A config.yaml as main wrote it before the method config objects (flat method keys)."""
+
+
+def load_bench(name: str):
+    """The module of the script ``bench/<name>.py`` (bench scripts are not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,19 +1,14 @@
 """The ablation script's tables: means over seeds, and differences paired by seed."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.support.paths import REPO as ROOT
+from tests.support.paths import load_bench
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    spec = importlib.util.spec_from_file_location("ablation_mosi", ROOT / "bench" / "ablation_mosi.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("ablation_mosi")
 
 
 def run(seed: int, acc2: float, mae: float, lnln_acc2: float, minutes: float = 5.0):

@@ -1,21 +1,17 @@
 """The MELD table script's scheduler: needs come first, at most ``jobs`` at once, done
 tasks are skipped, and a failure stops the rest with the log named."""
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
+from tests.support.paths import load_bench
 
 
 @pytest.fixture(scope="module")
 def meld_table():
-    spec = importlib.util.spec_from_file_location("meld_table", ROOT / "bench" / "meld_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("meld_table")
 
 
 def task(mod, tmp: Path, name: str, needs=(), code: str = "pass"):
