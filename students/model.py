@@ -421,12 +421,17 @@ class StudentModel(nn.Module):
     # ---------------------------------------------------------- for training methods
     def shared_tail(self, x: Tensor) -> Tensor:
         """A fusion-sum vector (B, h) through the layers every modality shares -- the
-        fusion tail and the prediction head -- shaped like ``pred``."""
-        return self._shape(self.head(self.fusion.tail(x)))
+        fusion tail, MIDG's experts when the student has them, and the prediction head --
+        shaped like ``pred``."""
+        h = self.fusion.tail(x)
+        if self.experts is not None:
+            h, _ = self.experts(h)
+        return self._shape(self.head(h))
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """The trainable weights of :meth:`shared_tail` (fusion tail + prediction head)."""
-        mods = [*self.fusion.tail_modules(), self.head]
+        """The trainable weights of :meth:`shared_tail` (fusion tail, experts, head)."""
+        mods = [*self.fusion.tail_modules(), *([self.experts] if self.experts is not None else []),
+                self.head]
         return [p for mod in mods for p in mod.parameters() if p.requires_grad]
 
     def intensity(self, enc: StudentEncoding) -> dict[str, Tensor]:

@@ -215,3 +215,25 @@ def test_conflict_step_on_a_classification_student():
     parts["conflict"].backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0
                for p in model.encoders["audio"].parameters())
+
+
+def test_midg_experts_are_among_the_shared_layers_the_penalty_reads():
+    """With student.experts=midg the experts sit between the fusion and the head for every
+    modality: the per-modality path goes through them, and the penalty trains them."""
+    from students.model import build_student
+    from tests.support.students import HID, make_info, make_samples, student_cfg
+
+    torch.manual_seed(0)
+    model = build_student(student_cfg(text_mode="frozen", experts="midg"), make_info())
+    shared = {id(p) for p in model.shared_parameters()}
+    assert {id(p) for p in model.experts.parameters()} <= shared
+    x = torch.randn(4, HID)
+    mixed, _ = model.experts(model.fusion.tail(x))
+    assert torch.allclose(model.shared_tail(x), model._shape(model.head(mixed)))
+    plan = _plan("train.conflict.tau=1.0")
+    batch = TrainCollator(Collator.for_model(model))(make_samples(8))
+    model.train()
+    parts = training_losses(model, batch, plan, None)
+    model.zero_grad()
+    parts["conflict"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.experts.parameters())
