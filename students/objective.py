@@ -236,6 +236,10 @@ def freeze_unused(model: StudentModel, plan: LossPlan) -> list[str]:
              "unimodal_heads": model.unimodal_heads if not unimodal_used else None,
              "kd_proj": model.kd_proj if plan.priv_repr <= 0 else None,
              "intensity_heads": model.intensity_heads if not intensity_used else None}
+    cy, latent = plan.cyin, model.latent
+    if cy is not None and latent is not None:  # CyIN terms weighted 0 train nothing
+        parts["cyin_label_heads"] = latent.label_head if cy.label_weight == 0 else None
+        parts["cyin_decoders"] = latent.decoder if cy.recon_weight == 0 else None
     for name, module in parts.items():
         if module is not None:
             module.requires_grad_(False)

@@ -12,7 +12,7 @@ from students.batching import TrainCollator
 from students.collate import Collator
 from students.cyin import CyclicLatent, kl_standard_normal, masked_mse, reparameterise
 from students.model import build_student
-from students.objective import plan_losses, training_losses
+from students.objective import freeze_unused, plan_losses, training_losses
 from students.robustness import drop_modalities
 from tests.support.reference import rand
 from tests.support.students import BINS, make_info, make_samples, student_cfg, train_steps
@@ -141,3 +141,27 @@ def test_cyin_config_checks():
         CyinConfig(substitute_prob=1.0)
     with pytest.raises(ConfigError, match="student.latent"):
         load_config(DistillConfig, None, ["student.latent=vae"])
+
+
+def test_cyin_heads_no_term_trains_are_frozen():
+    """label_weight=0 / recon_weight=0: the label heads / decoders get no gradient, so they
+    are frozen (no trainable weight without a gradient; DDP rejects those)."""
+    torch.manual_seed(0)
+    model = build_student(student_cfg(text_mode="frozen", latent="cyin"), make_info(), BINS)
+    plan = plan_losses(load_config(DistillConfig, None, [
+        "student.latent=cyin", "student.cyin.label_weight=0", "student.cyin.recon_weight=0"]),
+        soft_labels=False, privileged=False)
+    frozen = freeze_unused(model, plan)
+    assert {"cyin_label_heads", "cyin_decoders"} <= set(frozen)
+    batch = TrainCollator(Collator.for_model(model))(make_samples(8))
+    model.train()
+    training_losses(model, batch, plan, None)["total"].backward()
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    assert not any(n.startswith(("latent.label_head", "latent.decoder")) for n, _ in trainable)
+    assert all(p.grad is not None for n, p in trainable if n.startswith("latent.")), \
+        [n for n, p in trainable if n.startswith("latent.") and p.grad is None]
+    # weighted, they train
+    plan = plan_losses(load_config(DistillConfig, None, ["student.latent=cyin"]),
+                       soft_labels=False, privileged=False)
+    fresh = build_student(student_cfg(text_mode="frozen", latent="cyin"), make_info(), BINS)
+    assert not {"cyin_label_heads", "cyin_decoders"} & set(freeze_unused(fresh, plan))
