@@ -43,6 +43,8 @@ import sys
 import time
 from pathlib import Path
 
+from common import run_finished
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "configs/distill/mosi_text_audio.yaml"
 GOLD = "configs/distill/mosi_text_audio_gold.yaml"
@@ -93,13 +95,6 @@ def run_dir(runs: Path, variant: str, seed: int) -> Path:
     return runs / variant / f"seed{seed}"
 
 
-def finished(out: Path) -> bool:
-    state = out / "last" / "trainer_state.json"
-    if not state.is_file():
-        return False
-    return bool(json.loads(state.read_text()).get("finished"))
-
-
 def epoch_seconds(out: Path) -> float:
     """Training time as the sum of the epochs' wall times of every stage (what a resumed
     run spent in all its attempts, without start-up)."""
@@ -122,7 +117,7 @@ def train(variant: str, seed: int, out: Path, cache: str, aug: str,
                          "`workbench data augment`)")
     overrides = [o.replace("{aug}", aug) for o in overrides]
     timing = out / "train_time.json"
-    if finished(out) and timing.is_file():
+    if run_finished(out) and timing.is_file():
         return json.loads(timing.read_text())
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
            "configs/accelerate/cpu.yaml", "distill.py", "--config", recipe,
@@ -288,7 +283,7 @@ def main() -> None:
             out = args.runs / v / f"seed{seed}"
             if args.table_only:
                 res, timing = out / "eval-test" / "results.json", out / "train_time.json"
-                if finished(out) and res.is_file() and timing.is_file():
+                if run_finished(out) and res.is_file() and timing.is_file():
                     rec = {**json.loads(timing.read_text()), "epoch_seconds": epoch_seconds(out)}
                     rows[v].append((seed, json.loads(res.read_text()), rec))
                 continue

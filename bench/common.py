@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -39,3 +40,9 @@ class Timer:
 def loadavg() -> str:
     one, five, fifteen = os.getloadavg()
     return f"load average {one:.2f} {five:.2f} {fifteen:.2f}"
+
+
+def run_finished(out: Path) -> bool:
+    """Whether the distillation run in ``out`` has finished (its last state says so)."""
+    state = out / "last" / "trainer_state.json"
+    return state.is_file() and bool(json.loads(state.read_text()).get("finished"))

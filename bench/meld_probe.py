@@ -89,7 +89,7 @@ def baselines(train: int = 1500, seed: int = 0, threads: int = 1) -> dict | None
     summary = (f"MELD test ({len(test)} lines), train {'subset ' if train else ''}{len(train_s)} "
                f"(seed {seed}); encoding {len(train_s) + len(test)} lines took {enc_s:.0f} s on "
                f"{threads} thread(s)")
-    return {"rows": rows, "summary": summary, "n_train": len(train_s), "n_test": len(test)}
+    return {"rows": rows, "summary": summary}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import statistics
 import subprocess
 import sys
@@ -39,8 +38,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))  # bench/ itself is on the path: the script's folder
+
+from common import run_finished  # noqa: E402
+
+from workbench.cache.store import DB_FILE, CacheError  # noqa: E402
 
 CACHE_RECIPE = "configs/cache/meld_dialogue_polarity.yaml"
 GOLD = "configs/distill/meld_text_gold.yaml"
@@ -107,20 +109,24 @@ def cache_dir(runs: Path, name: str) -> Path:
     return runs / f"cache_{name}"
 
 
+def cache_filled(out: Path) -> bool:
+    """Whether the cache in ``out`` has a job with nothing left pending."""
+    from workbench.cache.store import CacheStore
+
+    if not (out / DB_FILE).is_file():
+        return False
+    with CacheStore(out, create=False) as store:
+        st = store.status()
+    return st["keys"] > 0 and st["pending"] == 0
+
+
 def cache_task(runs: Path, name: str) -> Task:
-    """Fill one teacher cache; done once the command has exited 0 (``filled.json``)."""
+    """Fill one teacher cache (a rerun resumes it); done once nothing is pending."""
     out = cache_dir(runs, name)
-    marker = out / "filled.json"
     cmd = [workbench(), "cache", "run", "--config", CACHE_RECIPE, "--splits", "train",
            f"cache.dir={out}", "teacher.num_threads=1", *CACHES[name]]
-    shell = " ".join(shlex.quote(c) for c in cmd) + f" && echo '{{}}' > {shlex.quote(str(marker))}"
-    return Task(f"teacher cache ({name})", ["/bin/sh", "-c", shell],
-                runs / "logs" / f"cache_{name}.log", marker.is_file)
-
-
-def finished(out: Path) -> bool:
-    state = out / "last" / "trainer_state.json"
-    return state.is_file() and bool(json.loads(state.read_text()).get("finished"))
+    return Task(f"teacher cache ({name})", cmd, runs / "logs" / f"cache_{name}.log",
+                lambda: cache_filled(out))
 
 
 def evaluated(out: Path) -> bool:
@@ -135,10 +141,10 @@ def train_task(runs: Path, variant: str, seed: int, extra: list[str]) -> Task:
            "configs/accelerate/cpu.yaml", "distill.py", "--config", recipe,
            f"train.output_dir={out}", f"train.seed={seed}", "train.num_threads=1", *overrides,
            *([f"signals.cache_dir={cache_dir(runs, cache)}"] if cache else []), *extra]
-    if (out / "config.yaml").is_file() and not finished(out):
+    if (out / "config.yaml").is_file() and not run_finished(out):
         cmd.append("--resume")
     needs = (f"teacher cache ({cache})",) if cache else ()
-    return Task(f"{variant} seed {seed}", cmd, out / "train.log", lambda: finished(out), needs)
+    return Task(f"{variant} seed {seed}", cmd, out / "train.log", lambda: run_finished(out), needs)
 
 
 def eval_task(runs: Path, variant: str, seed: int) -> Task:
@@ -149,7 +155,7 @@ def eval_task(runs: Path, variant: str, seed: int) -> Task:
                 (f"{variant} seed {seed}",))
 
 
-def teacher_scores(runs: Path, name: str) -> dict[str, float] | None:
+def teacher_scores(runs: Path, name: str) -> dict[str, float]:
     """The cached teacher's argmax against gold on the train lines it answered."""
     from workbench.cache.join import teacher_view
     from workbench.config import DataConfig, load_config
@@ -191,7 +197,7 @@ def table(runs: Path, seeds: list[int]) -> str:
     for name in CACHES:
         try:
             m = teacher_scores(runs, name)
-        except Exception as e:  # noqa: BLE001 - a missing cache is a note, not a crash
+        except CacheError as e:  # a missing or unfinished cache is a note, not a crash
             lines.append(f"| teacher ({name}) | - | not available: {e} | | |")
             continue
         lines.append(f"| Gemma 3 270M teacher, {name.replace('_', ' ')}, on the train lines it "

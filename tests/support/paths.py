@@ -13,8 +13,13 @@ LEGACY_CONFIG = REPO / "tests" / "support" / "legacy" / "config_flat_methods.yam
 
 
 def load_bench(name: str):
-    """The module of the script ``bench/<name>.py`` (bench scripts are not a package)."""
+    """The module of the script ``bench/<name>.py`` (bench scripts are not a package; like
+    a script run, it finds its siblings such as ``common`` on the path)."""
     import importlib.util
+    import sys
+
+    if str(REPO / "bench") not in sys.path:
+        sys.path.append(str(REPO / "bench"))
 
     spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
