@@ -79,8 +79,9 @@ def request_flops(config, tokens: float, context: float) -> float:
 
 
 def prompt_tokens(template: str, data: DataConfig, n: int) -> tuple[float, float, float]:
-    """Mean prompt tokens of the first N test prompts, the tokens they all share, and the
-    suffix tokens a request runs once padded in batches of BATCH sorted by length."""
+    """Mean prompt tokens of the first N test prompts, the tokens of the prefix most of them
+    share, and the tokens a request runs once padded in batches of BATCH sorted by length
+    (its suffix where it shares the prefix, else the whole prompt)."""
     from transformers import AutoTokenizer
 
     from prompts import load_template, render
@@ -92,8 +93,12 @@ def prompt_tokens(template: str, data: DataConfig, n: int) -> tuple[float, float
     tpl = load_template(template)
     samples = list(ds.iter_samples("test"))[:n]
     rows = sorted((tok(render(tpl, s, ds.info).prompt)["input_ids"] for s in samples), key=len)
-    shared, _ = shared_prefix(rows)
-    padded = sum(len(b) * (len(b[-1]) - shared) for b in (rows[i:i + BATCH] for i in range(0, len(rows), BATCH)))
+    shared, members = shared_prefix(rows)
+    # as hf_local batches them: the rows with the prefix (their suffixes), then the others
+    inside = set(members)
+    groups = [[len(rows[i]) - shared for i in members],
+              [len(r) for i, r in enumerate(rows) if i not in inside]]
+    padded = sum(len(b) * max(b) for g in groups for b in (g[i:i + BATCH] for i in range(0, len(g), BATCH)))
     return sum(map(len, rows)) / len(rows), float(shared), padded / len(rows)
 
 
@@ -140,7 +145,7 @@ def main() -> None:
     bound_full = rate / request_flops(config, mean_tokens, mean_tokens / 2)
     bound_suffix = rate / request_flops(config, suffix, shared + suffix / 2)
 
-    print(f"  prompt: {mean_tokens:.1f} tokens on average, {shared:.0f} shared by every prompt "
+    print(f"  prompt: {mean_tokens:.1f} tokens on average, {shared:.0f} in the shared prefix "
           f"({suffix:.1f} of its own, {padded:.1f} once padded in batches of {BATCH})")
     print(f"  matmul rate (fp32, 1 thread): {rate / 1e9:.1f} GFLOP/s")
     print(f"  compute bound, whole prompt:  {bound_full:6.2f} samples/s "

@@ -14,8 +14,8 @@ and the cache keys do not change.
 **Shared prefix.** Every prompt of a caching job starts with the same template text (the
 system line and few-shot examples: 75 of the 97 tokens of a ``sentiment_polarity`` prompt
 for Gemma 3 270M). :func:`shared_prefix` finds the longest prefix of the job's token ids
-that most rows share (the rows that part from it early run without it); :class:`PrefixKV` computes its KV cache once per job and hands each batch a
-copy repeated to the batch size. A batch then runs only its suffixes, left-padded *between*
+that most rows share (the rows that part from it early run without it); :class:`PrefixKV`
+computes its KV cache once per job and hands each batch a copy repeated to the batch size. A batch then runs only its suffixes, left-padded *between*
 the prefix and the suffix (the attention mask is ones over the prefix, zeros over the
 padding, ones over the suffix), with position ids continuing after the prefix — the ids an
 unpadded prompt would have, as ``generate`` computes them from the attention mask. Token
