@@ -59,7 +59,9 @@ from students.objective import plan_losses
 from students.privileged import privileged_stage
 from students.recipe import Stage, fit, selection_mode
 from students.rundir import RUN_CONFIG, TrainError, flatten_config, prepare_output_dir
+from students.folds import fold_split
 from students.signals import (
+    apply_control,
     description,
     join_augmented,
     join_signals,
@@ -70,6 +72,7 @@ from students.signals import (
 from workbench.config import ConfigError, DistillConfig, dump_config, to_dict
 from workbench.data import MSADataset, Sample, load_dataset, require_labels
 from workbench.data.domains import domain_names, sample_domain
+from workbench.data.lengths import warn_truncation
 from workbench.data.store import DataInfo
 
 __all__ = ["Stage", "TrainError", "train"]
@@ -175,10 +178,21 @@ def _run(cfg: DistillConfig, resume: bool) -> Path:
                           "signals.cache_dir and signals.description_template, or use "
                           "train.privileged=prompted to train it as stage 1")
     privileged = cfg.train.privileged == "prompted"
-    signals = join_signals(cfg, ds, descriptions=privileged or cfg.student.prompted)
     train_samples = _held_in(cfg, info, ds.samples("train"), "train")
     valid_samples = _held_in(cfg, info, ds.samples("valid"), "valid")
+    tc = cfg.train
+    if tc.folds:
+        train_samples, valid_samples = fold_split(
+            train_samples, valid_samples, folds=tc.folds, fold=tc.fold, seed=tc.fold_seed,
+            classification=info.task == "classification")
+        log.info("train.folds=%d: fold %d validates (%d samples), the other %d folds train "
+                 "(%d)", tc.folds, tc.fold, len(valid_samples), tc.folds - 1,
+                 len(train_samples))
     _check_labels(valid_samples, info, "valid")
+    signals = join_signals(cfg, ds, descriptions=privileged or cfg.student.prompted,
+                           train_ids=[s.id for s in train_samples],
+                           valid_ids=[s.id for s in valid_samples])
+    warn_truncation(cfg.student, {"train": train_samples, "valid": valid_samples})
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         if not resume:
@@ -221,6 +235,7 @@ def _run(cfg: DistillConfig, resume: bool) -> Path:
             train_items = [StudentItem(s, soft_signal(teacher_output(signals.soft, s.id)))
                            for s in train_samples]
             valid_items = [StudentItem(s) for s in valid_samples]
+        apply_control(train_items, cfg.signals.control, tc.seed, signals.bins)
         if cfg.data.domain:
             _set_domains(train_items, cfg.data.domain, info.name)
         stage = Stage(name="prompted" if cfg.student.prompted else "student", cfg=cfg,

@@ -180,12 +180,29 @@ def data_stats(
     source: SourceArg,
     overrides: OverridesArg = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    recipe: Annotated[Path | None, typer.Option(
+        help="Distillation recipe whose student.text_encoder counts the tokens and whose "
+             "student.max_text_len is the limit: texts over it are counted.")] = None,
+    max_text_len: Annotated[int, typer.Option(
+        "--max-text-len", help="Count the texts longer than this many tokens (the "
+                               "student's max_text_len; overrides the recipe's).")] = 0,
 ) -> None:
-    """Split sizes, label distribution, modality availability."""
-    from workbench.data.stats import dataset_stats
+    """Split sizes, label distribution, modality availability, text lengths in the student
+    encoder's tokens (and, with --recipe or --max-text-len, the texts it would cut)."""
+    from workbench.data.stats import dataset_stats, token_stats
 
+    if max_text_len < 0:
+        raise ConfigError(f"--max-text-len={max_text_len}: use a positive token count (0: the "
+                          "recipe's student.max_text_len, or no limit)")
+    encoder, limit = "minilm", max_text_len or None
+    if recipe is not None:
+        from workbench.config import DistillConfig, load_config
+
+        student = load_config(DistillConfig, recipe).student
+        encoder, limit = student.text_encoder, limit or student.max_text_len
     _, ds = load_data(source, overrides)
     stats = dataset_stats(ds)
+    stats["tokens"] = tokens = token_stats(ds, encoder, limit)
     if as_json:
         print(json.dumps(stats, indent=2))
         return
@@ -212,3 +229,30 @@ def data_stats(
         table.add_row(split, str(e["n"]), *[str(e["available"][m]) for m in stats["modalities"]],
                       escape(desc))
     console.print(table)
+    _print_tokens(tokens)
+
+
+def _print_tokens(tokens: dict) -> None:
+    """The token-length table of ``data stats`` (or why there is none), and what a limit cuts."""
+    from workbench.data.lengths import percent
+
+    if "note" in tokens:
+        console.print(f"[yellow]note[/]: {escape(tokens['note'])}")
+        return
+    limit = tokens["limit"]
+    console.print(f"text length in tokens of student.text_encoder={escape(tokens['encoder'])} "
+                  "(special tokens included):")
+    table = Table()
+    for name in ("split", "p50", "p95", "max", *([f"over {limit}", "share"] if limit else [])):
+        table.add_column(name, justify="left" if name == "split" else "right", no_wrap=True)
+    for split, t in tokens["splits"].items():
+        figures = [t["p50"], t["p95"], t["max"], *([t["over"], percent(t["share"])] if limit else [])]
+        table.add_row(split, *(map(str, figures) if t else ["-"] * (5 if limit else 3)))
+    console.print(table)
+    if tokens.get("warning"):
+        console.print(f"[yellow]cut[/]: {escape(tokens['warning'])}")
+    elif limit:
+        console.print(f"student.max_text_len={limit} cuts no text")
+    else:
+        console.print("count the texts a student would cut: --max-text-len N, or --recipe "
+                      "configs/distill/X.yaml (its student.max_text_len)")

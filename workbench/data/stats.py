@@ -1,6 +1,8 @@
-"""Describe a dataset: split sizes, label distribution, modality availability.
+"""Describe a dataset: split sizes, label distribution, modality availability, and text
+lengths in the student text encoder's tokens.
 
-``workbench data stats`` prints :func:`dataset_stats` (as a table or ``--json``).
+``workbench data stats`` prints :func:`dataset_stats` and :func:`token_stats` (as a table
+or ``--json``).
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from typing import Any
 
 import numpy as np
 
+from workbench.data.lengths import length_stats, sample_text, token_counter, truncation_warning
 from workbench.data.masks import availability_counts
 from workbench.data.store import MSADataset
+from workbench.models import ModelNotFound
 
 
 def label_stats(values: list[float]) -> dict[str, Any]:
@@ -54,4 +58,24 @@ def dataset_stats(ds: MSADataset) -> dict[str, Any]:
                                 for k in range(len(names))}
         entry["available"] = availability_counts(samples, ds.info.modalities)
         out["splits"][split] = entry
+    return out
+
+
+def token_stats(ds: MSADataset, encoder: str = "minilm", limit: int | None = None) -> dict[str, Any]:
+    """Text lengths per split in ``encoder``'s tokens (special tokens included; see
+    :mod:`workbench.data.lengths`): ``p50``, ``p95``, ``max``; with ``limit`` (a
+    ``student.max_text_len``) also ``over`` and ``share`` per split and ``warning``, what the
+    limit cuts and what to set (``None`` when nothing). When the tokenizer is not here:
+    ``note`` says why, and there are no figures."""
+    out: dict[str, Any] = {"encoder": encoder, "limit": limit}
+    try:
+        count, max_positions = token_counter(encoder)
+    except ModelNotFound as e:
+        out["note"] = f"no token lengths: {e}"
+        return out
+    lengths = {split: count([sample_text(s) for s in ds.samples(split)]) for split in ds.splits}
+    out["max_positions"] = max_positions
+    out["splits"] = {split: length_stats(ls, limit) for split, ls in lengths.items()}
+    if limit is not None:
+        out["warning"] = truncation_warning(lengths, limit, max_positions)
     return out
