@@ -84,11 +84,13 @@ def _regression(pred: Tensor, target: Tensor, kind: str) -> Tensor:
 
 
 def task_loss(pred: Tensor, target: Tensor, kind: Literal["l1", "mse", "ce"] = "l1",
-              weights: Tensor | None = None, mask: Tensor | None = None) -> Tensor:
+              weights: Tensor | None = None, mask: Tensor | None = None,
+              label_smoothing: float = 0.0) -> Tensor:
     """Supervised loss against gold labels, weighted per sample.
 
     ``l1`` / ``mse``: ``pred`` (B,) or (B, 1) scores, ``target`` (B,) floats.
-    ``ce``: ``pred`` (B, C) logits, ``target`` (B,) class indices.
+    ``ce``: ``pred`` (B, C) logits, ``target`` (B,) class indices; ``label_smoothing``
+    ``eps`` mixes the one-hot target with the uniform one (torch's definition).
     """
     if kind == "ce":
         if pred.dim() != 2:
@@ -100,7 +102,8 @@ def task_loss(pred: Tensor, target: Tensor, kind: Literal["l1", "mse", "ce"] = "
             raise ValueError(f"class targets outside [0, {n_cls}) at rows "
                              f"{torch.nonzero(bad).flatten().tolist()[:10]} that the loss uses; "
                              "pass mask= (e.g. batch['label_mask']) to exclude them")
-        per = F.cross_entropy(pred.float(), tgt, reduction="none")
+        per = F.cross_entropy(pred.float(), tgt, reduction="none",
+                              label_smoothing=label_smoothing)
         return weighted_mean(per, weights, mask)
     pred = pred.reshape(pred.shape[0], -1)
     if pred.shape[1] != 1:

@@ -49,6 +49,8 @@ class LossPlan:
 
     task_kind: str
     classification: bool
+    label_smoothing: float = 0.0
+    """Label smoothing of the cross-entropy task loss (``loss.label_smoothing``)."""
     unimodal_aux: float = 0.0
     soft_kd: float = 0.0
     expected: float = 0.0
@@ -97,7 +99,7 @@ def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool,
     classification = cfg.data.task == "classification"
     return LossPlan(
         task_kind=cfg.train.task_loss, classification=classification,
-        unimodal_aux=lc.unimodal_aux,
+        label_smoothing=lc.label_smoothing, unimodal_aux=lc.unimodal_aux,
         soft_kd=lc.soft_label_kd if soft_labels else 0.0,
         expected=lc.expected_score if soft_labels and not classification else 0.0,
         temperature=lc.temperature,
@@ -122,7 +124,8 @@ def compute_losses(out: StudentOutput, batch: dict[str, Any], plan: LossPlan,
     target = batch["label_class"] if plan.classification else batch["labels"]
     label_mask = batch["label_mask"]
     losses: dict[str, Tensor] = {}
-    losses["task"] = task_loss(out.pred, target, plan.task_kind, w, label_mask)
+    losses["task"] = task_loss(out.pred, target, plan.task_kind, w, label_mask,
+                               label_smoothing=plan.label_smoothing)
     total = losses["task"]
     if plan.unimodal_aux > 0:
         terms = []

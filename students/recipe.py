@@ -16,6 +16,7 @@ resumed run ends exactly where an unbroken one would.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -29,9 +30,10 @@ from torch.utils.data import DataLoader
 
 from students.augment import weigh_augmented
 from students.batching import EpochSampler, ItemDataset, PrivilegedTarget, TrainCollator, epoch_seed
-from students.checkpoint import BEST_DIR, save_checkpoint
+from students.checkpoint import BEST_DIR, SELECTION_FILE, save_checkpoint
 from students.collate import Collator, StudentItem
 from students.inference import item_text
+from students.losses import task_loss
 from students.model import TRAINING_ONLY_PREFIXES, StudentModel, build_student
 from students.objective import LossPlan, freeze_unused, training_losses
 from students.robustness import lnln_train
@@ -68,16 +70,20 @@ class Stage:
         return self.cfg.train.epochs
 
 
+SELECT_LOSS = "loss"
+"""``train.select_metric=valid_loss``: the unweighted task loss on the validation split."""
+
+
 def selection_mode(cfg: DistillConfig, info: DataInfo) -> tuple[str, str]:
     """(metric name without ``valid_``, ``min``/``max``), checked against the metric set."""
     metric = cfg.train.select_metric.removeprefix("valid_")
-    names = METRIC_NAMES.get(info.metric_set, ())
+    names = (*METRIC_NAMES.get(info.metric_set, ()), SELECT_LOSS)
     if metric not in names:
         raise ConfigError(
             f"train.select_metric={cfg.train.select_metric!r} is invalid: dataset "
             f"{info.name!r} uses metric set {info.metric_set!r}, whose metrics are "
             f"{list(names)}; use valid_<one of those>")
-    mode = "max" if higher_is_better(metric) else "min"
+    mode = "min" if metric == SELECT_LOSS else ("max" if higher_is_better(metric) else "min")
     if cfg.train.select_mode not in ("auto", mode):
         raise ConfigError(
             f"train.select_mode={cfg.train.select_mode!r} is invalid: {metric} is better when "
@@ -96,18 +102,63 @@ def better(value: float, best: float | None, mode: str) -> bool:
     return value > best if mode == "max" else value < best
 
 
+COLLAPSE_SHARE = 0.9
+"""A classifier that gives one class to at least this share of the validation samples
+(when gold gives it to fewer) has collapsed towards it."""
+COLLAPSE_SPREAD = 0.1
+"""A regressor whose predictions' std is below this fraction of gold's has collapsed
+towards one score."""
+
+
+def prediction_spread(preds: np.ndarray, labels: np.ndarray, task: str) -> dict[str, float]:
+    """How spread the predictions are against gold: ``top_share`` / ``gold_top_share``
+    and ``top_class`` (classification: the most predicted class and the shares it gets
+    from the predictions and from gold), or ``pred_std`` / ``gold_std`` (regression)."""
+    if task == "classification":
+        pred_ids = preds.argmax(-1) if preds.ndim == 2 else preds.astype(int)
+        top = int(np.bincount(pred_ids).argmax())
+        return {"top_class": top, "top_share": float(np.mean(pred_ids == top)),
+                "gold_top_share": float(np.mean(labels.astype(int) == top))}
+    return {"pred_std": float(np.std(preds.reshape(-1))), "gold_std": float(np.std(labels))}
+
+
+def collapse_note(spread: dict[str, float], class_names: list[str]) -> str:
+    """A sentence when ``spread`` (:func:`prediction_spread`) says the predictions collapsed
+    towards one answer, else ''."""
+    if "top_share" in spread:
+        share, gold = spread["top_share"], spread["gold_top_share"]
+        if share >= COLLAPSE_SHARE and gold < COLLAPSE_SHARE:
+            top = int(spread["top_class"])
+            name = class_names[top] if top < len(class_names) else str(top)
+            return (f"it predicts {name!r} for {100 * share:.0f}% of the validation samples "
+                    f"(gold: {100 * gold:.0f}%)")
+        return ""
+    if spread["pred_std"] < COLLAPSE_SPREAD * spread["gold_std"]:
+        return (f"its predictions' std is {spread['pred_std']:.3f} against gold's "
+                f"{spread['gold_std']:.3f}")
+    return ""
+
+
 @torch.no_grad()
-def validate(model: Any, loader: Any, accelerator: Any, info: DataInfo) -> dict[str, float]:
-    """Metrics of the dataset's metric set on the (prepared) validation loader."""
+def validate(model: Any, loader: Any, accelerator: Any, info: DataInfo, task_kind: str = ""
+             ) -> tuple[dict[str, float], dict[str, float]]:
+    """Metrics of the dataset's metric set on the (prepared) validation loader, plus
+    ``loss`` (the unweighted task loss ``task_kind``, when given), and the predictions'
+    :func:`prediction_spread`."""
     model.eval()
     preds, labels = [], []
     for batch in loader:
         pred = model(batch).pred.float()
         target = batch["label_class"] if info.task == "classification" else batch["labels"]
         pred, target = accelerator.gather_for_metrics((pred, target))
-        preds.append(pred.cpu().numpy())
-        labels.append(target.cpu().numpy())
-    return compute_metrics(info.metric_set, np.concatenate(preds), np.concatenate(labels))
+        preds.append(pred.cpu())
+        labels.append(target.cpu())
+    pred_t, label_t = torch.cat(preds), torch.cat(labels)
+    p, y = pred_t.numpy(), label_t.numpy()
+    metrics = compute_metrics(info.metric_set, p, y)
+    if task_kind:
+        metrics[SELECT_LOSS] = float(task_loss(pred_t, label_t, task_kind))  # type: ignore[arg-type]
+    return metrics, prediction_spread(p, y, info.task)
 
 
 class StageRecipe:
@@ -256,8 +307,11 @@ class StageRecipe:
         return {k: v / max(1, n_batches) for k, v in sums.items()}
 
     def validate(self) -> dict[str, float]:
-        """Validation metrics (the dataset's metric set) of the model as it is now."""
-        return validate(self.model, self.valid_loader, self.accelerator, self.info)
+        """Validation metrics (the dataset's metric set, and ``loss``) of the model as it
+        is now; the predictions' spread is kept for :meth:`save_best`."""
+        metrics, self.spread = validate(self.model, self.valid_loader, self.accelerator,
+                                        self.info, self.stage.plan.task_kind)
+        return metrics
 
     def save_best(self, epoch: int, valid: dict[str, float]) -> bool:
         """``checkpoint-best/`` when ``valid`` improves the selection metric; whether it
@@ -270,7 +324,7 @@ class StageRecipe:
             selection = {"split": "valid", "metric": f"valid_{self.metric}", "mode": self.mode,
                          "epoch": epoch + 1, "value": value,
                          "metrics": {f"valid_{k}": v for k, v in valid.items()},
-                         "stage": self.stage.name}
+                         "spread": self.spread, "stage": self.stage.name}
             full_sd = {k: v for k, v in accelerator.get_state_dict(self.model).items()
                        if not k.startswith(TRAINING_ONLY_PREFIXES)}
             if accelerator.is_main_process:
@@ -326,8 +380,28 @@ class StageRecipe:
         log.info("%s: best valid_%s=%.4f at epoch %d -> %s", self.stage.name, self.metric,
                  float("nan") if self.state.best_value is None else self.state.best_value,
                  self.state.best_epoch, self.best_dir)
+        self.warn_collapse()
         self.accelerator.free_memory()
         return self.best_dir
+
+    def warn_collapse(self) -> None:
+        """Warn when the selected checkpoint's validation predictions collapsed towards one
+        answer (:func:`selected_collapse`), saying what to try."""
+        note = selected_collapse(self.best_dir, self.info.class_names)
+        if note and self.accelerator.is_main_process:
+            log.warning(
+                "%s: the selected checkpoint (epoch %d) may have collapsed: %s. With few "
+                "validation samples selection is noisy: try train.select_metric=valid_loss, "
+                "cross-validation (train.folds=5), more epochs, or a lower train.lr",
+                self.stage.name, self.state.best_epoch, note)
+
+
+def selected_collapse(best_dir: Path, class_names: list[str]) -> str:
+    """:func:`collapse_note` of the checkpoint in ``best_dir`` (its ``selection.json``
+    spread); '' when it did not collapse or records no spread."""
+    sel = best_dir / SELECTION_FILE
+    spread = json.loads(sel.read_text()).get("spread") if sel.is_file() else None
+    return collapse_note(spread, class_names) if spread else ""
 
 
 def fit(accelerator: Any, stage: Stage, info: DataInfo, resume: bool) -> Path:

@@ -71,8 +71,13 @@ def _view(cfg: DistillConfig, ds: MSADataset, template: str, splits: dict[str, s
     return view
 
 
-def join_signals(cfg: DistillConfig, ds: MSADataset, *, descriptions: bool) -> TeacherSignals:
+def join_signals(cfg: DistillConfig, ds: MSADataset, *, descriptions: bool,
+                 train_ids: list[str] | None = None, valid_ids: list[str] | None = None
+                 ) -> TeacherSignals:
     """Join the dataset's train (and, for descriptions, valid) samples to the cache.
+
+    ``train_ids`` / ``valid_ids``: the samples that train and validate when they are not
+    the dataset's own splits (``train.folds``); default: the ``train`` / ``valid`` split.
 
     Raises :class:`CacheError` with the numbers when the cache is missing, was made
     from other data, with another template or teacher, has too few ok rows, or holds
@@ -91,10 +96,15 @@ def join_signals(cfg: DistillConfig, ds: MSADataset, *, descriptions: bool) -> T
             f"Fill one with `workbench cache run --cache {sig.cache_dir} ...`, point "
             "signals.cache_dir at an existing cache, or train on gold labels only "
             "(signals.cache_dir='', e.g. the *_gold.yaml recipe)")
-    train_ids = {s.id: "train" for s in ds.iter_samples("train")}
+    if train_ids is None:
+        train_ids = [s.id for s in ds.iter_samples("train")]
+    if valid_ids is None:
+        valid_ids = [s.id for s in ds.iter_samples("valid")]
+    train_split = {sid: "train" for sid in train_ids}
     out = TeacherSignals()
     if sig.soft_label_template:
-        out.soft = _view(cfg, ds, sig.soft_label_template, train_ids, "soft_label", "soft_label")
+        out.soft = _view(cfg, ds, sig.soft_label_template, train_split, "soft_label",
+                         "soft_label")
         values = _bin_sets(out.soft)
         if len(values) > 1:
             raise CacheError(f"soft labels in {sig.cache_dir} use several bin sets "
@@ -102,7 +112,7 @@ def join_signals(cfg: DistillConfig, ds: MSADataset, *, descriptions: bool) -> T
         if values:
             out.bins = [float(v) for v in values.pop()]
     if descriptions:
-        splits = {**train_ids, **{s.id: "valid" for s in ds.iter_samples("valid")}}
+        splits = {**train_split, **{sid: "valid" for sid in valid_ids}}
         out.descriptions = _view(cfg, ds, sig.description_template, splits, "description",
                                  "description")
     return out
@@ -158,6 +168,35 @@ def soft_signal(out: TeacherOutput | None) -> TeacherSignal | None:
     sl = out.soft_label
     return TeacherSignal(probs=np.asarray(sl.probs, dtype=np.float32), expected=sl.expected,
                          entropy=sl.entropy, off_mass=sl.off_label_mass)
+
+
+def apply_control(items: list[StudentItem], control: str, seed: int,
+                  bins: list[float] | None) -> int:
+    """Replace the soft labels of ``items`` in place by ``signals.control``'s (``uniform``:
+    the uniform distribution over the bins, whose expected score is the bins' mean;
+    ``shuffled``: another item's soft label, a permutation seeded by ``seed``); items
+    without one keep none. Returns how many were replaced."""
+    have = [it for it in items if it.teacher is not None and it.teacher.probs is not None]
+    if control == "none" or not have:
+        return 0
+    if control == "uniform":
+        for it in have:
+            t = it.teacher
+            n = len(t.probs)
+            t.probs = np.full(n, 1.0 / n, dtype=np.float32)
+            t.expected = float(np.mean(bins)) if bins else None
+            t.entropy, t.off_mass = float(np.log(n)), 0.0
+    elif control == "shuffled":
+        order = np.random.default_rng([seed, 7]).permutation(len(have))
+        fields = [(it.teacher.probs, it.teacher.expected, it.teacher.entropy,
+                   it.teacher.off_mass) for it in have]
+        for it, j in zip(have, order, strict=True):
+            it.teacher.probs, it.teacher.expected, it.teacher.entropy, it.teacher.off_mass = fields[j]
+    else:
+        raise ValueError(f"signals.control={control!r}: use none, uniform or shuffled")
+    log.info("signals.control=%s: replaced the soft labels of %d train samples", control,
+             len(have))
+    return len(have)
 
 
 def description(view: TeacherView | None, sample_id: str) -> str:

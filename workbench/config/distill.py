@@ -34,10 +34,21 @@ class SignalsConfig:
     empty: the only job of each template for this data."""
     min_ok_fraction: float = 0.9
     """Refuse a job with ok answers for fewer than this fraction of the samples asked for."""
+    control: Literal["none", "uniform", "shuffled"] = "none"
+    """A control that tells distillation from regularisation, for ablations: the same
+    samples get the same soft-label terms (weight, temperature), but ``uniform`` replaces
+    each soft label by the uniform distribution over the bins (what label smoothing and
+    a confidence penalty do) and ``shuffled`` hands each train sample the soft label of
+    another (a seeded permutation: the teacher's label marginal without its per-sample
+    knowledge). ``none``: the teacher's own soft labels."""
 
     def __post_init__(self) -> None:
         check(0.0 <= self.min_ok_fraction <= 1.0, "signals.min_ok_fraction",
               self.min_ok_fraction, "use a fraction in [0, 1]")
+        check(self.control == "none" or bool(self.cache_dir and self.soft_label_template),
+              "signals.control", self.control,
+              "a control replaces the teacher's soft labels on the samples they cover: set "
+              "signals.cache_dir and signals.soft_label_template, or signals.control=none")
 
 
 @dataclass
@@ -67,6 +78,11 @@ class LossConfig:
     unimodal_aux: float = 0.0
     """Weight of the gold-label loss of each modality's auxiliary head (averaged over the
     modalities, each on the samples that have it)."""
+    label_smoothing: float = 0.0
+    """Label smoothing of the cross-entropy task loss (classification): the gold class
+    gets ``1 - eps + eps / C``, every class ``eps / C``. With teacher soft labels off it is
+    the control that says whether soft labels helped as knowledge or as smoothing."""
+
     def __post_init__(self) -> None:
         for name in ("soft_label_kd", "expected_score", "privileged_pred", "privileged_repr",
                      "privileged_attn", "unimodal_aux"):
@@ -74,6 +90,8 @@ class LossConfig:
                   "use 0 (term off) or a positive weight")
         check(self.temperature > 0, "loss.temperature", self.temperature,
               "use a positive temperature, e.g. 1.0 or 2.0")
+        check(0.0 <= self.label_smoothing < 1.0, "loss.label_smoothing", self.label_smoothing,
+              "use 0 (off) or a fraction in (0, 1), e.g. 0.1")
 
 
 @dataclass
@@ -98,6 +116,10 @@ class DistillConfig:
               self.train.task_loss,
               "use ce for a classification dataset" if classification
               else "use l1 or mse for a regression dataset (ce is for classification)")
+        check(self.loss.label_smoothing == 0 or classification, "loss.label_smoothing",
+              self.loss.label_smoothing,
+              "label smoothing applies to the cross-entropy of a classification task; for "
+              "a regression task use signals.control=uniform as the smoothing control")
         sig = self.signals
         # (student.prompted alone is checked when training starts: the config of a
         # prompted checkpoint may be loaded without its cache.)

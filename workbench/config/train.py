@@ -43,11 +43,24 @@ class TrainConfig:
     dataset, else ``l1``."""
     select_metric: str = "auto"
     """Validation metric that picks the checkpoint (``valid_`` + a metric name of the
-    dataset's metric set, e.g. ``valid_mae``, ``valid_acc2_non0``, ``valid_f1_weighted``);
+    dataset's metric set, e.g. ``valid_mae``, ``valid_acc2_non0``, ``valid_f1_weighted``,
+    or ``valid_loss``: the unweighted task loss on the validation split, cross-entropy for
+    classes, which moves smoothly where a few dozen validation samples make F1 jump);
     ``auto``: ``valid_f1_weighted`` for a classification dataset, else ``valid_mae``."""
     select_mode: Literal["auto", "min", "max"] = "auto"
     """Whether smaller or larger ``select_metric`` is better; ``auto`` takes it from the
     metric (``workbench.metrics.higher_is_better``); an explicit value must agree with it."""
+    folds: int = 0
+    """K-fold cross-validation (a small dataset's protocol): with ``folds=k`` (>= 2) the
+    train and valid samples are pooled and cut into ``k`` folds, stratified by class (or
+    by score quantile) and seeded by ``fold_seed``; fold ``fold`` is this run's validation
+    split, the other ``k - 1`` train. The test split is untouched. Train one run per fold
+    (``train.fold=0..k-1``) and evaluate them together: ``workbench eval`` groups the
+    folds of a recipe like seeds (mean ± std). 0: the dataset's own train/valid split."""
+    fold: int = 0
+    """Which fold is the validation split (``0 <= fold < folds``)."""
+    fold_seed: int = 0
+    """Seed of the fold assignment (the same for every fold of one protocol)."""
     holdout_domain: str = ""
     """A domain (``data.domain``) left out of training and validation (leave-one-domain-out);
     empty: every sample trains."""
@@ -121,6 +134,12 @@ class TrainConfig:
         check(self.num_workers >= 0, "train.num_workers", self.num_workers, "use 0 or more")
         check(self.prompted_epochs >= 0, "train.prompted_epochs", self.prompted_epochs,
               "use 0 (same as train.epochs) or a positive count")
+        check(self.folds == 0 or self.folds >= 2, "train.folds", self.folds,
+              "use 0 (the dataset's own valid split) or k >= 2 folds, e.g. 5")
+        check(self.folds == 0 or 0 <= self.fold < self.folds, "train.fold", self.fold,
+              f"name a fold in 0..{max(self.folds - 1, 0)} (train.folds={self.folds})")
+        check(self.folds > 0 or self.fold == 0, "train.fold", self.fold,
+              "it is only read with train.folds >= 2; set train.folds or leave it 0")
         check(self.select_metric == "auto" or self.select_metric.startswith("valid_"), "train.select_metric",
               self.select_metric,
               "checkpoints are selected on the validation split only; use valid_<metric>")

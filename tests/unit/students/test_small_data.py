@@ -1,0 +1,191 @@
+"""Small-data training: k-fold splits, selection on the validation loss, the collapse
+warning, label smoothing, and the controls that tell distillation from regularisation."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from students.collate import StudentItem, TeacherSignal
+from students.folds import fold_of, fold_split
+from students.losses import task_loss
+from students.recipe import collapse_note, prediction_spread, selected_collapse, selection_mode
+from students.signals import apply_control
+from students.trainer import train
+from tests.support.distill import distill_cfg
+from tests.support.students import make_samples
+from workbench.config import ConfigError, DistillConfig, load_config
+from workbench.data import Sample, load_dataset
+from workbench.data.store import DataInfo
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _samples(n: int, classes: int = 3) -> list[Sample]:
+    return [Sample(id=f"s{i:03d}", text=f"t{i}", split="train", label_class=i % classes)
+            for i in range(n)]
+
+
+# ------------------------------------------------------------------------------ folds
+
+
+def test_folds_partition_the_pool_stratified_and_independent_of_order():
+    pool = _samples(60)
+    where = fold_of(pool, 5, seed=3, classification=True)
+    assert sorted(set(where.values())) == [0, 1, 2, 3, 4]
+    for f in range(5):
+        members = [s for s in pool if where[s.id] == f]
+        assert len(members) == 12
+        assert np.bincount([s.label_class for s in members]).tolist() == [4, 4, 4]
+    assert fold_of(list(reversed(pool)), 5, seed=3, classification=True) == where
+    assert fold_of(pool, 5, seed=4, classification=True) != where
+
+
+def test_fold_split_pools_train_and_valid_and_keeps_every_sample_once():
+    train_s, valid_s = _samples(40)[:32], _samples(40)[32:]
+    seen = []
+    for f in range(4):
+        tr, va = fold_split(train_s, valid_s, folds=4, fold=f, seed=0, classification=True)
+        assert len(tr) + len(va) == 40 and not {s.id for s in tr} & {s.id for s in va}
+        seen += [s.id for s in va]
+    assert sorted(seen) == sorted(s.id for s in train_s + valid_s)
+
+
+def test_regression_folds_are_stratified_by_score():
+    pool = [Sample(id=f"r{i}", text="x", split="train", label=float(i)) for i in range(20)]
+    where = fold_of(pool, 2, seed=0, classification=False)
+    means = [np.mean([s.label for s in pool if where[s.id] == f]) for f in (0, 1)]
+    assert abs(means[0] - means[1]) <= 1.0
+
+
+@pytest.mark.parametrize("overrides,msg", [
+    (["train.folds=1"], "train.folds=1 is invalid"),
+    (["train.folds=5", "train.fold=5"], "train.fold=5 is invalid.*0..4"),
+    (["train.fold=2"], "train.fold=2 is invalid.*train.folds"),
+    (["loss.label_smoothing=0.1"], "loss.label_smoothing=0.1 is invalid.*classification"),
+    (["signals.control=uniform"], "signals.control='uniform' is invalid.*signals.cache_dir"),
+])
+def test_bad_small_data_settings_are_refused_with_the_field(overrides, msg):
+    with pytest.raises(ConfigError, match=msg):
+        load_config(DistillConfig, None, overrides)
+
+
+def test_a_fold_run_trains_on_the_pool_and_validates_on_its_fold(tmp_path, data, caplog):
+    cfg = distill_cfg(tmp_path / "run", data, "train.folds=3", "train.fold=1",
+                      "train.epochs=1")
+    ds = load_dataset(cfg.data)
+    pool = ds.samples("train") + ds.samples("valid")
+    n_valid = sum(1 for f in fold_of(pool, 3, 0, False).values() if f == 1)
+    with caplog.at_level(logging.INFO):
+        best = train(cfg)
+    assert f"fold 1 validates ({n_valid} samples)" in caplog.text
+    assert f"train ({len(pool) - n_valid})" in caplog.text
+    sel = json.loads((best / "selection.json").read_text())
+    assert sel["split"] == "valid" and "valid_loss" in sel["metrics"]
+
+
+# -------------------------------------------------------------------------- selection
+
+
+def test_valid_loss_is_a_selection_metric_and_smaller_is_better():
+    cfg = load_config(DistillConfig, None, ["train.select_metric=valid_loss"])
+    info = DataInfo(name="d", task="regression", metric_set="mosi", label_range=(-3, 3),
+                    class_names=[], modalities=["text"], fingerprint="x")
+    assert selection_mode(cfg, info) == ("loss", "min")
+    cfg.train.select_mode = "max"
+    with pytest.raises(ConfigError, match="select_mode='max' is invalid"):
+        selection_mode(cfg, info)
+
+
+def test_collapse_is_noted_for_one_class_and_flat_scores_only():
+    labels = np.array([0, 1, 2, 1, 0, 2, 1, 1, 0, 2])
+    one = np.eye(3)[np.ones(10, dtype=int)] + 0.01
+    note = collapse_note(prediction_spread(one, labels, "classification"), ["neg", "neu", "pos"])
+    assert "'neu' for 100% of the validation samples (gold: 40%)" in note
+    varied = np.eye(3)[labels]
+    assert collapse_note(prediction_spread(varied, labels, "classification"), []) == ""
+    # a majority class that gold itself gives to 90%+ is not a collapse
+    skewed = np.array([1] * 19 + [0])
+    assert collapse_note(prediction_spread(np.eye(2)[np.ones(20, dtype=int)], skewed,
+                                           "classification"), []) == ""
+    y = np.linspace(-3, 3, 20)
+    assert "std" in collapse_note(prediction_spread(np.full(20, 0.2) + 0.01 * y, y,
+                                                    "regression"), [])
+    assert collapse_note(prediction_spread(y * 0.8, y, "regression"), []) == ""
+
+
+def test_the_selected_checkpoint_s_spread_is_recorded_and_read_back(tmp_path, data, caplog):
+    cfg = distill_cfg(tmp_path / "run", data, "train.epochs=2")
+    with caplog.at_level(logging.WARNING):
+        best = train(cfg)
+    sel_file = best / "selection.json"
+    sel = json.loads(sel_file.read_text())
+    assert set(sel["spread"]) == {"pred_std", "gold_std"}
+    assert (selected_collapse(best, []) == "") == ("may have collapsed" not in caplog.text)
+    sel["spread"] = {"pred_std": 0.01, "gold_std": 1.2}
+    sel_file.write_text(json.dumps(sel))
+    assert "std is 0.010 against gold's 1.200" in selected_collapse(best, [])
+
+
+# ----------------------------------------------------------- smoothing and controls
+
+
+def test_label_smoothing_is_torch_s_definition():
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 0.0]])
+    target = torch.tensor([0, 2])
+    eps = 0.2
+    soft = torch.full((2, 3), eps / 3)
+    soft[torch.arange(2), target] += 1 - eps
+    want = -(soft * logits.log_softmax(-1)).sum(-1).mean()
+    got = task_loss(logits, target, "ce", label_smoothing=eps)
+    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    assert float(got) != pytest.approx(float(task_loss(logits, target, "ce")))
+
+
+def _items() -> list[StudentItem]:
+    samples = make_samples(7)
+    items = []
+    for i, s in enumerate(samples[:6]):
+        p = np.zeros(7, dtype=np.float32)
+        p[i] = 1.0
+        items.append(StudentItem(s, TeacherSignal(probs=p, expected=float(i - 3), entropy=0.0,
+                                                  off_mass=0.1)))
+    items.append(StudentItem(samples[6], None))
+    return items
+
+
+def test_uniform_control_replaces_every_soft_label_by_the_uniform_distribution():
+    items = _items()
+    assert apply_control(items, "uniform", seed=0, bins=[-3, -2, -1, 0, 1, 2, 3]) == 6
+    for it in items[:6]:
+        assert np.allclose(it.teacher.probs, 1 / 7) and it.teacher.expected == 0.0
+        assert it.teacher.entropy == pytest.approx(np.log(7))
+    assert items[6].teacher is None
+
+
+def test_shuffled_control_permutes_soft_labels_among_the_samples_that_have_one():
+    items = _items()
+    before = [int(it.teacher.probs.argmax()) for it in items[:6]]
+    assert apply_control(items, "shuffled", seed=1, bins=None) == 6
+    after = [int(it.teacher.probs.argmax()) for it in items[:6]]
+    assert sorted(after) == sorted(before) and after != before
+    # the expected score moves with its distribution
+    assert all(it.teacher.expected == it.teacher.probs.argmax() - 3 for it in items[:6])
+    again = _items()
+    apply_control(again, "shuffled", seed=1, bins=None)
+    assert [int(it.teacher.probs.argmax()) for it in again[:6]] == after
+    assert apply_control(_items(), "none", seed=1, bins=None) == 0
+
+
+def test_a_control_run_trains_and_records_the_control(tmp_path, data, cache, caplog):
+    cfg = distill_cfg(tmp_path / "run", data, f"signals.cache_dir={cache}",
+                      "signals.control=shuffled", "train.epochs=1")
+    with caplog.at_level(logging.INFO):
+        best = train(cfg)
+    n_train = load_dataset(cfg.data).num_rows("train")
+    assert f"signals.control=shuffled: replaced the soft labels of {n_train}" in caplog.text
+    assert "control: shuffled" in (best / "config.yaml").read_text()
