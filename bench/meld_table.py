@@ -3,8 +3,9 @@ in the teacher's prompt, on the full train split, 3 seeds each.
 
 Rows (test split, 2,610 lines; accuracy, weighted F1, macro F1, mean ± std over seeds):
 
-- majority class and the frozen-encoder probe (``bench/meld_probe.py``, whole train split;
-  both deterministic, so one run),
+- majority class and the frozen-encoder probe (``workbench baselines
+  configs/data/meld.yaml``: :func:`eval.baselines.run_baselines`, whole train split; both
+  deterministic, so one run),
 - the teacher itself (Gemma 3 270M, ``dialogue_polarity``) scored on the train lines it
   labelled, without and with the 3 previous lines of the dialogue (its argmax against gold;
   the few-shot examples it sees are 6 of those lines),
@@ -42,8 +43,10 @@ sys.path.insert(0, str(ROOT))  # bench/ itself is on the path: the script's fold
 
 from common import run_finished  # noqa: E402
 
-from workbench.cache.store import DB_FILE, CacheError  # noqa: E402
+from eval.options import EvalError  # noqa: E402
+from workbench.cache.store import DB_FILE  # noqa: E402
 
+MELD = ROOT / "configs" / "data" / "meld.yaml"
 CACHE_RECIPE = "configs/cache/meld_dialogue_polarity.yaml"
 GOLD = "configs/distill/meld_text_gold.yaml"
 SOFT = "configs/distill/meld_text_soft.yaml"
@@ -155,24 +158,21 @@ def eval_task(runs: Path, variant: str, seed: int) -> Task:
                 (f"{variant} seed {seed}",))
 
 
-def teacher_scores(runs: Path, name: str) -> dict[str, float]:
-    """The cached teacher's argmax against gold on the train lines it answered."""
-    from workbench.cache.join import teacher_view
+def meld_config(overrides: list[str] | None = None):
     from workbench.config import DataConfig, load_config
-    from workbench.data import load_dataset
-    from workbench.metrics import classification_metrics
 
-    data_over = [o.removeprefix("data.") for o in CACHES[name]]
-    ds = load_dataset(load_config(DataConfig, ROOT / "configs" / "data" / "meld.yaml", data_over))
-    train = ds.samples("train")
-    view = teacher_view(cache_dir(runs, name), {s.id: "train" for s in train}, ds.fingerprint,
-                        template="dialogue_polarity")
-    answered = [s for s in train if s.id in view.outputs]
-    probs = [view.outputs[s.id].soft_label.probs for s in answered]
-    res = classification_metrics(probs, [s.label_class for s in answered])
-    res["n"] = len(answered)
-    res["of"] = len(train)
-    return res
+    return load_config(DataConfig, MELD, [o.removeprefix("data.") for o in overrides or []])
+
+
+def teacher_scores(runs: Path, name: str) -> dict[str, float]:
+    """The cached teacher's argmax against gold on the train lines it answered
+    (:func:`eval.teacher_eval.score_teacher`, the answered-only row)."""
+    from eval.teacher_eval import TeacherEvalOptions, score_teacher
+
+    res = score_teacher(cache_dir(runs, name), meld_config(CACHES[name]),
+                        TeacherEvalOptions(split="train", template="dialogue_polarity"))
+    answered = next(r for r, a in res.about.items() if a["samples"] == "answered only")
+    return {**res.rows[answered], "n": res.meta["answered"], "of": res.meta["samples"]}
 
 
 def cell(values: list[float]) -> str:
@@ -185,19 +185,21 @@ def cell(values: list[float]) -> str:
 
 
 def table(runs: Path, seeds: list[int]) -> str:
-    import meld_probe
+    import torch
+
+    from eval.baselines import BaselineOptions, run_baselines
 
     lines = ["| system (MELD test, 2,610 lines) | seeds | acc | weighted F1 | macro F1 |",
              "|---|---|---|---|---|"]
-    base = meld_probe.baselines(train=0, seed=0, threads=1)
-    if base:
-        for name, m in base["rows"].items():
-            lines.append(f"| {name} (`bench/meld_probe.py --train 0`) | - | "
-                         + " | ".join(cell([m[k]]) for k, _ in METRICS) + " |")
+    torch.set_num_threads(1)
+    base = run_baselines(meld_config(), BaselineOptions(device="cpu"))
+    for name, m in base.rows.items():
+        lines.append(f"| {name} (`workbench baselines configs/data/meld.yaml`) | - | "
+                     + " | ".join(cell([m[k]]) for k, _ in METRICS) + " |")
     for name in CACHES:
         try:
             m = teacher_scores(runs, name)
-        except CacheError as e:  # a missing or unfinished cache is a note, not a crash
+        except EvalError as e:  # a missing or unfinished cache is a note, not a crash
             lines.append(f"| teacher ({name}) | - | not available: {e} | | |")
             continue
         lines.append(f"| Gemma 3 270M teacher, {name.replace('_', ' ')}, on the train lines it "

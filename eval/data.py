@@ -96,6 +96,18 @@ def split_samples(ds: MSADataset, split: str, info: DataInfo) -> list[Sample]:
     return samples
 
 
+def train_samples(ds: MSADataset, why: str) -> list[Sample]:
+    """The train split, every sample labelled (``why`` it is needed goes into the errors)."""
+    if "train" not in ds.splits or ds.num_rows("train") == 0:
+        raise EvalError(f"dataset {ds.info.name!r} has no train split (it has "
+                        f"{ {s: ds.num_rows(s) for s in ds.splits} }); {why}. Map split names "
+                        "in the data config (split_names) or use data with a train split")
+    samples = ds.samples("train")
+    require_labels(samples, ds.info.task, dataset=ds.info.name, split="train",
+                   why=f"{why}, with its labels")
+    return samples
+
+
 def labels_of(samples: Sequence[Sample], info: DataInfo) -> np.ndarray:
     """Gold labels: scores (regression) or class ids (classification)."""
     if info.task == "classification":

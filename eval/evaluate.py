@@ -77,7 +77,7 @@ from students.checkpoint import (
 from students.inference import predict
 from students.robustness import dataset_missing, drop_modalities, fixed_rate, instance_missing
 from workbench.config import MODALITIES, DataConfig
-from workbench.data import MSADataset
+from workbench.data import MSADataset, fingerprint
 from workbench.data.domains import domain_names, sample_domain
 from workbench.metrics import compute_metrics
 
@@ -250,7 +250,7 @@ def evaluate_checkpoint(path: str | Path, opts: EvalOptions, data: DataConfig | 
         metric_set=meta.info.metric_set, conditions=conditions, patterns=patterns, sweep=sweep,
         seeds=list(opts.seeds), modalities=modalities, protocol=protocol, cost=cost,
         data={"name": ds.info.name, "fingerprint": ds.fingerprint, "source": ds.info.source,
-              "path": data_cfg.path,
+              "path": data_cfg.path, "split_fingerprint": fingerprint(samples),
               "splits": {s: ds.num_rows(s) for s in ds.splits}},
         options=opts, device=str(device), seconds=time.perf_counter() - t0,
         random_missing=random_missing)

@@ -5,7 +5,10 @@ resolved config minus seed, output dir and runtime knobs), the mean ± std acros
 checkpoints with complete inputs, and the LNLN average per checkpoint (mean ± std over
 its seeds) plus per recipe across checkpoints × seeds. Runs of different recipes are
 never pooled. The checkpoints must share a metric set and a split, and a
-sweep must use the same rates and seeds for all of them.
+sweep must use the same rates and seeds for all of them. Reference rows
+(:mod:`eval.references`: majority class, linear probe, teacher) come first, named
+``ref: ...``, in no recipe group; they must be on the same split and metric set and,
+where recorded, the same evaluated data (the split's fingerprint).
 
 Files (:func:`write_leaderboard`): ``leaderboard.md`` and ``leaderboard.csv`` (and
 ``leaderboard_lnln.csv`` with a sweep), the combined ``results.json`` / ``results.md``
@@ -25,6 +28,7 @@ import yaml
 from eval.evaluate import CheckpointEval, plot_metrics, runs_csv
 from eval.options import EvalError
 from eval.plots import robustness_curve
+from eval.references import ReferenceTable, check_references, reference_rows
 from eval.report import csv_table, markdown_table, order_metrics, summarize, write_results
 from students.checkpoint import CONFIG_FILE
 from students.rundir import flatten_config
@@ -91,13 +95,16 @@ def _group_rows(groups: dict[str, list[str]], per_name: dict[str, list[dict[str,
     return rows
 
 
-def leaderboard(evals: Sequence[CheckpointEval]) -> dict[str, Any]:
+def leaderboard(evals: Sequence[CheckpointEval],
+                references: Sequence[ReferenceTable] = ()) -> dict[str, Any]:
     """Rows across checkpoints: complete-input metrics and, with a sweep, LNLN averages.
 
-    Returns ``{"metric_set", "complete": rows, "lnln": rows or {}}`` where rows map a
-    checkpoint name to ``{metric: value or (mean, std)}`` and end with an aggregate row
-    ``mean ± std (N checkpoints)`` (complete) / ``mean ± std (N checkpoints × S seeds)``
-    (LNLN: each checkpoint's per-seed averages over rates, pooled).
+    Returns ``{"metric_set", "split", "complete": rows, "lnln": rows or {}, "groups",
+    "references"}`` where rows map a checkpoint name to ``{metric: value or (mean, std)}``
+    and end with an aggregate row ``mean ± std (N checkpoints)`` (complete) /
+    ``mean ± std (N checkpoints × S seeds)`` (LNLN: each checkpoint's per-seed averages over
+    rates, pooled). ``references``' rows open the complete rows (``ref: ...``; their kind
+    and source in ``"references"``); they are in no group and have no LNLN row.
     """
     if not evals:
         raise ValueError("leaderboard needs at least one evaluation")
@@ -113,7 +120,11 @@ def leaderboard(evals: Sequence[CheckpointEval]) -> dict[str, Any]:
         raise EvalError(f"two checkpoints share a name ({names}); name each run directory "
                         "differently")
     groups = recipe_groups(evals)
-    complete: dict[str, Any] = {ev.name: ev.metrics for ev in evals}
+    check_references(references, split=evals[0].split, metric_set=evals[0].metric_set,
+                     split_fingerprints={ev.data["split_fingerprint"] for ev in evals
+                                         if ev.data.get("split_fingerprint")})
+    ref_rows, ref_about = reference_rows(references)
+    complete: dict[str, Any] = {**ref_rows, **{ev.name: ev.metrics for ev in evals}}
     complete.update(_group_rows(groups, {ev.name: [ev.metrics] for ev in evals},
                                 "{n} checkpoints"))
     lnln: dict[str, Any] = {}
@@ -130,7 +141,7 @@ def leaderboard(evals: Sequence[CheckpointEval]) -> dict[str, Any]:
         n_seeds = len(swept[0].seeds)
         lnln.update(_group_rows(groups, per_name, f"{{n}} checkpoints × {n_seeds} seeds"))
     return {"metric_set": evals[0].metric_set, "split": evals[0].split, "complete": complete,
-            "lnln": lnln, "groups": groups}
+            "lnln": lnln, "groups": groups, "references": ref_about}
 
 
 def leaderboard_markdown(board: Mapping[str, Any]) -> str:
@@ -140,7 +151,8 @@ def leaderboard_markdown(board: Mapping[str, Any]) -> str:
     lines = [f"# Leaderboard ({board['split']} split, metric set `{metric_set}`)", "",
              "Accuracies and F1 ×100; MAE and Corr as is. Checkpoints are grouped by recipe "
              "(the resolved config minus seed, output dir and runtime knobs); each group gets "
-             "its own mean ± std.", "", *group_lines(board["groups"]), "",
+             "its own mean ± std.", "", *group_lines(board["groups"]),
+             *reference_lines(board.get("references") or {}), "",
              "## Complete inputs", "", markdown_table(board["complete"], cols, name_header="checkpoint")]
     if board["lnln"]:
         lines += ["## LNLN average over missing rates (mean ± std over seeds)", "",
@@ -153,12 +165,21 @@ def group_lines(groups: Mapping[str, Sequence[str]]) -> list[str]:
     return [f"- {name}: {', '.join(names)}" for name, names in groups.items()]
 
 
-def write_leaderboard(evals: Sequence[CheckpointEval], out_dir: str | Path) -> list[Path]:
+def reference_lines(about: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """One line per reference row: its name, kind and source (none without references)."""
+    if not about:
+        return []
+    return ["", "Reference rows (not checkpoints; in no recipe group):",
+            *(f"- {name}: {a.get('kind')}, from {a.get('source')}" for name, a in about.items())]
+
+
+def write_leaderboard(evals: Sequence[CheckpointEval], out_dir: str | Path,
+                      references: Sequence[ReferenceTable] = ()) -> list[Path]:
     """``leaderboard.md``, ``leaderboard.csv`` (+ ``leaderboard_lnln.csv``), the combined
     ``results.json`` / ``results.md``, ``runs.csv`` and (with a sweep) ``robustness.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    board = leaderboard(evals)
+    board = leaderboard(evals, references)
     cols = order_metrics((m for row in board["complete"].values() for m in row),
                          board["metric_set"])
     paths = [out / "leaderboard.md", out / "leaderboard.csv"]
@@ -175,7 +196,7 @@ def write_leaderboard(evals: Sequence[CheckpointEval], out_dir: str | Path) -> l
         "leaderboard": board["complete"],
         "meta": {"split": board["split"], "groups": board["groups"], "checkpoints": {ev.name: str(ev.path) for ev in evals},
                  "seeds": evals[0].seeds if evals[0].sweep else [],
-                 "missing_rates": sorted(evals[0].sweep)},
+                 "missing_rates": sorted(evals[0].sweep), "references": board["references"]},
     }
     if board["lnln"]:
         results["lnln_leaderboard"] = board["lnln"]

@@ -8,6 +8,7 @@ library entries.
 ``data``                ``data validate / import / synth / augment / stats``
 ``cache``               ``cache run / status / retry / export / merge``
 ``evaluate``            ``eval`` (and the 80-column metric tables)
+``references``          ``baselines``, ``eval-teacher`` (reference rows for ``eval``)
 ``predict``             ``predict``, ``export``
 ``distill``             ``distill``
 ``demo``                ``demo`` (prints :func:`eval.demo.run_demo`)
@@ -25,7 +26,17 @@ from typing import Annotated
 
 import typer
 
-from workbench.cli import cache, data, demo, distill, doctor, domains, evaluate, predict
+from workbench.cli import (
+    cache,
+    data,
+    demo,
+    distill,
+    doctor,
+    domains,
+    evaluate,
+    predict,
+    references,
+)
 from workbench.cli.common import WorkbenchGroup, err_console, setup_logging
 
 app = typer.Typer(
@@ -43,6 +54,8 @@ app.command("export")(predict.export_cmd)
 app.command("distill")(distill.distill)
 app.command("eval-domains")(domains.eval_domains)
 app.command("eval-cross")(domains.eval_cross)
+app.command("baselines")(references.baselines)
+app.command("eval-teacher")(references.eval_teacher)
 app.command("demo")(demo.demo)
 app.command("doctor")(doctor.doctor)
 

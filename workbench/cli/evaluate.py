@@ -150,15 +150,22 @@ def eval_checkpoints(
         help="Batch-1 calls timed for the latency percentiles.")] = 50,
     device_cost_per_hour: Annotated[float, typer.Option(
         help="USD per hour of this machine, for the student/teacher cost ratio.")] = 0.0,
+    reference: Annotated[list[Path] | None, typer.Option(
+        "--reference", "-r",
+        help="Reference rows for the leaderboard: a results.json (or its dir) written by "
+             "`workbench baselines` or `workbench eval-teacher` on the same split; repeat for "
+             "several. Shown as 'ref: ...' rows, never pooled into a recipe group.")] = None,
 ) -> None:
-    """Evaluate checkpoints: metrics, missing-modality robustness, cost; several -> leaderboard."""
+    """Evaluate checkpoints: metrics, missing-modality robustness, cost; several (or any with
+    --reference) -> leaderboard."""
     from eval.evaluate import default_out_dir
-    from eval.leaderboard import leaderboard, write_leaderboard
     from eval.options import options_for, parse_patterns, parse_rates, parse_seeds
+    from eval.references import check_references, read_references
     from students.checkpoint import find_checkpoints, unique_names
     from workbench.cli.common import data_config
 
     set_threads(threads)
+    refs = read_references(reference or [])
     paths = find_checkpoints(checkpoints)
     names = unique_names(paths)
     dcfg = data_config(data, []) if data else None
@@ -171,24 +178,31 @@ def eval_checkpoints(
         dataset_rates=parse_rates(dataset_missing_rates) if dataset_missing_rates else [],
         instance_probs=parse_rates(instance_missing_probs) if instance_missing_probs else [])
     options = [options_for(p, **common) for p in paths]
+    check_references(refs, split=options[0].split)  # before the checkpoints run
+    board_too = len(paths) > 1 or bool(refs)
     evals, datasets = [], {}
     for path, name, opts in zip(paths, names, options, strict=True):
-        target = (out / name if len(paths) > 1 else out) if out else \
+        target = (out / name if board_too else out) if out else \
             default_out_dir(path, opts.split)
         evals.append(evaluate_one(path, opts, dcfg, data_source=data or "", datasets=datasets,
                                   name=name, out=target))
-    if len(evals) < 2:
-        return
-    board = leaderboard(evals)
-    board_dir = out or Path(os.path.commonpath([p.resolve().parent for p in paths])) / \
-        f"leaderboard-{evals[0].split}"
-    written = write_leaderboard(evals, board_dir)
-    console.print()
-    from eval.leaderboard import group_lines
+    if board_too:
+        print_leaderboard(evals, refs, out or Path(os.path.commonpath(
+            [p.resolve().parent for p in paths])) / f"leaderboard-{evals[0].split}")
 
+
+def print_leaderboard(evals: list, refs: list, board_dir: Path) -> None:
+    """Write the leaderboard of ``evals`` (and reference rows) and print it."""
+    from eval.leaderboard import group_lines, leaderboard, reference_lines, write_leaderboard
+
+    board = leaderboard(evals, refs)
+    written = write_leaderboard(evals, board_dir, refs)
+    console.print()
     console.print(f"{len(board['groups'])} recipe group(s):", highlight=False)
     for line in group_lines(board["groups"]):
         console.print("  " + escape(line), highlight=False)
+    for line in reference_lines(board["references"])[1:]:
+        console.print(("  " if line.startswith("-") else "") + escape(line), highlight=False)
     print_metric_tables(f"leaderboard, {board['split']} split, complete inputs",
                         board["complete"], board["metric_set"], "checkpoint")
     if board["lnln"]:
