@@ -21,9 +21,12 @@ from teachers.scoring import (
     full_ids,
     last_logits,
     needs_full_decode,
+    plan_batches,
     position_entry,
+    prompt_report,
     score_only,
     shared_prefix,
+    sliding_window,
 )
 from workbench.config import ConfigError, TeacherConfig
 from workbench.models import ModelNotFound, resolve_teacher_model
@@ -178,36 +181,33 @@ class HFLocalTeacher(LocalTransformersTeacher):
             return
         texts = [self._prompt_text(r) for r in reqs]
         enc = self.tok(texts, add_special_tokens=self.cfg.api == "completions")["input_ids"]
-        rows = {r.key: list(ids) for r, ids in zip(reqs, enc, strict=True)}
-        # The prefix (almost) every prompt of the job shares: its KV cache is computed once.
-        prefix, sharing = None, set()
-        if self.cfg.prefix_cache:
-            keys = list(rows)
-            n, members = shared_prefix(list(rows.values()))
-            if n:
-                prefix = PrefixKV(self.model, rows[keys[members[0]]][:n], self.device, torch)
-                sharing = {keys[i] for i in members}
-                log.info("shared prompt prefix: %d tokens, computed once for %d of %d requests",
-                         n, len(sharing), len(rows))
-        # The rows with the prefix, then the others; similar lengths together: less padding.
-        groups = [sorted((r for r in reqs if (r.key in sharing) == shared), key=lambda r: len(rows[r.key]))
-                  for shared in (True, False)]
-        bs = self.cfg.batch_size
-        self._send_batches((g[start:start + bs] for g in groups for start in range(0, len(g), bs)),
-                           lambda batch: self._answer_batch(
-                               batch, [rows[r.key] for r in batch],
-                               prefix if batch[0].key in sharing else None, torch),
-                           on_result)
+        rows = [list(ids) for ids in enc]
+        new = [r.max_tokens for r in reqs]
+        # The prefix (almost) every prompt of the job shares: its KV cache is computed once,
+        # for the batches that stay inside the sliding window (said before anything is sent).
+        n, members = shared_prefix(rows) if self.cfg.prefix_cache else (0, [])
+        plan = plan_batches(rows, new, self.cfg.batch_size, prefix=n, members=members,
+                            window=sliding_window(self.model.config))
+        for level, msg in prompt_report(plan, [len(r) for r in rows], new,
+                                        getattr(self.model.config, "max_position_embeddings", None),
+                                        prefix_cache=self.cfg.prefix_cache):
+            log.log(level, "%s", msg)
+        prefix = PrefixKV(self.model, rows[members[0]][:n], self.device, torch) if plan.used else None
+        batches = [[reqs[i] for i in b] for b in plan.batches]
+        planned = {id(batch): ([rows[i] for i in b], over)
+                   for batch, b, over in zip(batches, plan.batches, plan.over_prefix, strict=True)}
+
+        def answer(batch: list[TeacherRequest]) -> list[RawOutput]:
+            batch_rows, over = planned[id(batch)]
+            return self._answer_batch(batch, batch_rows, prefix if over else None, torch)
+
+        self._send_batches(batches, answer, on_result)
 
     def _answer_batch(self, batch: list[TeacherRequest], rows: list[list[int]],
                       prefix: PrefixKV | None, torch) -> list[RawOutput]:
         """Score-only rows by one forward pass (decoding on from its cache only for rows whose
         first token is not a label), the rest through ``generate``; both over the shared
-        prefix when it fits."""
-        if prefix is not None:
-            suffix = max(len(r) for r in rows) - len(prefix)
-            if not prefix.fits(suffix, max(r.max_tokens for r in batch)):
-                prefix = None
+        ``prefix`` when the job's plan gives the batch one (``teachers.scoring.plan_batches``)."""
         outs: list[RawOutput | None] = [None] * len(batch)
         scored = [i for i, r in enumerate(batch) if score_only(r, self.cfg)]
         if scored:

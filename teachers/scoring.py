@@ -20,13 +20,23 @@ the prefix and the suffix (the attention mask is ones over the prefix, zeros ove
 padding, ones over the suffix), with position ids continuing after the prefix — the ids an
 unpadded prompt would have, as ``generate`` computes them from the attention mask. Token
 ids are split, never text, so prefix + suffix is exactly the full prompt's tokenisation.
+
+**Where the prefix is not used.** :func:`plan_batches` decides it for every batch before
+anything is sent: rows that part from the prefix early, and every batch whose prefix +
+longest suffix + new tokens reaches the model's sliding window (Gemma 3: 512 tokens).
+Past the window, the padding between prefix and suffix takes places in the sliding
+layers' window, so a padded row's answer would differ from its unpadded one; such batches
+run their prompts whole (their full length, not their suffix: the job's slow rows).
+:func:`prompt_report` says so, with counts, before the job starts.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections import Counter
+from dataclasses import dataclass
 from typing import Any
 
 from teachers.base import TeacherRequest
@@ -102,6 +112,137 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
+def sliding_window(config) -> int | None:
+    """The model's sliding attention window in tokens; ``None`` when no layer slides."""
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None) or []
+    return window if window and (not layer_types or "sliding_attention" in layer_types) else None
+
+
+def fits_window(prefix_len: int, suffix_len: int, new_tokens: int, window: int | None) -> bool:
+    """Whether a batch of ``suffix_len`` padded suffix tokens after a ``prefix_len`` prefix,
+    plus ``new_tokens`` generated ones, stays inside a sliding ``window`` (module docstring)."""
+    return window is None or prefix_len + suffix_len + new_tokens < window
+
+
+@dataclass
+class BatchPlan:
+    """A job's batches, in the order they are sent, and which of them run over the shared
+    prefix (:func:`plan_batches`)."""
+
+    batches: list[list[int]]
+    """Row indices of each batch."""
+    shared: list[bool]
+    """Whether each batch holds rows that start with the shared prefix."""
+    over_prefix: list[bool]
+    """Whether each batch runs over the shared prefix (else its prompts run whole)."""
+    prefix: int
+    """Tokens of the shared prefix (0: none)."""
+    window: int | None
+    """The model's sliding window (``None``: none)."""
+
+    @property
+    def sharing(self) -> int:
+        """Rows that start with the prefix."""
+        return sum(len(b) for b, sh in zip(self.batches, self.shared, strict=True) if sh)
+
+    @property
+    def used(self) -> int:
+        """Rows that run over the prefix."""
+        return sum(len(b) for b, over in zip(self.batches, self.over_prefix, strict=True) if over)
+
+    def at_window(self) -> list[int]:
+        """The rows that start with the prefix but run whole: their batch reaches the window."""
+        return [i for b, sh, over in zip(self.batches, self.shared, self.over_prefix, strict=True)
+                if sh and not over for i in b]
+
+
+def plan_batches(rows: list[list[int]], new_tokens: list[int], batch_size: int, *,
+                 prefix: int = 0, members: list[int] | None = None,
+                 window: int | None = None) -> BatchPlan:
+    """The batches of ``rows`` (token ids; ``new_tokens``: each row's cap on generated
+    tokens): the rows sharing the ``prefix`` (``members``, from :func:`shared_prefix`), then
+    the others, each group by length (less padding) in ``batch_size`` chunks. A batch of
+    sharing rows runs over the prefix when it :func:`fits_window`."""
+    share = set(members or [])
+    batches: list[list[int]] = []
+    sharing: list[bool] = []
+    over: list[bool] = []
+    for shared in (True, False):
+        group = sorted((i for i in range(len(rows)) if (i in share) == shared), key=lambda i: len(rows[i]))
+        for start in range(0, len(group), batch_size):
+            batch = group[start:start + batch_size]
+            batches.append(batch)
+            sharing.append(shared)
+            over.append(shared and prefix > 0 and fits_window(
+                prefix, max(len(rows[i]) for i in batch) - prefix, max(new_tokens[i] for i in batch), window))
+    return BatchPlan(batches, sharing, over, prefix, window)
+
+
+def _at(ordered: list[int], q: float) -> int:
+    """The smallest of the ``ordered`` values at least ``q`` of them are at most."""
+    return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
+
+
+def prompt_report(plan: BatchPlan, lengths: list[int], new_tokens: list[int],
+                  max_length: int | None, *, prefix_cache: bool = True) -> list[tuple[int, str]]:
+    """``(log level, message)`` lines that say, before a job is sent, how its prompts stand
+    against the model's limits (the sliding window where the prefix is not used, the max
+    length) and which rows run over the shared prefix and which run whole, and why. A
+    warning where rows are slower than they could be or past the max length."""
+    n = len(lengths)
+    if not n:
+        return []
+    s = sorted(lengths)
+    reach = sum(length + k >= plan.window for length, k in zip(lengths, new_tokens, strict=True)) \
+        if plan.window else 0
+    past = sum(length + k > max_length for length, k in zip(lengths, new_tokens, strict=True)) \
+        if max_length else 0
+    limits = [f"{reach} reach the model's {plan.window}-token sliding window" if plan.window
+              else "the model has no sliding window",
+              f"{past} pass its max length ({max_length})" if max_length else "its max length is unknown"]
+    out = [(logging.INFO, f"prompts: {n}, {s[0]}-{s[-1]} tokens (p50 {_at(s, 0.5)}, p95 "
+                          f"{_at(s, 0.95)}) + up to {max(new_tokens)} new; " + ", ".join(limits))]
+    if past:
+        out.append((logging.WARNING,
+                    f"{past} of {n} prompts (with their new tokens) pass the model's max length "
+                    f"({max_length} positions): it was not trained past it, so their answers are "
+                    "unreliable; shorten them (data.context_turns, data.few_shot, the template)"))
+    if not prefix_cache:
+        return out
+    if not plan.prefix:
+        out.append((logging.INFO, "no shared prompt prefix (none of at least "
+                                  f"{MIN_PREFIX} tokens that half the prompts share): every "
+                                  "prompt runs whole"))
+        return out
+    parted = n - plan.sharing
+    at_window = plan.at_window()
+    head = (f"shared prompt prefix: {plan.prefix} tokens, computed once for {plan.used} of {n} prompts"
+            if plan.used else
+            f"shared prompt prefix: {plan.prefix} tokens, not computed: none of the {n} prompts uses it")
+    whole = n - plan.used
+    if not whole:
+        return [*out, (logging.INFO, head)]
+    why = []
+    if parted:
+        why.append(f"{parted} part from it before its end (e.g. a few-shot example's own "
+                   "sample, shown another example in its place)")
+    if at_window:
+        mid = _at(sorted(lengths[i] for i in at_window), 0.5)
+        itself = sum(lengths[i] + new_tokens[i] >= plan.window for i in at_window)
+        dragged = (f" ({itself} reach it themselves, {len(at_window) - itself} share a batch "
+                   "with one that does: a smaller teacher.batch_size keeps more on the prefix)"
+                   if itself < len(at_window) else "")
+        why.append(f"{len(at_window)} are in batches that reach the model's {plan.window}-token "
+                   f"sliding window{dragged} (prefix + the batch's longest suffix + its new "
+                   f"tokens >= {plan.window}; past the window the padding between prefix and "
+                   f"suffix would change the sliding layers' answers), so each computes its whole "
+                   f"prompt (p50 {mid} tokens, not the {mid - plan.prefix} after the prefix); "
+                   "shorter prompts (data.context_turns, data.few_shot) keep them on the prefix")
+    level = logging.WARNING if at_window else logging.INFO
+    return [*out, (level, f"{head}; {whole} run whole: " + "; ".join(why))]
+
+
 class PrefixKV:
     """The KV cache of one token prefix, computed once, copied per batch."""
 
@@ -113,18 +254,15 @@ class PrefixKV:
             out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
                         logits_to_keep=1)
         self.cache = getattr(out, self.kwarg)
-        window = getattr(model.config, "sliding_window", None)
-        layer_types = getattr(model.config, "layer_types", None) or []
-        self.window = window if window and (not layer_types or "sliding_attention" in layer_types) else None
+        self.window = sliding_window(model.config)
 
     def __len__(self) -> int:
         return len(self.prefix)
 
     def fits(self, suffix_len: int, new_tokens: int) -> bool:
         """Whether a batch of ``suffix_len`` padded suffix tokens plus ``new_tokens`` generated
-        ones stays inside the model's sliding window (beyond it, a sliding layer's cache drops
-        prefix keys the padded layout still counts on; such batches run without the prefix)."""
-        return self.window is None or len(self) + suffix_len + new_tokens < self.window
+        ones stays inside the model's sliding window (:func:`fits_window`)."""
+        return fits_window(len(self), suffix_len, new_tokens, self.window)
 
     def for_batch(self, n: int):
         """A fresh copy of the prefix cache, repeated to batch size ``n`` (extended in place by

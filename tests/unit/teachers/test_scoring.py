@@ -11,6 +11,8 @@ from teachers.scoring import (
     full_ids,
     last_logits,
     needs_full_decode,
+    plan_batches,
+    prompt_report,
     score_only,
     shared_prefix,
 )
@@ -124,3 +126,132 @@ def test_score_only_needs_greedy_logprobs_and_labels():
     assert not needs_full_decode([{"token": " neg", "logprob": -0.1, "top": []}], labels)
     assert needs_full_decode([{"token": " ", "logprob": -0.1, "top": []}], labels)
     assert needs_full_decode([], labels) and needs_full_decode(None, labels)
+
+
+# ------------------------------------------------------- the plan, said before sending
+
+
+def test_plan_keeps_the_prefix_inside_the_window_and_says_why_not_elsewhere():
+    """40 shared tokens, a 64-token window, 2 new tokens: batches whose longest suffix
+    reaches 22 tokens run whole; one row parts from the prefix early. The report counts
+    both, as a warning, and the prefix line counts the rows that really use it."""
+    import logging
+
+    head = list(range(3, 43))
+    suffix = [2, 3, 4, 5, 8, 10, 12, 20, 21, 22, 25, 30]
+    rows = [head + [50 + i] + [90] * (k - 1) for i, k in enumerate(suffix)] + [head[:10] + [91] * 40]
+    new = [2] * len(rows)
+    n, members = shared_prefix(rows)
+    assert n == 40 and members == list(range(12))
+    plan = plan_batches(rows, new, 4, prefix=n, members=members, window=64)
+    assert plan.batches == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12]]
+    # the second batch's longest prompt is 40 + 20 + 2 = 62 < 64; the third's 72
+    assert plan.over_prefix == [True, True, False, False]
+    assert (plan.sharing, plan.used, plan.at_window()) == (12, 8, [8, 9, 10, 11])
+    lines = prompt_report(plan, [len(r) for r in rows], new, 100)
+    levels = [lvl for lvl, _ in lines]
+    text = "\n".join(m for _, m in lines)
+    assert levels == [logging.INFO, logging.WARNING]
+    assert "prompts: 13, 42-70 tokens" in text and "+ up to 2 new" in text
+    # 3 prompts reach the window themselves; their batch takes a fourth along
+    assert "3 reach the model's 64-token sliding window, 0 pass its max length (100)" in text
+    assert "shared prompt prefix: 40 tokens, computed once for 8 of 13 prompts; 5 run whole" in text
+    assert "1 part from it before its end" in text
+    assert ("4 are in batches that reach the model's 64-token sliding window (3 reach it "
+            "themselves, 1 share a batch with one that does: a smaller teacher.batch_size") in text
+    assert "p50 62 tokens, not the 22 after the prefix" in text
+    # past the max length: a warning of its own
+    lines = prompt_report(plan, [len(r) for r in rows], new, 60)
+    assert any(lvl == logging.WARNING and "5 of 13 prompts" in m and "max length (60" in m for lvl, m in lines)
+    # without a window every sharing batch keeps the prefix; the line says so, as info
+    plan = plan_batches(rows, new, 4, prefix=n, members=members, window=None)
+    assert plan.used == 12
+    lines = prompt_report(plan, [len(r) for r in rows], new, None)
+    assert lines[-1] == (logging.INFO, "shared prompt prefix: 40 tokens, computed once for 12 of 13 "
+                                       "prompts; 1 run whole: 1 part from it before its end (e.g. a "
+                                       "few-shot example's own sample, shown another example in its place)")
+    assert "the model has no sliding window" in lines[0][1]
+    # every batch past the window: the prefix is not computed, and the line says that
+    plan = plan_batches(rows[8:12], new[8:12], 4, prefix=n, members=[0, 1, 2, 3], window=64)
+    lines = prompt_report(plan, [len(r) for r in rows[8:12]], new[8:12], None)
+    assert plan.used == 0 and lines[-1][0] == logging.WARNING
+    assert "40 tokens, not computed: none of the 4 prompts uses it; 4 run whole" in lines[-1][1]
+    # no prefix (or prefix_cache off): one line fewer, no warning
+    plan = plan_batches(rows, new, 4)
+    assert plan.used == 0 and all(not o for o in plan.over_prefix)
+    assert "every prompt runs whole" in prompt_report(plan, [len(r) for r in rows], new, None)[-1][1]
+    assert len(prompt_report(plan, [len(r) for r in rows], new, None, prefix_cache=False)) == 1
+
+
+def _tiny_gemma_dir(tmp_path):
+    """A tiny random Gemma 3 (sliding window 64) with a word-level tokenizer, saved as a
+    model directory hf_local loads."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import (
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        GenerationConfig,
+        PreTrainedTokenizerFast,
+    )
+
+    words = ["<pad>", "<unk>", "<s>", "</s>", "negative", "neutral", "positive", *[f"w{i}" for i in range(90)]]
+    tk = Tokenizer(models.WordLevel(vocab={w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tk.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok = PreTrainedTokenizerFast(tokenizer_object=tk, pad_token="<pad>", unk_token="<unk>",
+                                  bos_token="<s>", eos_token="</s>")
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, sliding_window=64,
+                           layer_types=["sliding_attention", "full_attention"], pad_token_id=0,
+                           bos_token_id=2, eos_token_id=3, max_position_embeddings=512)
+    model = Gemma3ForCausalLM(cfg).eval()
+    model.generation_config = GenerationConfig(bos_token_id=2, eos_token_id=3, pad_token_id=0)
+    model.save_pretrained(tmp_path / "gemma")
+    tok.save_pretrained(tmp_path / "gemma")
+    return tmp_path / "gemma"
+
+
+def test_hf_local_says_which_prompts_skip_the_prefix_before_sending(tmp_path, caplog):
+    """A job whose long prompts reach the sliding window: before the first answer, the log
+    counts them and the prefix line counts only the prompts that use it; the answers are
+    the plain path's."""
+    import logging
+
+    from teachers.hf_local import HFLocalTeacher
+
+    path = _tiny_gemma_dir(tmp_path)
+    head = " ".join(f"w{i}" for i in range(40))
+    lengths = [2, 3, 4, 6, 10, 12, 18, 20, 21, 22, 25, 30]
+    labels = ["negative", "neutral", "positive"]
+    reqs = [TeacherRequest(key=f"k{i}", messages=[], prompt=head + " " + " ".join(f"w{50 + (i + j) % 40}" for j in range(k)),
+                           max_tokens=2, want_logprobs=True, labels=labels) for i, k in enumerate(lengths)]
+
+    def run(**kw):
+        teacher = HFLocalTeacher(TeacherConfig(backend="hf_local", model=str(path), api="completions",
+                                               device="cpu", batch_size=4, top_logprobs=3, **kw))
+        teacher.load()
+        got, said = {}, []
+
+        def on_result(req, raw):
+            if not got:  # what the log said before the first answer
+                said.extend(r for r in caplog.records if r.name == "teachers.hf_local")
+            got[req.key] = raw
+            return True
+
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="teachers.hf_local"):
+            teacher.generate(reqs, on_result)
+        return got, said
+
+    plain, _ = run(prefix_cache=False)
+    cached, said = run()
+    text = "\n".join(r.getMessage() for r in said)
+    # suffixes 2..6 and 10..20 fit (prefix 40 + 20 + 2 < 64 in the second batch); the last
+    # batch (21..30) reaches the window and runs whole
+    assert "prompts: 12, 42-70 tokens" in text and "3 reach the model's 64-token sliding window" in text
+    assert "shared prompt prefix: 40 tokens, computed once for 8 of 12 prompts; 4 run whole" in text
+    assert any(r.levelno == logging.WARNING and "sliding window" in r.getMessage() for r in said)
+    assert set(cached) == set(plain)
+    for k in plain:
+        a, b = plain[k].positions[0], cached[k].positions[0]
+        assert a["token"] == b["token"] and abs(a["logprob"] - b["logprob"]) < 1e-4
