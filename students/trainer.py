@@ -55,11 +55,11 @@ from accelerate.logging import get_logger
 from students.batching import PrivilegedTarget
 from students.collate import StudentItem, TeacherSignal
 from students.conflict import label_statistics
+from students.folds import fold_split
 from students.objective import plan_losses
 from students.privileged import privileged_stage
 from students.recipe import Stage, fit, selection_mode
 from students.rundir import RUN_CONFIG, TrainError, flatten_config, prepare_output_dir
-from students.folds import fold_split
 from students.signals import (
     apply_control,
     description,
@@ -156,6 +156,23 @@ def _held_in(cfg: DistillConfig, info: DataInfo, samples: list[Sample], split: s
     return kept
 
 
+SMALL_VALID = 100
+"""Below this many validation samples, selecting on a rate (F1, accuracy) is noisy."""
+
+
+def _warn_small_valid(cfg: DistillConfig, n_valid: int) -> None:
+    """Warn when a few dozen validation samples select on a metric that jumps by whole
+    samples (the small-data recipes select on ``valid_loss`` or cross-validate)."""
+    metric = cfg.train.select_metric
+    if n_valid >= SMALL_VALID or metric in ("valid_loss", "valid_mae", "valid_corr"):
+        return
+    log.warning("selecting on %s over %d validation samples: one sample moves it by about "
+                "%.1f points, so the chosen epoch is partly luck; train.select_metric="
+                "valid_loss moves smoothly, and train.folds=5 validates on a fifth of train + "
+                "valid (configs/distill/*_small_*.yaml do the first)", metric, n_valid,
+                100 / max(n_valid, 1))
+
+
 def _set_domains(items: list[StudentItem], spec: str, dataset: str) -> None:
     """Each item's domain index (sorted domain names) for MIDG's invariance penalty."""
     names = domain_names([it.sample for it in items], spec, dataset)
@@ -189,6 +206,7 @@ def _run(cfg: DistillConfig, resume: bool) -> Path:
                  "(%d)", tc.folds, tc.fold, len(valid_samples), tc.folds - 1,
                  len(train_samples))
     _check_labels(valid_samples, info, "valid")
+    _warn_small_valid(cfg, len(valid_samples))
     signals = join_signals(cfg, ds, descriptions=privileged or cfg.student.prompted,
                            train_ids=[s.id for s in train_samples],
                            valid_ids=[s.id for s in valid_samples])

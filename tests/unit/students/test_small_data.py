@@ -189,3 +189,23 @@ def test_a_control_run_trains_and_records_the_control(tmp_path, data, cache, cap
     n_train = load_dataset(cfg.data).num_rows("train")
     assert f"signals.control=shuffled: replaced the soft labels of {n_train}" in caplog.text
     assert "control: shuffled" in (best / "config.yaml").read_text()
+
+
+def test_a_small_validation_split_selected_on_a_rate_is_warned_about(caplog):
+    from accelerate import PartialState
+
+    from students.trainer import _warn_small_valid
+
+    PartialState()  # the trainer logs through accelerate's logger
+    cfg = load_config(DistillConfig, None, ["data.task=classification",
+                                            "data.class_names=[no, yes]"])
+    with caplog.at_level(logging.WARNING):
+        _warn_small_valid(cfg, 40)
+    assert "valid_f1_weighted over 40 validation samples" in caplog.text
+    assert "2.5 points" in caplog.text and "train.select_metric=valid_loss" in caplog.text
+    caplog.clear()
+    cfg.train.select_metric = "valid_loss"
+    with caplog.at_level(logging.WARNING):
+        _warn_small_valid(cfg, 40)
+        _warn_small_valid(load_config(DistillConfig, None, []), 40)  # valid_mae: smooth
+    assert caplog.text == ""
