@@ -173,13 +173,23 @@ def parse_output(template: Template, rendered: Rendered, req: TeacherRequest, ra
 
 
 def prompting_options(ccfg: CacheConfig, tcfg: TeacherConfig, *, few_shot: int,
-                      few_shot_seed: int, context_turns: int = 0) -> dict[str, Any]:
+                      few_shot_seed: int, context_turns: int | None = 0,
+                      context_list: bool = False) -> dict[str, Any]:
     """The options beside the template that change what a job asks (part of its id): two
-    runs that differ only in these are two jobs, not one job whose keys replace each other's."""
+    runs that differ only in these are two jobs, not one job whose keys replace each other's.
+
+    Dialogue context (for a template that renders it; ``data.context_turns``): from previous
+    rows, ``context_turns: N``; from a list per sample (``context_list``, i.e.
+    ``data.context_column``), ``context_list: N``, or ``"all"`` when ``context_turns`` is
+    unset. No context (0, or unset from rows) adds nothing: such a job asks what a job on
+    data without context asks."""
     opts: dict[str, Any] = {}
     if few_shot:
         opts["few_shot"] = {"n": few_shot, "seed": few_shot_seed}
-    if context_turns:
+    if context_list:
+        if context_turns != 0:
+            opts["context_list"] = "all" if context_turns is None else context_turns
+    elif context_turns:
         opts["context_turns"] = context_turns
     if ccfg.cue_fields:
         opts["cue_fields"] = list(ccfg.cue_fields)
@@ -193,7 +203,8 @@ class CachingJob:
 
     def __init__(self, tcfg: TeacherConfig, ccfg: CacheConfig, template: Template, data: MSADataset,
                  store: CacheStore, model_id: str, *, few_shot: int = 0,
-                 few_shot_seed: int = 0, context_turns: int = 0) -> None:
+                 few_shot_seed: int = 0, context_turns: int | None = 0,
+                 context_list: bool = False) -> None:
         self.tcfg, self.ccfg, self.template, self.data, self.store = tcfg, ccfg, template, data, store
         self.model_id = model_id
         # few-shot examples from the data's own train split (data.few_shot), never valid/test
@@ -211,7 +222,8 @@ class CachingJob:
             backend=tcfg.backend, decoding=self.decoding, data_name=data.info.name,
             data_fingerprint=data.fingerprint, prompting=prompting_options(
                 ccfg, tcfg, few_shot=few_shot, few_shot_seed=few_shot_seed,
-                context_turns=context_turns if template.renders_context else 0))
+                context_turns=context_turns if template.renders_context else 0,
+                context_list=context_list))
         self.job_id = self.spec.job_id
 
     # planning ---------------------------------------------------------------

@@ -90,7 +90,8 @@ def run_cache_job(cfg: CacheJobConfig, *, progress: ProgressFactory | None = Non
         with CacheStore(cache_dir) as store:
             job = CachingJob(cfg.teacher, cfg.cache, template, ds, store, backend.model_id(),
                              few_shot=cfg.data.few_shot, few_shot_seed=cfg.data.few_shot_seed,
-                             context_turns=cfg.data.context_turns)
+                             context_turns=cfg.data.context_turns,
+                             context_list=bool(cfg.data.context_column))
             t0 = time.perf_counter()
             planned = job.plan(cfg.splits or None, cfg.shard_tuple(), cfg.variants, cfg.limit)
             plan_s = time.perf_counter() - t0

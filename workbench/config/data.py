@@ -95,10 +95,27 @@ class DataConfig:
     """Manifest column with the utterance's position in its dialogue (a number)."""
     speaker_column: str = ""
     """Manifest column with the speaker's name (shown with the context)."""
-    context_turns: int = 0
-    """How many previous utterances of the same dialogue (same split, earlier turn) each
-    sample carries as ``context`` for templates (with speakers); 0: none. What a template
-    renders of it enters the cache key."""
+    context_turns: int | None = None
+    """How many previous utterances each sample carries as ``context`` for templates
+    (with speakers), oldest first; 0: none. From other rows (``dialogue_column``): the N
+    previous turns of the same dialogue and split; unset means 0. From a list
+    (``context_column``): the last N lines of the list; unset means the whole list. So
+    ``context_turns=0`` is the no-context run of either. What a template renders of it
+    enters the cache key, and the setting enters the caching job's id."""
+    context_column: str = ""
+    """Manifest column holding each sample's previous lines itself, as a list (oldest
+    first): a JSON list in a JSONL record, a cell holding a JSON list in a CSV; each entry
+    a string or an object ``{"speaker": ..., "text": ...}``; empty or missing: no context.
+    The alternative to ``dialogue_column`` (not both); ``context_turns`` keeps the last N."""
+    context_speakers_column: str = ""
+    """Manifest column holding the speakers of ``context_column``'s lines, a list of the same
+    length (null or "" for an unknown one); it wins over an entry's own ``speaker``."""
+    context_only_column: str = ""
+    """Manifest column marking rows that are only context (true/1/yes; false/0/no or empty
+    for samples): previous lines that the dialogue rows path (``dialogue_column``) shows in
+    other samples' prompts, never samples themselves (no label needed; not trained,
+    evaluated, cached, counted, subset or fingerprinted). The id of such a row may be
+    missing."""
     split_names: dict[str, str] = field(default_factory=dict)
     """Map raw split values to train/valid/test, e.g. ``{dev: valid, val: valid}``."""
     frames_column: str = ""
@@ -165,11 +182,26 @@ class DataConfig:
                   f"key each file by one of {list(SPLITS)}")
         check(self.few_shot >= 0, "data.few_shot", self.few_shot,
               "use 0 (the template's own examples) or a positive count per answer word")
-        check(self.context_turns >= 0, "data.context_turns", self.context_turns,
-              "use 0 (no context) or a positive number of previous utterances")
-        check(not self.context_turns or bool(self.dialogue_column and self.turn_column),
+        check(self.context_turns is None or self.context_turns >= 0, "data.context_turns",
+              self.context_turns, "use 0 (no context) or a positive number of previous "
+              "utterances (unset: none from rows, the whole list from data.context_column)")
+        check(not (self.context_column and self.dialogue_column), "data.context_column",
+              self.context_column, "take the context from a list column or from the previous "
+              f"rows of data.dialogue_column={self.dialogue_column!r}, not both: unset one")
+        check(not self.context_turns
+              or bool(self.context_column or (self.dialogue_column and self.turn_column)),
               "data.context_turns", self.context_turns,
-              "dialogue context needs data.dialogue_column and data.turn_column")
+              "dialogue context needs data.dialogue_column and data.turn_column (previous "
+              "rows), or data.context_column (a list per sample)")
+        check(not self.context_speakers_column or bool(self.context_column),
+              "data.context_speakers_column", self.context_speakers_column,
+              "it names the speakers of data.context_column's lines: set data.context_column "
+              "too, or data.speaker_column for the previous rows of a dialogue")
+        check(not self.context_only_column or bool(self.dialogue_column and self.turn_column),
+              "data.context_only_column", self.context_only_column,
+              "context-only rows are previous lines of the dialogue rows path: set "
+              "data.dialogue_column and data.turn_column (with data.context_column each "
+              "sample carries its own lines; drop the context-only rows)")
         for split, n in self.subset.items():
             check(split in SPLITS, f"data.subset.{split}", n,
                   f"name a split of {list(SPLITS)}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from workbench.config import DataConfig
-from workbench.data.dialogue import add_dialogue_context
+from workbench.data.dialogue import add_dialogue_context, drop_context_only
 from workbench.data.hf import read_hf
 from workbench.data.manifest import read_manifest
 from workbench.data.masks import availability, availability_counts
@@ -74,15 +74,24 @@ def _fix_nonfinite(samples: list[Sample], cfg: DataConfig) -> None:
 
 
 def read_samples(cfg: DataConfig) -> list[Sample]:
-    """Read and validate every sample at ``cfg.path`` (any source format)."""
+    """Read and validate every sample at ``cfg.path`` (any source format), with its
+    dialogue context (:mod:`workbench.data.dialogue`); context-only rows are dropped
+    before validation, so they are never samples."""
     if not cfg.path:
         raise DataError("data.path is empty: point it at a .pkl, .csv/.jsonl or dataset dir")
     fmt = detect_format(cfg)
     if fmt == "hf" and (Path(cfg.path) / INFO_FILE).is_file():
         return MSADataset.load(cfg.path).samples()
+    for name in ("context_column", "context_speakers_column", "context_only_column"):
+        if getattr(cfg, name) and fmt != "manifest":
+            raise DataError(f"data.{name}={getattr(cfg, name)!r} is read from a manifest "
+                            f"(.csv/.jsonl), but {cfg.path} is read as {fmt}: unset it, or "
+                            "give the context in a manifest")
     samples = READERS[fmt](cfg)
     if cfg.dialogue_column:
         add_dialogue_context(samples, cfg)
+    if cfg.context_only_column:  # context for the rows above, never samples
+        samples = drop_context_only(samples)
     if cfg.nonfinite == "zero":
         _fix_nonfinite(samples, cfg)
     validate(samples, cfg, cfg.path)

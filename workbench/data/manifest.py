@@ -26,6 +26,13 @@ from typing import Any
 import numpy as np
 
 from workbench.config import DataConfig
+from workbench.data.dialogue import (
+    CONTEXT_KEY,
+    CONTEXT_ONLY_KEY,
+    SPEAKER_KEY,
+    context_only,
+    list_context,
+)
 from workbench.data.schema import DataError, Media, Sample
 
 log = logging.getLogger(__name__)
@@ -195,6 +202,7 @@ def read_manifest(cfg: DataConfig, split: str | None = None) -> list[Sample]:
     make_id = _id_builder(cfg, path)
     feats = load_features(cfg)
     samples: list[Sample] = []
+    unused_context = False
     for lineno, row in _rows(path, cfg.encoding):
         if split is not None:  # one file per split
             row.setdefault(cfg.split_column, split)
@@ -202,9 +210,16 @@ def read_manifest(cfg: DataConfig, split: str | None = None) -> list[Sample]:
         for col in (cfg.text_column, cfg.split_column):
             if col not in row:
                 raise DataError(f"{path}:{lineno}: no column {col!r} (columns: {sorted(row)})")
-        sid = make_id(row, lineno)
+        is_context = bool(cfg.context_only_column) and context_only(
+            row.get(cfg.context_only_column), cfg, f"{path}:{lineno}")
+        try:
+            sid = make_id(row, lineno)
+        except DataError:
+            if not is_context:  # a context-only row needs no id: it is never a sample
+                raise
+            sid = f"context-only:{path.name}:{lineno}"
         raw_split = str(row[cfg.split_column]).strip()
-        split = cfg.split_names.get(raw_split, raw_split)
+        row_split = cfg.split_names.get(raw_split, raw_split)
         media = Media(
             frames=[
                 str(media_root / p.strip())
@@ -221,20 +236,34 @@ def read_manifest(cfg: DataConfig, split: str | None = None) -> list[Sample]:
             else None,
         )
         used = {cfg.id_column, cfg.text_column, cfg.label_column, cfg.split_column,
-                cfg.class_column, cfg.frames_column, cfg.audio_file_column, cfg.video_file_column}
+                cfg.class_column, cfg.frames_column, cfg.audio_file_column, cfg.video_file_column,
+                cfg.context_column, cfg.context_speakers_column, cfg.context_only_column,
+                CONTEXT_KEY}  # meta["context"] is the dialogue context, set below or not at all
         s = Sample(
             id=sid,
             text=str(row[cfg.text_column] or "").strip(),
-            split=split,
+            split=row_split,
             label=_optional_float(row.get(cfg.label_column), path, lineno, cfg.label_column)
-            if cfg.task == "regression" else None,
+            if cfg.task == "regression" and not is_context else None,
             label_class=_class_index(row.get(cfg.class_column), cfg, path, lineno)
-            if cfg.class_column
+            if cfg.class_column and not is_context
             else None,
             media=media,
             meta={k: v for k, v in row.items() if k not in used and v not in (None, "")},
         )
         s.meta["source_line"] = lineno
+        if is_context:
+            s.meta[CONTEXT_ONLY_KEY] = True
+        if cfg.context_column:
+            s.meta[CONTEXT_KEY] = list_context(row, cfg, f"{path}:{lineno} (sample {sid!r})")
+            if cfg.speaker_column:
+                s.meta[SPEAKER_KEY] = str(row.get(cfg.speaker_column) or "")
+        if (cfg.context_column != CONTEXT_KEY and not cfg.dialogue_column
+                and row.get(CONTEXT_KEY) not in (None, "", []) and not unused_context):
+            unused_context = True
+            log.warning("%s: column %r is not shown to templates (data.context_column=%r); "
+                        "set data.context_column=%s to show its lines as the dialogue context",
+                        path, CONTEXT_KEY, cfg.context_column, CONTEXT_KEY)
         for mod, (index, arr, lengths) in feats.items():
             j = index.get(sid)
             if j is None:
@@ -249,5 +278,7 @@ def read_manifest(cfg: DataConfig, split: str | None = None) -> list[Sample]:
             extra = len(set(index) - known)
             if extra:
                 log.warning("%s: %d %s feature rows have no manifest row", cfg.features, extra, mod)
-    log.info("read %d samples from %s", len(samples), path)
+    n_context = sum(1 for s in samples if s.meta.get(CONTEXT_ONLY_KEY))
+    log.info("read %d samples%s from %s", len(samples) - n_context,
+             f" (+ {n_context} context-only rows)" if n_context else "", path)
     return samples
