@@ -32,16 +32,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench/ itself is on the path: the script's folder
 
 from common import run_finished  # noqa: E402
+from scheduler import Task, cell, schedule, workbench  # noqa: E402
 
 from eval.options import EvalError  # noqa: E402
 from workbench.cache.store import DB_FILE  # noqa: E402
@@ -61,51 +59,6 @@ VARIANTS = {
                      SOFT, "context", []),
 }
 METRICS = [("acc", "acc"), ("f1_weighted", "weighted F1"), ("f1_macro", "macro F1")]
-
-
-class Task:
-    """One command with a log, done when ``done()`` says so, after the tasks it needs."""
-
-    def __init__(self, name: str, cmd: list[str], log: Path, done, needs: tuple[str, ...] = ()):
-        self.name, self.cmd, self.log, self.done, self.needs = name, cmd, log, done, needs
-        self.proc: subprocess.Popen | None = None
-        self.t0 = 0.0
-
-    def start(self) -> None:
-        self.log.parent.mkdir(parents=True, exist_ok=True)
-        print(f"== start {self.name}: {' '.join(self.cmd[1:])}", flush=True)
-        self.t0 = time.perf_counter()
-        with open(self.log, "a") as logf:
-            self.proc = subprocess.Popen(self.cmd, cwd=ROOT, stdout=logf, stderr=subprocess.STDOUT)
-
-
-def schedule(tasks: list[Task], jobs: int) -> None:
-    """Run ``tasks`` (skipping done ones), at most ``jobs`` at once, each after its needs."""
-    pending = [t for t in tasks if not t.done()]
-    finished = {t.name for t in tasks} - {t.name for t in pending}
-    running: list[Task] = []
-    while pending or running:
-        for t in list(pending):
-            if len(running) < jobs and all(n in finished for n in t.needs):
-                t.start()
-                pending.remove(t)
-                running.append(t)
-        time.sleep(2)
-        for t in list(running):
-            rc = t.proc.poll()
-            if rc is None:
-                continue
-            running.remove(t)
-            if rc != 0:
-                for other in running:
-                    other.proc.terminate()
-                raise SystemExit(f"{t.name} failed (exit {rc}); see {t.log}")
-            print(f"== done {t.name} in {time.perf_counter() - t.t0:.0f} s", flush=True)
-            finished.add(t.name)
-
-
-def workbench() -> str:
-    return str(Path(sys.executable).parent / "workbench")
 
 
 def cache_dir(runs: Path, name: str) -> Path:
@@ -173,15 +126,6 @@ def teacher_scores(runs: Path, name: str) -> dict[str, float]:
                         TeacherEvalOptions(split="train", template="dialogue_polarity"))
     answered = next(r for r, a in res.about.items() if a["samples"] == "answered only")
     return {**res.rows[answered], "n": res.meta["answered"], "of": res.meta["samples"]}
-
-
-def cell(values: list[float]) -> str:
-    if not values:
-        return "-"
-    mean = 100 * statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.1f}"
-    return f"{mean:.1f} ± {100 * statistics.stdev(values):.1f}"
 
 
 def table(runs: Path, seeds: list[int]) -> str:
