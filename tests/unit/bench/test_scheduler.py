@@ -12,7 +12,6 @@ from tests.support.paths import load_bench
 
 @pytest.fixture(scope="module")
 def sched():
-
     return load_bench("scheduler")
 
 
