@@ -33,10 +33,11 @@ from eval.report import csv_table, markdown_table, order_metrics, summarize, wri
 from students.checkpoint import CONFIG_FILE
 from students.rundir import flatten_config
 
-NOT_RECIPE = ("train.seed", "train.output_dir", "train.overwrite", "train.num_threads",
-              "train.num_workers", "eval.")
+NOT_RECIPE = ("train.seed", "train.fold", "train.output_dir", "train.overwrite",
+              "train.num_threads", "train.num_workers", "eval.")
 """Resolved-config keys (or prefixes, ending in ``.``) that do not make a different recipe:
-the seed, where the run was written, runtime knobs and the evaluation options."""
+the seed, the cross-validation fold (a recipe's folds pool like its seeds), where the run
+was written, runtime knobs and the evaluation options."""
 LABEL_KEYS = 3
 """Differing keys shown in a group's name (then ``…``)."""
 
