@@ -42,7 +42,6 @@ from workbench.data.store import DataInfo
 from workbench.metrics import compute_metrics
 
 
-
 @dataclass
 class TeacherEvalOptions:
     """Which job of a cache to score, and on which split (``workbench eval-teacher``)."""
