@@ -233,8 +233,8 @@ def table(runs: Path, ds: Dataset, draws: list[int], seeds: list[int], variants:
              "| system | runs | " + " | ".join(c for _, c, _ in ds.metrics) + " |",
              "|---|---|" + "---|" * len(ds.metrics)]
     refs = {
-        "majority": reference(runs, ds, draws, "baselines", "majority"
-                              if ds.classification else "mean"),
+        "majority": reference(runs, ds, draws, "baselines", "majority class"
+                              if ds.classification else "train mean"),
         "probe": reference(runs, ds, draws, "baselines", "probe"),
         "probe_features": reference(runs, ds, draws, "baselines", "probe", features=True),
         "teacher": reference(runs, ds, draws, "teacher", "teacher (unanswered"),

@@ -51,7 +51,7 @@ def test_the_table_pairs_variants_with_gold_and_the_probe_by_draw(sd, tmp_path):
     meld = sd.DATASETS["meld"]
     for d, probe in ((0, 0.60), (1, 0.58)):
         base = tmp_path / "meld" / f"draw{d}"
-        _write(base / "baselines", {"majority class of train": {"f1_weighted": 0.3, "acc": 0.48,
+        _write(base / "baselines", {"majority class": {"f1_weighted": 0.3, "acc": 0.48,
                                                                "f1_macro": 0.2},
                                     "probe (minilm)": {"f1_weighted": probe, "acc": 0.6,
                                                        "f1_macro": 0.55}})
