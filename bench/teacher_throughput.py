@@ -55,8 +55,10 @@ def max_dp(a: dict, b: dict) -> float:
     return max((abs(x - y) for k in common for x, y in zip(a[k], b[k], strict=True)), default=float("nan"))
 
 
-def matmul_rate(torch, m: int = 352, k: int = 640, n: int = 2048, reps: int = 30) -> float:
+def matmul_rate(m: int = 352, k: int = 640, n: int = 2048, reps: int = 30) -> float:
     """FLOP/s of an fp32 matmul shaped like the model's (batch x suffix tokens, hidden, MLP)."""
+    import torch
+
     a, b = torch.randn(m, k), torch.randn(k, n)
     for _ in range(3):
         a @ b
@@ -140,7 +142,7 @@ def main() -> None:
 
     mean_tokens, shared, padded = prompt_tokens(template, data, n)
     config = AutoConfig.from_pretrained(str(gemma_hf_dir()))
-    rate = matmul_rate(torch)
+    rate = matmul_rate()
     suffix = mean_tokens - shared
     bound_full = rate / request_flops(config, mean_tokens, mean_tokens / 2)
     bound_suffix = rate / request_flops(config, suffix, shared + suffix / 2)

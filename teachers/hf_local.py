@@ -3,6 +3,10 @@
 Loads a model directory, or a ``.gguf`` file (de-quantised by transformers through the
 ``gguf`` package). The default ``gemma3-270m`` is the GGUF shipped in the ``models``
 extra, converted once to a safetensors directory (see ``workbench.models``).
+
+torch is imported inside the methods that use it: the backend dict imports this module
+(through :mod:`teachers.hf_vision`) to decide which transformers teacher a config names,
+before anything is loaded.
 """
 
 from __future__ import annotations
@@ -123,8 +127,10 @@ class LocalTransformersTeacher:
                 if on_result(r, o) is False:
                     return
 
-    def _generate_kwargs(self, batch: list[TeacherRequest], max_new: int, want: bool, torch) -> dict:
+    def _generate_kwargs(self, batch: list[TeacherRequest], max_new: int, want: bool) -> dict:
         """``model.generate``'s options for a batch (seeds torch when sampling)."""
+        import torch
+
         sample = self.cfg.temperature > 0
         stop = sorted({s for r in batch for s in r.stop})
         gen_kw = dict(max_new_tokens=max_new, do_sample=sample, pad_token_id=self.tok.pad_token_id,
@@ -173,8 +179,6 @@ class HFLocalTeacher(LocalTransformersTeacher):
         return self.tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
 
     def generate(self, requests: Iterable[TeacherRequest], on_result: OnResult) -> None:
-        import torch
-
         assert self.model is not None, "call load() first"
         reqs = list(requests)
         if not reqs:
@@ -192,48 +196,50 @@ class HFLocalTeacher(LocalTransformersTeacher):
                                         getattr(self.model.config, "max_position_embeddings", None),
                                         prefix_cache=self.cfg.prefix_cache):
             log.log(level, "%s", msg)
-        prefix = PrefixKV(self.model, rows[members[0]][:n], self.device, torch) if plan.used else None
+        prefix = PrefixKV(self.model, rows[members[0]][:n], self.device) if plan.used else None
         batches = [[reqs[i] for i in b] for b in plan.batches]
         planned = {id(batch): ([rows[i] for i in b], over)
                    for batch, b, over in zip(batches, plan.batches, plan.over_prefix, strict=True)}
 
         def answer(batch: list[TeacherRequest]) -> list[RawOutput]:
             batch_rows, over = planned[id(batch)]
-            return self._answer_batch(batch, batch_rows, prefix if over else None, torch)
+            return self._answer_batch(batch, batch_rows, prefix if over else None)
 
         self._send_batches(batches, answer, on_result)
 
     def _answer_batch(self, batch: list[TeacherRequest], rows: list[list[int]],
-                      prefix: PrefixKV | None, torch) -> list[RawOutput]:
+                      prefix: PrefixKV | None) -> list[RawOutput]:
         """Score-only rows by one forward pass (decoding on from its cache only for rows whose
         first token is not a label), the rest through ``generate``; both over the shared
         ``prefix`` when the job's plan gives the batch one (``teachers.scoring.plan_batches``)."""
         outs: list[RawOutput | None] = [None] * len(batch)
         scored = [i for i, r in enumerate(batch) if score_only(r, self.cfg)]
         if scored:
-            got = self._score_batch([rows[i] for i in scored], [batch[i] for i in scored], prefix, torch)
+            got = self._score_batch([rows[i] for i in scored], [batch[i] for i in scored], prefix)
             for i, o in zip(scored, got, strict=True):
                 outs[i] = o
         full = [i for i, o in enumerate(outs) if o is None]
         if full:
-            gen = self._generate_batch([rows[i] for i in full], [batch[i] for i in full], prefix, torch)
+            gen = self._generate_batch([rows[i] for i in full], [batch[i] for i in full], prefix)
             for i, o in zip(full, gen, strict=True):
                 outs[i] = o
         return outs
 
     def _score_batch(self, rows: list[list[int]], batch: list[TeacherRequest],
-                     prefix: PrefixKV | None, torch) -> list[RawOutput]:
+                     prefix: PrefixKV | None) -> list[RawOutput]:
         """The answer position's log-probabilities from one forward pass; the chosen token is
         the one greedy ``generate`` would pick (repetition penalty included). A row whose
         chosen token is not a label is decoded on from the pass's cache, as ``generate``
         would have gone on (its later positions may hold the label)."""
-        inputs = batch_inputs(rows, prefix, self.tok.pad_token_id, self.device, torch)
-        logits, cache = last_logits(self.model, inputs, torch)
-        ids = full_ids(inputs, prefix, torch)
-        chosen = chosen_tokens(logits, ids, self.cfg.repetition_penalty, torch).tolist()
+        import torch
+
+        inputs = batch_inputs(rows, prefix, self.tok.pad_token_id, self.device)
+        logits, cache = last_logits(self.model, inputs)
+        ids = full_ids(inputs, prefix)
+        chosen = chosen_tokens(logits, ids, self.cfg.repetition_penalty).tolist()
         logprobs = logits.float().log_softmax(-1)
         k = max(1, self.cfg.top_logprobs)
-        heads = [(t, position_entry(logprobs[b], t, k, self.tok.decode, torch)) for b, t in enumerate(chosen)]
+        heads = [(t, position_entry(logprobs[b], t, k, self.tok.decode)) for b, t in enumerate(chosen)]
         results: list[RawOutput] = []
         go_on = []
         for b, (row, req) in enumerate(zip(rows, batch, strict=True)):
@@ -255,27 +261,29 @@ class HFLocalTeacher(LocalTransformersTeacher):
             enc = {"input_ids": torch.cat([ids[sel], first], dim=1),
                    "attention_mask": torch.cat([mask, torch.ones_like(first)], dim=1),
                    cache_kwarg(self.model): cache}
-            more = self._generate(enc, [batch[b] for b in go_on], torch, heads=[heads[b] for b in go_on])
+            more = self._generate(enc, [batch[b] for b in go_on], heads=[heads[b] for b in go_on])
             for b, o in zip(go_on, more, strict=True):
                 results[b] = o
         return results
 
     def _generate_batch(self, rows: list[list[int]], batch: list[TeacherRequest],
-                        prefix: PrefixKV | None, torch) -> list[RawOutput]:
-        inputs = batch_inputs(rows, prefix, self.tok.pad_token_id, self.device, torch)
-        enc = {"input_ids": full_ids(inputs, prefix, torch), "attention_mask": inputs["attention_mask"]}
+                        prefix: PrefixKV | None) -> list[RawOutput]:
+        inputs = batch_inputs(rows, prefix, self.tok.pad_token_id, self.device)
+        enc = {"input_ids": full_ids(inputs, prefix), "attention_mask": inputs["attention_mask"]}
         if prefix is not None:
             enc[prefix.kwarg] = inputs[prefix.kwarg]
-        return self._generate(enc, batch, torch)
+        return self._generate(enc, batch)
 
-    def _generate(self, enc: dict, batch: list[TeacherRequest], torch,
+    def _generate(self, enc: dict, batch: list[TeacherRequest],
                   heads: list[tuple[int, dict]] | None = None) -> list[RawOutput]:
         """``model.generate`` over ``enc``; ``heads``: the first token of every row and its
         position, already chosen by a score pass (``enc`` ends with it and carries its cache)."""
+        import torch
+
         ahead = 1 if heads else 0
         max_new = max(r.max_tokens for r in batch) - ahead
         want = any(r.want_logprobs for r in batch)
-        gen_kw = self._generate_kwargs(batch, max_new, want, torch)
+        gen_kw = self._generate_kwargs(batch, max_new, want)
         with torch.inference_mode():
             out = self.model.generate(**enc, **gen_kw)
         n_in = (enc["attention_mask"].sum(dim=1) - ahead).tolist()
@@ -291,7 +299,7 @@ class HFLocalTeacher(LocalTransformersTeacher):
             positions = None
             if want and req.want_logprobs:
                 positions = [heads[b][1] if heads and i == 0 else
-                             position_entry(logprobs[i - ahead][b], t, k, self.tok.decode, torch)
+                             position_entry(logprobs[i - ahead][b], t, k, self.tok.decode)
                              for i, t in enumerate(ids)]
             text = self.tok.decode(ids, skip_special_tokens=True)
             cut = min((text.find(s) for s in req.stop if s in text), default=-1)

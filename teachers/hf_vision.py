@@ -109,8 +109,6 @@ class HFVisionTeacher(LocalTransformersTeacher):
         return text, images
 
     def generate(self, requests: Iterable[TeacherRequest], on_result: OnResult) -> None:
-        import torch
-
         assert self.model is not None, "call load() first"
         prepared: dict[str, tuple[str, list[str]]] = {}
         failed: dict[str, RawOutput] = {}
@@ -128,7 +126,7 @@ class HFVisionTeacher(LocalTransformersTeacher):
         order = sorted((r for r in reqs if r.key in prepared),
                        key=lambda r: (len(prepared[r.key][1]), len(prepared[r.key][0])))
         self._send_batches(self._batches(order, prepared),
-                           lambda batch: self._generate_batch([prepared[r.key] for r in batch], batch, torch),
+                           lambda batch: self._generate_batch([prepared[r.key] for r in batch], batch),
                            on_result, errors=(RuntimeError, ValueError, OSError))  # and unreadable frames
 
     def _batches(self, order: list[TeacherRequest], prepared) -> Iterable[list[TeacherRequest]]:
@@ -142,8 +140,10 @@ class HFVisionTeacher(LocalTransformersTeacher):
         if batch:
             yield batch
 
-    def _generate_batch(self, inputs: list[tuple[str, list[str]]], batch: list[TeacherRequest],
-                        torch) -> list[RawOutput]:
+    def _generate_batch(self, inputs: list[tuple[str, list[str]]],
+                        batch: list[TeacherRequest]) -> list[RawOutput]:
+        import torch
+
         texts = [t for t, _ in inputs]
         images = [load_images(paths) for _, paths in inputs]
         kw: dict[str, Any] = {"images": images} if images[0] else {}
@@ -153,7 +153,7 @@ class HFVisionTeacher(LocalTransformersTeacher):
             enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
         max_new = max(r.max_tokens for r in batch)
         want = any(r.want_logprobs for r in batch)
-        gen_kw = self._generate_kwargs(batch, max_new, want, torch)
+        gen_kw = self._generate_kwargs(batch, max_new, want)
         with torch.inference_mode():
             out = self.model.generate(**enc, **gen_kw)
         n_in = enc["attention_mask"].sum(dim=1).tolist()
@@ -164,7 +164,7 @@ class HFVisionTeacher(LocalTransformersTeacher):
             ids = gen[b].tolist()[: req.max_tokens]
             n_out = next((i for i, t in enumerate(ids) if t in self.eos_ids), len(ids))
             ids = ids[:n_out]
-            positions = (self._positions(ids, [lp[b] for lp in logprobs], torch)
+            positions = (self._positions(ids, [lp[b] for lp in logprobs])
                          if want and req.want_logprobs else None)
             text = self.tok.decode(ids, skip_special_tokens=True)
             cut = min((text.find(s) for s in req.stop if s in text), default=-1)
@@ -175,8 +175,10 @@ class HFVisionTeacher(LocalTransformersTeacher):
                                      finish_reason="stop" if n_out < len(gen[b]) else "length"))
         return results
 
-    def _positions(self, ids: list[int], logprobs: list[Any], torch) -> list[dict[str, Any]]:
+    def _positions(self, ids: list[int], logprobs: list[Any]) -> list[dict[str, Any]]:
         """Per generated token: its log-probability and the top-k alternatives."""
+        import torch
+
         k = max(1, self.cfg.top_logprobs)
         out = []
         for t, lp in zip(ids, logprobs, strict=False):

@@ -28,6 +28,9 @@ Past the window, the padding between prefix and suffix takes places in the slidi
 layers' window, so a padded row's answer would differ from its unpadded one; such batches
 run their prompts whole (their full length, not their suffix: the job's slow rows).
 :func:`prompt_report` says so, with counts, before the job starts.
+
+torch is imported inside the functions that use it: the API backends (``openai_compat``,
+``vllm_engine``) import this module for :func:`score_only` and must not load torch.
 """
 
 from __future__ import annotations
@@ -86,8 +89,10 @@ def shared_prefix(rows: list[list[int]], *, keep: int = 1,
     return best, best_group
 
 
-def left_pad(rows: list[list[int]], pad_id: int, torch) -> tuple[Any, Any]:
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[Any, Any]:
     """``(input_ids, attention_mask)`` of ``rows`` left-padded to the longest."""
+    import torch
+
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -98,7 +103,7 @@ def left_pad(rows: list[list[int]], pad_id: int, torch) -> tuple[Any, Any]:
     return ids, mask
 
 
-def position_ids(mask, torch):
+def position_ids(mask):
     """Position ids from a (possibly mid-padded) attention mask, as ``generate`` derives them:
     each real token's index among the real tokens; padding gets 0."""
     pos = mask.long().cumsum(-1) - 1
@@ -246,7 +251,9 @@ def prompt_report(plan: BatchPlan, lengths: list[int], new_tokens: list[int],
 class PrefixKV:
     """The KV cache of one token prefix, computed once, copied per batch."""
 
-    def __init__(self, model, prefix: list[int], device: str, torch) -> None:
+    def __init__(self, model, prefix: list[int], device: str) -> None:
+        import torch
+
         self.prefix = list(prefix)
         self.kwarg = cache_kwarg(model)
         ids = torch.tensor([self.prefix], dtype=torch.long, device=device)
@@ -273,16 +280,18 @@ class PrefixKV:
         return cache
 
 
-def batch_inputs(rows: list[list[int]], prefix: PrefixKV | None, pad_id: int, device: str,
-                 torch) -> dict[str, Any]:
+def batch_inputs(rows: list[list[int]], prefix: PrefixKV | None, pad_id: int,
+                 device: str) -> dict[str, Any]:
     """Model inputs for full token rows: with ``prefix``, the rows' suffixes after it (left-
     padded, the mask spanning prefix + suffix, positions continuing after the prefix) and
     the prefix cache; without, the left-padded rows."""
+    import torch
+
     p = len(prefix) if prefix is not None else 0
-    ids, mask = left_pad([r[p:] for r in rows], pad_id, torch)
+    ids, mask = left_pad([r[p:] for r in rows], pad_id)
     if prefix is not None:
         mask = torch.cat([torch.ones((len(rows), p), dtype=torch.long), mask], dim=1)
-    pos = position_ids(mask, torch)[:, p:]
+    pos = position_ids(mask)[:, p:]
     inputs = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
               "position_ids": pos.to(device)}
     if prefix is not None:
@@ -290,8 +299,10 @@ def batch_inputs(rows: list[list[int]], prefix: PrefixKV | None, pad_id: int, de
     return inputs
 
 
-def full_ids(inputs: dict[str, Any], prefix: PrefixKV | None, torch):
+def full_ids(inputs: dict[str, Any], prefix: PrefixKV | None):
     """The whole padded token matrix of a batch (prefix included), as ``generate`` sees it."""
+    import torch
+
     ids = inputs["input_ids"]
     if prefix is None:
         return ids
@@ -299,15 +310,17 @@ def full_ids(inputs: dict[str, Any], prefix: PrefixKV | None, torch):
     return torch.cat([head, ids], dim=1)
 
 
-def last_logits(model, inputs: dict[str, Any], torch):
+def last_logits(model, inputs: dict[str, Any]):
     """``(logits, cache)``: the logits at the last position of every row from one forward
     pass (``logits_to_keep=1``), and the KV cache it leaves (to decode on from)."""
+    import torch
+
     with torch.inference_mode():
         out = model(**inputs, use_cache=True, logits_to_keep=1)
     return out.logits[:, -1, :], getattr(out, cache_kwarg(model))
 
 
-def chosen_tokens(logits, ids, repetition_penalty: float, torch):
+def chosen_tokens(logits, ids, repetition_penalty: float):
     """The greedy next token of every row, as ``generate`` picks it: the argmax after the
     repetition penalty over the row's whole input (padding included, as generate has it)."""
     scores = logits.float()
@@ -318,8 +331,10 @@ def chosen_tokens(logits, ids, repetition_penalty: float, torch):
     return scores.argmax(dim=-1)
 
 
-def position_entry(logprobs, chosen: int, k: int, decode, torch) -> dict[str, Any]:
+def position_entry(logprobs, chosen: int, k: int, decode) -> dict[str, Any]:
     """One position in the backends' format: the chosen token, its log-probability, top-k."""
+    import torch
+
     top = torch.topk(logprobs, k)
     return {"token": decode([chosen]), "logprob": float(logprobs[chosen]),
             "top": [[decode([j]), float(v)]

@@ -72,29 +72,29 @@ def test_a_few_rows_that_part_early_do_not_cut_the_prefix():
 
 def test_prefix_scoring_equals_full_forward(model):
     rows = _rows()
-    plain, _ = last_logits(model, batch_inputs(rows, None, 0, "cpu", torch), torch)
+    plain, _ = last_logits(model, batch_inputs(rows, None, 0, "cpu"))
     # each row alone, unpadded: the reference the padded batch must match
     alone = torch.cat([model(input_ids=torch.tensor([r])).logits[:, -1] for r in rows]).detach()
-    prefix = PrefixKV(model, rows[0][:shared_prefix(rows)[0]], "cpu", torch)
-    inputs = batch_inputs(rows, prefix, 0, "cpu", torch)
-    cached, _ = last_logits(model, inputs, torch)
+    prefix = PrefixKV(model, rows[0][:shared_prefix(rows)[0]], "cpu")
+    inputs = batch_inputs(rows, prefix, 0, "cpu")
+    cached, _ = last_logits(model, inputs)
     assert torch.allclose(plain, alone, atol=1e-5)
     assert torch.allclose(cached, alone, atol=1e-5)
-    assert full_ids(inputs, prefix, torch)[:, :len(prefix)].eq(torch.tensor(rows[0][:len(prefix)])).all()
+    assert full_ids(inputs, prefix)[:, :len(prefix)].eq(torch.tensor(rows[0][:len(prefix)])).all()
     # the prefix cache is not consumed by a batch: a second batch gets a fresh copy
-    again, _ = last_logits(model, batch_inputs(rows[:2], prefix, 0, "cpu", torch), torch)
+    again, _ = last_logits(model, batch_inputs(rows[:2], prefix, 0, "cpu"))
     assert torch.allclose(again, alone[:2], atol=1e-5)
 
 
 def test_prefix_generation_equals_plain_generation(model):
     rows = _rows(n=4, seed=3)
-    prefix = PrefixKV(model, rows[0][:shared_prefix(rows)[0]], "cpu", torch)
+    prefix = PrefixKV(model, rows[0][:shared_prefix(rows)[0]], "cpu")
     kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0, return_dict_in_generate=True,
               output_logits=True, temperature=None, top_p=None, top_k=None, repetition_penalty=1.3)
-    plain_in = batch_inputs(rows, None, 0, "cpu", torch)
+    plain_in = batch_inputs(rows, None, 0, "cpu")
     plain = model.generate(input_ids=plain_in["input_ids"], attention_mask=plain_in["attention_mask"], **kw)
-    cin = batch_inputs(rows, prefix, 0, "cpu", torch)
-    cached = model.generate(input_ids=full_ids(cin, prefix, torch), attention_mask=cin["attention_mask"],
+    cin = batch_inputs(rows, prefix, 0, "cpu")
+    cached = model.generate(input_ids=full_ids(cin, prefix), attention_mask=cin["attention_mask"],
                             **{prefix.kwarg: cin[prefix.kwarg]}, **kw)
     n = plain_in["input_ids"].shape[1]
     m = cin["input_ids"].shape[1] + len(prefix)
@@ -102,12 +102,12 @@ def test_prefix_generation_equals_plain_generation(model):
     for a, b in zip(plain.logits, cached.logits, strict=True):
         assert torch.allclose(a, b, atol=1e-4)
     # the score-only pick of the first token is generate's (repetition penalty included)
-    first = chosen_tokens(last_logits(model, cin, torch)[0], full_ids(cin, prefix, torch), 1.3, torch)
+    first = chosen_tokens(last_logits(model, cin)[0], full_ids(cin, prefix), 1.3)
     assert first.tolist() == cached.sequences[:, m].tolist()
 
 
 def test_prefix_beyond_the_sliding_window_is_refused(model):
-    prefix = PrefixKV(model, list(range(3, 43)), "cpu", torch)
+    prefix = PrefixKV(model, list(range(3, 43)), "cpu")
     if prefix.window is None:
         assert prefix.fits(10_000, 64)
     else:
