@@ -2,7 +2,8 @@
 
 The job's library entry is :func:`teachers.run.run_cache_job` (a
 :class:`~workbench.config.CacheJobConfig` in, a :class:`~teachers.run.JobSummary` out);
-:mod:`teachers.job` holds its parts (keys, planning, sending, retries);
+:mod:`teachers.job` holds its parts (keys, planning, retries) and
+:mod:`teachers.sending` the sending (leases, budget, error rate, full disk);
 :mod:`teachers.hf_vision` serves image-text-to-text models for ``hf_local``;
 :mod:`teachers.llamacpp_server` starts a local llama.cpp server for ``openai_compat``.
 """

@@ -1,77 +1,32 @@
-"""The offline teacher caching job: render, ask, parse, store — resumably.
+"""The offline teacher caching job: render, key, record, then send -- resumably.
 
 For every selected sample the job renders the template, derives the content-addressed
 key, and records (sample id -> key) for the job. Keys that already have an ok answer are
-skipped; the rest go to the teacher, and each answer is parsed and committed the moment
-it arrives. A failed call or an unparseable answer (no label, NaN or non-normalisable
-log-probabilities) becomes an error row with its kind.
-
-Each key is leased in the cache before it is sent (so two jobs on one cache never send
-the same key at once) with its worst-case price reserved: ``teacher.budget_usd`` caps the
-cache's total spend on that teacher, over every run and job. The job stops cleanly when
-the budget is spent; fails loudly (:class:`JobFailed`) when errors pass
-``cache.max_error_rate`` — mid-run once the Wilson lower bound of the error rate passes
-it, at the end on the plain rate, and always when no answer was ok; and stops at the
-first write that finds the disk full (:class:`~workbench.cache.store.CacheFull`): the
-answers still arriving are stored if they can be, else spilled to a side file the next
-run imports, so nothing paid for is lost or sent twice.
+skipped; the rest go to the teacher through :func:`teachers.sending.send_requests`, which
+parses and commits each answer the moment it arrives (a failed call or an unparseable
+answer becomes an error row with its kind), holds the budget, and stops on the error rate
+(:class:`~teachers.sending.JobFailed`) or a full disk. :func:`retry_errors` sends the keys
+whose answer is an error again, from the requests the cache stored.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import math
-import time
-from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 from prompts import Rendered, Template, TemplateError, few_shot_examples, render
-from teachers.base import RawOutput, Teacher, TeacherRequest
-from teachers.softlabel import BadLogprobs, NoLabelError, soft_label
-from workbench.cache.ledger import DONE, LEASED, OVER_BUDGET, end_owner, new_owner
-from workbench.cache.records import OK, TeacherOutput, stable_hash
-from workbench.cache.spill import write_spill
-from workbench.cache.store import (
-    WAL_LIMIT_BYTES,
-    CacheError,
-    CacheFull,
-    CacheStore,
-    JobSpec,
-    free_bytes,
-)
+from teachers.base import Teacher
+from teachers.sending import JobReport, JobSettings, PlannedRequest, send_requests
+from workbench.cache.records import TeacherOutput, stable_hash
+from workbench.cache.store import CacheError, CacheStore, JobSpec
 from workbench.config import CacheConfig, ConfigError, TeacherConfig
 from workbench.data import MSADataset, Sample
-from workbench.errors import WorkbenchError
 
 log = logging.getLogger(__name__)
 
 KEY_VERSION = 1
-MIN_ERRORS_TO_STOP = 5
-"""A running job stops on its error rate only after this many errors (the end-of-job check
-applies at any size)."""
-CHECKPOINT_EVERY = 200
-"""Answers between WAL checkpoints (truncating), so the WAL stays bounded."""
-
-
-def wilson_lower(errors: int, n: int, z: float = 1.96) -> float:
-    """Lower bound of the 95 % Wilson score interval of an error rate ``errors / n``."""
-    if n == 0:
-        return 0.0
-    p = errors / n
-    d = 1 + z * z / n
-    centre = p + z * z / (2 * n)
-    margin = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return max(0.0, (centre - margin) / d)
-
-
-class JobFailed(WorkbenchError, RuntimeError):
-    """Too many errors: the job stopped; everything finished so far is in the cache."""
-
-    exit_code = 1
 
 
 def decoding_params(tcfg: TeacherConfig, template: Template) -> dict[str, Any]:
@@ -102,74 +57,6 @@ def in_shard(sample_id: str, shard: tuple[int, int]) -> bool:
     i, n = shard
     h = int.from_bytes(hashlib.blake2b(sample_id.encode(), digest_size=8).digest(), "little")
     return h % n == i
-
-
-@dataclass
-class PlannedRequest:
-    sample_id: str
-    split: str
-    key: str
-    rendered: Rendered
-
-
-@dataclass
-class JobReport:
-    job: str
-    selected: int
-    unique_keys: int
-    already_ok: int
-    sent: int = 0
-    finished: Counter = field(default_factory=Counter)
-    tokens_in: int = 0
-    tokens_out: int = 0
-    cost_usd: float = 0.0
-    retries: int = 0
-    wall_s: float = 0.0
-    stopped: str = ""
-    """Why the job stopped early ("budget", "error_rate", "disk_full"), or empty."""
-    leased_elsewhere: int = 0
-    """Keys skipped because another live job was sending them."""
-    spilled: int = 0
-    """Answers that could not be stored (disk full) and went to a spill file."""
-    imported: int = 0
-    """Answers a previous disk-full run spilled, imported before sending."""
-
-    @property
-    def ok(self) -> int:
-        return self.finished.get(OK, 0)
-
-    @property
-    def errors(self) -> int:
-        return sum(v for k, v in self.finished.items() if k != OK)
-
-
-def parse_output(template: Template, rendered: Rendered, req: TeacherRequest, raw: RawOutput,
-                 tcfg: TeacherConfig) -> TeacherOutput:
-    """A stored output from a backend's raw answer: ok with what the template asks for,
-    or an error row naming why not."""
-    cost = (raw.tokens_in * tcfg.price.input_per_mtok + raw.tokens_out * tcfg.price.output_per_mtok) / 1e6
-    base = dict(key=req.key, raw_text=raw.text, tokens_in=raw.tokens_in, tokens_out=raw.tokens_out,
-                latency_s=raw.latency_s, cost_usd=cost, retries=raw.retries,
-                top_logprobs=raw.positions, created_at=time.time(),
-                meta={"finish_reason": raw.finish_reason} if raw.finish_reason else {})
-    if raw.error_kind:
-        return TeacherOutput(status=raw.error_kind, error=raw.error, **base)
-    if template.output == "soft_label":
-        if not raw.positions:
-            return TeacherOutput(status="no_logprobs", error="no log-probabilities in the response", **base)
-        scale = rendered.scale
-        try:
-            sl = soft_label(raw.positions, list(scale.labels), list(scale.values))
-        except NoLabelError as e:
-            return TeacherOutput(status="no_label", error=str(e), **base)
-        except BadLogprobs as e:
-            return TeacherOutput(status="bad_response", error=str(e), **base)
-        return TeacherOutput(status=OK, soft_label=sl, **base)
-    text = " ".join(raw.text.split())
-    if not text:
-        return TeacherOutput(status="empty_output", error="the teacher returned no text", **base)
-    text = text[: template.max_chars]
-    return TeacherOutput(status=OK, description=text, **base)
 
 
 def prompting_options(ccfg: CacheConfig, tcfg: TeacherConfig, *, few_shot: int,
@@ -286,202 +173,12 @@ class CachingJob:
     def run(self, teacher: Teacher, planned: list[PlannedRequest], *, only_keys: set[str] | None = None,
             progress: Callable[[JobReport, TeacherOutput], None] | None = None) -> JobReport:
         """Send every planned key without an ok answer (or only ``only_keys``)."""
-        return send_requests(self.store, teacher, self.template, self.tcfg, self.ccfg, self.job_id,
-                             self.decoding, planned, only_keys=only_keys, progress=progress)
+        return send_requests(self.store, teacher, self.settings(), planned, only_keys=only_keys,
+                             progress=progress)
 
-
-def _prompt_chars(p: PlannedRequest) -> int:
-    return len(p.rendered.prompt or json.dumps(p.rendered.messages))
-
-
-def _worst_price(tcfg: TeacherConfig, p: PlannedRequest, max_tokens: int,
-                 tokens_per_char: float = 0.5) -> float:
-    """An upper estimate of one request's price, reserved against the budget while it runs:
-    every output token it may generate, and its input at ``tokens_per_char`` (0.5 before
-    any answer is in: no tokenizer needs fewer than 2 characters a token)."""
-    tokens_in = math.ceil(_prompt_chars(p) * tokens_per_char) + 16
-    return (tokens_in * tcfg.price.input_per_mtok + max_tokens * tcfg.price.output_per_mtok) / 1e6
-
-
-def _lease_ttl(tcfg: TeacherConfig) -> float:
-    """How long a key's lease outlives a job that stopped renewing it (was killed)."""
-    return (tcfg.timeout_s + 30.0) * (tcfg.max_retries + 1) + 60.0
-
-
-def send_requests(store: CacheStore, teacher: Teacher, template: Template, tcfg: TeacherConfig,
-                  ccfg: CacheConfig, job_id: str, decoding: dict[str, Any],
-                  planned: list[PlannedRequest], *, only_keys: set[str] | None = None,
-                  progress: Callable[[JobReport, TeacherOutput], None] | None = None) -> JobReport:
-    """Send the planned keys that have no ok answer yet, committing each answer as it lands."""
-    t0 = time.perf_counter()
-    imported = store.import_spills()
-    done = store.ok_keys()
-    todo: dict[str, PlannedRequest] = {}
-    for p in planned:
-        if p.key in done or p.key in todo:
-            continue
-        if only_keys is not None and p.key not in only_keys:
-            continue
-        todo[p.key] = p
-    keys = {p.key for p in planned}
-    report = JobReport(job=job_id, selected=len(planned), unique_keys=len(keys),
-                       already_ok=len(keys & done), imported=imported)
-    if not todo:
-        report.wall_s = time.perf_counter() - t0
-        return report
-    want_lp = template.output == "soft_label"
-    max_tokens = decoding["max_tokens"]
-    budget = tcfg.budget_usd
-    teacher_id = teacher.model_id()
-    owner = new_owner()
-    ttl = _lease_ttl(tcfg)
-    unstored: list[TeacherOutput] = []  # paid answers the full disk refused, for the spill
-    full: list[CacheFull] = []
-    stored = 0
-    tokens_per_char = 0.5  # then 1.1 x the largest tokens-per-character the answers show
-    seen_ratio = 0.0
-
-    def disk_full(e: CacheFull) -> None:
-        if not full:
-            log.error("%s; stopping: no new requests, in-flight answers are kept", e)
-            full.append(e)
-        report.stopped = "disk_full"
-
-    queue = deque(todo.items())
-    paused = [False]  # the budget is reserved by this job's own requests in flight
-
-    def requests():
-        paused[0] = False
-        while queue:
-            key, p = queue[0]
-            if report.stopped:
-                return
-            try:
-                verdict = store.lease(key, owner, teacher=teacher_id, budget_usd=budget, ttl_s=ttl,
-                                      reserve_usd=_worst_price(tcfg, p, max_tokens, tokens_per_char))
-            except CacheFull as e:
-                disk_full(e)
-                return
-            if verdict == OVER_BUDGET:
-                if report.sent > sum(report.finished.values()):
-                    paused[0] = True  # wait for them: their real price frees the reservations
-                else:
-                    report.stopped = "budget"
-                return
-            queue.popleft()
-            if verdict == DONE:
-                continue
-            if verdict == LEASED:
-                report.leased_elsewhere += 1
-                continue
-            report.sent += 1
-            scale = p.rendered.scale if want_lp else None
-            yield TeacherRequest(key=key, messages=p.rendered.messages, prompt=p.rendered.prompt,
-                                 media=p.rendered.media, max_tokens=max_tokens, want_logprobs=want_lp,
-                                 stop=list(decoding.get("stop", [])),
-                                 labels=list(scale.labels) if scale else [])
-
-    def store_one(out: TeacherOutput) -> None:
-        nonlocal stored
-        try:
-            store.put(out, teacher=teacher_id, owner=owner)
-        except CacheFull as e:
-            unstored.append(out)
-            disk_full(e)
-            return
-        stored += 1
-        if stored % CHECKPOINT_EVERY == 0:
-            try:
-                store.checkpoint()
-            except CacheFull as e:
-                disk_full(e)
-
-    def on_result(req: TeacherRequest, raw: RawOutput) -> bool:
-        nonlocal tokens_per_char, seen_ratio
-        out = parse_output(template, todo[req.key].rendered, req, raw, tcfg)
-        if out.tokens_in:
-            seen_ratio = max(seen_ratio, out.tokens_in / max(1, _prompt_chars(todo[req.key])))
-            tokens_per_char = 1.1 * seen_ratio
-        store_one(out)  # counted below even if the disk refused it: it was paid for
-        report.finished[out.status] += 1
-        report.tokens_in += out.tokens_in
-        report.tokens_out += out.tokens_out
-        report.cost_usd += out.cost_usd
-        report.retries += out.retries
-        if progress:
-            progress(report, out)
-        n = sum(report.finished.values())
-        if (report.errors >= MIN_ERRORS_TO_STOP
-                and wilson_lower(report.errors, n) > ccfg.max_error_rate):
-            report.stopped = report.stopped or "error_rate"
-        return not report.stopped
-
-    try:
-        teacher.generate(requests(), on_result)
-        while paused[0] and not report.stopped:  # near the budget: drained, now ask again
-            teacher.generate(requests(), on_result)
-    finally:
-        spill = _keep_unstored(store, unstored, teacher_id, owner, report)
-        try:
-            store.release_leases(owner)
-        except CacheFull:
-            pass  # they lapse with this run (end_owner) or at their expiry
-        end_owner(owner)
-    report.wall_s = time.perf_counter() - t0
-    if full:
-        raise CacheFull(_disk_full_message(store, report, len(todo) - report.ok, spill))
-    n = sum(report.finished.values())
-    if report.stopped == "error_rate" or (n and (report.ok == 0 or report.errors / n > ccfg.max_error_rate)):
-        kinds = ", ".join(f"{k}={v}" for k, v in report.finished.items() if k != OK)
-        why = (f"> cache.max_error_rate={ccfg.max_error_rate}"
-               if report.errors / max(n, 1) > ccfg.max_error_rate
-               else f"no answer was ok, whatever cache.max_error_rate={ccfg.max_error_rate}")
-        raise JobFailed(
-            f"stopped after {report.errors} errors in {n} answers ({why}): {kinds}. Everything "
-            f"so far is in {store.dir}; inspect with `workbench cache status`, fix the cause, rerun.")
-    return report
-
-
-def _keep_unstored(store: CacheStore, unstored: list[TeacherOutput], teacher_id: str, owner: str,
-                   report: JobReport) -> str:
-    """Store what the full disk refused if it has room now, else spill it; the spill's path."""
-    if not unstored:
-        return ""
-    try:
-        store.checkpoint()
-    except CacheFull:
-        pass
-    left = []
-    for out in unstored:
-        try:
-            store.put(out, teacher=teacher_id, owner=owner)
-        except CacheFull:
-            left.append(out)
-    if not left:
-        return ""
-    try:
-        path = write_spill(store.dir, left, teacher_id)
-    except OSError as e:
-        log.error("could not spill %d answers anywhere (%s); they are lost", len(left), e)
-        return ""
-    report.spilled = len(left)
-    return str(path)
-
-
-def _disk_full_message(store: CacheStore, report: JobReport, remaining: int, spill: str) -> str:
-    per_answer = store.conn.execute(
-        "SELECT COALESCE(AVG(COALESCE(LENGTH(raw_text), 0) + COALESCE(LENGTH(error), 0) "
-        "+ COALESCE(LENGTH(description), 0) + COALESCE(LENGTH(soft_label), 0) "
-        "+ COALESCE(LENGTH(top_logprobs), 0) + COALESCE(LENGTH(meta), 0)), 2048) "
-        "FROM outputs").fetchone()[0]
-    need = remaining * (per_answer + 300) * 1.5 + WAL_LIMIT_BYTES + 1024 * 1024
-    kept = (f"; {report.spilled} answers it could not write are in {spill}, imported by the next "
-            "run" if spill else "")
-    return (f"cache {store.dir}: the disk is full ({free_bytes(store.dir) / 1e6:.1f} MB free); "
-            f"stopped sending at the first failed write after {report.ok + report.errors} "
-            f"answers{kept}. Free at least {need / 1e6:.1f} MB on that disk (or move the cache) "
-            f"and rerun: the {remaining} keys without an ok answer are sent, nothing answered "
-            "is sent again.")
+    def settings(self) -> JobSettings:
+        return JobSettings(job_id=self.job_id, template=self.template, decoding=self.decoding,
+                           tcfg=self.tcfg, ccfg=self.ccfg)
 
 
 def retry_errors(store: CacheStore, teacher: Teacher, tcfg: TeacherConfig, *, kinds: list[str],
@@ -513,15 +210,15 @@ def retry_errors(store: CacheStore, teacher: Teacher, tcfg: TeacherConfig, *, ki
         if not loaded:
             teacher.load()
             loaded = True
-        reports.append(send_requests(store, teacher, template, tcfg, ccfg or CacheConfig(), spec["job"],
-                                     spec["decoding"], stored_requests(store, spec["job"], keys)))
+        settings = JobSettings(job_id=spec["job"], template=template, decoding=spec["decoding"],
+                               tcfg=tcfg, ccfg=ccfg or CacheConfig())
+        reports.append(send_requests(store, teacher, settings,
+                                     stored_requests(store, spec["job"], keys)))
     return reports
 
 
 def stored_requests(store: CacheStore, job: str, keys: list[str]) -> list[PlannedRequest]:
     """Planned requests for ``keys`` of ``job``, rebuilt from what the cache stored."""
-    from prompts import Rendered
-
     by_key: dict[str, tuple[str, str]] = {}
     for sid, (split, key) in store.sample_keys(job).items():
         by_key.setdefault(key, (sid, split))

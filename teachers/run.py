@@ -19,7 +19,8 @@ from typing import Any
 
 from prompts import load_template
 from teachers import make_teacher
-from teachers.job import CachingJob, JobReport
+from teachers.job import CachingJob
+from teachers.sending import JobReport
 from workbench.cache.records import TeacherOutput
 from workbench.cache.store import DB_FILE, CacheFull, CacheStore, check_cache_dir, is_disk_full
 from workbench.config import CacheJobConfig, dump_config
@@ -67,7 +68,7 @@ class JobSummary:
 def run_cache_job(cfg: CacheJobConfig, *, progress: ProgressFactory | None = None) -> JobSummary:
     """Run the caching job ``cfg`` describes (resumably) and return its summary.
 
-    Raises :class:`teachers.job.JobFailed` when errors pass ``cache.max_error_rate``
+    Raises :class:`teachers.sending.JobFailed` when errors pass ``cache.max_error_rate``
     (everything answered so far stays in the cache), and the stages' own
     :class:`~workbench.errors.WorkbenchError` subclasses for bad data, templates or
     backends.

@@ -120,7 +120,7 @@ def test_chat_api_with_logprobs(tmp_path):
 
 
 def test_error_rate_threshold_fails_loudly_keeping_results(tmp_path):
-    from teachers.job import JobFailed
+    from teachers.sending import JobFailed
     from workbench.config import CacheConfig
 
     data = tiny_data(tmp_path, n=60)

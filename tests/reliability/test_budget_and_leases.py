@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from teachers.job import _worst_price
 from teachers.run import run_cache_job
+from teachers.sending import worst_price
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.teacher_env import api_teacher, run_job, tiny_data
 from workbench.cache.ledger import DONE, LEASED, OVER_BUDGET, TAKEN, new_owner, take_lease
@@ -127,9 +127,9 @@ def test_worst_price_bounds_what_the_server_bills(tmp_path):
         tcfg = priced(server)
         job = run_job(tcfg, data, tmp_path / "c")
         from prompts import Rendered
-        from teachers.job import PlannedRequest
+        from teachers.sending import PlannedRequest
         with CacheStore(tmp_path / "c") as store:
             for out in store.current().values():
                 p = PlannedRequest("s", "train", out.key, Rendered.from_json(store.request(out.key)))
-                assert out.cost_usd <= _worst_price(tcfg, p, 8)
+                assert out.cost_usd <= worst_price(tcfg, p, 8)
     assert job.report.ok == job.report.unique_keys

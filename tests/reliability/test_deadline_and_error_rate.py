@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from teachers.job import JobFailed, wilson_lower
+from teachers.sending import JobFailed, wilson_lower
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.teacher_env import api_teacher, run_job, tiny_data
 from workbench.cache.store import CacheStore
