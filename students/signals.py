@@ -199,6 +199,55 @@ def apply_control(items: list[StudentItem], control: str, seed: int,
     return len(have)
 
 
+def teacher_quality(items: list[StudentItem], classification: bool,
+                    bins: list[float] | None) -> dict[str, float] | None:
+    """How well the soft labels on ``items`` predict their gold labels, against the
+    label prior of the same items: for classes, the share whose argmax is the gold class
+    (``teacher``) and the majority class's share (``prior``); for scores, the MAE of the
+    teacher's expected score and of the gold mean. None without soft labels and gold."""
+    pairs = [(it.teacher, it.sample) for it in items
+             if it.teacher is not None and it.teacher.probs is not None]
+    if classification:
+        got = [(int(np.argmax(t.probs)), s.label_class) for t, s in pairs
+               if s.label_class is not None]
+        if not got:
+            return None
+        gold = np.array([g for _, g in got])
+        return {"teacher": float(np.mean([p == g for p, g in got])),
+                "prior": float(np.bincount(gold).max() / len(gold)), "n": len(got)}
+    got = [(float(t.expected), float(s.label)) for t, s in pairs
+           if s.label is not None and t.expected is not None and np.isfinite(t.expected)]
+    if not got or not bins:
+        return None
+    exp, gold = np.array(got).T
+    return {"teacher": float(np.mean(np.abs(exp - gold))),
+            "prior": float(np.mean(np.abs(gold.mean() - gold))), "n": len(got)}
+
+
+def report_teacher_quality(items: list[StudentItem], classification: bool,
+                           bins: list[float] | None) -> None:
+    """Log :func:`teacher_quality` of the train items, as a warning when the teacher does
+    no better than the label prior (its soft labels then act as a regulariser at best)."""
+    q = teacher_quality(items, classification, bins)
+    if q is None:
+        return
+    if classification:
+        worse = q["teacher"] <= q["prior"]
+        line = (f"teacher soft labels on {q['n']} train samples: argmax = gold for "
+                f"{100 * q['teacher']:.1f}% (the majority class: {100 * q['prior']:.1f}%)")
+    else:
+        worse = q["teacher"] >= q["prior"]
+        line = (f"teacher soft labels on {q['n']} train samples: expected-score MAE "
+                f"{q['teacher']:.3f} against gold (the gold mean: {q['prior']:.3f})")
+    if worse:
+        log.warning("%s: the teacher does no better than the label prior, so its soft "
+                    "labels carry no knowledge of these labels; compare with "
+                    "signals.control=uniform (the smoothing alone) before trusting a gain",
+                    line)
+    else:
+        log.info("%s", line)
+
+
 def description(view: TeacherView | None, sample_id: str) -> str:
     """The teacher's description of the sample ('' without a view or an output)."""
     out = teacher_output(view, sample_id)

@@ -65,6 +65,7 @@ from students.signals import (
     description,
     join_augmented,
     join_signals,
+    report_teacher_quality,
     soft_signal,
     teacher_output,
     with_description,
@@ -253,6 +254,8 @@ def _run(cfg: DistillConfig, resume: bool) -> Path:
             train_items = [StudentItem(s, soft_signal(teacher_output(signals.soft, s.id)))
                            for s in train_samples]
             valid_items = [StudentItem(s) for s in valid_samples]
+        if cfg.signals.control == "none":
+            report_teacher_quality(train_items, info.task == "classification", signals.bins)
         apply_control(train_items, cfg.signals.control, tc.seed, signals.bins)
         if cfg.data.domain:
             _set_domains(train_items, cfg.data.domain, info.name)

@@ -25,6 +25,14 @@ from workbench.data.store import DataInfo
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
+@pytest.fixture(autouse=True)
+def _accelerate_state():
+    """students' modules log through accelerate's logger, which needs its state."""
+    from accelerate import PartialState
+
+    PartialState()
+
+
 def _samples(n: int, classes: int = 3) -> list[Sample]:
     return [Sample(id=f"s{i:03d}", text=f"t{i}", split="train", label_class=i % classes)
             for i in range(n)]
@@ -192,11 +200,8 @@ def test_a_control_run_trains_and_records_the_control(tmp_path, data, cache, cap
 
 
 def test_a_small_validation_split_selected_on_a_rate_is_warned_about(caplog):
-    from accelerate import PartialState
-
     from students.trainer import _warn_small_valid
 
-    PartialState()  # the trainer logs through accelerate's logger
     cfg = load_config(DistillConfig, None, ["data.task=classification",
                                             "data.class_names=[no, yes]"])
     with caplog.at_level(logging.WARNING):
@@ -209,3 +214,26 @@ def test_a_small_validation_split_selected_on_a_rate_is_warned_about(caplog):
         _warn_small_valid(cfg, 40)
         _warn_small_valid(load_config(DistillConfig, None, []), 40)  # valid_mae: smooth
     assert caplog.text == ""
+
+
+def test_teacher_quality_is_measured_against_the_label_prior(caplog):
+    from students.signals import report_teacher_quality, teacher_quality
+
+    samples = [Sample(id=f"c{i}", text="x", split="train", label_class=c)
+               for i, c in enumerate([0, 0, 0, 1, 2, 1])]
+    good = [StudentItem(s, TeacherSignal(probs=np.eye(3)[s.label_class])) for s in samples]
+    q = teacher_quality(good, True, None)
+    assert q == {"teacher": 1.0, "prior": 0.5, "n": 6}
+    neutral = [StudentItem(s, TeacherSignal(probs=np.eye(3)[1])) for s in samples]
+    with caplog.at_level(logging.INFO):
+        report_teacher_quality(good, True, None)
+        assert "WARNING" not in caplog.text and "argmax = gold for 100.0%" in caplog.text
+        report_teacher_quality(neutral, True, None)
+    assert "argmax = gold for 33.3% (the majority class: 50.0%)" in caplog.text
+    assert "no better than the label prior" in caplog.text
+    scores = [Sample(id=f"r{i}", text="x", split="train", label=y)
+              for i, y in enumerate([-2.0, 0.0, 2.0])]
+    flat = [StudentItem(s, TeacherSignal(probs=np.ones(3) / 3, expected=1.5)) for s in scores]
+    assert teacher_quality(flat, False, [-1, 0, 1])["teacher"] > \
+        teacher_quality(flat, False, [-1, 0, 1])["prior"]
+    assert teacher_quality([StudentItem(samples[0], None)], True, None) is None
