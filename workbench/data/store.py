@@ -77,8 +77,12 @@ class DataInfo:
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> DataInfo:
+        """The info :meth:`to_json` wrote. A ``label_range`` of null (what an export records
+        for a classification set, which has classes, not a score range) reads as the
+        :class:`DataConfig` default; a classification model's predictions do not use it."""
         d = dict(d)
-        d["label_range"] = tuple(d["label_range"])
+        rng = d.get("label_range")
+        d["label_range"] = tuple(rng) if rng is not None else DataConfig().label_range
         return cls(**d)
 
 
