@@ -123,11 +123,11 @@ class BareEncoder(torch.nn.Module):
 
 def export_bare(encoder: torch.nn.Module, keys: list[str], batch: dict[str, Any],
                 path: Path) -> None:
-    from students.export import _quiet_loggers
+    from students.export import quiet_loggers
 
     wrapper = BareEncoder(encoder, keys).eval()
     auto = torch.export.Dim.AUTO
-    with torch.no_grad(), _quiet_loggers("onnxscript", "onnx_ir", "torch.onnx"):
+    with torch.no_grad(), quiet_loggers("onnxscript", "onnx_ir", "torch.onnx"):
         torch.onnx.export(wrapper, tuple(batch[k] for k in keys), str(path), input_names=keys,
                           output_names=["last_hidden_state"],
                           dynamic_shapes=(tuple({0: auto, 1: auto} for _ in keys),),

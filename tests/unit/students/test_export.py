@@ -133,7 +133,7 @@ def test_quantized_base_is_exported_dequantized(tmp_path, quantize, atol):
 
 def test_onnx_needs_onnx_installed(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr("students.export.importlib.util.find_spec",
+    monkeypatch.setattr("importlib.util.find_spec",
                         lambda name, *a: None if name == "onnx" else real(name, *a))
     with pytest.raises(ExportError, match="pip install onnx"):
         require_onnx()
