@@ -18,7 +18,6 @@ import numpy as np
 from workbench.io import atomic_write_bytes
 
 SAMPLE_RATE = 16_000
-VIDEO_SUFFIXES = (".mp4", ".mkv", ".webm", ".avi", ".mov")
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aac")
 MIN_AUDIO_S = 0.1
 """Audio shorter than this (after cutting the segment) is a zero-length clip."""
