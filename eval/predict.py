@@ -5,7 +5,8 @@
 ``workbench eval`` (:func:`students.checkpoint.check_files`, :func:`eval.data.load_data`,
 :func:`eval.data.check_data_matches`): the data must be the dataset the checkpoint was
 trained on (same fingerprint, task, metric set and features) unless ``new_data`` is set,
-which keeps every check but the fingerprint (new utterances with the same features).
+which keeps every check but the fingerprint (new utterances with the same features); a
+manifest of new data needs no split column (its rows are ``test``, :func:`applied_data`).
 Unlike ``eval``, any split may be predicted (nothing is reported as a score) and labels
 are optional.
 
@@ -68,6 +69,8 @@ log = logging.getLogger(__name__)
 FORMATS = (".csv", ".jsonl")
 ALL_SPLITS = "all"
 POLARITY = ("negative", "neutral", "positive")
+NEW_DATA_SPLIT = "test"
+"""Split of new data's manifest rows that have no split column (``--new-data``)."""
 
 
 class PredictError(EvalError):
@@ -266,9 +269,7 @@ def predict_samples(path: str | Path, opts: PredictOptions, data: DataConfig | N
     check_files(p)
     meta = read_meta(p)
     device = opts.resolved_device()
-    data_cfg = data if data is not None else run_config(p).data
-    # a model is applied here: rows without a gold label are fine (their label is empty)
-    data_cfg = dataclasses.replace(data_cfg, labels="optional")
+    data_cfg = applied_data(data if data is not None else run_config(p).data, opts)
     source = data_source or f"(data section of {p / 'config.yaml'})"
     ds = load_data(data_cfg, data_source or "checkpoint", p)
     _check_data(meta.info, ds, source, p, opts)
@@ -279,6 +280,14 @@ def predict_samples(path: str | Path, opts: PredictOptions, data: DataConfig | N
     items = {sp: eval_items(meta, s, ds, sp) for sp, s in per_split.items()}
     model, _, meta = load_checkpoint(p, device=device)
     return _predictions(model, meta.info, per_split, items, opts, p, str(device))
+
+
+def applied_data(data: DataConfig, opts: PredictOptions) -> DataConfig:
+    """``data`` as a model is applied to it: rows without a gold label are fine (their label
+    is empty), and with ``opts.new_data`` manifest rows without a split column are ``test``
+    (unless ``data.default_split`` names another split)."""
+    split = data.default_split or (NEW_DATA_SPLIT if opts.new_data else "")
+    return dataclasses.replace(data, labels="optional", default_split=split)
 
 
 def _check_data(trained: DataInfo, ds: Any, source: str, p: Path, opts: PredictOptions) -> None:
@@ -319,7 +328,7 @@ def _predict_export(p: Path, opts: PredictOptions, data: DataConfig | None,
         source = data_source or f"(data section of {ckpt / 'config.yaml'})"
     else:
         where, source = p, data_source or "--data"
-    data = dataclasses.replace(data, labels="optional")  # rows without a label are fine
+    data = applied_data(data, opts)
     ds = load_data(data, data_source or "checkpoint", where)
     _check_data(info, ds, source, p, opts)
     _check_drop(opts, list(spec["modalities"]), p, f"per its {EXPORT_FILE}")

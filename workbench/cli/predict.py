@@ -41,7 +41,8 @@ def predict_cmd(
              "(text -> [UNK], features -> zeros).")] = None,
     new_data: Annotated[bool, typer.Option(
         "--new-data", help="Accept data other than the training data when task, metric set "
-                           "and features match (new utterances).")] = False,
+                           "and features match (new utterances); manifest rows without a "
+                           "split column are test.")] = False,
     runtime: Annotated[str, typer.Option(
         help="For an export directory: torch (float, or int8 if exported with --int8) or "
              "onnx (ONNX Runtime on model.onnx, CPU).")] = "torch",

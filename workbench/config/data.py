@@ -85,6 +85,10 @@ class DataConfig:
     present is still checked. Training and evaluation need labels whatever this says."""
     split_column: str = "split"
     """Manifest column holding the split of each row."""
+    default_split: str = ""
+    """Split of the manifest rows that have no ``split_column`` (new data a trained model is
+    applied to, e.g. ``test``); empty: such a row is an error naming the file and line.
+    ``workbench predict --new-data`` reads rows without it as ``test`` when this is empty."""
     split_files: dict[str, str] = field(default_factory=dict)
     """One manifest per split instead of a split column, e.g. ``{train: train.csv, valid:
     dev.csv, test: test.csv}``, named relative to ``path`` (then a folder). Each row gets
@@ -177,6 +181,8 @@ class DataConfig:
         except LookupError:
             check(False, "data.encoding", self.encoding,
                   "use a Python codec name such as utf-8, latin-1 or cp1252")
+        check(self.default_split in ("", *SPLITS), "data.default_split", self.default_split,
+              f"use one of {list(SPLITS)}, or leave it empty to require a split column")
         for split in self.split_files:
             check(split in SPLITS, f"data.split_files.{split}", self.split_files[split],
                   f"key each file by one of {list(SPLITS)}")

@@ -183,6 +183,19 @@ def _read_npz(cfg: DataConfig, fpath: Path) -> dict[str, tuple[dict[str, int], n
     return out
 
 
+def _require_columns(row: dict[str, Any], cfg: DataConfig, path: Path, lineno: int) -> None:
+    """Refuse a row without its text or split column, saying how to give each."""
+    if cfg.text_column not in row:
+        raise DataError(f"{path}:{lineno}: no column {cfg.text_column!r} (columns: "
+                        f"{sorted(row)}); name the text column with data.text_column")
+    if cfg.split_column not in row:
+        raise DataError(
+            f"{path}:{lineno}: no column {cfg.split_column!r} (columns: {sorted(row)}); give "
+            "each row a split (train/valid/test) in that column, name the column with "
+            "data.split_column, give one file per split with data.split_files, or, for new "
+            "data a trained model is applied to, set data.default_split=test")
+
+
 def read_manifest(cfg: DataConfig, split: str | None = None) -> list[Sample]:
     """Read a CSV/JSONL manifest (and its optional feature file) into samples.
 
@@ -207,9 +220,9 @@ def read_manifest(cfg: DataConfig, split: str | None = None) -> list[Sample]:
         if split is not None:  # one file per split
             row.setdefault(cfg.split_column, split)
             row.setdefault("split", split)
-        for col in (cfg.text_column, cfg.split_column):
-            if col not in row:
-                raise DataError(f"{path}:{lineno}: no column {col!r} (columns: {sorted(row)})")
+        elif cfg.default_split:
+            row.setdefault(cfg.split_column, cfg.default_split)
+        _require_columns(row, cfg, path, lineno)
         is_context = bool(cfg.context_only_column) and context_only(
             row.get(cfg.context_only_column), cfg, f"{path}:{lineno}")
         try:

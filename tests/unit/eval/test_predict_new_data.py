@@ -1,5 +1,6 @@
 """`workbench predict EXPORT --new-data` through the CLI on data built in the test: a tiny
-classification student (MiniLM + LoRA, built in code) exported, then served on new lines."""
+classification student (MiniLM + LoRA, built in code) exported, then served on new lines,
+with and without a split column."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from students.collate import Collator
 from students.export import export_model
 from students.model import build_student
 from workbench.cli import app
-from workbench.config import LoraConfig, StudentConfig
+from workbench.config import ConfigError, DataConfig, LoraConfig, StudentConfig, load_config
+from workbench.data import load_dataset
 from workbench.data.schema import Sample
 from workbench.data.store import DataInfo
 
@@ -88,3 +90,27 @@ def test_classification_export_predicts_new_data(classifier, tmp_path):
         probs = [float(row[f"prob_{c}"]) for c in CLASSES]
         np.testing.assert_allclose(probs, p, rtol=1e-4, atol=1e-6)
         assert row["class"] == CLASSES[int(np.argmax(p))] and row["label"] == ""
+
+
+def test_new_data_needs_no_split_column(classifier, tmp_path):
+    """Rows of only id and text: `test` for predict --new-data; training and evaluation
+    data without a split column are refused with one message saying what to set."""
+    _, export = classifier
+    data = _data_yaml(tmp_path / "bare", [{"id": f"u{i}", "text": t} for i, t in enumerate(LINES)])
+    out = tmp_path / "p.jsonl"
+    r = _predict(export, data, out, "--split", "all")
+    assert r.exit_code == 0, r.output
+    got = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [g["id"] for g in got] == ["u0", "u1", "u2", "u3"]
+    assert {g["split"] for g in got} == {"test"} and {g["label"] for g in got} == {None}
+    r = _predict(export, data, out)  # the default --split test
+    assert r.exit_code == 0, r.output
+    # data to train or evaluate on: the clear error, file and line named
+    r = runner.invoke(app, ["data", "validate", str(data)])
+    assert r.exit_code == 2
+    assert "lines.csv:2: no column 'split'" in r.output and "data.default_split=test" in r.output
+    assert "Traceback" not in r.output
+    cfg = load_config(DataConfig, data, ["default_split=valid", "labels=optional"])
+    assert {s.split for s in load_dataset(cfg).iter_samples()} == {"valid"}
+    with pytest.raises(ConfigError, match="data.default_split"):
+        DataConfig(default_split="dev")
