@@ -1,24 +1,26 @@
 """What an evaluation is asked to do: the ``workbench eval`` options and their parsing.
 
-:class:`EvalOptions` holds them (split, the LNLN sweep's missing rates and seeds, the
-whole-modality-absent patterns, batch size, cost measurement, device); :func:`options_for`
-fills what is not given from a checkpoint's own config (its ``eval`` section, read by
-:func:`run_config`). The parsers turn command-line strings into values and refuse bad ones
+:class:`EvalOptions` holds them: a recipe's ``eval`` section
+(:class:`~workbench.config.EvalConfig`: split, the LNLN sweep's missing rates and seeds,
+batch size) and the options only the command sets (whole-modality-absent patterns, cost
+measurement, device, ...); :func:`options_for` fills the ``eval`` fields not given from a
+checkpoint's own config (read by :func:`run_config`). The parsers turn command-line strings into values and refuse bad ones
 with :class:`EvalError`, the error of every evaluation that cannot run as asked.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from students.checkpoint import CONFIG_FILE, check_files
-from workbench.config import MODALITIES, ConfigError, DistillConfig, load_config
+from workbench.config import MODALITIES, ConfigError, DistillConfig, EvalConfig, load_config
 from workbench.errors import WorkbenchError
 
 
@@ -101,17 +103,18 @@ def pattern_name(drop: Sequence[str]) -> str:
 
 
 @dataclass
-class EvalOptions:
-    """How to evaluate (the ``workbench eval`` options)."""
+class EvalOptions(EvalConfig):
+    """How to evaluate: a recipe's ``eval`` section (:class:`~workbench.config.EvalConfig`:
+    ``split``, ``missing_rates``, ``seeds``, ``batch_size``, defaults and all) and what only
+    ``workbench eval`` sets (the fields below).
 
-    split: str = "test"
-    missing_rates: list[float] = field(default_factory=list)
-    """LNLN sweep rates; empty: no sweep."""
-    seeds: list[int] = field(default_factory=lambda: [1111, 1112, 1113])
+    Checked here with the command's option names; :class:`EvalConfig`'s own checks belong
+    to a recipe's ``eval:`` keys and are not run (a split is checked against the data, rates
+    by :func:`parse_rates`)."""
+
     patterns: list[tuple[str, ...]] | None = None
     """Modalities removed together, one pattern each; None: every pattern the checkpoint's
     modalities allow (each non-empty proper subset removed); []: none."""
-    batch_size: int = 64
     cost: bool = True
     """Measure speed and memory and compare with the teacher (parameters and size always)."""
     latency_samples: int = 50
@@ -171,19 +174,14 @@ def run_config(path: Path) -> DistillConfig:
                         f"workbench: {e}") from None
 
 
-def options_for(path: str | Path, *, split: str | None = None,
-                missing_rates: list[float] | None = None, seeds: list[int] | None = None,
-                batch_size: int | None = None, **rest: Any) -> EvalOptions:
-    """:class:`EvalOptions` for a checkpoint: what is given, else its config's ``eval``
-    section (``split``, ``missing_rates``, ``seeds``, ``batch_size``); ``rest`` are the other
-    :class:`EvalOptions` fields."""
+def options_for(path: str | Path, **given: Any) -> EvalOptions:
+    """:class:`EvalOptions` for a checkpoint: each :class:`EvalConfig` field as given, or
+    where it is None, as the checkpoint's config has it (its ``eval`` section; missing rates
+    sorted); the other :class:`EvalOptions` fields as given."""
     p = Path(path)
     check_files(p)
-    ec = run_config(p).eval
-    return EvalOptions(
-        split=split if split is not None else ec.split,
-        missing_rates=list(missing_rates) if missing_rates is not None else sorted(
-            ec.missing_rates),
-        seeds=list(seeds) if seeds is not None else list(ec.seeds),
-        batch_size=batch_size if batch_size is not None else ec.batch_size,
-        **rest)
+    recipe = run_config(p).eval
+    values = {f.name: copy.deepcopy(getattr(recipe, f.name)) for f in fields(EvalConfig)}
+    values["missing_rates"] = sorted(values["missing_rates"])
+    values.update({k: v for k, v in given.items() if v is not None or k not in values})
+    return EvalOptions(**values)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from eval.data import split_samples
 from eval.evaluate import default_out_dir
 from eval.options import EvalError, EvalOptions, parse_patterns, parse_rates, parse_seeds
 from students.checkpoint import CheckpointError, check_files, find_checkpoints, unique_names
+from workbench.config import EvalConfig
 from workbench.data import DataError, MSADataset
 from workbench.data.schema import Sample
 from workbench.data.store import DataInfo
@@ -48,6 +50,13 @@ def test_seeds_and_patterns():
     assert parse_patterns(["none"]) == []
     with pytest.raises(EvalError, match="name modalities from"):
         parse_patterns(["video"])
+
+
+def test_options_are_a_recipe_eval_section_plus_the_command_options():
+    recipe = [f.name for f in fields(EvalConfig)]
+    assert [f.name for f in fields(EvalOptions)][:len(recipe)] == recipe
+    opts, cfg = EvalOptions(), EvalConfig()
+    assert {n: getattr(opts, n) for n in recipe} == {n: getattr(cfg, n) for n in recipe}
 
 
 def test_options_are_checked():
