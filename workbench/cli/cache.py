@@ -9,10 +9,14 @@ configs/cache/X.yaml``), the flags given explicitly (which override the recipe) 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 
 from workbench.cli.common import console, data_config, err_console, new_app
@@ -21,11 +25,16 @@ from workbench.config import CacheJobConfig, ConfigError, load_config
 app = new_app("Teacher caching jobs: run, status, retry, export, merge.")
 
 
-class JobProgress:
-    """A rich progress bar for :func:`teachers.run.run_cache_job`: done/total, ok/errors,
-    cost, elapsed and ETA; fits 80 columns (the label goes on its own line)."""
+PROGRESS_EVERY_S = 10.0
+"""Seconds between the progress lines of ``cache run`` when stderr is not a terminal (a log
+file, a pipe): the default of its ``--progress-every`` option."""
 
-    def __init__(self, total: int, label: str) -> None:
+
+class JobBar:
+    """A rich progress bar for :func:`teachers.run.run_cache_job` on a terminal: done/total,
+    ok/errors, cost, elapsed and ETA; fits 80 columns."""
+
+    def __init__(self, total: int, label: str, console: Console) -> None:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -35,14 +44,13 @@ class JobProgress:
             TimeRemainingColumn,
         )
 
-        err_console.print(f"asking {escape(label)} about {total} keys", highlight=False)
         self.progress = Progress(
             BarColumn(bar_width=20), MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console,
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console,
             transient=False)
         self.task = self.progress.add_task(label, total=total, stats="")
 
-    def __enter__(self) -> JobProgress:
+    def __enter__(self) -> JobBar:
         self.progress.__enter__()
         return self
 
@@ -51,7 +59,62 @@ class JobProgress:
 
     def __call__(self, report, _out) -> None:
         stats = f"ok {report.ok} err {report.errors} ${report.cost_usd:.4f}"
-        self.progress.update(self.task, completed=sum(report.finished.values()), stats=stats)
+        self.progress.update(self.task, completed=report.answered, stats=stats)
+
+
+def _clock_text(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+class JobLines:
+    """Progress of a caching job as plain lines, for a stream that is not a terminal (where
+    a bar shows nothing until the end): a line at the first answer ``every_s`` seconds after
+    the last line (0: at every answer), and one at the end for the answers since. Each
+    line: answered/total, ok and errors, answers per second, ETA, spend, elapsed."""
+
+    def __init__(self, total: int, console: Console, every_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.total, self.console, self.every_s, self.clock = total, console, every_s, clock
+        self.start = self.last = clock()
+        self.report: Any = None
+        self.shown = 0
+
+    def __enter__(self) -> JobLines:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.report is not None and self.report.answered != self.shown:
+            self.line(self.report)
+
+    def __call__(self, report, _out) -> None:
+        self.report = report
+        if self.clock() - self.last >= self.every_s:
+            self.line(report)
+
+    def line(self, report) -> None:
+        """Print where the job stands now."""
+        now = self.clock()
+        done, elapsed = report.answered, now - self.start
+        rate = done / elapsed if elapsed > 0 else 0.0
+        eta = _clock_text((self.total - done) / rate) if rate > 0 else "unknown"
+        self.console.print(
+            f"{done}/{self.total} answered ({100.0 * done / max(self.total, 1):.0f}%): ok "
+            f"{report.ok}, errors {report.errors}; {rate:.2f}/s, ETA {eta}; "
+            f"${report.cost_usd:.4f}; {_clock_text(elapsed)} elapsed", highlight=False,
+            soft_wrap=True)
+        self.last, self.shown = now, done
+
+
+def job_progress(total: int, label: str, *, every_s: float = PROGRESS_EVERY_S,
+                 console: Console | None = None) -> JobBar | JobLines:
+    """The progress of a caching job (a :data:`teachers.run.ProgressFactory`): a bar where
+    ``console`` (default: stderr) is a terminal, else a line every ``every_s`` seconds."""
+    out = console or err_console
+    out.print(f"asking {escape(label)} about {total} keys", highlight=False)
+    if out.is_terminal:
+        return JobBar(total, label, out)
+    return JobLines(total, out, every_s)
 
 
 def print_report(report, status: dict[str, Any]) -> None:
@@ -130,15 +193,22 @@ def cache_run(
         help="Only the first N selected samples [default: 0, all].")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(
         help="teacher.K=V, cache.K=V, data.K=V, or splits=, shard=, variants=, limit=")] = None,
+    progress_every: Annotated[float, typer.Option(
+        help="Where stderr is not a terminal (a log file): seconds between progress lines "
+             "(answered/total, ok/errors, rate, ETA, spend); 0: a line per answer.")
+    ] = PROGRESS_EVERY_S,
 ) -> None:
     """Ask a teacher about every sample and store the answers (resumable)."""
     from teachers.run import run_cache_job
 
+    if progress_every < 0:
+        raise ConfigError(f"--progress-every={progress_every}: use 0 (a line per answer) or "
+                          "a number of seconds")
     flags = {"cache.template": template, "cache.dir": str(cache) if cache is not None else None,
              "splits": [s for s in splits.split(",") if s] if splits is not None else None,
              "shard": shard, "variants": variants, "limit": limit}
     cfg = job_config(config, teacher, data, flags, overrides or [])
-    summary = run_cache_job(cfg, progress=JobProgress)
+    summary = run_cache_job(cfg, progress=partial(job_progress, every_s=progress_every))
     print_report(summary.report, summary.status)
 
 

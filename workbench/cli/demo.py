@@ -35,7 +35,7 @@ def demo_data(source: str) -> tuple[str, list[str]]:
 
 def _reporter():
     from eval.demo import DemoReporter
-    from workbench.cli.cache import JobProgress, print_report
+    from workbench.cli.cache import job_progress, print_report
     from workbench.cli.evaluate import eval_progress, print_eval
 
     class Printer(DemoReporter):
@@ -46,7 +46,7 @@ def _reporter():
             console.print(text, markup=False, highlight=False)
 
         def cache_progress(self):
-            return JobProgress
+            return job_progress
 
         def cache_done(self, summary) -> None:
             print_report(summary.report, summary.status)

@@ -195,6 +195,22 @@ def test_cache_run_from_a_recipe_with_flags_and_overrides(tmp_path):
         assert r.exit_code == 2 and "did you mean 'limit'" in r.output
 
 
+def test_cache_run_writes_progress_lines_to_a_log(tmp_path):
+    """stderr is not a terminal under the runner: lines, not a bar (every answer with 0)."""
+    from tests.support.fake_openai import FakeOpenAI
+
+    with FakeOpenAI() as server:
+        recipe = _fake_env(tmp_path, server.base_url)
+        r = run("cache", "run", "--config", str(recipe), "--progress-every", "0")
+        assert r.exit_code == 0, r.output
+        total = int(r.output.split(" about ")[1].split()[0])
+        lines = [x for x in r.output.splitlines() if f"/{total} answered" in x]
+        assert [x.split("/")[0] for x in lines] == [str(i) for i in range(1, total + 1)]
+        assert "/s, ETA" in lines[0] and "elapsed" in lines[0]
+        r = run("cache", "run", "--config", str(recipe), "--progress-every", "-1")
+        assert r.exit_code == 2 and "--progress-every=-1.0: use 0" in r.output
+
+
 def test_a_failed_job_exits_1_with_one_message(tmp_path):
     from tests.support.fake_openai import FakeOpenAI
 
