@@ -46,7 +46,7 @@ def cache_key(template: Template, model_id: str, decoding: dict[str, Any], rende
     """Hash of what determines the answer: template text, model, decoding, and the
     rendered request (sample text, cues and media content hashes; never ids or paths)."""
     request = {"messages": rendered.messages, "prompt": rendered.prompt}
-    if rendered.versions:  # e.g. the wording version of acoustic cues; absent: keys as before
+    if rendered.versions:  # e.g. the wording version of acoustic cues; none: no key entry
         request["versions"] = rendered.versions
     return stable_hash({"v": KEY_VERSION, "template": template.hash, "model": model_id,
                         "decoding": decoding, "request": request})

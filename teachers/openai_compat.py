@@ -186,7 +186,8 @@ class OpenAICompatTeacher:
             out = await self._call_once(client, replace(req, max_tokens=1))
             if not needs_full_decode(out.positions, req.labels):
                 return out
-            full = await self._call_once(client, req)  # the first token is no label: as before
+            # the first token is no label: ask for the whole answer
+            full = await self._call_once(client, req)
             full.tokens_in += out.tokens_in
             full.tokens_out += out.tokens_out
             return full

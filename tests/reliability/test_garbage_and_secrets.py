@@ -58,7 +58,7 @@ def test_the_join_refuses_an_ok_row_that_is_not_a_distribution(tmp_path):
     data = tiny_data(tmp_path, n=8)
     with FakeOpenAI() as server:
         job = run_job(api_teacher(server.base_url), data, tmp_path / "c")
-    with CacheStore(tmp_path / "c") as store:  # what an older workbench stored
+    with CacheStore(tmp_path / "c") as store:  # written directly: the job stores it as bad_response
         spec = store.jobs()[0]
         sids = {sid: split for sid, (split, _) in store.sample_keys(job.job_id).items()}
         key = store.sample_keys(job.job_id)[next(iter(sids))][1]

@@ -63,7 +63,7 @@ def _teacher_spend(c: sqlite3.Connection, teacher: str) -> float:
     row = c.execute("SELECT usd FROM spend WHERE teacher=?", (teacher,)).fetchone()
     if row is not None:
         return float(row[0])
-    usd = _spend_from_outputs(c).get(teacher, 0.0)  # a cache written before this table
+    usd = _spend_from_outputs(c).get(teacher, 0.0)  # no spend row yet: its stored costs
     c.execute("INSERT INTO spend VALUES (?, ?)", (teacher, usd))
     return usd
 

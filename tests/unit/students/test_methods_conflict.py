@@ -130,7 +130,7 @@ def _plan(*overrides):
     return plan_losses(cfg, soft_labels=False, privileged=False, label_stats=(0.1, 1.5))
 
 
-def test_conflict_off_is_the_old_step(model):
+def test_conflict_off_is_the_plain_step(model):
     plan = plan_losses(load_config(DistillConfig, None, ["loss.unimodal_aux=0.2"]),
                        soft_labels=True, privileged=False)
     assert plan.conflict is None and not plan.needs_encoding

@@ -171,7 +171,7 @@ def _batch(model, **kw):
     return TrainCollator(Collator.for_model(model), **kw)(train_items())
 
 
-def test_msmix_off_is_the_old_step_and_the_model_without_intensity_heads(mixer):
+def test_msmix_off_is_the_plain_step_and_the_model_without_intensity_heads(mixer):
     plain = build_student(mixer.cfg, tiny_info(), BINS)
     assert plain.intensity_heads is None
     assert not [k for k in plain.state_dict() if k.startswith("intensity_heads.")]

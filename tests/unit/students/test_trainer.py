@@ -246,7 +246,7 @@ def test_resume_accepts_fields_added_since_the_run_started_only_at_their_default
     out.mkdir()
     cfg = distill_cfg(out, data)
     saved = to_dict(cfg)
-    del saved["train"]["msmix"]  # a run started before the method existed
+    del saved["train"]["msmix"]  # a run whose config has no msmix section
     (out / "config.yaml").write_text(yaml.safe_dump(saved))
     prepare_output_dir(cfg, out, True, None)  # msmix at its defaults: nothing changed
     cfg.train.msmix.enabled = True
@@ -254,8 +254,8 @@ def test_resume_accepts_fields_added_since_the_run_started_only_at_their_default
         prepare_output_dir(cfg, out, True, None)
 
 
-def test_resume_reads_a_run_started_before_keys_were_renamed(tmp_path):
-    """A run whose config.yaml has the flat method keys of earlier versions
+def test_resume_reads_a_run_with_flat_method_keys(tmp_path):
+    """A run whose config.yaml has flat method keys
     (train.msmix_alpha, loss.conflict_tau, student.enhance_k, ...) resumes with the same
     config; a real change is still refused."""
     import shutil

@@ -172,9 +172,9 @@ def test_method_knobs_are_checked_with_their_full_names(override, needle):
     assert needle in str(e.value)
 
 
-def test_a_config_written_before_the_method_objects_still_loads(caplog):
-    """tests/support/legacy/config_flat_methods.yaml is a config.yaml as main wrote it
-    before this change (flat keys: train.msmix_alpha, loss.conflict_tau, student.enhance_k)."""
+def test_a_config_with_flat_method_keys_loads_into_the_method_objects(caplog):
+    """tests/support/legacy/config_flat_methods.yaml is a config.yaml with flat method keys
+    (train.msmix_alpha, loss.conflict_tau, student.enhance_k), which the legacy mapper renames."""
     with caplog.at_level("WARNING", logger="workbench.config"):
         cfg = load_config(DistillConfig, LEGACY)
     assert cfg.train.msmix == MsMixConfig(enabled=True, alpha=0.4, threshold=0.2, weight=0.7,
@@ -198,12 +198,12 @@ def test_a_config_written_before_the_method_objects_still_loads(caplog):
     assert not [r for r in caplog.records if "renamed keys" in r.getMessage()]
 
 
-def test_old_flat_overrides_and_sections_alone_still_load():
+def test_flat_method_overrides_and_sections_alone_load():
     cfg = load_config(DistillConfig, None, ["train.msmix=true", "train.msmix_alpha=0.3",
                                             "train.conflict_penalty=true", "loss.statistical=0.2"])
     assert cfg.train.msmix.enabled and cfg.train.msmix.alpha == 0.3
     assert cfg.train.conflict.enabled and cfg.train.conflict.statistical_weight == 0.2
-    # a student section alone, as student.json / export.json of an old checkpoint hold it
+    # a student section alone with flat keys, as a checkpoint's student.json may hold it
     st = from_dict(StudentConfig, {"hidden": 32, "enhance": True, "enhance_bank": 16})
     assert st.enhance == EnhanceConfig(enabled=True, bank=16)
     # a key given both ways keeps the new one

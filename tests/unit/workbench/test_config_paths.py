@@ -1,6 +1,7 @@
 """One path rule: a relative input path in a YAML file is read relative to that file
-(a recipe's ``data:`` include and a data file's ``path:`` alike); older configs written for
-the working directory still load; ``data=FILE`` works as a command-line override."""
+(a recipe's ``data:`` include and a data file's ``path:`` alike); a path that exists only
+relative to the working directory is kept as written; ``data=FILE`` works as a command-line
+override."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ def test_a_section_file_works_as_an_override(project):
         load_config(DistillConfig, None, ["data=configs/data/absent.yaml"])
 
 
-def test_older_configs_relative_to_the_working_directory_still_load(project):
+def test_a_path_that_exists_only_from_the_working_directory_is_kept(project):
     os.chdir(project)
     (project / "configs/data/old.yaml").write_text("path: data/m.csv\n")
     assert load_config(DataConfig, project / "configs/data/old.yaml").path == "data/m.csv"
