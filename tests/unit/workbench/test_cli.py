@@ -181,7 +181,7 @@ def test_cache_run_from_a_recipe_with_flags_and_overrides(tmp_path):
         assert "job " in r.output and ": 3 samples" in r.output
         assert _job_splits(tmp_path / "cache")[job] >= {"valid"}
         assert sum(server.attempts.values()) > calls
-        # the old flags alone still work; teacher.* / data.* overrides reach their sections
+        # the flags alone (no recipe) run a job; teacher.* / data.* overrides reach their sections
         data = recipe.parent.parent / "data" / "tiny.yaml"
         teacher = recipe.parent.parent / "teachers" / "fake.yaml"
         r = run("cache", "run", "--teacher", str(teacher), "--data", str(data), "--cache",
