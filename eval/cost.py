@@ -10,7 +10,8 @@ Student side, measured on this machine (one process, the model's device):
   encoder's package), so ``size.excludes`` names them;
 - ``speed``: throughput (samples/s) of :func:`students.inference.predict` at a batch size,
   and per-sample latency (p50 / p95 / mean) at batch 1, both end to end (tokenisation,
-  collation, forward pass);
+  collation, forward pass), on at most ``speed_samples`` samples spread over the split
+  (``timed_samples`` of ``split_samples``);
 - ``memory``: resident-set size before the model was loaded (when the caller passes it),
   after the benchmark, their difference, the process's peak RSS (``maxrss``), and on a GPU
   ``torch.cuda.max_memory_allocated`` during the benchmark.
@@ -130,22 +131,35 @@ def _timed_predict(model: StudentModel, items: Sequence[Sample | StudentItem],
     return time.perf_counter() - start
 
 
-def measure_speed(model: StudentModel, items: Sequence[Sample | StudentItem], *,
-                  batch_size: int = 64, latency_samples: int = 50, min_seconds: float = 1.0,
-                  max_passes: int = 5, rss_baseline: int | None = None) -> dict[str, Any]:
-    """Throughput at ``batch_size``, latency at batch 1, and memory, on ``items``.
+def spread(items: Sequence[Sample | StudentItem], n: int) -> list[Sample | StudentItem]:
+    """At most ``n`` of ``items``, evenly spaced from the first to the last, in order (0:
+    all of them)."""
+    if n <= 0 or n >= len(items):
+        return list(items)
+    picks = np.unique(np.linspace(0, len(items) - 1, n).round().astype(int))
+    return [items[int(i)] for i in picks]
 
-    Throughput: after one warm-up batch, whole passes over ``items`` until ``min_seconds``
-    have passed or ``max_passes`` were made; samples/s over all passes. Latency: after two
-    warm-up calls, ``latency_samples`` single-sample calls (cycling through ``items``);
-    p50 / p95 / mean in milliseconds. ``rss_baseline`` is the RSS (bytes) before the model
-    was loaded, for ``memory.rss_delta_mb``.
+
+def measure_speed(model: StudentModel, items: Sequence[Sample | StudentItem], *,
+                  batch_size: int = 64, latency_samples: int = 50, speed_samples: int = 0,
+                  min_seconds: float = 1.0, max_passes: int = 5,
+                  rss_baseline: int | None = None) -> dict[str, Any]:
+    """Throughput at ``batch_size``, latency at batch 1, and memory, on ``items``, or on
+    ``speed_samples`` of them (:func:`spread`; 0: all) when that is fewer.
+
+    Throughput: after one warm-up batch, whole passes over the timed samples until
+    ``min_seconds`` have passed or ``max_passes`` were made; samples/s over all passes.
+    Latency: after two warm-up calls, ``latency_samples`` single-sample calls (cycling
+    through the timed samples); p50 / p95 / mean in milliseconds. ``rss_baseline`` is the
+    RSS (bytes) before the model was loaded, for ``memory.rss_delta_mb``.
     """
     if not items:
         raise ValueError("measure_speed needs at least one item to run the student on")
     if batch_size < 1 or latency_samples < 1:
         raise ValueError(f"batch_size={batch_size}, latency_samples={latency_samples}: "
                          "use at least 1 for both")
+    split_samples = len(items)
+    items = spread(items, speed_samples)
     cuda = model.device.type == "cuda"
     if cuda:
         torch.cuda.reset_peak_memory_stats(model.device)
@@ -166,6 +180,8 @@ def measure_speed(model: StudentModel, items: Sequence[Sample | StudentItem], *,
         "throughput_samples_per_s": n / elapsed if elapsed > 0 else float("inf"),
         "throughput_samples": n,
         "throughput_seconds": elapsed,
+        "timed_samples": len(items),
+        "split_samples": split_samples,
         "latency_batch1_ms": {"p50": float(np.percentile(lat, 50)),
                               "p95": float(np.percentile(lat, 95)),
                               "mean": float(lat.mean()), "n": int(lat.size)},
@@ -178,9 +194,9 @@ def measure_speed(model: StudentModel, items: Sequence[Sample | StudentItem], *,
     if cuda:
         memory["cuda_max_allocated_mb"] = torch.cuda.max_memory_allocated(model.device) / MB
     speed["memory"] = memory
-    log.info("student speed on %s: %.1f samples/s at batch %d, p50 %.2f ms at batch 1",
-             model.device, speed["throughput_samples_per_s"], batch_size,
-             speed["latency_batch1_ms"]["p50"])
+    log.info("student speed on %s: %.1f samples/s at batch %d, p50 %.2f ms at batch 1 "
+             "(timed on %d of %d samples)", model.device, speed["throughput_samples_per_s"],
+             batch_size, speed["latency_batch1_ms"]["p50"], len(items), split_samples)
     return speed
 
 
@@ -299,13 +315,15 @@ def compare(speed: Mapping[str, Any] | None, teacher: Mapping[str, Any],
 def cost_report(model: StudentModel, checkpoint: str | Path, items: Sequence[Sample | StudentItem],
                 manifest: Mapping[str, Any], ds: MSADataset, *, batch_size: int,
                 recorded_parameters: Mapping[str, Any] | None = None,
-                latency_samples: int = 50, device_cost_per_hour: float = 0.0,
-                rss_baseline: int | None = None, measure: bool = True) -> dict[str, Any]:
+                latency_samples: int = 50, speed_samples: int = 0,
+                device_cost_per_hour: float = 0.0, rss_baseline: int | None = None,
+                measure: bool = True) -> dict[str, Any]:
     """The whole ``cost`` section of ``results.json`` for one checkpoint.
 
     ``recorded_parameters`` is ``student.json``'s ``parameters`` (see
-    :func:`parameter_summary`). With ``measure=False`` only the static part (parameters, size) is filled and ``speed``,
-    ``teacher`` and ``comparison`` are left out.
+    :func:`parameter_summary`). ``speed_samples`` bounds the samples timed
+    (:func:`measure_speed`). With ``measure=False`` only the static part (parameters,
+    size) is filled and ``speed``, ``teacher`` and ``comparison`` are left out.
     """
     cfg = model.cfg
     # lora keeps only the adapter, frozen nothing of the encoder: its base weights come
@@ -321,7 +339,8 @@ def cost_report(model: StudentModel, checkpoint: str | Path, items: Sequence[Sam
         out["note"] = "speed, memory and teacher comparison skipped (--no-cost)"
         return out
     out["speed"] = measure_speed(model, items, batch_size=batch_size,
-                                 latency_samples=latency_samples, rss_baseline=rss_baseline)
+                                 latency_samples=latency_samples, speed_samples=speed_samples,
+                                 rss_baseline=rss_baseline)
     out["teacher"] = teacher_costs(manifest, ds)
     out["comparison"] = compare(out["speed"], out["teacher"], device_cost_per_hour)
     return out

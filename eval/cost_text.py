@@ -22,10 +22,11 @@ def _speed_line(speed: dict[str, Any]) -> str:
         mem_text = f"RSS +{mem['rss_delta_mb']:.0f} MB since load, " + mem_text
     if "cuda_max_allocated_mb" in mem:
         mem_text += f", CUDA peak {mem['cuda_max_allocated_mb']:.0f} MB"
+    timed = f" (timed on {speed['timed_samples']} of {speed['split_samples']} samples)"
     return (f"student on {speed['device']} ({speed['threads']} threads): "
             f"{speed['throughput_samples_per_s']:.1f} samples/s at batch "
             f"{speed['batch_size']}; batch-1 latency p50 {lat['p50']:.1f} ms, p95 "
-            f"{lat['p95']:.1f} ms; {mem_text}")
+            f"{lat['p95']:.1f} ms{timed}; {mem_text}")
 
 
 def _ratio_line(cmp_: dict[str, Any]) -> str:

@@ -242,7 +242,7 @@ def evaluate_checkpoint(path: str | Path, opts: EvalOptions, data: DataConfig | 
                               for q in opts.instance_probs}}
     cost = cost_report(model, p, items, meta.teacher_manifest, ds, batch_size=opts.batch_size,
                        recorded_parameters=meta.student.get("parameters"),
-                       latency_samples=opts.latency_samples,
+                       latency_samples=opts.latency_samples, speed_samples=opts.speed_samples,
                        device_cost_per_hour=opts.device_cost_per_hour,
                        rss_baseline=rss_before, measure=opts.cost)
     ev = CheckpointEval(

@@ -139,6 +139,9 @@ class EvalOptions(EvalConfig):
             raise EvalError(f"--batch-size={self.batch_size}: use at least 1")
         if self.latency_samples < 1:
             raise EvalError(f"--latency-samples={self.latency_samples}: use at least 1")
+        if self.speed_samples < 0:
+            raise EvalError(f"--speed-samples={self.speed_samples}: use a positive number of "
+                            "samples to time, or 0 for the whole split")
         if self.missing_rates and not self.seeds:
             raise EvalError("a missing-rate sweep needs at least one seed (--seeds)")
         if self.device_cost_per_hour < 0:

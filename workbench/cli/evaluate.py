@@ -148,6 +148,9 @@ def eval_checkpoints(
     threads: ThreadsOpt = 0,
     latency_samples: Annotated[int, typer.Option(
         help="Batch-1 calls timed for the latency percentiles.")] = 50,
+    speed_samples: Annotated[int | None, typer.Option(
+        help="Samples the throughput is timed on, spread over the split; 0: all (default: "
+             "the checkpoint's eval.speed_samples, 128).")] = None,
     device_cost_per_hour: Annotated[float, typer.Option(
         help="USD per hour of this machine, for the student/teacher cost ratio.")] = 0.0,
     reference: Annotated[list[Path] | None, typer.Option(
@@ -174,7 +177,8 @@ def eval_checkpoints(
         missing_rates=parse_rates(missing_rates) if missing_rates is not None else None,
         seeds=parse_seeds(seeds) if seeds is not None else None,
         patterns=parse_patterns(missing_modality) if missing_modality else None,
-        latency_samples=latency_samples, device_cost_per_hour=device_cost_per_hour,
+        latency_samples=latency_samples, speed_samples=speed_samples,
+        device_cost_per_hour=device_cost_per_hour,
         dataset_rates=parse_rates(dataset_missing_rates) if dataset_missing_rates else [],
         instance_probs=parse_rates(instance_missing_probs) if instance_missing_probs else [])
     options = [options_for(p, **common) for p in paths]
