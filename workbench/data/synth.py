@@ -157,13 +157,14 @@ CONFIG_FILE = "data.yaml"
 def write_with_config(out_dir: str | Path, spec: SynthSpec | None = None) -> Path:
     """:func:`write`, plus ``data.yaml`` (the data config that reads it); return that config.
 
-    What ``workbench data synth`` writes and the demo reads.
+    What ``workbench data synth`` writes and the demo reads. Its paths name the files beside
+    it, so the folder reads from any working directory and can be moved whole.
     """
     import yaml
 
     out = Path(out_dir)
     manifest = write(out, spec)
-    cfg = {"name": "synth", "path": str(manifest), "features": str(out / "features.npz"),
+    cfg = {"name": "synth", "path": manifest.name, "features": "features.npz",
            "feature_keys": {"audio": "audio", "vision": "vision"},
            "modalities": ["text", "audio", "vision"], "task": "regression",
            "metric_set": "mosi", "label_range": [-3, 3]}

@@ -123,7 +123,7 @@ class MediaSynthSpec:
 
 def write_media_dataset(out_dir: str | Path, spec: MediaSynthSpec | None = None) -> Path:
     """Write ``videos/*.mp4``, ``manifest.csv`` (id, text, label, split, video, start, end)
-    and ``data.yaml``; return the config's path."""
+    and ``data.yaml`` (naming the manifest beside it); return the config's path."""
     import yaml
 
     spec = spec or MediaSynthSpec()
@@ -149,7 +149,7 @@ def write_media_dataset(out_dir: str | Path, spec: MediaSynthSpec | None = None)
         w = csv.DictWriter(f, fieldnames=["id", "text", "label", "split", "video", "start", "end"])
         w.writeheader()
         w.writerows(manifest_rows)
-    cfg = {"name": "synth_media", "path": str(manifest), "video_file_column": "video",
+    cfg = {"name": "synth_media", "path": manifest.name, "video_file_column": "video",
            "modalities": ["text", "audio", "vision"], "task": "regression",
            "metric_set": "mosi", "label_range": [-3, 3]}
     config = out / MEDIA_CONFIG_FILE
