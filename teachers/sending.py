@@ -274,8 +274,8 @@ class Sender:
         report.count(out)
         if self.progress:
             self.progress(report, out)
-        if (report.errors >= MIN_ERRORS_TO_STOP
-                and wilson_lower(report.errors, report.answered) > self.settings.ccfg.max_error_rate):
+        errors, limit = report.errors, self.settings.ccfg.max_error_rate
+        if errors >= MIN_ERRORS_TO_STOP and wilson_lower(errors, report.answered) > limit:
             report.stopped = report.stopped or "error_rate"
         return not report.stopped
 
@@ -332,7 +332,8 @@ def check_error_rate(report: JobReport, max_error_rate: float, store: CacheStore
     """Raise :class:`JobFailed` when the pass stopped on its error rate, its errors pass
     ``max_error_rate``, or no answer was ok."""
     n = report.answered
-    if not (report.stopped == "error_rate" or (n and (report.ok == 0 or report.errors / n > max_error_rate))):
+    over = n and (report.ok == 0 or report.errors / n > max_error_rate)
+    if report.stopped != "error_rate" and not over:
         return
     kinds = ", ".join(f"{k}={v}" for k, v in report.finished.items() if k != OK)
     why = (f"> cache.max_error_rate={max_error_rate}"
