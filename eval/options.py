@@ -2,10 +2,11 @@
 
 :class:`EvalOptions` holds them: a recipe's ``eval`` section
 (:class:`~workbench.config.EvalConfig`: split, the LNLN sweep's missing rates and seeds,
-batch size) and the options only the command sets (whole-modality-absent patterns, cost
-measurement, device, ...); :func:`options_for` fills the ``eval`` fields not given from a
-checkpoint's own config (read by :func:`run_config`). The parsers turn command-line strings into values and refuse bad ones
-with :class:`EvalError`, the error of every evaluation that cannot run as asked.
+batch size, speed samples) and the options only the command sets (whole-modality-absent
+patterns, cost measurement, device, ...); :func:`options_for` fills the ``eval`` fields not
+given from a checkpoint's own config (read by :func:`run_config`). The parsers turn
+command-line strings into values and refuse bad ones with :class:`EvalError`, the error of
+every evaluation that cannot run as asked.
 """
 
 from __future__ import annotations
@@ -104,9 +105,9 @@ def pattern_name(drop: Sequence[str]) -> str:
 
 @dataclass
 class EvalOptions(EvalConfig):
-    """How to evaluate: a recipe's ``eval`` section (:class:`~workbench.config.EvalConfig`:
-    ``split``, ``missing_rates``, ``seeds``, ``batch_size``, defaults and all) and what only
-    ``workbench eval`` sets (the fields below).
+    """How to evaluate: a recipe's ``eval`` section (:class:`~workbench.config.EvalConfig`,
+    its fields and defaults: split, missing rates, seeds, batch size, speed samples) and what
+    only ``workbench eval`` sets (the fields below).
 
     Checked here with the command's option names; :class:`EvalConfig`'s own checks belong
     to a recipe's ``eval:`` keys and are not run (a split is checked against the data, rates
