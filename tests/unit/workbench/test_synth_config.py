@@ -1,6 +1,7 @@
 """The data configs that `workbench data synth` and the demo write name their files beside
-them: loading one (from the folder the demo writes into, relative to the working
-directory, or from anywhere else) gives no "read relative to the working directory" note."""
+them, and the demo's recipe names its data relative to itself: loading them (from the
+folder the demo writes into, relative to the working directory, or from anywhere else)
+gives no "read relative to the working directory" note."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eval.demo import DemoConfig, DemoReporter, _data
-from workbench.config import DataConfig, load_config
+from eval.demo import DEMO_RECIPE, DemoConfig, DemoReporter, _data
+from workbench.config import DataConfig, DistillConfig, load_config
 from workbench.data import load_dataset
 from workbench.data.synth_media import MediaSynthSpec, write_media_dataset
 
@@ -31,6 +32,8 @@ def test_demo_data_config_reads_next_to_its_file(tmp_path, monkeypatch, caplog):
     assert (written["path"], written["features"]) == ("manifest.csv", "features.npz")
     assert data.path == "runs/demo/synth/manifest.csv"
     assert load_dataset(load_config(DataConfig, source)).num_rows() == 30
+    # the demo's distillation recipe: its data paths are relative to the recipe file
+    load_config(DistillConfig, DEMO_RECIPE, ["train.output_dir=runs/demo/student-synth"])
     assert _notes(caplog) == []
     # from another working directory the same file reads the same data
     elsewhere = tmp_path / "elsewhere"
