@@ -66,11 +66,11 @@ VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     "enhance": ("soft + missing training + enhancement", RECIPE,
                 [*SOFT, "train.missing.enabled=true", "student.enhance.enabled=true"]),
     # the architecture methods (each a student switch, off by default)
-    "dashfusion": ("soft + DashFusion", RECIPE, [*SOFT, "student.fusion=dashfusion"]),
-    "cyin": ("soft + CyIN", RECIPE, [*SOFT, "student.latent=cyin"]),
+    "dashfusion": ("soft + DashFusion", RECIPE, [*SOFT, "student.dashfusion.enabled=true"]),
+    "cyin": ("soft + CyIN", RECIPE, [*SOFT, "student.cyin.enabled=true"]),
     # MOSI declares no domains: the videos hashed into 4 groups are the domains
-    "midg": ("soft + MIDG", RECIPE, [*SOFT, "student.experts=midg", "student.midg.adapter=true",
-                                     "data.domain=source:4"]),
+    "midg": ("soft + MIDG", RECIPE, [*SOFT, "student.midg.enabled=true",
+                                     "student.midg.adapter=true", "data.domain=source:4"]),
     "all": ("all together", RECIPE,
             ["train.augment.data={aug}", "train.msmix.enabled=true", "train.conflict.enabled=true",
              "train.missing.enabled=true", "student.enhance.enabled=true"]),

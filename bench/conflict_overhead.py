@@ -26,7 +26,6 @@ def main() -> None:
 
     from students.batching import TrainCollator
     from students.collate import Collator, StudentItem
-    from students.conflict import label_statistics
     from students.model import build_student
     from students.objective import plan_losses, training_losses
     from workbench.config import DataConfig, DistillConfig, load_config
@@ -42,13 +41,14 @@ def main() -> None:
     ds = load_dataset(DataConfig(path=str(manifest), features=str(tmp / "synth/features.npz")))
     samples = ds.samples("train")
     cfg = load_config(DistillConfig, None, [f"student.text_mode={mode}", "train.batch_size=32"])
-    stats = label_statistics([s.label for s in samples])
     plans = {
         "off": plan_losses(cfg, soft_labels=False, privileged=False),
         "on": plan_losses(load_config(DistillConfig, None, [
             f"student.text_mode={mode}", "train.conflict=true"]),
-            soft_labels=False, privileged=False, label_stats=stats),
+            soft_labels=False, privileged=False),
     }
+    for method in plans["on"].methods:
+        method.prepare(samples, ds.info)
     torch.manual_seed(0)
     model = build_student(cfg.student, ds.info, None)
     model.train()

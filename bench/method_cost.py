@@ -1,5 +1,5 @@
 """Cost of the architecture methods against today's student: parameters and training step
-time of ``student.fusion=dashfusion``, ``student.latent=cyin`` and ``student.experts=midg``
+time of ``student.dashfusion``, ``student.cyin`` and ``student.midg`` (each ``.enabled=true``)
 against the default gated fusion.
 
 One training step (forward, every loss term the variant plans, backward, AdamW step) on
@@ -24,9 +24,9 @@ from common import loadavg
 
 VARIANTS = {
     "gated": [],
-    "dashfusion": ["student.fusion=dashfusion"],
-    "cyin": ["student.latent=cyin"],
-    "midg": ["student.experts=midg"],
+    "dashfusion": ["student.dashfusion.enabled=true"],
+    "cyin": ["student.cyin.enabled=true"],
+    "midg": ["student.midg.enabled=true"],
 }
 
 

@@ -74,7 +74,8 @@ def leave_one_domain_out(cfg: DistillConfig, out: str | Path, opts: EvalOptions,
                                                         ev.metrics.items()))
     result = {"protocol": "leave-one-domain-out", "split": opts.split,
               "data_domain": cfg.data.domain, "domains": per, "n_samples": counts,
-              "mean": summarize(list(per.values())), "student_experts": cfg.student.experts}
+              "mean": summarize(list(per.values())),
+              "student_experts": "midg" if cfg.student.midg.enabled else "none"}
     root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(root / "lodo.json", json.dumps(result, indent=2, sort_keys=True) + "\n")
     metric_set = next(iter(per.values())) if per else {}

@@ -2,12 +2,12 @@
 
 ``build_student(cfg, info, bins)`` assembles: a pre-trained text encoder (LoRA / frozen /
 full, optional 8-bit / 4-bit base), one small encoder per feature modality the dataset
-has, :class:`~students.fusion.GatedBottleneckFusion` (or, with
-``student.fusion=dashfusion``, :class:`~students.dashfusion.DashFusion`), a prediction head, a head over the
-label bins, one auxiliary head per modality, and a linear projection of the fused vector
-for representation distillation. With ``cfg.prompted`` it also gets the
-:class:`~students.description.DescriptionBranch` (MMSLF's teacher network): a frozen text encoder reads the
-teacher's cached description, and its projection modulates fusion.
+has, :class:`~students.fusion.GatedBottleneckFusion` (or the fusion a method supplies),
+a prediction head, a head over the label bins, one auxiliary head per modality, and a
+linear projection of the fused vector for representation distillation. With
+``cfg.prompted`` it also gets the :class:`~students.description.DescriptionBranch`
+(MMSLF's teacher network): a frozen text encoder reads the teacher's cached description,
+and its projection modulates fusion.
 
 How the bins relate to the scalar prediction
 --------------------------------------------
@@ -24,26 +24,31 @@ ties ``E_q`` to the teacher's expected score, and the task loss fits ``pred`` to
 Two halves of the forward pass
 ------------------------------
 ``forward(batch)`` is ``fuse_and_predict(encode(batch))``: :meth:`StudentModel.encode`
-runs the text / feature encoders (and, with ``student.enhance.enabled``, the cross-sample
-enhancement of :mod:`students.enhance`) into a :class:`StudentEncoding`;
-:meth:`StudentModel.fuse_and_predict` runs fusion and the heads on one. The trainer's
-MS-Mix (:mod:`students.msmix`) mixes encodings and runs the second half on them.
-Built with ``msmix=True`` the model also has one *intensity head* per modality
-(training only: the checkpoint leaves them out, :data:`TRAINING_ONLY_PREFIXES`).
+runs the text / feature encoders (and the methods' ``encode`` hooks) into a
+:class:`~students.outputs.StudentEncoding`; :meth:`StudentModel.fuse_and_predict` runs
+fusion and the heads on one. A method that mixes encodings runs the second half on them.
+
+Methods
+-------
+The methods on (:mod:`students.methods`, from the config's switches) act through their
+hooks: a method may supply the fusion, keeps its parts in the ``methods`` ModuleDict
+under its name, may let the text encoder read the other modalities, rewrite the encoding
+before fusion, or the fused vector before the heads. The parts of a ``train`` method
+are training only: built after every other part, neither counted in ``all`` nor saved
+(:meth:`StudentModel.training_only_prefixes`).
 """
 
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from students.cyin import CyclicLatent
-from students.dashfusion import DashFusion
-from students.description import DescriptionBranch, DescriptionEncoding
+from students.description import DescriptionBranch
 from students.encoders import (
     Encoded,
     TextEncoder,
@@ -51,18 +56,18 @@ from students.encoders import (
     feature_modalities,
     masked_mean,
 )
-from students.enhance import CrossSampleEnhancer, observed_fraction
 from students.fusion import GatedBottleneckFusion
 from students.losses import expected_score
-from students.midg import CrossModalAdapter, MixtureOfExperts, encoder_layers
+from students.methods import BuildContext, Method, active
+from students.outputs import StudentEncoding, StudentOutput
 from workbench.config import ConfigError, StudentConfig
+from workbench.config.legacy import migrate_weights
 from workbench.data.store import DataInfo
 
 log = logging.getLogger(__name__)
 
-TRAINING_ONLY_PREFIXES = ("intensity_heads.",)
-"""State-dict prefixes of heads that only training reads (MS-Mix's intensity heads): they
-are neither counted in ``all`` nor saved in a checkpoint."""
+__all__ = ["ParamCount", "StudentEncoding", "StudentModel", "StudentOutput", "build_student",
+           "count_parameters"]
 
 
 @dataclass
@@ -91,69 +96,6 @@ def count_parameters(module: nn.Module) -> ParamCount:
     return ParamCount(total=total, trainable=trainable)
 
 
-@dataclass
-class StudentOutput:
-    """What :meth:`StudentModel.forward` returns.
-
-    * ``pred``: (B,) regression score, or (B, C) class logits.
-    * ``bin_logits``: (B, n_bins) logits over the label bins, or None without bins.
-    * ``fused``: (B, hidden) fused representation (what a prompted teacher hands down).
-    * ``projected``: (B, kd_repr_dim) ``fused`` through the representation-distillation
-      projection (compare it with the prompted network's ``fused``).
-    * ``unimodal``: per modality ('text', 'audio', 'vision'), the auxiliary head's
-      prediction, shaped like ``pred``; mask it with the batch's ``<m>_avail``.
-    * ``gates``: per non-text modality, the (B, hidden) gate after availability.
-    * ``attention``: fusion attention maps (see :mod:`students.fusion`), or None.
-    * ``contributions``: per modality, what it adds to the fusion sum before the shared
-      tail (``text``: the pooled text; ``m``: ``a_m * g_m * c_m``).
-    * ``encoding``: the :class:`StudentEncoding` it came from, with
-      ``forward(..., return_encoding=True)``; else None.
-    """
-
-    pred: Tensor
-    bin_logits: Tensor | None
-    fused: Tensor
-    projected: Tensor
-    unimodal: dict[str, Tensor]
-    gates: dict[str, Tensor]
-    attention: dict[str, Tensor] | None
-    contributions: dict[str, Tensor] | None = None
-    encoding: StudentEncoding | None = None
-    router: Tensor | None = None
-    """``student.experts=midg``: the router's (B, n_experts) probabilities."""
-
-
-@dataclass
-class StudentEncoding:
-    """What :meth:`StudentModel.encode` returns: the encoded modalities before fusion.
-
-    * ``text``: projected text tokens (B, L, h), mask, pooled (B, h).
-    * ``others``: per feature modality, its :class:`~students.encoders.Encoded` (with
-      ``student.enhance.enabled``, an extra key token for the samples it enhanced).
-    * ``avail``: per feature modality, (B,) in {0, 1}, what fusion gates with.
-    * ``text_avail``: (B,) 1 where the sample has text.
-    * ``desc``: the description branch's encoding (prompted network), or None.
-    * ``enhanced``: per enhanced modality, (B,) bool: samples that got neighbours' help.
-    """
-
-    text: Encoded
-    others: dict[str, Encoded]
-    avail: dict[str, Tensor]
-    text_avail: Tensor
-    desc: DescriptionEncoding | None = None
-    enhanced: dict[str, Tensor] | None = None
-    latent: Any = None
-    """``student.latent=cyin``: the :class:`students.cyin.LatentState` of this pass."""
-
-    def pooled(self) -> dict[str, Tensor]:
-        """Per modality (``text`` first), the pooled (B, h) representation."""
-        return {"text": self.text.pooled, **{m: e.pooled for m, e in self.others.items()}}
-
-    def available(self) -> dict[str, Tensor]:
-        """Per modality (``text`` first), (B,) availability."""
-        return {"text": self.text_avail, **self.avail}
-
-
 def _check_bins(bins: list[float] | None, info: DataInfo) -> list[float] | None:
     if info.task == "classification":
         n = len(info.class_names)
@@ -179,7 +121,8 @@ class StudentModel(nn.Module):
     """
 
     def __init__(self, cfg: StudentConfig, info: DataInfo, bins: list[float] | None = None,
-                 device: str | torch.device | None = None, msmix: bool = False) -> None:
+                 device: str | torch.device | None = None,
+                 methods: list[Method] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
         self.info = info
@@ -193,6 +136,10 @@ class StudentModel(nn.Module):
                                 cfg.quant_compute_dtype, cfg.gradient_checkpointing, device)
         self.text_proj = nn.Sequential(nn.Linear(self.text.out_dim, h), nn.LayerNorm(h))
         self.modalities = feature_modalities(info)
+        self.active_methods: list[Method] = list(active(cfg) if methods is None else methods)
+        """The methods on, in :data:`students.methods.METHODS` order."""
+        ctx = BuildContext(hidden=h, modalities=list(self.modalities), out_dim=self.out_dim,
+                           heads=cfg.heads, dropout=cfg.dropout, text=self.text)
         if cfg.prompted and cfg.prompt_fusion == "tokens" and not self.modalities:
             raise ConfigError(
                 f"student.prompt_fusion=tokens: dataset {info.name!r} has no audio / visual "
@@ -204,11 +151,7 @@ class StudentModel(nn.Module):
                                      cfg.seq_encoder, cfg.seq_layers, cfg.heads, cfg.dropout)
             for m in self.modalities
         })
-        self.fusion: GatedBottleneckFusion | DashFusion = (
-            DashFusion(h, self.modalities, cfg.heads, cfg.dropout, cfg.dashfusion)
-            if cfg.fusion == "dashfusion" else
-            GatedBottleneckFusion(h, self.modalities, cfg.bottleneck_tokens, cfg.heads,
-                                  cfg.dropout))
+        self.fusion = self._build_fusion(ctx)
         self.head = nn.Sequential(nn.Dropout(cfg.dropout), nn.Linear(h, h), nn.GELU(),
                                   nn.Dropout(cfg.dropout), nn.Linear(h, self.out_dim))
         self.bin_head = (nn.Linear(h, len(self.bin_values))
@@ -219,26 +162,37 @@ class StudentModel(nn.Module):
         })
         self.kd_proj = nn.Linear(h, cfg.kd_repr_dim or h)
         self.prompt = DescriptionBranch(cfg, device) if cfg.prompted else None
-        ecfg = cfg.enhance
-        self.enhance = (CrossSampleEnhancer(h, ["text", *self.modalities], self.modalities,
-                                            ecfg.bank, ecfg.k, ecfg.temperature)
-                        if ecfg.enabled else None)
-        self.latent = (CyclicLatent(h, ["text", *self.modalities], self.out_dim, cfg.cyin)
-                       if cfg.latent == "cyin" else None)
-        mc = cfg.midg
-        midg = cfg.experts == "midg"
-        self.experts = MixtureOfExperts(h, mc.n_experts, cfg.dropout) if midg else None
-        self.adapter = (CrossModalAdapter(encoder_layers(self.text.model), self.text.out_dim, h,
-                                          self.modalities, mc.adapter_layers, mc.adapter_rank,
-                                          cfg.heads)
-                        if midg and mc.adapter and self.modalities else None)
+        self.methods = nn.ModuleDict()
+        """Each method's parts, under its name (:meth:`~students.methods.Method.build`)."""
+        for section in ("student", "train"):  # a training-only part never moves the others
+            for method in self.active_methods:
+                part = method.build(ctx) if method.section == section else None
+                if part is not None:
+                    self.methods[method.name] = part
         self.serve_merged = False
         """Serving (:func:`students.inference.predict`): the text encoder runs its merged
         copy (:meth:`~students.encoders.TextEncoder.merged`) under no-grad in eval mode."""
-        # MS-Mix: emotional intensity |score| per modality (training only).
-        self.intensity_heads = (nn.ModuleDict({
-            m: nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Linear(h, 1))
-            for m in ["text", *self.modalities]}) if msmix else None)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False
+                        ) -> Any:
+        """:meth:`torch.nn.Module.load_state_dict`, after the weights a checkpoint saved
+        under an old name are renamed (:func:`workbench.config.legacy.migrate_weights`)."""
+        return super().load_state_dict(migrate_weights(state_dict), strict=strict,
+                                       assign=assign)
+
+    def _build_fusion(self, ctx: BuildContext) -> nn.Module:
+        """The fusion a method supplies (a structural choice: at most one may), else
+        :class:`~students.fusion.GatedBottleneckFusion`."""
+        supplied = {m.name: f for m in self.active_methods
+                    if (f := m.build_fusion(ctx)) is not None}
+        if len(supplied) > 1:
+            raise ConfigError(f"methods {sorted(supplied)} each replace the student's fusion; "
+                              "switch all but one off (student.<name>.enabled=false)")
+        if supplied:
+            return next(iter(supplied.values()))
+        cfg = self.cfg
+        return GatedBottleneckFusion(ctx.hidden, self.modalities, cfg.bottleneck_tokens,
+                                     cfg.heads, cfg.dropout)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -261,22 +215,29 @@ class StudentModel(nn.Module):
         parts["heads"] = heads
         if self.prompt is not None:
             parts["description_branch"] = self.prompt
-        if self.enhance is not None:
-            parts["enhance"] = self.enhance
-        if self.latent is not None:
-            parts["latent"] = self.latent
-        if self.experts is not None:
-            parts["experts"] = self.experts
-        if self.adapter is not None:
-            parts["adapter"] = self.adapter
+        training_only = []
+        for method in self.active_methods:
+            if method.name in self.methods:
+                if method.section == "student":
+                    parts[method.name] = self.methods[method.name]
+                else:
+                    training_only.append(count_parameters(self.methods[method.name]))
         out = {k: count_parameters(v) for k, v in parts.items()}
         every = count_parameters(self)
-        if self.intensity_heads is not None:  # training only, not part of the student
-            extra = count_parameters(self.intensity_heads)
-            every = ParamCount(total=every.total - extra.total,
-                               trainable=every.trainable - extra.trainable)
-        out["all"] = every
+        out["all"] = ParamCount(total=every.total - sum(c.total for c in training_only),
+                                trainable=every.trainable - sum(c.trainable
+                                                                for c in training_only))
         return out
+
+    def training_only_prefixes(self) -> tuple[str, ...]:
+        """State-dict prefixes of the parts only training reads (a ``train`` method's):
+        a checkpoint leaves them out."""
+        return tuple(f"methods.{m.name}." for m in self.active_methods
+                     if m.section == "train" and m.name in self.methods)
+
+    def part(self, method: Method) -> nn.Module | None:
+        """``method``'s parts in this student, or None."""
+        return self.methods[method.name] if method.name in self.methods else None
 
     def param_groups(self, lr: float, encoder_lr: float, weight_decay: float
                      ) -> list[dict[str, Any]]:
@@ -318,15 +279,18 @@ class StudentModel(nn.Module):
 
     def encode(self, batch: dict[str, Any]) -> StudentEncoding:
         """The first half: every modality through its encoder (text projected to
-        ``hidden``), the description branch, and (``student.enhance.enabled``) cross-sample
-        enhancement of degraded audio / vision, which in training mode also pushes the
-        batch's complete samples into the memory bank."""
-        feats = self._features(batch) if self.adapter is not None else None
+        ``hidden``; with a method's text reader, its layers read the encoded feature
+        modalities), the description branch, then each method's ``encode`` hook."""
+        readers = [r for m in self.active_methods
+                   if (r := m.text_reader(self.part(m))) is not None]
+        feats = self._features(batch) if readers else None
         ids, am = self._get(batch, "input_ids"), self._get(batch, "attention_mask")
-        if self.adapter is not None and feats is not None:
-            with self.adapter.reading(*feats):  # MIDG: the text layers read audio / vision
+        if feats is not None:  # the text encoder's layers read the other modalities
+            with ExitStack() as stack:
+                for reader in readers:
+                    stack.enter_context(reader.reading(*feats))
                 te = self.text(ids, am, batch.get("token_type_ids"))
-        else:  # serving may run the merged encoder (MIDG's adapter hooks the layers: not then)
+        else:  # serving may run the merged encoder (not with readers: they hook its layers)
             te = self.text(ids, am, batch.get("token_type_ids"), merged=self.serve_merged)
         tok = self.text_proj(te.tokens)
         text = Encoded(tokens=tok, mask=te.mask, pooled=masked_mean(tok, te.mask))
@@ -339,10 +303,8 @@ class StudentModel(nn.Module):
             desc = self.prompt(self._get(batch, "descriptions"), self.device)
         enc = StudentEncoding(text=text, others=others, avail=avail, text_avail=text_avail,
                               desc=desc)
-        if self.latent is not None:
-            enc = self.latent(enc)
-        if self.enhance is not None:
-            enc = self._enhance(enc, batch)
+        for method in self.active_methods:
+            enc = method.encode(self.part(method), enc, batch, self)
         return enc
 
     def _features(self, batch: dict[str, Any]) -> tuple[dict[str, Encoded], dict[str, Tensor]]:
@@ -357,36 +319,6 @@ class StudentModel(nn.Module):
                 others[m] = self.encoders[m](x, self._get(batch, f"{m}_lengths"), keep)
             avail[m] = self._get(batch, f"{m}_avail")
         return others, avail
-
-    def _enhance(self, enc: StudentEncoding, batch: dict[str, Any]) -> StudentEncoding:
-        assert self.enhance is not None
-        observed = {m: observed_fraction(self._get(batch, f"{m}_keep"),
-                                         self._get(batch, f"{m}_lengths")) * (enc.avail[m] > 0)
-                    for m in self.modalities}
-        pooled = enc.pooled()
-        present = enc.available()
-        blended, apply, _ = self.enhance(pooled, present, observed)
-        if self.training:
-            rates = batch.get("missing_rates") or {}
-            text_whole = enc.text_avail > 0
-            if "text" in rates:
-                text_whole = text_whole & (rates["text"].to(text_whole.device) <= 0)
-            complete = text_whole
-            for m in self.modalities:
-                complete = complete & (observed[m] >= 1.0)
-            self.enhance.push(pooled, complete)
-        others = dict(enc.others)
-        avail = dict(enc.avail)
-        for m in self.modalities:
-            e, a = others[m], apply[m]
-            others[m] = Encoded(
-                tokens=torch.cat([e.tokens, blended[m].unsqueeze(1).to(e.tokens.dtype)], dim=1),
-                mask=torch.cat([e.mask, a.unsqueeze(1)], dim=1),
-                pooled=torch.where(a.unsqueeze(1), blended[m].to(e.pooled.dtype), e.pooled))
-            avail[m] = torch.where(a, torch.ones_like(avail[m]), avail[m])
-        return StudentEncoding(text=enc.text, others=others, avail=avail,
-                               text_avail=enc.text_avail, desc=enc.desc, enhanced=apply,
-                               latent=enc.latent)
 
     def fuse_and_predict(self, enc: StudentEncoding,
                          return_attention: bool = False) -> StudentOutput:
@@ -404,9 +336,11 @@ class StudentModel(nn.Module):
         fused = fo.fused
         if desc is not None and self.prompt is not None and self.prompt.mode == "film":
             fused = self.prompt.modulate(fused, desc)
-        router = None
-        if self.experts is not None:
-            fused, router = self.experts(fused)
+        extras: dict[str, Any] = {}
+        for method in self.active_methods:
+            fused, extra = method.after_fusion(self.part(method), fused)
+            if extra is not None:
+                extras[method.name] = extra
         pred = self._shape(self.head(fused))
         if self.task == "classification":
             bin_logits = pred
@@ -416,46 +350,42 @@ class StudentModel(nn.Module):
         return StudentOutput(pred=pred, bin_logits=bin_logits, fused=fused,
                              projected=self.kd_proj(fused), unimodal=unimodal, gates=fo.gates,
                              attention=fo.attention, contributions=fo.contributions,
-                             router=router)
+                             extras=extras)
 
     # ---------------------------------------------------------- for training methods
     def shared_tail(self, x: Tensor) -> Tensor:
         """A fusion-sum vector (B, h) through the layers every modality shares -- the
-        fusion tail, MIDG's experts when the student has them, and the prediction head --
+        fusion tail, the methods' ``after_fusion`` hooks, and the prediction head --
         shaped like ``pred``."""
         h = self.fusion.tail(x)
-        if self.experts is not None:
-            h, _ = self.experts(h)
+        for method in self.active_methods:
+            h, _ = method.after_fusion(self.part(method), h)
         return self._shape(self.head(h))
 
     def shared_parameters(self) -> list[nn.Parameter]:
-        """The trainable weights of :meth:`shared_tail` (fusion tail, experts, head)."""
-        mods = [*self.fusion.tail_modules(), *([self.experts] if self.experts is not None else []),
+        """The trainable weights of :meth:`shared_tail` (fusion tail, the methods' shared
+        modules, head)."""
+        mods = [*self.fusion.tail_modules(),
+                *[mod for m in self.active_methods for mod in m.shared_modules(self.part(m))],
                 self.head]
         return [p for mod in mods for p in mod.parameters() if p.requires_grad]
-
-    def intensity(self, enc: StudentEncoding) -> dict[str, Tensor]:
-        """MS-Mix: predicted emotional intensity (B,) >= 0 per modality (softplus)."""
-        if self.intensity_heads is None:
-            raise ValueError("this student has no intensity heads; build it with msmix=True "
-                             "(train.msmix=true)")
-        return {m: torch.nn.functional.softplus(self.intensity_heads[m](v)).squeeze(-1)
-                for m, v in enc.pooled().items()}
 
     def _shape(self, y: Tensor) -> Tensor:
         return y.squeeze(-1) if self.out_dim == 1 else y
 
 
 def build_student(cfg: StudentConfig, info: DataInfo, bins: list[float] | None = None,
-                  device: str | torch.device | None = None, msmix: bool = False) -> StudentModel:
+                  device: str | torch.device | None = None,
+                  methods: list[Method] | None = None) -> StudentModel:
     """Build the student (or, with ``cfg.prompted``, the prompted network) for ``info``.
 
     ``bins`` are the label bins the teacher's soft labels are over (e.g. -3..3 for MOSI);
     without them the model has no bin head. ``device`` places the model; a quantized text
     base is loaded straight onto it (bitsandbytes weights cannot be moved afterwards).
-    ``msmix`` adds MS-Mix's intensity heads (training only, never saved in a checkpoint).
+    ``methods``: the methods on (:func:`students.methods.active`); default: those
+    ``cfg`` switches on (a ``train`` method's parts are training only, never saved).
     """
-    model = StudentModel(cfg, info, bins, device, msmix=msmix)
+    model = StudentModel(cfg, info, bins, device, methods=methods)
     if device is not None:
         quantized = cfg.quantize != "none"
         for name, child in model.named_children():

@@ -1,13 +1,12 @@
 """The training objective: which loss terms a stage computes, and computing them.
 
 :func:`plan_losses` reads the config once into a :class:`LossPlan` (teacher terms only
-where their signal exists, each method's terms only with its switch, the method's config
-object held whole); :func:`compute_losses` is every term of one forward pass and their
-weighted sum; :func:`training_losses` is one training step (the forward pass, those terms,
-and the methods' terms from :func:`students.msmix.msmix_losses`,
-:func:`students.conflict.conflict_losses`, :func:`students.dashfusion.dashfusion_losses`,
-:func:`students.cyin.cyin_losses` and :func:`students.midg.midg_losses`).
-:func:`freeze_unused` freezes the heads no term reads.
+where their signal exists, the methods the config switches on); :func:`compute_losses` is
+the core terms of one forward pass and their weighted sum; :func:`training_losses` is one
+training step: the forward pass, the core terms, and each active method's terms
+(:meth:`~students.methods.Method.losses`), added to the total as the method says
+(:meth:`~students.methods.Method.weighted`). :func:`freeze_unused` freezes the heads and
+method parts no term reads.
 """
 
 from __future__ import annotations
@@ -19,9 +18,6 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from students.conflict import conflict_losses
-from students.cyin import cyin_losses, cyin_total
-from students.dashfusion import dashfusion_losses
 from students.losses import (
     attention_kd,
     expected_score_loss,
@@ -30,17 +26,9 @@ from students.losses import (
     soft_label_kd,
     task_loss,
 )
-from students.midg import midg_losses
+from students.methods import Method, Step, active
 from students.model import StudentModel, StudentOutput
-from students.msmix import msmix_losses
-from workbench.config import (
-    ConflictConfig,
-    CyinConfig,
-    DashFusionConfig,
-    DistillConfig,
-    MidgConfig,
-    MsMixConfig,
-)
+from workbench.config import DistillConfig
 
 
 @dataclass(frozen=True)
@@ -59,19 +47,9 @@ class LossPlan:
     priv_repr: float = 0.0
     priv_repr_kind: str = "cosine"
     priv_attn: float = 0.0
-    msmix: MsMixConfig | None = None
-    """MS-Mix (``train.msmix``) with its weights; None: off."""
-    conflict: ConflictConfig | None = None
-    """Conflict-aware penalty + statistical loss (``train.conflict``); None: off."""
-    label_stats: tuple[float, ...] | None = None
-    """Gold-label statistics of the train split (mean, std; or class frequencies)."""
+    methods: tuple[Method, ...] = ()
+    """The methods on (:func:`students.methods.active`): their terms join the total."""
     label_range: tuple[float, float] = (-3.0, 3.0)
-    dashfusion: DashFusionConfig | None = None
-    """DashFusion's alignment losses (``student.fusion=dashfusion``); None: off."""
-    cyin: CyinConfig | None = None
-    """CyIN's bottleneck and translation losses (``student.latent=cyin``); None: off."""
-    midg: MidgConfig | None = None
-    """MIDG's load-balance and invariance terms (``student.experts=midg``); None: off."""
 
     @property
     def uses_bins(self) -> bool:
@@ -83,18 +61,12 @@ class LossPlan:
 
     @property
     def needs_encoding(self) -> bool:
-        return (self.msmix is not None or self.conflict is not None
-                or self.dashfusion is not None or self.cyin is not None
-                or self.midg is not None)
+        return any(m.adds_losses for m in self.methods)
 
 
-def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool,
-                label_stats: tuple[float, ...] | None = None) -> LossPlan:
+def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool) -> LossPlan:
     """The loss terms of a stage: teacher terms only where their signal exists; the
-    method terms only with their switch (``train.msmix.enabled``,
-    ``train.conflict.enabled``). ``label_stats``:
-    :func:`students.conflict.label_statistics` of the train split (the statistical loss
-    needs them)."""
+    methods the config switches on (:func:`students.methods.active`)."""
     lc, tc = cfg.loss, cfg.train
     classification = cfg.data.task == "classification"
     return LossPlan(
@@ -107,13 +79,8 @@ def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool,
         priv_repr=lc.privileged_repr if privileged else 0.0,
         priv_repr_kind=lc.privileged_repr_kind,
         priv_attn=lc.privileged_attn if privileged else 0.0,
-        msmix=tc.msmix if tc.msmix.enabled else None,
-        conflict=tc.conflict if tc.conflict.enabled else None,
-        label_stats=label_stats,
+        methods=tuple(active(cfg.student, tc)),
         label_range=tuple(cfg.data.label_range),  # type: ignore[arg-type]
-        dashfusion=cfg.student.dashfusion if cfg.student.fusion == "dashfusion" else None,
-        cyin=cfg.student.cyin if cfg.student.latent == "cyin" else None,
-        midg=cfg.student.midg if cfg.student.experts == "midg" else None,
     )
 
 
@@ -175,54 +142,26 @@ def training_losses(model: Any, batch: dict[str, Any], plan: LossPlan, bins: Ten
                     *, want_attn: bool = False, rng: np.random.Generator | None = None,
                     raw_model: StudentModel | None = None) -> dict[str, Tensor]:
     """One training step's losses: the forward pass, :func:`compute_losses`, and the
-    method terms the plan switches on (MS-Mix, conflict penalty + statistical loss),
-    all in ``total``. With every switch off this is exactly
+    terms of the plan's methods (in the plan's order, each method's added term by term),
+    all in ``total``. Without a method that adds terms this is exactly
     ``compute_losses(model(batch), ...)``.
 
     ``model`` is what the loop calls (possibly wrapped by accelerate); ``raw_model``
     the unwrapped :class:`StudentModel` whose halves the methods call (default:
-    ``model``); ``rng`` draws MS-Mix's pairs and ratios (seeded per step by the loop).
+    ``model``); ``rng`` is handed to the methods that draw (seeded per step by the loop).
     """
     raw = raw_model if raw_model is not None else model
-    if not plan.needs_encoding:  # the plain step, called exactly as before the methods
+    if not plan.needs_encoding:  # no method term: the forward pass keeps no encoding
         return compute_losses(model(batch, return_attention=want_attn), batch, plan, bins)
     out = model(batch, return_attention=want_attn, return_encoding=True)
     losses = compute_losses(out, batch, plan, bins)
     total = losses.pop("total")
-    if plan.msmix is not None:
-        mx = plan.msmix
-        if rng is None:
-            raise ValueError("MS-Mix needs rng= (a numpy Generator seeded per step)")
-        parts = msmix_losses(raw, out, batch, mx, task_kind=plan.task_kind,
-                             label_range=plan.label_range, bins=bins, rng=rng)
-        total = (total + mx.weight * parts["msmix"] + mx.kl_weight * parts["msmix_kl"]
-                 + mx.intensity_weight * parts["msmix_intensity"])
-        losses.update(parts)
-    if plan.conflict is not None:
-        cf = plan.conflict
-        parts = conflict_losses(raw, out, batch, cf, task_kind=plan.task_kind,
-                                classification=plan.classification,
-                                label_stats=plan.label_stats)
-        total = total + cf.weight * parts["conflict"] \
-            + cf.statistical_weight * parts["statistical"]
-        losses.update(parts)
-    if plan.dashfusion is not None:
-        dc = plan.dashfusion
-        parts = dashfusion_losses(out, batch, dc, plan.classification)
-        total = total + dc.align_weight * parts["dash_align"] \
-            + dc.supcon_weight * parts["dash_supcon"]
-        losses.update(parts)
-    if plan.cyin is not None:
-        parts = cyin_losses(raw, out, batch, plan.cyin, task_kind=plan.task_kind,
-                            classification=plan.classification)
-        total = total + cyin_total(parts, plan.cyin)
-        losses.update(parts)
-    if plan.midg is not None:
-        mg = plan.midg
-        parts = midg_losses(out, batch, mg, task_kind=plan.task_kind,
-                            classification=plan.classification)
-        total = total + mg.balance_weight * parts["midg_balance"] \
-            + mg.invariance_weight * parts["midg_invariance"]
+    step = Step(task_kind=plan.task_kind, classification=plan.classification,
+                label_range=plan.label_range, bins=bins, rng=rng)
+    for method in plan.methods:
+        parts = method.losses(raw, out, batch, step)
+        for term in method.weighted(parts):
+            total = total + term
         losses.update(parts)
     losses["total"] = total
     return losses
@@ -232,17 +171,14 @@ def freeze_unused(model: StudentModel, plan: LossPlan) -> list[str]:
     """Freeze heads no loss term reads (no trainable weight without a gradient: DDP
     rejects those). Returns their names."""
     frozen = []
-    mx = plan.msmix
-    unimodal_used = plan.unimodal_aux > 0 or (mx is not None and mx.kl_weight > 0)
-    intensity_used = mx is not None and mx.intensity_weight > 0
-    parts = {"bin_head": model.bin_head if not plan.uses_bins else None,
-             "unimodal_heads": model.unimodal_heads if not unimodal_used else None,
-             "kd_proj": model.kd_proj if plan.priv_repr <= 0 else None,
-             "intensity_heads": model.intensity_heads if not intensity_used else None}
-    cy, latent = plan.cyin, model.latent
-    if cy is not None and latent is not None:  # CyIN terms weighted 0 train nothing
-        parts["cyin_label_heads"] = latent.label_head if cy.label_weight == 0 else None
-        parts["cyin_decoders"] = latent.decoder if cy.recon_weight == 0 else None
+    read = {head for m in plan.methods for head in m.reads_heads()}
+    unimodal_used = plan.unimodal_aux > 0 or "unimodal_heads" in read
+    parts: dict[str, Any] = {
+        "bin_head": model.bin_head if not plan.uses_bins else None,
+        "unimodal_heads": model.unimodal_heads if not unimodal_used else None,
+        "kd_proj": model.kd_proj if plan.priv_repr <= 0 else None}
+    for method in plan.methods:
+        parts.update(method.unused_parts(model.part(method)))
     for name, module in parts.items():
         if module is not None:
             module.requires_grad_(False)

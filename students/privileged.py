@@ -24,27 +24,22 @@ from students.batching import PrivilegedTarget
 from students.checkpoint import load_checkpoint
 from students.collate import Collator, StudentItem, TeacherSignal
 from students.inference import to_device
+from students.methods import without_training_methods
 from students.model import StudentModel
 from students.objective import LossPlan, plan_losses
 from students.recipe import Stage, fit
 from students.rundir import PROMPTED_DIR
 from students.signals import TeacherSignals, description
-from workbench.config import (
-    AugmentConfig,
-    ConfigError,
-    ConflictConfig,
-    DistillConfig,
-    MissingConfig,
-    MsMixConfig,
-)
+from workbench.config import AugmentConfig, ConfigError, DistillConfig
 from workbench.data import MSADataset, Sample
 
 log = get_logger(__name__)
 
 
 def prompted_stage_cfg(cfg: DistillConfig, out: Path) -> DistillConfig:
-    """Stage 1: the prompted network on gold labels, otherwise the run's settings (every
-    method off)."""
+    """Stage 1: the prompted network on gold labels, otherwise the run's settings (no
+    weighting, no augmentation, every ``train`` method off; the ``student`` methods are
+    part of its architecture)."""
     st = copy.deepcopy(cfg)
     st.student.prompted = True
     st.signals.soft_label_template = ""
@@ -53,10 +48,8 @@ def prompted_stage_cfg(cfg: DistillConfig, out: Path) -> DistillConfig:
     st.train.output_dir = str(out / PROMPTED_DIR)
     st.train.epochs = cfg.train.prompted_epochs or cfg.train.epochs
     st.train.weighting = "none"
-    st.train.missing = MissingConfig()
     st.train.augment = AugmentConfig()
-    st.train.msmix = MsMixConfig()
-    st.train.conflict = ConflictConfig()
+    without_training_methods(st.train)
     return st
 
 

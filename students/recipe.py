@@ -34,9 +34,8 @@ from students.checkpoint import BEST_DIR, SELECTION_FILE, save_checkpoint
 from students.collate import Collator, StudentItem
 from students.inference import item_text
 from students.losses import task_loss
-from students.model import TRAINING_ONLY_PREFIXES, StudentModel, build_student
+from students.model import StudentModel, build_student
 from students.objective import LossPlan, freeze_unused, training_losses
-from students.robustness import lnln_train
 from students.rundir import AUGMENT_WEIGHTS_FILE, LAST_DIR, STATE_FILE, TrainState, save_last
 from workbench.config import ConfigError, DistillConfig
 from workbench.data.store import DataInfo
@@ -201,7 +200,7 @@ class StageRecipe:
         stage, cfg, tc, accelerator = self.stage, self.cfg, self.tc, self.accelerator
         set_seed(tc.seed)
         model = build_student(cfg.student, self.info, stage.bins, device=accelerator.device,
-                              msmix=stage.plan.msmix is not None)
+                              methods=list(stage.plan.methods))
         frozen = freeze_unused(model, stage.plan)
         if frozen:
             log.info("%s: frozen (no loss reads them): %s", stage.name, ", ".join(frozen))
@@ -273,9 +272,14 @@ class StageRecipe:
 
         stage, tc, accelerator, model = self.stage, self.tc, self.accelerator, self.model
         set_seed(epoch_seed(tc.seed, epoch), device_specific=True)
-        if tc.missing.enabled:
-            self.collator.set_masking(lnln_train(tc.seed, epoch, tc.missing.complete_fraction,
-                                                 ("text", *self.raw_model.modalities)))
+        streams = ("text", *self.raw_model.modalities)
+        masks = {m.name: spec for m in stage.plan.methods
+                 if (spec := m.masking(tc.seed, epoch, streams)) is not None}
+        if len(masks) > 1:
+            raise ConfigError(f"methods {sorted(masks)} all mask the training batches; "
+                              "switch all but one off")
+        for spec in masks.values():
+            self.collator.set_masking(spec)
         self.train_loader.set_epoch(epoch)
         model.train()
         sums: dict[str, float] = {}
@@ -286,8 +290,7 @@ class StageRecipe:
                    dynamic_ncols=True, mininterval=1.0)
         for step, batch in enumerate(bar):
             with accelerator.accumulate(model):
-                rng = (np.random.default_rng([tc.seed, epoch, step, accelerator.process_index,
-                                              2]) if stage.plan.msmix is not None else None)
+                rng = np.random.default_rng([tc.seed, epoch, step, accelerator.process_index, 2])
                 losses = training_losses(model, batch, stage.plan, self.bins,
                                          want_attn=self.want_attn, rng=rng,
                                          raw_model=self.raw_model)
@@ -326,7 +329,7 @@ class StageRecipe:
                          "metrics": {f"valid_{k}": v for k, v in valid.items()},
                          "spread": self.spread, "stage": self.stage.name}
             full_sd = {k: v for k, v in accelerator.get_state_dict(self.model).items()
-                       if not k.startswith(TRAINING_ONLY_PREFIXES)}
+                       if not k.startswith(self.raw_model.training_only_prefixes())}
             if accelerator.is_main_process:
                 save_checkpoint(self.raw_model, self.cfg, self.best_dir, selection=selection,
                                 teacher_manifest=self.stage.manifest, state_dict=full_sd)

@@ -16,14 +16,11 @@
 3. **Stage 2** (or the only stage): the plain student trains on gold labels (task loss),
    the teacher's soft labels (KL over the label bins + expected-score loss), privileged KD
    from the prompted network, optionally per-modality auxiliary heads; with quality-aware
-   sample weights (``train.weighting``) and LNLN missing-modality masks
-   (``train.missing``). The plain student's batches carry no descriptions.
-   Robustness and augmentation methods, each one config object that is off by default:
-   teacher-augmented samples with quality weights (``train.augment``,
-   :mod:`students.augment`), MS-Mix (``train.msmix``, :mod:`students.msmix`), the
-   conflict-aware gradient penalty and statistical loss (``train.conflict``,
-   :mod:`students.conflict`) and, in the model, cross-sample enhancement of missing
-   modalities (``student.enhance``, :mod:`students.enhance`).
+   sample weights (``train.weighting``) and, with ``train.augment``, teacher-augmented
+   samples (:mod:`students.augment`). The plain student's batches carry no descriptions.
+   The methods the config switches on (:mod:`students.methods`, one config object each,
+   off by default) read the train split first (their ``prepare`` hook), then act in the
+   model, the batches' masks and the loss through their hooks.
 
 The loop: AdamW with two learning rates (``encoder_lr`` for the text encoder, ``lr`` for
 the rest), linear warmup then cosine decay, gradient accumulation and clipping and mixed
@@ -54,7 +51,6 @@ from accelerate.logging import get_logger
 
 from students.batching import PrivilegedTarget
 from students.collate import StudentItem, TeacherSignal
-from students.conflict import label_statistics
 from students.folds import fold_split
 from students.objective import plan_losses
 from students.privileged import privileged_stage
@@ -175,7 +171,8 @@ def _warn_small_valid(cfg: DistillConfig, n_valid: int) -> None:
 
 
 def _set_domains(items: list[StudentItem], spec: str, dataset: str) -> None:
-    """Each item's domain index (sorted domain names) for MIDG's invariance penalty."""
+    """Each item's domain index (sorted domain names), in the batch's ``domain`` (what a
+    method that compares domains reads)."""
     names = domain_names([it.sample for it in items], spec, dataset)
     index = {d: i for i, d in enumerate(names)}
     for it in items:
@@ -225,19 +222,11 @@ def _run(cfg: DistillConfig, resume: bool) -> Path:
     augment: list[StudentItem] | None = None
     if cfg.train.augment.enabled:
         augment, manifest["augment"] = join_augmented(cfg, ds, signals)
-    label_stats = None
-    if cfg.train.conflict.enabled:
-        classification = info.task == "classification"
-        label_stats = label_statistics(
-            [s.label_class if classification else s.label for s in train_samples
-             if (s.label_class if classification else s.label) is not None],
-            classification=classification, n_classes=len(info.class_names))
-        log.info("statistical loss: train gold-label statistics %s",
-                 ", ".join(f"{v:.4f}" for v in label_stats))
     try:
         priv_targets: dict[str, PrivilegedTarget] | None = None
-        plan = plan_losses(cfg, soft_labels=signals.soft is not None, privileged=privileged,
-                           label_stats=label_stats)
+        plan = plan_losses(cfg, soft_labels=signals.soft is not None, privileged=privileged)
+        for method in plan.methods:
+            method.prepare(train_samples, info)
         if privileged:
             priv_targets, priv_manifest = privileged_stage(
                 accelerator, cfg, ds, signals, plan, train_samples, valid_samples, out, resume)

@@ -6,6 +6,10 @@ each (:mod:`workbench.config.methods`) use flat keys such as ``train.msmix_alpha
 checked, and logs one deprecation note naming every key it moved. A bool where a method
 object now stands (``train.msmix: true``) needs no mapping: the loader reads it as the
 object's ``enabled``.
+
+Checkpoints written before the methods' parts moved into the student's ``methods``
+ModuleDict hold them under their old names (``enhance.bank_text``, ...):
+:func:`migrate_weights` renames them when the student loads them, with one note too.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from __future__ import annotations
 import copy
 import logging
 from typing import Any
+
+from workbench.config.fields import ConfigError
 
 log = logging.getLogger("workbench.config")
 
@@ -47,6 +53,20 @@ RENAMED: dict[str, dict[str, str]] = {
 }
 """Per config class: old dotted key (relative to that class) -> new dotted key."""
 
+STUDENT_SWITCHES: dict[str, tuple[str, dict[str, bool]]] = {
+    "fusion": ("dashfusion.enabled", {"dashfusion": True, "gated": False}),
+    "latent": ("cyin.enabled", {"cyin": True, "none": False}),
+    "experts": ("midg.enabled", {"midg": True, "none": False}),
+}
+"""Old choices that are now a method's switch: old key -> (new key, old value -> on)."""
+
+SWITCHED: dict[str, dict[str, tuple[str, dict[str, bool]]]] = {
+    "DistillConfig": {f"student.{k}": (f"student.{n}", v)
+                      for k, (n, v) in STUDENT_SWITCHES.items()},
+    "StudentConfig": STUDENT_SWITCHES,
+}
+"""Per config class: old dotted key -> (new dotted key, old value -> the new bool)."""
+
 
 def _pop(data: dict[str, Any], path: list[str]) -> tuple[bool, Any]:
     node: Any = data
@@ -57,6 +77,13 @@ def _pop(data: dict[str, Any], path: list[str]) -> tuple[bool, Any]:
     if path[-1] not in node:
         return False, None
     return True, node.pop(path[-1])
+
+
+def _peek(data: dict[str, Any], path: list[str]) -> Any:
+    node: Any = data
+    for part in path:
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
 
 
 def _put(data: dict[str, Any], path: list[str], value: Any) -> None:
@@ -77,8 +104,9 @@ def _put(data: dict[str, Any], path: list[str], value: Any) -> None:
 def migrate(cls_name: str, data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """``data`` (a copy) with the old keys of ``cls_name`` moved to their new places; one
     deprecation note lists what moved. A key given both ways keeps the new one."""
-    table = RENAMED.get(cls_name)
-    if not table or not isinstance(data, dict):
+    table = RENAMED.get(cls_name, {})
+    switched = SWITCHED.get(cls_name, {})
+    if not (table or switched) or not isinstance(data, dict):
         return data
     out = copy.deepcopy(data)
     moved = []
@@ -87,8 +115,47 @@ def migrate(cls_name: str, data: dict[str, Any], prefix: str = "") -> dict[str, 
         if found:
             _put(out, new.split("."), value)
             moved.append(f"{prefix}{old} -> {prefix}{new}")
+    for old, (new, values) in switched.items():
+        if not isinstance(_peek(out, old.split(".")), str):
+            continue  # absent, or already the new object
+        _, value = _pop(out, old.split("."))
+        if value not in values:
+            raise ConfigError(f"{prefix}{old}={value!r} is not allowed: use one of "
+                              f"{list(values)}, or as now written {prefix}{new}=true|false")
+        _put(out, new.split("."), values[value])
+        moved.append(f"{prefix}{old}={value} -> {prefix}{new}={str(values[value]).lower()}")
     if moved:
         log.warning("config: renamed keys mapped (%s); the old names still load but will "
                     "go: write the new ones (see workbench/config/methods.py)",
                     ", ".join(moved))
+    return out
+
+
+WEIGHTS: dict[str, str] = {
+    "enhance.": "methods.enhance.",
+    "latent.": "methods.cyin.",
+    "experts.": "methods.midg.experts.",
+    "adapter.": "methods.midg.adapter.",
+}
+"""Old state-dict prefix of a method's parts -> where the student keeps them now."""
+
+
+def migrate_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """``state`` (a state dict, keys to tensors) with the weights saved under an old name
+    (:data:`WEIGHTS`) renamed, or ``state`` itself when it has none; one note names the
+    prefixes it renamed. Keys are strings here: this module needs no torch."""
+    if not any(key.startswith(tuple(WEIGHTS)) for key in state):
+        return state
+    out: dict[str, Any] = {}
+    moved: dict[str, str] = {}
+    for key, value in state.items():
+        for old, new in WEIGHTS.items():
+            if key.startswith(old):
+                moved[old] = new
+                key = new + key[len(old):]
+                break
+        out[key] = value
+    if moved:
+        log.warning("weights saved under old names mapped (%s); re-save the checkpoint to "
+                    "write the new ones", ", ".join(f"{o}* -> {n}*" for o, n in moved.items()))
     return out

@@ -168,7 +168,8 @@ class EnhanceConfig:
 @dataclass
 class DashFusionConfig:
     """DashFusion (dual-stream alignment, hierarchical bottleneck fusion;
-    ``students.dashfusion``), used when ``student.fusion=dashfusion``. Temporal alignment:
+    ``students.methods.dashfusion``): with ``enabled`` it *is* the student's fusion (in
+    place of the gated bottleneck fusion). Temporal alignment:
     the text tokens cross-attend to the audio / vision frames. Fusion: ``depth`` layers
     whose bottleneck keeps ``bottleneck`` tokens, halved each layer (at least 1); the
     modality streams exchange information only through it. Training adds
@@ -176,6 +177,7 @@ class DashFusionConfig:
     (semantic alignment) and ``supcon_weight`` x a supervised contrastive loss on the
     fused vector (positives: same polarity, or same class)."""
 
+    enabled: bool = False
     bottleneck: int = 8
     """Bottleneck tokens of the first fusion layer (halved each further layer)."""
     depth: int = 2
@@ -201,8 +203,7 @@ class DashFusionConfig:
 
 @dataclass
 class CyinConfig:
-    """CyIN (cyclic informative latent space; ``students.cyin``), used when
-    ``student.latent=cyin``. Each modality passes a variational bottleneck (token-level:
+    """CyIN (cyclic informative latent space; ``students.methods.cyin``). Each modality passes a variational bottleneck (token-level:
     mean, log-variance, reparameterisation, KL to N(0, I); decoders reconstruct every
     modality from every latent, cyclically; label-level: a head per latent predicts the
     label); residual translators map each modality's latent to every other's, trained
@@ -212,6 +213,7 @@ class CyinConfig:
     x label loss + ``translate_weight`` x forward + ``cycle_weight`` x reverse translation
     errors."""
 
+    enabled: bool = False
     inter: int = 0
     """Inner width of the encoders, decoders and translators; 0: ``student.hidden``."""
     kl_weight: float = 0.01
@@ -241,14 +243,15 @@ class CyinConfig:
 
 @dataclass
 class MidgConfig:
-    """MIDG (mixture of invariant experts, cross-modal adapter; ``students.midg``), used
-    when ``student.experts=midg``. A router mixes ``n_experts`` residual experts over the
+    """MIDG (mixture of invariant experts, cross-modal adapter; ``students.methods.midg``).
+    A router mixes ``n_experts`` residual experts over the
     fused vector (``balance_weight`` x the Switch load-balance term); ``invariance_weight``
     x an invariance penalty across the domains of the batch (``data.domain`` says what a
     sample's domain is): ``vrex`` (variance of the per-domain risks) or ``irm`` (IRMv1).
     With ``adapter``, cross-attention adapter blocks after the last ``adapter_layers``
     layers of the text encoder inject the audio / vision tokens (beside LoRA)."""
 
+    enabled: bool = False
     n_experts: int = 4
     """Experts of the mixture."""
     balance_weight: float = 0.01

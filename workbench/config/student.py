@@ -66,23 +66,16 @@ class StudentConfig:
     maps its fused vector to; 0: same as ``hidden``."""
     enhance: EnhanceConfig = field(default_factory=EnhanceConfig)
     """Cross-sample enhancement of missing modalities (after HME; off by default)."""
-    fusion: Literal["gated", "dashfusion"] = "gated"
-    """``gated``: text-anchored gated bottleneck fusion (``students.fusion``);
-    ``dashfusion``: temporal alignment + hierarchical bottleneck fusion with its alignment
-    losses (``students.dashfusion``, settings in ``student.dashfusion``)."""
     dashfusion: DashFusionConfig = field(default_factory=DashFusionConfig)
-    """DashFusion's settings (read when ``student.fusion=dashfusion``)."""
-    latent: Literal["none", "cyin"] = "none"
-    """``cyin``: every modality through CyIN's variational bottleneck, missing modalities
-    translated from those present (``students.cyin``, settings in ``student.cyin``)."""
+    """DashFusion: temporal alignment + hierarchical bottleneck fusion, in place of the
+    gated bottleneck fusion (``students.fusion``), with its alignment losses (off by
+    default)."""
     cyin: CyinConfig = field(default_factory=CyinConfig)
-    """CyIN's settings (read when ``student.latent=cyin``)."""
-    experts: Literal["none", "midg"] = "none"
-    """``midg``: a mixture of invariant experts over the fused vector, optionally a
-    cross-modal adapter in the text encoder (``students.midg``, settings in
-    ``student.midg``; domains from ``data.domain``)."""
+    """CyIN: every modality through a variational bottleneck, missing modalities translated
+    from those present (off by default)."""
     midg: MidgConfig = field(default_factory=MidgConfig)
-    """MIDG's settings (read when ``student.experts=midg``)."""
+    """MIDG: a mixture of invariant experts over the fused vector, optionally a cross-modal
+    adapter in the text encoder; domains from ``data.domain`` (off by default)."""
 
     def __post_init__(self) -> None:
         check(self.hidden >= 8, "student.hidden", self.hidden, "use at least 8")

@@ -8,7 +8,7 @@
 * ``source:N``: the sample's source (its id up to the last ``_``, e.g. a MOSI video) hashed
   into ``N`` groups ``source0 .. source{N-1}`` -- a fixed split of the sources.
 
-Used by MIDG's invariance penalty (``student.experts=midg``), by ``train.holdout_domain``
+Used by MIDG's invariance penalty (``student.midg.enabled``), by ``train.holdout_domain``
 and by the leave-one-domain-out protocol (:mod:`eval.domains`).
 """
 

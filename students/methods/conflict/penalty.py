@@ -4,8 +4,8 @@ With ``train.conflict`` (:class:`workbench.config.ConflictConfig`) the trainer, 
 step, sends each modality's own contribution to the fusion sum
 (``StudentOutput.contributions``: the pooled text; for audio / vision ``a_m * g_m *
 c_m``) through the layers all modalities share (the fusion tail and the prediction
-head, :meth:`StudentModel.shared_tail`) to a gold-label loss ``L_m`` (on the samples
-that have ``m``), and takes ``g_m = dL_m / d theta_shared`` with
+head, :meth:`~students.model.StudentModel.shared_tail`) to a gold-label loss ``L_m`` (on
+the samples that have ``m``), and takes ``g_m = dL_m / d theta_shared`` with
 ``torch.autograd.grad(..., create_graph=True)``, so the penalty itself is
 differentiable (it trains the encoders, gates and shared weights towards gradients that
 do not fight). Modalities without any sample in the batch are left out.
@@ -29,14 +29,17 @@ population std); for classification ``sum_c (mean_b softmax(pred)_bc - pi_c)^2``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from students.losses import task_loss
-from students.model import StudentModel, StudentOutput
+from students.outputs import StudentOutput
 from workbench.config import ConflictConfig
+
+if TYPE_CHECKING:
+    from students.model import StudentModel
 
 
 def _fp(x: Tensor) -> Tensor:
@@ -139,8 +142,8 @@ def conflict_losses(model: StudentModel, out: StudentOutput, batch: dict[str, An
     if out.contributions is None:
         raise ValueError("the conflict penalty needs the fusion's per-modality contributions")
     if label_stats is None:
-        raise ValueError("the statistical loss needs the train labels' statistics: pass "
-                         "label_stats to plan_losses")
+        raise ValueError("the statistical loss needs the train labels' statistics "
+                         "(label_stats): call the method's prepare() with the train samples")
     target = batch["label_class"] if classification else batch["labels"]
     label_mask, w = batch["label_mask"], batch["weights"]
     avail = out.encoding.available() if out.encoding is not None else {

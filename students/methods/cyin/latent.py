@@ -1,5 +1,5 @@
 """CyIN: a cyclic informative latent space shared by complete and incomplete inputs
-(``student.latent=cyin``, settings in :class:`~workbench.config.CyinConfig`).
+(``student.cyin``, :class:`~workbench.config.CyinConfig`).
 
 Between the encoders and the fusion, every modality ``m`` (text, audio, vision) goes
 through a variational information bottleneck (:class:`CyclicLatent`):
@@ -25,20 +25,24 @@ training a present modality is also replaced by its translation with probability
 
 The fusion then reads the latents (the model's ``StudentEncoding`` carries them); the
 loss terms come from :func:`cyin_losses`, on what :class:`CyclicLatent` leaves in
-``StudentEncoding.latent`` (a :class:`LatentState`).
+``StudentEncoding.extras["cyin"]`` (a :class:`LatentState`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from students.encoders import Encoded, masked_mean
 from students.losses import task_loss
+from students.outputs import StudentEncoding, StudentOutput
 from workbench.config import CyinConfig
+
+if TYPE_CHECKING:
+    from students.model import StudentModel
 
 
 def reparameterise(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None
@@ -122,7 +126,7 @@ class CyclicLatent(nn.Module):
             n = n + p
         return acc / n.clamp_min(1.0).unsqueeze(1), n > 0
 
-    def forward(self, enc: Any) -> Any:
+    def forward(self, enc: StudentEncoding) -> StudentEncoding:
         """A new ``StudentEncoding`` whose modalities are the latents (missing ones
         translated), with ``latent`` set to the :class:`LatentState`."""
         streams = {"text": enc.text, **enc.others}
@@ -162,11 +166,12 @@ class CyclicLatent(nn.Module):
         state = LatentState(mu=mu, logvar=logvar, mask=masks, inputs=streams, z=zs,
                             present=present, substituted=substituted)
         return replace(enc, text=new["text"], others={m: new[m] for m in enc.others},
-                       avail=avail_new, latent=state)
+                       avail=avail_new, extras={**enc.extras, "cyin": state})
 
 
-def cyin_losses(model: Any, out: Any, batch: dict[str, Any], cfg: CyinConfig, *,
-                task_kind: str, classification: bool) -> dict[str, Tensor]:
+def cyin_losses(model: StudentModel, lat: CyclicLatent, out: StudentOutput,
+                batch: dict[str, Any], cfg: CyinConfig, *, task_kind: str,
+                classification: bool) -> dict[str, Tensor]:
     """CyIN's terms for one step: ``cyin_kl`` (mean over modalities of the token KL),
     ``cyin_recon`` (mean over ordered pairs (i, j), both present, of the MSE of decoder
     ``j`` on the pooled latent of ``i`` against the pooled input of ``j``; ``i == j``
@@ -175,11 +180,10 @@ def cyin_losses(model: Any, out: Any, batch: dict[str, Any], cfg: CyinConfig, *,
     and ``cyin_cycle`` (reverse), both on the pooled means and averaged over ordered pairs
     with both present."""
     enc = out.encoding
-    if enc is None or enc.latent is None:
+    if enc is None or "cyin" not in enc.extras:
         raise ValueError("CyIN's losses need forward(..., return_encoding=True) on a student "
-                         "built with student.latent=cyin")
-    st: LatentState = enc.latent
-    lat: CyclicLatent = model.latent
+                         "built with student.cyin.enabled")
+    st: LatentState = enc.extras["cyin"]
     mods = lat.modalities
     target = batch["label_class"] if classification else batch["labels"]
     w, lmask = batch["weights"], batch["label_mask"]

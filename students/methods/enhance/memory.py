@@ -20,10 +20,11 @@ its frames dropped), the student borrows from similar training samples:
    match). A learned gate ``g = sigmoid(W [original; enriched; u; f])`` (``f``: the
    observed fraction of ``m``'s frames) blends ``g * enriched + (1 - g) * original``.
 
-The model (:class:`students.model.StudentModel` with ``student.enhance.enabled``) appends the
-blended vector as one extra key token of ``m`` (so fusion's bottleneck reads it) for the
-samples it enhances, and counts ``m`` as available for them. Text is used as a retrieval
-key but never enriched: it anchors fusion and LNLN masking leaves its sequence in place.
+With ``student.enhance.enabled`` the student's encoding gets, through
+:func:`enhance_encoding` (the method's ``encode`` hook), the blended vector as one extra
+key token of ``m`` (so fusion's bottleneck reads it) for the samples it enhances, and
+``m`` counts as available for them. Text is used as a retrieval key but never enriched:
+it anchors fusion and LNLN masking leaves its sequence in place.
 
 The retrieval functions below are pure; :class:`CrossSampleEnhancer` holds the bank and
 the gates.
@@ -32,9 +33,13 @@ the gates.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from students.encoders import Encoded
+from students.outputs import StudentEncoding
 
 
 def observed_fraction(keep: Tensor, lengths: Tensor) -> Tensor:
@@ -206,3 +211,36 @@ class CrossSampleEnhancer(nn.Module):
             apply[m] = found & (f < 1.0)
             unc[m] = u
         return out, apply, unc
+
+
+def enhance_encoding(enhancer: CrossSampleEnhancer, enc: StudentEncoding,
+                     batch: dict[str, Any], training: bool) -> StudentEncoding:
+    """``enc`` with every degraded audio / vision sample enhanced (an extra key token, the
+    modality marked available); in training the batch's complete samples are pushed into
+    the memory bank afterwards. ``extras["enhance"]``: per modality, (B,) bool, the
+    samples enhanced."""
+    modalities = list(enc.others)
+    observed = {m: observed_fraction(batch[f"{m}_keep"], batch[f"{m}_lengths"])
+                * (enc.avail[m] > 0) for m in modalities}
+    pooled = enc.pooled()
+    blended, apply, _ = enhancer(pooled, enc.available(), observed)
+    if training:
+        rates = batch.get("missing_rates") or {}
+        complete = enc.text_avail > 0
+        if "text" in rates:
+            complete = complete & (rates["text"].to(complete.device) <= 0)
+        for m in modalities:
+            complete = complete & (observed[m] >= 1.0)
+        enhancer.push(pooled, complete)
+    others = dict(enc.others)
+    avail = dict(enc.avail)
+    for m in modalities:
+        e, a = others[m], apply[m]
+        others[m] = Encoded(
+            tokens=torch.cat([e.tokens, blended[m].unsqueeze(1).to(e.tokens.dtype)], dim=1),
+            mask=torch.cat([e.mask, a.unsqueeze(1)], dim=1),
+            pooled=torch.where(a.unsqueeze(1), blended[m].to(e.pooled.dtype), e.pooled))
+        avail[m] = torch.where(a, torch.ones_like(avail[m]), avail[m])
+    return StudentEncoding(text=enc.text, others=others, avail=avail,
+                           text_avail=enc.text_avail, desc=enc.desc,
+                           extras={**enc.extras, "enhance": apply})

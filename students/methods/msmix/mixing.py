@@ -1,19 +1,20 @@
 """MS-Mix: sentiment-aware mixup of encoded modalities.
 
 Inside a training step (``train.msmix``, :class:`workbench.config.MsMixConfig`), after
-:meth:`StudentModel.encode`:
+:meth:`~students.model.StudentModel.encode`:
 
 1. **Pairs.** Sample ``i`` is paired with ``perm[i]`` (a seeded permutation of the
    batch). :func:`select_pairs` keeps a pair when both have gold labels, both have the
    same modalities, and for every modality they have, ``cos(pooled_i, pooled_j) >
    threshold`` (their representations agree on the sentiment), and ``i != perm[i]``.
 2. **Ratios.** ``lam0 ~ Beta(alpha, alpha)`` per pair; per modality ``m`` the intensity
-   head predicts ``I_m`` (emotional intensity, |score|) and
+   head (:func:`intensity_heads`, training only) predicts ``I_m`` (emotional intensity,
+   |score|) and
    :func:`mix_ratios` gives ``lam_m = (1 - blend) * lam0 + blend * I_m[i] / (I_m[i] +
    I_m[j])``: the more intense sample of the pair keeps more of its representation.
 3. **Mix.** :func:`mix_encoded` mixes token states (each zeroed outside its mask, the
    mixed mask the union), and pooled vectors, with ``lam_m``; fusion and the heads run
-   on the mixed encodings (:meth:`StudentModel.fuse_and_predict`).
+   on the mixed encodings (:meth:`~students.model.StudentModel.fuse_and_predict`).
 4. **Labels.** :func:`mixed_labels`: ``y = lam * y_i + (1 - lam) * y_j`` with ``lam`` the
    mean of the per-modality ratios over the modalities the pair has.
 5. **Alignment.** Each modality's unimodal prediction on a mixed sample becomes a
@@ -26,16 +27,31 @@ Inside a training step (``train.msmix``, :class:`workbench.config.MsMixConfig`),
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from students.encoders import Encoded
 from students.losses import task_loss, weighted_mean
-from students.model import StudentEncoding, StudentModel, StudentOutput
+from students.outputs import StudentEncoding, StudentOutput
 from workbench.config import MsMixConfig
+
+if TYPE_CHECKING:
+    from students.model import StudentModel
+
+
+def intensity_heads(hidden: int, streams: list[str]) -> nn.ModuleDict:
+    """One head per modality predicting its emotional intensity |score| (training only)."""
+    return nn.ModuleDict({m: nn.Sequential(nn.Linear(hidden, hidden), nn.GELU(),
+                                           nn.Linear(hidden, 1)) for m in streams})
+
+
+def intensity(heads: nn.ModuleDict, enc: StudentEncoding) -> dict[str, Tensor]:
+    """Predicted emotional intensity (B,) >= 0 per modality (softplus of its head)."""
+    return {m: torch.nn.functional.softplus(heads[m](v)).squeeze(-1)
+            for m, v in enc.pooled().items()}
 
 
 def cosine_rows(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
@@ -149,18 +165,20 @@ def _rows(e: Encoded, idx: Tensor) -> Encoded:
     return Encoded(tokens=e.tokens[idx], mask=e.mask[idx], pooled=e.pooled[idx])
 
 
-def msmix_losses(model: StudentModel, out: StudentOutput, batch: dict[str, Any],
-                 cfg: MsMixConfig, *, task_kind: str, label_range: tuple[float, float],
-                 bins: Tensor | None, rng: np.random.Generator) -> dict[str, Tensor]:
+def msmix_losses(model: StudentModel, heads: nn.ModuleDict, out: StudentOutput,
+                 batch: dict[str, Any], cfg: MsMixConfig, *, task_kind: str,
+                 label_range: tuple[float, float], bins: Tensor | None,
+                 rng: np.random.Generator) -> dict[str, Tensor]:
     """MS-Mix's terms for one batch: ``msmix`` (task loss on mixed samples against mixed
     labels), ``msmix_kl`` (KL alignment of the modalities' predicted distributions on
     them), ``msmix_intensity`` (intensity heads vs |gold score|) and, for the log,
     ``msmix_frac`` (fraction of the batch mixed, no gradient). Unweighted: the caller
     adds them with ``cfg.weight``, ``cfg.kl_weight``, ``cfg.intensity_weight``.
 
-    ``out`` is the forward pass with ``return_encoding=True``; ``task_kind`` the task
-    loss (``train.task_loss``); ``label_range`` gives the alignment's bins when ``bins``
-    (the soft labels' bin values) has fewer than two; ``rng`` draws the pairs and ratios.
+    ``heads`` are the :func:`intensity_heads`; ``out`` is the forward pass with
+    ``return_encoding=True``; ``task_kind`` the task loss (``train.task_loss``);
+    ``label_range`` gives the alignment's bins when ``bins`` (the soft labels' bin values)
+    has fewer than two; ``rng`` draws the pairs and ratios.
     """
     enc = out.encoding
     if enc is None:
@@ -169,10 +187,10 @@ def msmix_losses(model: StudentModel, out: StudentOutput, batch: dict[str, Any],
     device = out.pred.device
     w = w.to(device)
     pooled, avail = enc.pooled(), enc.available()
-    intensity = model.intensity(enc)
+    predicted = intensity(heads, enc)
     gold_abs = torch.nan_to_num(target.float()).abs()
     losses: dict[str, Tensor] = {"msmix_intensity": torch.stack([
-        task_loss(intensity[m], gold_abs, "l1", w, label_mask * avail[m]) for m in intensity
+        task_loss(predicted[m], gold_abs, "l1", w, label_mask * avail[m]) for m in predicted
     ]).mean()}
     n = target.shape[0]
     perm, lam0 = draw_pairs(n, cfg.alpha, rng)
@@ -186,8 +204,8 @@ def msmix_losses(model: StudentModel, out: StudentOutput, batch: dict[str, Any],
         losses.update(msmix=zero, msmix_kl=zero)
         return losses
     j = perm[i]
-    lam = mix_ratios(lam0[i], {m: v[i].detach() for m, v in intensity.items()},
-                     {m: v[j].detach() for m, v in intensity.items()})
+    lam = mix_ratios(lam0[i], {m: v[i].detach() for m, v in predicted.items()},
+                     {m: v[j].detach() for m, v in predicted.items()})
     mixed = StudentEncoding(
         text=mix_encoded(_rows(enc.text, i), _rows(enc.text, j), lam["text"]),
         others={m: mix_encoded(_rows(e, i), _rows(e, j), lam[m]) for m, e in enc.others.items()},

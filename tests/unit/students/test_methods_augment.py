@@ -247,10 +247,10 @@ def test_a_run_with_augmentation_msmix_conflict_and_enhancement(tmp_path, data, 
     seen_valid: list[str] = []
     real_validate = recipe_mod.validate
 
-    def spy_validate(model, loader, accelerator, info):
+    def spy_validate(model, loader, accelerator, info, *rest):
         for batch in loader:
             seen_valid.extend(batch["ids"])
-        return real_validate(model, loader, accelerator, info)
+        return real_validate(model, loader, accelerator, info, *rest)
 
     monkeypatch.setattr(recipe_mod, "validate", spy_validate)
     out = tmp_path / "run"
@@ -283,10 +283,10 @@ def test_a_run_with_augmentation_msmix_conflict_and_enhancement(tmp_path, data, 
     from students.checkpoint import load_checkpoint
 
     keys = load_file(str(best / "model.safetensors"))
-    assert not [k for k in keys if k.startswith("intensity_heads.")]
-    assert keys["enhance.bank_filled"].item() > 0
+    assert not [k for k in keys if k.startswith("methods.msmix.")]
+    assert keys["methods.enhance.bank_filled"].item() > 0
     model, _, meta = load_checkpoint(best)
-    assert model.intensity_heads is None and model.enhance.filled > 0
+    assert "msmix" not in model.methods and model.methods["enhance"].filled > 0
     assert meta.teacher_manifest["augment"]["samples"] == n_aug
     assert meta.bins == BINS
 

@@ -11,7 +11,9 @@ import torch
 
 from students.batching import TrainCollator
 from students.collate import Collator
-from students.conflict import (
+from students.losses import task_loss
+from students.methods import Conflict
+from students.methods.conflict.penalty import (
     conflict_penalty,
     dominance,
     flatten_grads,
@@ -19,11 +21,10 @@ from students.conflict import (
     opposition,
     statistical_loss,
 )
-from students.losses import task_loss
 from students.objective import compute_losses, plan_losses, training_losses
 from tests.support.reference import rand, ref_cos, ref_norm
 from tests.support.students import tiny_student, train_items
-from workbench.config import ConfigError, DistillConfig, load_config
+from workbench.config import ConfigError, DistillConfig, MidgConfig, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -125,15 +126,17 @@ def model():
     return tiny_student(text_mode="frozen")
 
 
-def _plan(*overrides):
+def _plan(*overrides, label_stats=(0.1, 1.5)):
     cfg = load_config(DistillConfig, None, ["train.conflict.enabled=true", *overrides])
-    return plan_losses(cfg, soft_labels=False, privileged=False, label_stats=(0.1, 1.5))
+    plan = plan_losses(cfg, soft_labels=False, privileged=False)
+    plan.methods[0].label_stats = label_stats  # what prepare() reads from the train split
+    return plan
 
 
 def test_conflict_off_is_the_plain_step(model):
     plan = plan_losses(load_config(DistillConfig, None, ["loss.unimodal_aux=0.2"]),
                        soft_labels=True, privileged=False)
-    assert plan.conflict is None and not plan.needs_encoding
+    assert plan.methods == () and not plan.needs_encoding
     batch = TrainCollator(Collator.for_model(model))(train_items())
     with torch.no_grad():
         a = training_losses(model, batch, plan, model.bins)
@@ -181,7 +184,8 @@ def test_conflict_step_matches_per_modality_gradients_and_trains_the_encoders(mo
 def test_conflict_needs_label_statistics_and_checks_its_fields(model):
     cfg = load_config(DistillConfig, None, ["train.conflict=true"])
     plan = plan_losses(cfg, soft_labels=False, privileged=False)
-    assert plan.conflict is cfg.train.conflict  # the plan holds the method's config object
+    (method,) = plan.methods
+    assert isinstance(method, Conflict) and method.cfg is cfg.train.conflict
     batch = TrainCollator(Collator.for_model(model))(train_items())
     with pytest.raises(ValueError, match="label_stats"):
         training_losses(model, batch, plan, None)
@@ -202,7 +206,9 @@ def test_conflict_step_on_a_classification_student():
         "data.metric_set=classification", "data.class_names=[neg,neu,pos]", "train.task_loss=ce"])
     samples = make_samples(8)
     prior = label_statistics([s.label_class for s in samples], classification=True, n_classes=3)
-    plan = plan_losses(dcfg, soft_labels=False, privileged=False, label_stats=prior)
+    plan = plan_losses(dcfg, soft_labels=False, privileged=False)
+    plan.methods[0].prepare(samples, make_info(task="classification"))
+    assert plan.methods[0].label_stats == pytest.approx(prior)
     batch = TrainCollator(Collator.for_model(model))(samples)
     model.train()
     parts = training_losses(model, batch, plan, None)
@@ -218,17 +224,19 @@ def test_conflict_step_on_a_classification_student():
 
 
 def test_midg_experts_are_among_the_shared_layers_the_penalty_reads():
-    """With student.experts=midg the experts sit between the fusion and the head for every
+    """With student.midg.enabled the experts sit between the fusion and the head for every
     modality: the per-modality path goes through them, and the penalty trains them."""
     from students.model import build_student
     from tests.support.students import HID, make_info, make_samples, student_cfg
 
     torch.manual_seed(0)
-    model = build_student(student_cfg(text_mode="frozen", experts="midg"), make_info())
+    model = build_student(student_cfg(text_mode="frozen", midg=MidgConfig(enabled=True)),
+                          make_info())
+    experts = model.methods["midg"].experts
     shared = {id(p) for p in model.shared_parameters()}
-    assert {id(p) for p in model.experts.parameters()} <= shared
+    assert {id(p) for p in experts.parameters()} <= shared
     x = torch.randn(4, HID)
-    mixed, _ = model.experts(model.fusion.tail(x))
+    mixed, _ = experts(model.fusion.tail(x))
     assert torch.allclose(model.shared_tail(x), model._shape(model.head(mixed)))
     plan = _plan("train.conflict.tau=1.0")
     batch = TrainCollator(Collator.for_model(model))(make_samples(8))
@@ -236,4 +244,4 @@ def test_midg_experts_are_among_the_shared_layers_the_penalty_reads():
     parts = training_losses(model, batch, plan, None)
     model.zero_grad()
     parts["conflict"].backward()
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.experts.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in experts.parameters())

@@ -1,4 +1,4 @@
-"""CyIN (student.latent=cyin): the KL term, reparameterisation and masked errors against plain
+"""CyIN (student.cyin.enabled): the KL term, reparameterisation and masked errors against plain
 references, the translation of missing modalities, and a tiny student that trains with it."""
 
 from __future__ import annotations
@@ -10,7 +10,12 @@ import torch
 
 from students.batching import TrainCollator
 from students.collate import Collator
-from students.cyin import CyclicLatent, kl_standard_normal, masked_mse, reparameterise
+from students.methods.cyin.latent import (
+    CyclicLatent,
+    kl_standard_normal,
+    masked_mse,
+    reparameterise,
+)
 from students.model import build_student
 from students.objective import freeze_unused, plan_losses, training_losses
 from students.robustness import drop_modalities
@@ -74,7 +79,7 @@ def test_fill_is_the_mean_translation_from_the_present_modalities():
 @pytest.fixture(scope="module")
 def cyin_model():
     torch.manual_seed(0)
-    cfg = student_cfg(text_mode="frozen", latent="cyin")
+    cfg = student_cfg(text_mode="frozen", cyin=CyinConfig(enabled=True))
     return build_student(cfg, make_info(audio="sequence", vision="vector"), BINS)
 
 
@@ -84,11 +89,11 @@ def test_missing_modalities_are_translated_and_marked_available(cyin_model):
     batch = Collator.for_model(cyin_model)(samples)
     with torch.no_grad():
         enc = cyin_model.encode(batch)
-    st = enc.latent
+    st = enc.extras["cyin"]
     assert st.present["audio"].tolist() == [i != 1 for i in range(6)]
-    assert enc.latent.substituted["audio"].tolist() == [i == 1 for i in range(6)]
+    assert enc.extras["cyin"].substituted["audio"].tolist() == [i == 1 for i in range(6)]
     assert (enc.avail["audio"] == 1).all() and (enc.avail["vision"] == 1).all()
-    filled, _ = cyin_model.latent.fill(st.z, st.present, "audio")
+    filled, _ = cyin_model.methods["cyin"].fill(st.z, st.present, "audio")
     torch.testing.assert_close(enc.others["audio"].pooled[1], filled[1])
     assert enc.others["audio"].mask[1].tolist() == [True] + [False] * 6
     # evaluation uses the mean: deterministic
@@ -99,14 +104,15 @@ def test_missing_modalities_are_translated_and_marked_available(cyin_model):
     dropped = Collator.for_model(cyin_model, masking=drop_modalities(("audio",)))(samples)
     with torch.no_grad():
         out = cyin_model(dropped, return_encoding=True)
-    assert out.encoding.latent.substituted["audio"].all() and torch.isfinite(out.pred).all()
+    assert out.encoding.extras["cyin"].substituted["audio"].all() and torch.isfinite(out.pred).all()
 
 
 def test_cyin_step_has_every_term_and_weights_them(cyin_model):
-    cfg = load_config(DistillConfig, None, ["student.latent=cyin", "student.cyin.kl_weight=0.5",
+    cfg = load_config(DistillConfig, None, ["student.cyin.enabled=true", "student.cyin.kl_weight=0.5",
                                             "student.cyin.cycle_weight=0.3"])
     plan = plan_losses(cfg, soft_labels=False, privileged=False)
-    assert plan.cyin is cfg.student.cyin and plan.needs_encoding
+    assert [m.name for m in plan.methods] == ["cyin"] and plan.needs_encoding
+    assert plan.methods[0].cfg is cfg.student.cyin
     batch = TrainCollator(Collator.for_model(cyin_model))(make_samples(8))
     cyin_model.eval()
     with torch.no_grad():
@@ -122,14 +128,14 @@ def test_cyin_step_has_every_term_and_weights_them(cyin_model):
 
 def test_a_tiny_cyin_student_trains_and_its_loss_falls(cyin_model):
     batch = TrainCollator(Collator.for_model(cyin_model))(make_samples(8))
-    plan = plan_losses(load_config(DistillConfig, None, ["student.latent=cyin"]),
+    plan = plan_losses(load_config(DistillConfig, None, ["student.cyin.enabled=true"]),
                        soft_labels=False, privileged=False)
     torch.manual_seed(1)
     hist = train_steps(cyin_model, batch, plan, steps=15)
     assert hist[-1]["total"] < 0.6 * hist[0]["total"]
     # with the translation terms weighted up, the translators learn the latents' map
     plan = plan_losses(load_config(DistillConfig, None, [
-        "student.latent=cyin", "student.cyin.translate_weight=2", "student.cyin.cycle_weight=2"]),
+        "student.cyin.enabled=true", "student.cyin.translate_weight=2", "student.cyin.cycle_weight=2"]),
         soft_labels=False, privileged=False)
     hist = train_steps(cyin_model, batch, plan, steps=15, lr=3e-3)
     assert hist[-1]["cyin_translate"] < hist[0]["cyin_translate"]
@@ -139,17 +145,18 @@ def test_a_tiny_cyin_student_trains_and_its_loss_falls(cyin_model):
 def test_cyin_config_checks():
     with pytest.raises(ConfigError, match="student.cyin.substitute_prob"):
         CyinConfig(substitute_prob=1.0)
-    with pytest.raises(ConfigError, match="student.latent"):
-        load_config(DistillConfig, None, ["student.latent=vae"])
+    with pytest.raises(ConfigError, match="student.latent='vae' is not allowed"):
+        load_config(DistillConfig, None, ["student.latent=vae"])  # the old switch
+    assert load_config(DistillConfig, None, ["student.latent=cyin"]).student.cyin.enabled
 
 
 def test_cyin_heads_no_term_trains_are_frozen():
     """label_weight=0 / recon_weight=0: the label heads / decoders get no gradient, so they
     are frozen (no trainable weight without a gradient; DDP rejects those)."""
     torch.manual_seed(0)
-    model = build_student(student_cfg(text_mode="frozen", latent="cyin"), make_info(), BINS)
+    model = build_student(student_cfg(text_mode="frozen", cyin=CyinConfig(enabled=True)), make_info(), BINS)
     plan = plan_losses(load_config(DistillConfig, None, [
-        "student.latent=cyin", "student.cyin.label_weight=0", "student.cyin.recon_weight=0"]),
+        "student.cyin.enabled=true", "student.cyin.label_weight=0", "student.cyin.recon_weight=0"]),
         soft_labels=False, privileged=False)
     frozen = freeze_unused(model, plan)
     assert {"cyin_label_heads", "cyin_decoders"} <= set(frozen)
@@ -157,11 +164,11 @@ def test_cyin_heads_no_term_trains_are_frozen():
     model.train()
     training_losses(model, batch, plan, None)["total"].backward()
     trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    assert not any(n.startswith(("latent.label_head", "latent.decoder")) for n, _ in trainable)
-    assert all(p.grad is not None for n, p in trainable if n.startswith("latent.")), \
-        [n for n, p in trainable if n.startswith("latent.") and p.grad is None]
+    assert not any(n.startswith(("methods.cyin.label_head", "methods.cyin.decoder")) for n, _ in trainable)
+    assert all(p.grad is not None for n, p in trainable if n.startswith("methods.cyin.")), \
+        [n for n, p in trainable if n.startswith("methods.cyin.") and p.grad is None]
     # weighted, they train
-    plan = plan_losses(load_config(DistillConfig, None, ["student.latent=cyin"]),
+    plan = plan_losses(load_config(DistillConfig, None, ["student.cyin.enabled=true"]),
                        soft_labels=False, privileged=False)
-    fresh = build_student(student_cfg(text_mode="frozen", latent="cyin"), make_info(), BINS)
+    fresh = build_student(student_cfg(text_mode="frozen", cyin=CyinConfig(enabled=True)), make_info(), BINS)
     assert not {"cyin_label_heads", "cyin_decoders"} & set(freeze_unused(fresh, plan))

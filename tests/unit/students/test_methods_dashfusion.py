@@ -1,4 +1,4 @@
-"""DashFusion (student.fusion=dashfusion): the contrastive losses against plain references,
+"""DashFusion (student.dashfusion.enabled): the contrastive losses against plain references,
 the bottleneck schedule and shapes, and a tiny student that trains with it."""
 
 from __future__ import annotations
@@ -10,14 +10,9 @@ import torch
 
 from students.batching import TrainCollator
 from students.collate import Collator
-from students.dashfusion import (
-    DashFusion,
-    bottleneck_schedule,
-    info_nce,
-    polarity,
-    supervised_contrastive,
-)
 from students.encoders import Encoded
+from students.methods.dashfusion.fusion import DashFusion, bottleneck_schedule
+from students.methods.dashfusion.losses import info_nce, polarity, supervised_contrastive
 from students.model import build_student
 from students.objective import plan_losses, training_losses
 from tests.support.reference import rand, ref_cos
@@ -135,22 +130,23 @@ def test_fusion_shapes_per_layer_and_missing_modality_contributes_nothing():
 @pytest.fixture(scope="module")
 def dash_model():
     torch.manual_seed(0)
-    cfg = student_cfg(text_mode="frozen", fusion="dashfusion",
-                      dashfusion=DashFusionConfig(bottleneck=4, depth=2))
+    cfg = student_cfg(text_mode="frozen",
+                      dashfusion=DashFusionConfig(enabled=True, bottleneck=4, depth=2))
     return build_student(cfg, make_info(audio="sequence", vision="sequence"), BINS)
 
 
 def _cfg(*extra):
-    return load_config(DistillConfig, None, ["student.fusion=dashfusion", *extra])
+    return load_config(DistillConfig, None, ["student.dashfusion.enabled=true", *extra])
 
 
 def test_switch_builds_dashfusion_and_plans_its_terms(dash_model):
     assert isinstance(dash_model.fusion, DashFusion)
     cfg = _cfg("student.dashfusion.align_weight=0.3", "student.dashfusion.supcon_weight=0.2")
     plan = plan_losses(cfg, soft_labels=False, privileged=False)
-    assert plan.dashfusion is cfg.student.dashfusion and plan.needs_encoding
+    assert [m.name for m in plan.methods] == ["dashfusion"] and plan.needs_encoding
+    assert plan.methods[0].cfg is cfg.student.dashfusion
     assert plan_losses(load_config(DistillConfig), soft_labels=False,
-                       privileged=False).dashfusion is None
+                       privileged=False).methods == ()
     batch = TrainCollator(Collator.for_model(dash_model))(make_samples(8, vision="sequence"))
     parts = training_losses(dash_model, batch, plan, None)
     assert {"dash_align", "dash_supcon"} <= set(parts)
@@ -173,7 +169,7 @@ def test_checkpoint_round_trip(tmp_path, dash_model):
     cfg = load_config(DistillConfig, None, [
         "student.text_mode=frozen", "student.hidden=32", "student.heads=4",
         "student.bottleneck_tokens=2", "student.max_text_len=16", "student.dropout=0.0",
-        "student.lora.r=4", "student.lora.alpha=8", "student.fusion=dashfusion",
+        "student.lora.r=4", "student.lora.alpha=8", "student.dashfusion.enabled=true",
         "student.dashfusion.bottleneck=4", "student.dashfusion.depth=2"])
     sel = {"split": "valid", "metric": "valid_mae", "epoch": 1, "value": 0.5}
     path = save_checkpoint(dash_model, cfg, tmp_path / "ckpt", selection=sel, teacher_manifest={})
@@ -190,5 +186,9 @@ def test_dashfusion_config_checks():
         DashFusionConfig(bottleneck=0)
     with pytest.raises(ConfigError, match="student.dashfusion.temperature"):
         load_config(DistillConfig, None, ["student.dashfusion.temperature=0"])
-    with pytest.raises(ConfigError, match="student.fusion"):
-        load_config(DistillConfig, None, ["student.fusion=bogus"])
+    with pytest.raises(ConfigError, match="student.fusion='bogus' is not allowed"):
+        load_config(DistillConfig, None, ["student.fusion=bogus"])  # the old switch
+    old = load_config(DistillConfig, None, ["student.fusion=dashfusion"])
+    assert old.student.dashfusion.enabled
+    gated = load_config(DistillConfig, None, ["student.fusion=gated"])
+    assert not gated.student.dashfusion.enabled

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from students.collate import Collator
-from students.enhance import (
+from students.methods.enhance.memory import (
     CrossSampleEnhancer,
     cosine_matrix,
     enrich,
@@ -168,16 +168,17 @@ def enhanced():
 
 def test_enhance_off_leaves_the_model_unchanged():
     plain = tiny_student(text_mode="frozen")
-    assert plain.enhance is None
-    assert not [k for k in plain.state_dict() if k.startswith("enhance.")]
+    assert "enhance" not in plain.methods
+    assert not [k for k in plain.state_dict() if k.startswith("methods.")]
 
 
 def test_an_empty_bank_changes_nothing(enhanced):
     plain = tiny_student(text_mode="frozen")
     enhanced.eval()
     res = enhanced.load_state_dict(plain.state_dict(), strict=False)
-    assert all(k.startswith("enhance.") for k in res.missing_keys) and not res.unexpected_keys
-    enhanced.enhance.bank_filled.zero_()
+    assert all(k.startswith("methods.enhance.") for k in res.missing_keys)
+    assert not res.unexpected_keys
+    enhanced.methods["enhance"].bank_filled.zero_()
     batch = Collator.for_model(plain, masking=drop_modalities(("audio",)))(train_items())
     plain.eval()
     with torch.no_grad():
@@ -185,30 +186,30 @@ def test_an_empty_bank_changes_nothing(enhanced):
 
 
 def test_a_training_step_fills_the_bank_and_enhances_dropped_audio(enhanced):
-    enhanced.enhance.bank_filled.zero_()
-    enhanced.enhance.bank_ptr.zero_()
+    enhanced.methods["enhance"].bank_filled.zero_()
+    enhanced.methods["enhance"].bank_ptr.zero_()
     enhanced.train()
     items = train_items()
     full = Collator.for_model(enhanced)(items)
     n_complete = int((full["vision_avail"] * full["audio_avail"]).sum())
     enhanced(full)
-    assert enhanced.enhance.filled == n_complete == 7  # sample 3 has no vision
+    assert enhanced.methods["enhance"].filled == n_complete == 7  # sample 3 has no vision
     dropped = Collator.for_model(enhanced, masking=drop_modalities(("audio",)))(items)
     enc = enhanced.encode(dropped)
-    assert enc.enhanced["audio"].all() and (enc.avail["audio"] == 1).all()
-    assert enhanced.enhance.filled == n_complete  # nothing complete in this batch
+    assert enc.extras["enhance"]["audio"].all() and (enc.avail["audio"] == 1).all()
+    assert enhanced.methods["enhance"].filled == n_complete  # nothing complete in this batch
     out = enhanced.fuse_and_predict(enc)
     loss = (out.pred - dropped["labels"]).abs().mean()
     assert torch.isfinite(loss)
     enhanced.zero_grad()
     loss.backward()
-    g = enhanced.enhance.gate["audio"].weight.grad
+    g = enhanced.methods["enhance"].gate["audio"].weight.grad
     assert g is not None and g.abs().sum() > 0
     # eval mode: the bank is frozen
     enhanced.eval()
     with torch.no_grad():
         enhanced(full)
-    assert enhanced.enhance.filled == n_complete
+    assert enhanced.methods["enhance"].filled == n_complete
 
 
 def test_checkpoint_round_trips_the_bank(tmp_path, enhanced):
@@ -216,7 +217,7 @@ def test_checkpoint_round_trips_the_bank(tmp_path, enhanced):
 
     enhanced.train()
     enhanced(Collator.for_model(enhanced)(train_items(seed=3)))  # fills the bank
-    assert enhanced.enhance.filled > 0
+    assert enhanced.methods["enhance"].filled > 0
     cfg = load_config(DistillConfig, None, [
         "student.text_mode=frozen", "student.hidden=16", "student.heads=2",
         "student.bottleneck_tokens=2", "student.max_text_len=16", "student.dropout=0.0",
@@ -227,14 +228,14 @@ def test_checkpoint_round_trips_the_bank(tmp_path, enhanced):
     loaded, _, meta = load_checkpoint(path)
     assert meta.bins == BINS
     for name in ("bank_text", "bank_audio", "bank_vision", "bank_ptr", "bank_filled"):
-        assert torch.equal(getattr(loaded.enhance, name), getattr(enhanced.enhance, name))
+        assert torch.equal(getattr(loaded.methods["enhance"], name), getattr(enhanced.methods["enhance"], name))
     batch = Collator.for_model(enhanced, masking=drop_modalities(("audio",)))(train_items())
     enhanced.eval()
     with torch.no_grad():
         a, b = enhanced(batch), loaded(batch)
     torch.testing.assert_close(a.pred, b.pred, atol=1e-6, rtol=0)
     # and the bank matters: emptied, the prediction changes
-    loaded.enhance.bank_filled.zero_()
+    loaded.methods["enhance"].bank_filled.zero_()
     with torch.no_grad():
         assert not torch.allclose(loaded(batch).pred, a.pred)
 
@@ -245,19 +246,20 @@ def test_partly_masked_sequences_and_missing_vectors_are_enhanced():
     from tests.support.students import make_info, make_samples, student_cfg
 
     torch.manual_seed(0)
-    model = build_student(student_cfg(text_mode="frozen", enhance=EnhanceConfig(enabled=True, k=2, bank=8)),
+    model = build_student(student_cfg(text_mode="frozen",
+                                      enhance=EnhanceConfig(enabled=True, k=2, bank=8)),
                           make_info(audio="sequence", vision="vector"), BINS)
     model.train()
     samples = make_samples(8)  # sample 1 has no audio, sample 2 no vision
     model(Collator.for_model(model)(samples))
-    assert model.enhance.filled == 6
+    assert model.methods["enhance"].filled == 6
     batch = Collator.for_model(model, masking=fixed_rate(0.2, seed=1, modalities=("audio",)))(
         samples)
     frac = observed_fraction(batch["audio_keep"], batch["audio_lengths"])
     assert frac[1] == 0 and (frac < 1).sum() > 1 and (frac == 1).any()
     enc = model.encode(batch)
-    assert enc.enhanced["audio"].tolist() == (frac < 1).tolist()
-    assert enc.enhanced["vision"].tolist() == [i == 2 for i in range(8)]
+    assert enc.extras["enhance"]["audio"].tolist() == (frac < 1).tolist()
+    assert enc.extras["enhance"]["vision"].tolist() == [i == 2 for i in range(8)]
     assert enc.others["audio"].tokens.shape[1] == batch["audio"].shape[1] + 1
     assert enc.avail["audio"].tolist() == [1.0] * 8  # the missing one is filled in
     assert torch.isfinite(model.fuse_and_predict(enc).pred).all()

@@ -1,4 +1,4 @@
-"""MIDG (student.experts=midg): the router's load balance and the invariance penalties against
+"""MIDG (student.midg.enabled): the router's load balance and the invariance penalties against
 plain references, the experts and the cross-modal adapter, and a tiny student that trains."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import torch
 
 from students.batching import TrainCollator
 from students.collate import Collator, StudentItem
-from students.midg import (
+from students.methods.midg.experts import (
     MixtureOfExperts,
     domain_risks,
     irm_penalty,
@@ -89,8 +89,9 @@ def _items(samples, n_domains=2):
 @pytest.fixture(scope="module")
 def midg_model():
     torch.manual_seed(0)
-    cfg = student_cfg(text_mode="lora", experts="midg",
-                      midg=MidgConfig(n_experts=3, adapter=True, adapter_layers=2, adapter_rank=8))
+    cfg = student_cfg(text_mode="lora",
+                      midg=MidgConfig(enabled=True, n_experts=3, adapter=True, adapter_layers=2,
+                                      adapter_rank=8))
     return build_student(cfg, make_info(audio="sequence", vision="vector"), BINS)
 
 
@@ -99,7 +100,7 @@ def test_adapter_starts_as_identity_and_reads_the_other_modalities(midg_model):
     midg_model.eval()
     with torch.no_grad():
         base = midg_model.encode(batch).text.tokens
-        blocks = list(midg_model.adapter.blocks.values())
+        blocks = list(midg_model.methods["midg"].adapter.blocks.values())
         assert len(blocks) == 2 * 2  # 2 layers x (audio, vision)
         for blk in blocks:  # a trained adapter: non-zero up-projection
             torch.nn.init.normal_(blk.up.weight, std=0.5)
@@ -111,15 +112,17 @@ def test_adapter_starts_as_identity_and_reads_the_other_modalities(midg_model):
         for blk in blocks:
             torch.nn.init.zeros_(blk.up.weight)
         torch.testing.assert_close(midg_model.encode(batch).text.tokens, base)
-    assert any(n.startswith("adapter.") for n, p in midg_model.named_parameters()
+    assert any(n.startswith("methods.midg.adapter.") for n, p in midg_model.named_parameters()
                if p.requires_grad)
 
 
 def test_midg_step_has_its_terms_and_the_loss_falls(midg_model):
-    cfg = load_config(DistillConfig, None, ["student.experts=midg", "student.midg.invariance_weight=0.5",
+    cfg = load_config(DistillConfig, None, ["student.midg.enabled=true",
+                                            "student.midg.invariance_weight=0.5",
                                             "student.midg.balance_weight=0.2"])
     plan = plan_losses(cfg, soft_labels=False, privileged=False)
-    assert plan.midg is cfg.student.midg and plan.needs_encoding
+    assert [m.name for m in plan.methods] == ["midg"] and plan.needs_encoding
+    assert plan.methods[0].cfg is cfg.student.midg
     batch = TrainCollator(Collator.for_model(midg_model))(_items(make_samples(8)))
     assert batch["domain"].tolist() == [0, 1] * 4
     midg_model.eval()
@@ -131,7 +134,7 @@ def test_midg_step_has_its_terms_and_the_loss_falls(midg_model):
     hist = train_steps(midg_model, batch, plan, steps=15, lr=5e-3)
     assert hist[-1]["total"] < 0.6 * hist[0]["total"]
     # IRM works in the same step
-    plan = plan_losses(load_config(DistillConfig, None, ["student.experts=midg",
+    plan = plan_losses(load_config(DistillConfig, None, ["student.midg.enabled=true",
                                                          "student.midg.invariance=irm"]),
                        soft_labels=False, privileged=False)
     parts = training_losses(midg_model, batch, plan, None)
@@ -146,3 +149,4 @@ def test_midg_config_checks():
         load_config(DistillConfig, None, ["data.domain=columns"])
     with pytest.raises(ConfigError, match="student.midg.invariance"):
         load_config(DistillConfig, None, ["student.midg.invariance=dro"])
+    assert load_config(DistillConfig, None, ["student.experts=midg"]).student.midg.enabled

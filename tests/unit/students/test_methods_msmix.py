@@ -11,8 +11,8 @@ import torch
 from students.batching import TrainCollator
 from students.collate import Collator
 from students.encoders import Encoded
-from students.model import build_student
-from students.msmix import (
+from students.methods import MsMix
+from students.methods.msmix.mixing import (
     cosine_rows,
     draw_pairs,
     gaussian_bins,
@@ -23,10 +23,18 @@ from students.msmix import (
     modality_kl,
     select_pairs,
 )
+from students.model import build_student
 from students.objective import compute_losses, plan_losses, training_losses
 from tests.support.reference import rand, ref_cos
 from tests.support.students import BINS, tiny_info, train_items
-from workbench.config import ConfigError, DistillConfig, LoraConfig, StudentConfig, load_config
+from workbench.config import (
+    ConfigError,
+    DistillConfig,
+    LoraConfig,
+    MsMixConfig,
+    StudentConfig,
+    load_config,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -164,7 +172,7 @@ def mixer():
     cfg = StudentConfig(hidden=16, heads=2, bottleneck_tokens=2, max_text_len=16, dropout=0.0,
                         text_mode="frozen", lora=LoraConfig(r=2, alpha=4, dropout=0.0))
     torch.manual_seed(0)
-    return build_student(cfg, tiny_info(), BINS, msmix=True)
+    return build_student(cfg, tiny_info(), BINS, methods=[MsMix(MsMixConfig(enabled=True))])
 
 
 def _batch(model, **kw):
@@ -173,11 +181,12 @@ def _batch(model, **kw):
 
 def test_msmix_off_is_the_plain_step_and_the_model_without_intensity_heads(mixer):
     plain = build_student(mixer.cfg, tiny_info(), BINS)
-    assert plain.intensity_heads is None
-    assert not [k for k in plain.state_dict() if k.startswith("intensity_heads.")]
+    assert "msmix" not in plain.methods and "msmix" in mixer.methods
+    assert not [k for k in plain.state_dict() if k.startswith("methods.")]
     assert plain.parameter_counts()["all"] == mixer.parameter_counts()["all"]
+    assert mixer.training_only_prefixes() == ("methods.msmix.",)  # never saved
     plan = plan_losses(load_config(DistillConfig), soft_labels=True, privileged=False)
-    assert plan.msmix is None and not plan.needs_encoding
+    assert plan.methods == () and not plan.needs_encoding
     batch = _batch(mixer)
     mixer.eval()
     with torch.no_grad():
@@ -192,7 +201,8 @@ def test_msmix_step_adds_finite_terms_with_gradients(mixer):
         "train.msmix.enabled=true", "train.msmix.threshold=-1", "train.msmix.weight=0.7",
         "train.msmix.kl_weight=0.3", "train.msmix.intensity_weight=0.2"])
     plan = plan_losses(cfg, soft_labels=True, privileged=False)
-    assert plan.msmix is cfg.train.msmix  # the plan holds the method's config object
+    assert [type(m) for m in plan.methods] == [MsMix]
+    assert plan.methods[0].cfg is cfg.train.msmix  # the method holds its config object
     batch = _batch(mixer)
     mixer.train()
     mixer.zero_grad()
@@ -213,7 +223,7 @@ def test_msmix_step_adds_finite_terms_with_gradients(mixer):
     assert any(n.startswith("fusion.") for n in grads)
     mixer.zero_grad()
     parts["msmix_intensity"].backward(retain_graph=True)
-    assert mixer.intensity_heads["audio"][0].weight.grad.abs().sum() > 0
+    assert mixer.methods["msmix"]["audio"][0].weight.grad.abs().sum() > 0
     mixer.zero_grad()
     parts["msmix_kl"].backward()
     assert mixer.unimodal_heads["text"][0].weight.grad.abs().sum() > 0

@@ -1,0 +1,6 @@
+"""DashFusion: dual-stream alignment with hierarchical bottleneck fusion
+(``student.dashfusion``)."""
+
+from students.methods.dashfusion.method import DashFusion
+
+__all__ = ["DashFusion"]

@@ -1,0 +1,5 @@
+"""LNLN missing-modality training (``train.missing``)."""
+
+from students.methods.missing.method import Missing
+
+__all__ = ["Missing"]
