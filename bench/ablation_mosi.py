@@ -48,13 +48,13 @@ from common import run_finished
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "configs/distill/mosi_text_audio.yaml"
 GOLD = "configs/distill/mosi_text_audio_gold.yaml"
-SOFT = ["train.privileged=none", "train.weighting=none"]
+SOFT = ["train.privileged.enabled=false", "train.weighting.enabled=false"]
 
 # name -> (label, recipe, overrides); "{aug}" is replaced by --augment-data
 VARIANTS: dict[str, tuple[str, str, list[str]]] = {
     "baseline": ("baseline (gold labels)", GOLD, []),
     "soft": ("+ soft-label KD", RECIPE, SOFT),
-    "prompted": ("+ prompted-network KD", RECIPE, ["train.weighting=none"]),
+    "prompted": ("+ prompted-network KD", RECIPE, ["train.weighting.enabled=false"]),
     "quality": ("+ quality weights", RECIPE, []),
     "augment": ("soft + paraphrase augmentation", RECIPE,
                 [*SOFT, "train.augment.data={aug}"]),

@@ -54,7 +54,7 @@ def measure(cache: str, epochs: int, overrides: list[str], work: Path) -> dict[s
     cfg = load_config(DistillConfig, recipe, [
         f"train.epochs={epochs}", "train.early_stop_patience=0", f"train.output_dir={run_dir}",
         "train.overwrite=true", *([f"signals.cache_dir={cache}"] if cache else []),
-        *([f"train.prompted_epochs={epochs}"] if cache else []), *overrides])
+        *([f"train.privileged.epochs={epochs}"] if cache else []), *overrides])
     n_train = load_dataset(cfg.data).num_rows("train")
     t0 = time.perf_counter()
     train(cfg)

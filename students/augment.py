@@ -8,7 +8,7 @@ from a second teacher pass on that dataset (same ``signals.cache_dir``).
 
 Each rewrite gets one fixed weight (:func:`augment_weights`) from three decoupled
 factors, combined with :func:`students.weighting.combine_factors` and the run's
-``train.weight_floor``:
+``train.weighting.floor``:
 
 * **confidence** of the teacher in the rewrite's sentiment: ``1 - H(p)/log(n_bins)``
   times ``1 - off_label_mass`` (a rewrite the teacher gave no soft label gets 0: it

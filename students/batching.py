@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, Sampler
 from students.collate import Collator, StudentItem
 from students.robustness import MaskSpec
 from students.weighting import batch_weights
+from workbench.config import WeightingConfig
 
 
 class ItemDataset(Dataset):
@@ -112,15 +113,13 @@ class TrainCollator:
     a privileged target.
     """
 
-    def __init__(self, base: Collator, *, weighting: str = "none", weight_floor: float = 0.1,
-                 agreement_scale: float = 0.0,
+    def __init__(self, base: Collator, *, weighting: WeightingConfig | None = None,
                  privileged: dict[str, PrivilegedTarget] | None = None,
                  drop_descriptions: bool = True,
                  item_weights: dict[str, float] | None = None) -> None:
         self.base = base
-        self.weighting = weighting
-        self.weight_floor = weight_floor
-        self.agreement_scale = agreement_scale
+        self.weighting = weighting if weighting is not None else WeightingConfig()
+        """``train.weighting``: quality weights when enabled, else all ones."""
         self.privileged = privileged
         self.drop_descriptions = drop_descriptions
         self.item_weights = item_weights or {}
@@ -130,8 +129,9 @@ class TrainCollator:
 
     def __call__(self, items: Sequence[StudentItem]) -> dict[str, Any]:
         batch = self.base(items)
-        batch["weights"] = batch_weights(batch, self.weighting, floor=self.weight_floor,
-                                         agreement_scale=self.agreement_scale,
+        wc = self.weighting
+        batch["weights"] = batch_weights(batch, "quality" if wc.enabled else "none",
+                                         floor=wc.floor, agreement_scale=wc.agreement_scale,
                                          label_range=self.base.info.label_range)
         if self.item_weights:
             for b, sid in enumerate(batch["ids"]):
@@ -174,7 +174,7 @@ class TrainCollator:
                             f"{tm.shape[1]} text tokens but the student's tokenizer gives "
                             f"{int(n_tok[b])}; privileged attention KD needs the same text "
                             "encoder and student.max_text_len in both (or set "
-                            "loss.privileged_attn=0)")
+                            "train.privileged.attn_weight=0)")
                     full[b, :, : tm.shape[1]] = tm
                 attn[m] = full
             out["priv_attn"] = attn

@@ -67,7 +67,7 @@ class LossPlan:
 def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool) -> LossPlan:
     """The loss terms of a stage: teacher terms only where their signal exists; the
     methods the config switches on (:func:`students.methods.active`)."""
-    lc, tc = cfg.loss, cfg.train
+    lc, tc, pc = cfg.loss, cfg.train, cfg.train.privileged
     classification = cfg.data.task == "classification"
     return LossPlan(
         task_kind=cfg.train.task_loss, classification=classification,
@@ -75,10 +75,10 @@ def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool) -> L
         soft_kd=lc.soft_label_kd if soft_labels else 0.0,
         expected=lc.expected_score if soft_labels and not classification else 0.0,
         temperature=lc.temperature,
-        priv_pred=lc.privileged_pred if privileged else 0.0,
-        priv_repr=lc.privileged_repr if privileged else 0.0,
-        priv_repr_kind=lc.privileged_repr_kind,
-        priv_attn=lc.privileged_attn if privileged else 0.0,
+        priv_pred=pc.pred_weight if privileged else 0.0,
+        priv_repr=pc.repr_weight if privileged else 0.0,
+        priv_repr_kind=pc.repr_kind,
+        priv_attn=pc.attn_weight if privileged else 0.0,
         methods=tuple(active(cfg.student, tc)),
         label_range=tuple(cfg.data.label_range),  # type: ignore[arg-type]
     )

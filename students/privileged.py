@@ -1,8 +1,8 @@
-"""The privileged stage (``train.privileged: prompted``, MMSLF's stage 1).
+"""The privileged stage (``train.privileged.enabled``, MMSLF's stage 1).
 
 The prompted network -- the student architecture plus a branch reading the teacher's
 cached descriptions -- is trained on gold labels into ``<output_dir>/prompted/`` (or
-``train.prompted_checkpoint`` is reused, after checks that it fits this run). Its outputs
+``train.privileged.checkpoint`` is reused, after checks that it fits this run). Its outputs
 on the training samples (prediction, fused representation, fusion attention) are computed
 once, frozen, from complete inputs: :func:`privileged_stage` returns them, per sample id,
 for the plain student's privileged KD terms.
@@ -11,6 +11,7 @@ for the plain student's privileged KD terms.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +31,7 @@ from students.objective import LossPlan, plan_losses
 from students.recipe import Stage, fit
 from students.rundir import PROMPTED_DIR
 from students.signals import TeacherSignals, description
-from workbench.config import AugmentConfig, ConfigError, DistillConfig
+from workbench.config import AugmentConfig, ConfigError, DistillConfig, PrivilegedConfig
 from workbench.data import MSADataset, Sample
 
 log = get_logger(__name__)
@@ -43,11 +44,10 @@ def prompted_stage_cfg(cfg: DistillConfig, out: Path) -> DistillConfig:
     st = copy.deepcopy(cfg)
     st.student.prompted = True
     st.signals.soft_label_template = ""
-    st.train.privileged = "none"
-    st.train.prompted_checkpoint = ""
+    st.train.privileged = PrivilegedConfig()
     st.train.output_dir = str(out / PROMPTED_DIR)
-    st.train.epochs = cfg.train.prompted_epochs or cfg.train.epochs
-    st.train.weighting = "none"
+    st.train.epochs = cfg.train.privileged.epochs or cfg.train.epochs
+    st.train.weighting = dataclasses.replace(cfg.train.weighting, enabled=False)
     st.train.augment = AugmentConfig()
     without_training_methods(st.train)
     return st
@@ -61,19 +61,19 @@ def check_teacher_fits(teacher: StudentModel, cfg: DistillConfig, plan: LossPlan
         raise ConfigError(
             f"student.kd_repr_dim={s.kd_repr_dim} is invalid: the prompted network's fused "
             f"representation has width {teacher.cfg.hidden}, the student projects to {width}; "
-            f"set student.kd_repr_dim={teacher.cfg.hidden} (or loss.privileged_repr=0)")
+            f"set student.kd_repr_dim={teacher.cfg.hidden} (or train.privileged.repr_weight=0)")
     if plan.priv_attn > 0:
         for key in ("text_encoder", "max_text_len", "heads", "bottleneck_tokens"):
             if getattr(teacher.cfg, key) != getattr(s, key):
                 raise ConfigError(
                     f"student.{key}={getattr(s, key)!r} is invalid for attention KD: the "
                     f"prompted network has {getattr(teacher.cfg, key)!r}; use the same value "
-                    "or set loss.privileged_attn=0")
+                    "or set train.privileged.attn_weight=0")
         if set(teacher.modalities) != set(cfg.data.modalities) - {"text"}:
             log.warning("prompted network modalities %s differ from the data's %s",
                         teacher.modalities, cfg.data.modalities)
     if plan.classification != (teacher.task == "classification"):
-        raise ConfigError("train.prompted_checkpoint: the prompted network was trained for "
+        raise ConfigError("train.privileged.checkpoint: the prompted network was trained for "
                           f"task {teacher.task!r}; this run's data.task is {cfg.data.task!r}")
 
 
@@ -83,21 +83,21 @@ def load_prompted(path: Path, ds: MSADataset, signals: TeacherSignals, device: A
     descriptions, and what the student's checkpoint records about it."""
     teacher, tcfg, meta = load_checkpoint(path, device=device)
     if meta.kind != "prompted":
-        raise ConfigError(f"train.prompted_checkpoint={str(path)!r} is invalid: it holds a "
+        raise ConfigError(f"train.privileged.checkpoint={str(path)!r} is invalid: it holds a "
                           f"{meta.kind!r} model, not a prompted network (student.prompted=true)")
     if meta.info.fingerprint != ds.fingerprint:
         raise ConfigError(
-            f"train.prompted_checkpoint={str(path)!r} is invalid: it was trained on data "
+            f"train.privileged.checkpoint={str(path)!r} is invalid: it was trained on data "
             f"fingerprint {meta.info.fingerprint}, this run's data has {ds.fingerprint}; "
-            "train the prompted network on this data (leave train.prompted_checkpoint empty)")
+            "train the prompted network on this data (leave train.privileged.checkpoint empty)")
     used = (meta.teacher_manifest.get("descriptions") or {}).get("job", {}).get("job")
     assert signals.descriptions is not None
     now = signals.descriptions.job.get("job")
     if used != now:
         raise ConfigError(
-            f"train.prompted_checkpoint={str(path)!r} is invalid: it read descriptions of "
+            f"train.privileged.checkpoint={str(path)!r} is invalid: it read descriptions of "
             f"cache job {used}, but signals.description_template gives job {now}; use the "
-            "same cache and template, or leave train.prompted_checkpoint empty")
+            "same cache and template, or leave train.privileged.checkpoint empty")
     for p in teacher.parameters():
         p.requires_grad_(False)
     manifest = {"checkpoint": str(path), "selection": meta.selection,
@@ -134,14 +134,14 @@ def privileged_stage(accelerator: Any, cfg: DistillConfig, ds: MSADataset,
                      signals: TeacherSignals, plan: LossPlan, train_samples: list[Sample],
                      valid_samples: list[Sample], out: Path, resume: bool
                      ) -> tuple[dict[str, PrivilegedTarget], dict[str, Any]]:
-    """Stage 1: train the prompted network (or reuse ``train.prompted_checkpoint``), load
+    """Stage 1: train the prompted network (or reuse ``train.privileged.checkpoint``), load
     it frozen, check it fits the student's ``plan``, and compute its outputs on the train
     samples. Returns (targets per sample id, the manifest entry ``privileged``)."""
     desc = signals.descriptions
     desc_items = {s.id: StudentItem(s, TeacherSignal(description=description(desc, s.id)))
                   for s in train_samples}
-    if cfg.train.prompted_checkpoint:
-        ckpt = Path(cfg.train.prompted_checkpoint)
+    if cfg.train.privileged.checkpoint:
+        ckpt = Path(cfg.train.privileged.checkpoint)
     else:
         st_cfg = prompted_stage_cfg(cfg, out)
         stage1 = Stage(

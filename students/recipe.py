@@ -211,14 +211,14 @@ class StageRecipe:
             # Weighed with the text encoder as built, before any training step.
             item_weights = weigh_augmented(
                 model, stage.augment, stage.train_items, bins=stage.bins,
-                label_range=self.info.label_range, agreement_scale=tc.weight_agreement_scale,
-                floor=tc.weight_floor, batch_size=cfg.eval.batch_size,
+                label_range=self.info.label_range,
+                agreement_scale=tc.weighting.agreement_scale, floor=tc.weighting.floor,
+                batch_size=cfg.eval.batch_size,
                 csv_path=stage.out_dir / AUGMENT_WEIGHTS_FILE, name=stage.name,
                 accelerator=accelerator)
             train_items = train_items + stage.augment
         base = Collator.for_model(model)
-        self.collator = TrainCollator(base, weighting=tc.weighting, weight_floor=tc.weight_floor,
-                                      agreement_scale=tc.weight_agreement_scale,
+        self.collator = TrainCollator(base, weighting=tc.weighting,
                                       privileged=stage.privileged, drop_descriptions=not prompted,
                                       item_weights=item_weights)
         valid_collator = TrainCollator(Collator.for_model(model), drop_descriptions=not prompted)

@@ -5,7 +5,7 @@
     <output_dir>/config.yaml          the resolved config the run started with
     <output_dir>/checkpoint-best/     the selected student (students.checkpoint.BEST_DIR)
     <output_dir>/last/                accelerate state + trainer_state.json, for --resume
-    <output_dir>/prompted/            stage 1 (train.privileged=prompted), the same layout
+    <output_dir>/prompted/            stage 1 (train.privileged.enabled), the same layout
     <output_dir>/augment_weights.csv  the augmented samples' weights (train.augment)
 
 :func:`prepare_output_dir` refuses to start over a run (unless ``--resume`` with the same

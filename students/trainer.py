@@ -8,9 +8,9 @@
    (fingerprint), with the templates and teacher the config names, and hold enough ok
    answers (``signals.min_ok_fraction``); outputs of a template that showed the gold label
    are refused for valid samples (:func:`workbench.cache.join.teacher_view`).
-2. **Stage 1** (``train.privileged: prompted``): the prompted network -- the student
+2. **Stage 1** (``train.privileged.enabled``): the prompted network -- the student
    architecture plus a branch reading the teacher's cached descriptions -- is trained on
-   gold labels into ``<output_dir>/prompted/`` (or ``train.prompted_checkpoint`` is
+   gold labels into ``<output_dir>/prompted/`` (or ``train.privileged.checkpoint`` is
    reused). Its outputs on the training samples (prediction, fused representation,
    fusion attention) are computed once, frozen, from complete inputs.
 3. **Stage 2** (or the only stage): the plain student trains on gold labels (task loss),
@@ -191,8 +191,8 @@ def _run(cfg: DistillConfig, resume: bool) -> Path:
     if cfg.student.prompted and not (cfg.signals.cache_dir and cfg.signals.description_template):
         raise ConfigError("student.prompted=true is invalid without descriptions: set "
                           "signals.cache_dir and signals.description_template, or use "
-                          "train.privileged=prompted to train it as stage 1")
-    privileged = cfg.train.privileged == "prompted"
+                          "train.privileged.enabled=true to train it as stage 1")
+    privileged = cfg.train.privileged.enabled
     train_samples = _held_in(cfg, info, ds.samples("train"), "train")
     valid_samples = _held_in(cfg, info, ds.samples("valid"), "valid")
     tc = cfg.train

@@ -20,7 +20,7 @@ that does not apply to a sample -- no gold label, not augmented, no teacher outp
 given as NaN (or the whole factor as None) and counts as 1 for that sample.
 
 These functions return raw weights; losses normalise them per batch
-(:func:`students.losses.weighted_mean`). ``weighting: none`` means all ones.
+(:func:`students.losses.weighted_mean`). ``train.weighting.enabled=false`` means all ones.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def quality_weights(
         factors.append(consistency_factor(similarity))
     if not factors:
         raise ValueError("quality_weights got no signal; pass probs/entropy, off_mass, "
-                         "teacher_expected+gold or similarity (or use weighting: none)")
+                         "teacher_expected+gold or similarity (or set train.weighting.enabled=false)")
     return combine_factors(factors, floor)
 
 
@@ -164,7 +164,7 @@ def batch_weights(batch: dict[str, Any], mode: Literal["none", "quality"] = "non
     if mode == "none":
         return torch.ones(n)
     if mode != "quality":
-        raise ValueError(f"train.weighting={mode!r}: use none or quality")
+        raise ValueError(f"weighting mode {mode!r}: use none or quality")
     nan = torch.full((n,), float("nan"))
     has_t = batch["teacher_mask"].bool()
 

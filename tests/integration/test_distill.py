@@ -29,7 +29,7 @@ from workbench.metrics import compute_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("one_thread")]
 REPO = Path(__file__).resolve().parents[2]
-FULL = ("signals.cache_dir={cache}", "train.weighting=quality", "train.missing=true",
+FULL = ("signals.cache_dir={cache}", "train.weighting.enabled=true", "train.missing=true",
         "loss.unimodal_aux=0.2")
 
 
@@ -96,7 +96,7 @@ def test_checkpoint_holds_every_file(unbroken, data):
     assert weights and not any(k.startswith("text.model.") for k in weights)
     assert "bin_head.weight" in weights
     cfg = yaml.safe_load((best / "config.yaml").read_text())
-    assert cfg["train"]["weighting"] == "quality" and cfg["signals"]["cache_dir"]
+    assert cfg["train"]["weighting"]["enabled"] and cfg["signals"]["cache_dir"]
     state = json.loads((unbroken["out"] / "last" / "trainer_state.json").read_text())
     assert state["finished"] and [h["epoch"] for h in state["history"]] == [1, 2]
 
@@ -197,8 +197,8 @@ def test_two_stage_prompted_distillation(tmp_path, data, cache, monkeypatch):
 
     monkeypatch.setattr(StudentModel, "forward", spy_forward)
     out = tmp_path / "mmslf"
-    cfg = distill_cfg(out, data, f"signals.cache_dir={cache}", "train.privileged=prompted",
-                      "train.epochs=1", "loss.privileged_attn=0.5")
+    cfg = distill_cfg(out, data, f"signals.cache_dir={cache}", "train.privileged.enabled=true",
+                      "train.epochs=1", "train.privileged.attn_weight=0.5")
     best = train(cfg)
     stage1 = out / "prompted" / "checkpoint-best"
     assert (stage1 / "selection.json").is_file()
@@ -219,8 +219,8 @@ def test_two_stage_prompted_distillation(tmp_path, data, cache, monkeypatch):
     # stage 1 reused from its checkpoint: no prompted/ directory in the new run
     out2 = tmp_path / "reuse"
     best2 = train(distill_cfg(out2, data, f"signals.cache_dir={cache}",
-                              "train.privileged=prompted", "train.epochs=1",
-                              f"train.prompted_checkpoint={stage1}"))
+                              "train.privileged.enabled=true", "train.epochs=1",
+                              f"train.privileged.checkpoint={stage1}"))
     assert best2.is_dir() and not (out2 / "prompted").exists()
     m2 = json.loads((best2 / "teacher_manifest.json").read_text())
     assert m2["privileged"]["checkpoint"] == str(stage1)

@@ -108,7 +108,7 @@ def test_mp4_folder_to_evaluated_student_through_three_media_teachers(tmp_path, 
     cfg = distill_cfg(tmp_path / "run", {"path": str(out), "name": "synth_media"},
                       "train.epochs=1", f"signals.cache_dir={cache}",
                       "signals.soft_label_template=sentiment_polarity",
-                      "train.privileged=prompted", "signals.min_ok_fraction=0.4")
+                      "train.privileged.enabled=true", "signals.min_ok_fraction=0.4")
     best = train(cfg)
     from students.checkpoint import load_checkpoint
     from students.encoders import SequenceEncoder

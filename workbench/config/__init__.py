@@ -9,14 +9,17 @@ unknown-key suggestions, renamed keys, dump); each concern has its own schema mo
 ``teacher``                :class:`TeacherConfig` (+ price) -- a teacher and how to reach it
 ``cache``                  :class:`CacheConfig`, :class:`CacheJobConfig` -- a caching job
 ``student``                :class:`StudentConfig` (+ LoRA) -- the compact student
-``train``                  :class:`TrainConfig` -- the optimisation loop
-``methods``                one object per method: MS-Mix, conflict penalty, augmentation,
-                           missing-modality training, enhancement
+``train``                  :class:`TrainConfig` -- the optimisation loop, with
+                           :class:`WeightingConfig` (quality weights) and
+                           :class:`PrivilegedConfig` (MMSLF's two stages)
+``methods``                one object per method (MS-Mix, conflict penalty, missing-modality
+                           training, enhancement, DashFusion, CyIN, MIDG) and augmentation
 ``evaluation``             :class:`EvalConfig` -- how a checkpoint is evaluated
 ``media``                  :class:`MediaConfig`, :class:`MediaJobConfig` -- media ingestion
 ``distill``                :class:`SignalsConfig`, :class:`LossConfig`,
                            :class:`DistillConfig` -- a whole distillation run
-``legacy``                 old flat keys mapped to their new places
+``legacy``                 old keys (and old checkpoints' weight names) mapped to their new
+                           places
 =========================  ==============================================================
 """
 
@@ -51,7 +54,7 @@ from workbench.config.methods import (
 )
 from workbench.config.student import LoraConfig, StudentConfig
 from workbench.config.teacher import PriceConfig, TeacherConfig
-from workbench.config.train import TrainConfig
+from workbench.config.train import PrivilegedConfig, TrainConfig, WeightingConfig
 
 __all__ = [
     "MODALITIES", "SPLITS", "ConfigError",
@@ -59,7 +62,7 @@ __all__ = [
     "StudentConfig", "LoraConfig", "TrainConfig", "SignalsConfig", "LossConfig",
     "EvalConfig", "DistillConfig", "MediaConfig", "MediaJobConfig",
     "MsMixConfig", "ConflictConfig", "AugmentConfig", "MissingConfig", "EnhanceConfig",
-    "DashFusionConfig", "CyinConfig", "MidgConfig",
+    "DashFusionConfig", "CyinConfig", "MidgConfig", "WeightingConfig", "PrivilegedConfig",
     "load_config", "from_dict", "to_dict", "apply_overrides", "attribute_error", "dump_config",
     "versions",
     "config_class_for",

@@ -27,8 +27,8 @@ class SignalsConfig:
     """Template whose soft labels (distributions over the label bins) the student is
     distilled from, on train samples; empty: no soft labels."""
     description_template: str = "context_aware"
-    """Template whose descriptions the prompted network reads (``train.privileged:
-    prompted`` or ``student.prompted: true``), on train and valid samples; read only then."""
+    """Template whose descriptions the prompted network reads (``train.privileged.enabled``
+    or ``student.prompted: true``), on train and valid samples; read only then."""
     teacher: str = ""
     """Use the cache's jobs of this teacher (model id, with or without ``@revision``);
     empty: the only job of each template for this data."""
@@ -65,16 +65,6 @@ class LossConfig:
     (regression only)."""
     temperature: float = 1.0
     """Distillation temperature ``T`` of the soft-label KD."""
-    privileged_pred: float = 1.0
-    """Weight of the KD from the prompted network's prediction (L1 for regression, KL of
-    the class distributions for classification)."""
-    privileged_repr: float = 0.5
-    """Weight of the KD from the prompted network's fused representation (through the
-    student's projection ``kd_proj``)."""
-    privileged_repr_kind: Literal["cosine", "mse"] = "cosine"
-    """Distance for the representation KD."""
-    privileged_attn: float = 0.0
-    """Weight of the KD from the prompted network's text-to-modality fusion attention."""
     unimodal_aux: float = 0.0
     """Weight of the gold-label loss of each modality's auxiliary head (averaged over the
     modalities, each on the samples that have it)."""
@@ -84,8 +74,7 @@ class LossConfig:
     the control that says whether soft labels helped as knowledge or as smoothing."""
 
     def __post_init__(self) -> None:
-        for name in ("soft_label_kd", "expected_score", "privileged_pred", "privileged_repr",
-                     "privileged_attn", "unimodal_aux"):
+        for name in ("soft_label_kd", "expected_score", "unimodal_aux"):
             check(getattr(self, name) >= 0, f"loss.{name}", getattr(self, name),
                   "use 0 (term off) or a positive weight")
         check(self.temperature > 0, "loss.temperature", self.temperature,
@@ -123,22 +112,24 @@ class DistillConfig:
         sig = self.signals
         # (student.prompted alone is checked when training starts: the config of a
         # prompted checkpoint may be loaded without its cache.)
-        if self.train.privileged == "prompted":
+        privileged = self.train.privileged.enabled
+        if privileged:
             check(bool(sig.cache_dir), "signals.cache_dir", sig.cache_dir,
-                  "train.privileged=prompted needs the teacher's descriptions: point it "
-                  "at a teacher cache, or set train.privileged=none")
+                  "train.privileged.enabled=true needs the teacher's descriptions: point it "
+                  "at a teacher cache, or set train.privileged.enabled=false")
             check(bool(sig.description_template), "signals.description_template",
                   sig.description_template,
-                  "train.privileged=prompted needs a description template, e.g. context_aware")
-        check(not (self.train.privileged == "prompted" and self.student.prompted),
+                  "train.privileged.enabled=true needs a description template, e.g. "
+                  "context_aware")
+        check(not (privileged and self.student.prompted),
               "student.prompted", self.student.prompted,
-              "with train.privileged=prompted the prompted network is stage 1 and the "
+              "with train.privileged.enabled=true the prompted network is stage 1 and the "
               "student stays plain (it never sees descriptions); set student.prompted=false")
-        if self.train.weighting == "quality":
-            check(bool(sig.cache_dir and sig.soft_label_template), "train.weighting",
-                  self.train.weighting,
+        if self.train.weighting.enabled:
+            check(bool(sig.cache_dir and sig.soft_label_template), "train.weighting.enabled",
+                  True,
                   "quality weights score the teacher's soft labels: set signals.cache_dir "
-                  "and signals.soft_label_template, or train.weighting=none")
+                  "and signals.soft_label_template, or train.weighting.enabled=false")
         if self.train.augment.enabled:
             check(bool(sig.cache_dir and sig.soft_label_template), "train.augment.data",
                   self.train.augment.data,
@@ -153,4 +144,5 @@ class DistillConfig:
             check(not (getattr(self.train, name).enabled and self.student.prompted),
                   f"train.{name}.enabled", getattr(self.train, name).enabled,
                   "it trains the plain student, not the prompted network "
-                  "(student.prompted=true); use train.privileged=prompted or set it false")
+                  "(student.prompted=true); use train.privileged.enabled=true or set it "
+                  "false")

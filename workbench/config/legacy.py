@@ -5,7 +5,9 @@ each (:mod:`workbench.config.methods`) use flat keys such as ``train.msmix_alpha
 ``loss.conflict_tau``. :func:`migrate` moves them to their new place before the keys are
 checked, and logs one deprecation note naming every key it moved. A bool where a method
 object now stands (``train.msmix: true``) needs no mapping: the loader reads it as the
-object's ``enabled``.
+object's ``enabled``. A choice that is now an object's switch (``student.fusion:
+dashfusion``, ``student.latent: cyin``, ``student.experts: midg``, ``train.weighting:
+quality``, ``train.privileged: prompted``) becomes that object's ``enabled``.
 
 Checkpoints written before the methods' parts moved into the student's ``methods``
 ModuleDict hold them under their old names (``enhance.bank_text``, ...):
@@ -29,6 +31,10 @@ TRAIN = {
     "augment_data": "augment.data",
     "missing_train": "missing.enabled",
     "missing_complete_fraction": "missing.complete_fraction",
+    "weight_floor": "weighting.floor",
+    "weight_agreement_scale": "weighting.agreement_scale",
+    "prompted_checkpoint": "privileged.checkpoint",
+    "prompted_epochs": "privileged.epochs",
 }
 STUDENT = {
     "enhance_k": "enhance.k",
@@ -42,6 +48,10 @@ LOSS = {
     "conflict": "train.conflict.weight",
     "conflict_tau": "train.conflict.tau",
     "statistical": "train.conflict.statistical_weight",
+    "privileged_pred": "train.privileged.pred_weight",
+    "privileged_repr": "train.privileged.repr_weight",
+    "privileged_repr_kind": "train.privileged.repr_kind",
+    "privileged_attn": "train.privileged.attn_weight",
 }
 
 RENAMED: dict[str, dict[str, str]] = {
@@ -58,14 +68,28 @@ STUDENT_SWITCHES: dict[str, tuple[str, dict[str, bool]]] = {
     "latent": ("cyin.enabled", {"cyin": True, "none": False}),
     "experts": ("midg.enabled", {"midg": True, "none": False}),
 }
-"""Old choices that are now a method's switch: old key -> (new key, old value -> on)."""
+TRAIN_SWITCHES: dict[str, tuple[str, dict[str, bool]]] = {
+    "weighting": ("weighting.enabled", {"quality": True, "none": False}),
+    "privileged": ("privileged.enabled", {"prompted": True, "none": False}),
+}
+"""Old choices that are now an object's switch: old key -> (new key, old value -> on)."""
 
 SWITCHED: dict[str, dict[str, tuple[str, dict[str, bool]]]] = {
-    "DistillConfig": {f"student.{k}": (f"student.{n}", v)
-                      for k, (n, v) in STUDENT_SWITCHES.items()},
+    "DistillConfig": {**{f"student.{k}": (f"student.{n}", v)
+                         for k, (n, v) in STUDENT_SWITCHES.items()},
+                      **{f"train.{k}": (f"train.{n}", v)
+                         for k, (n, v) in TRAIN_SWITCHES.items()}},
     "StudentConfig": STUDENT_SWITCHES,
+    "TrainConfig": TRAIN_SWITCHES,
 }
 """Per config class: old dotted key -> (new dotted key, old value -> the new bool)."""
+
+
+def old_choice(cls_name: str, key: str, value: Any) -> bool:
+    """Whether ``value`` at ``key`` of ``cls_name`` is an old choice that :func:`migrate`
+    turns into an object's switch (``train.weighting: quality``), not a file to include."""
+    entry = SWITCHED.get(cls_name, {}).get(key)
+    return entry is not None and isinstance(value, str) and value in entry[1]
 
 
 def _pop(data: dict[str, Any], path: list[str]) -> tuple[bool, Any]:
@@ -110,11 +134,6 @@ def migrate(cls_name: str, data: dict[str, Any], prefix: str = "") -> dict[str, 
         return data
     out = copy.deepcopy(data)
     moved = []
-    for old, new in table.items():
-        found, value = _pop(out, old.split("."))
-        if found:
-            _put(out, new.split("."), value)
-            moved.append(f"{prefix}{old} -> {prefix}{new}")
     for old, (new, values) in switched.items():
         if not isinstance(_peek(out, old.split(".")), str):
             continue  # absent, or already the new object
@@ -124,9 +143,14 @@ def migrate(cls_name: str, data: dict[str, Any], prefix: str = "") -> dict[str, 
                               f"{list(values)}, or as now written {prefix}{new}=true|false")
         _put(out, new.split("."), values[value])
         moved.append(f"{prefix}{old}={value} -> {prefix}{new}={str(values[value]).lower()}")
+    for old, new in table.items():
+        found, value = _pop(out, old.split("."))
+        if found:
+            _put(out, new.split("."), value)
+            moved.append(f"{prefix}{old} -> {prefix}{new}")
     if moved:
         log.warning("config: renamed keys mapped (%s); the old names still load but will "
-                    "go: write the new ones (see workbench/config/methods.py)",
+                    "go: write the new ones (see workbench/config/methods.py, train.py)",
                     ", ".join(moved))
     return out
 

@@ -28,7 +28,7 @@ from typing import Any, Literal, TypeVar
 import yaml
 
 from workbench.config.fields import ConfigError
-from workbench.config.legacy import migrate
+from workbench.config.legacy import migrate, old_choice
 from workbench.io import atomic_write_text
 
 T = TypeVar("T")
@@ -200,7 +200,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str],
     for item in overrides:
         path, value = _parse_override(item)
         tp = _section_type(cls, path) if cls is not None else None
-        if isinstance(value, str) and value and dataclasses.is_dataclass(tp):
+        parent = _section_type(cls, path[:-1]) if cls is not None else None
+        legacy = dataclasses.is_dataclass(parent) and old_choice(parent.__name__, path[-1],
+                                                                  value)
+        if isinstance(value, str) and value and dataclasses.is_dataclass(tp) and not legacy:
             inc = Path(value)
             value = _resolve_includes(tp, _resolve_paths(tp, _read_yaml(inc), inc.parent),
                                       inc.parent)
@@ -275,7 +278,7 @@ def _resolve_includes(cls: type, data: dict[str, Any], base: Path) -> dict[str, 
     for key, value in data.items():
         tp = _strip_optional(hints.get(key, Any))[0]
         if dataclasses.is_dataclass(tp):
-            if isinstance(value, str):
+            if isinstance(value, str) and not old_choice(cls.__name__, key, value):
                 inc = (base / value).resolve()
                 out[key] = _resolve_includes(tp, _resolve_paths(tp, _read_yaml(inc), inc.parent),
                                              inc.parent)

@@ -1,26 +1,28 @@
 """One config object per method, PEFT-style: its switch and all its knobs in one place.
 
-Each object is handed as a whole to the code that implements the method (the loss plan
-holds them; the model builder reads :class:`EnhanceConfig`). Every method is off by
-default. Where they sit in a distillation recipe:
+Each object is handed as a whole to its method (:mod:`students.methods`, which builds the
+method object from it). Every method is off by default and switched by its ``enabled``
+field; several may be on at once. A method that changes the model sits in ``student``
+(its parts are saved with the checkpoint and rebuilt from it), one that changes training
+only in ``train``:
 
 ============================  ========================================================
-``train.msmix``               :class:`MsMixConfig` (``students.msmix``)
-``train.conflict``            :class:`ConflictConfig` (``students.conflict``)
-``train.augment``             :class:`AugmentConfig` (``students.augment``)
-``train.missing``             :class:`MissingConfig` (``students.robustness``)
-``student.enhance``           :class:`EnhanceConfig` (``students.enhance``)
-``student.dashfusion``        :class:`DashFusionConfig` (``students.dashfusion``), on with
-                              ``student.fusion=dashfusion``
-``student.cyin``              :class:`CyinConfig` (``students.cyin``), on with
-                              ``student.latent=cyin``
-``student.midg``              :class:`MidgConfig` (``students.midg``), on with
-                              ``student.experts=midg``
+``train.msmix``               :class:`MsMixConfig` (``students.methods.msmix``)
+``train.conflict``            :class:`ConflictConfig` (``students.methods.conflict``)
+``train.missing``             :class:`MissingConfig` (``students.methods.missing``)
+``student.enhance``           :class:`EnhanceConfig` (``students.methods.enhance``)
+``student.dashfusion``        :class:`DashFusionConfig` (``students.methods.dashfusion``;
+                              the student's fusion, in place of the gated one)
+``student.cyin``              :class:`CyinConfig` (``students.methods.cyin``)
+``student.midg``              :class:`MidgConfig` (``students.methods.midg``)
+``train.augment``             :class:`AugmentConfig` (``students.augment``): a training
+                              stage, not a method; on when ``data`` is set
 ============================  ========================================================
 
 A switch may be given alone, ``train.msmix=true`` (the loader reads a bool given for a
 method object as its ``enabled``). Recipes written before these objects existed use flat
-keys (``train.msmix_alpha``, ``loss.conflict_tau``, ``student.enhance_k``, ...): the
+keys (``train.msmix_alpha``, ``loss.conflict_tau``, ``student.enhance_k``, ...) or choices
+(``student.fusion=dashfusion``, ``student.latent=cyin``, ``student.experts=midg``): the
 loader maps them once, with a deprecation note (:mod:`workbench.config.legacy`).
 """
 
@@ -108,7 +110,7 @@ class AugmentConfig:
     normalised entropy of its soft label; 0 if the teacher gave none), ``o`` 1 - off-label
     mass, ``a`` agreement of the teacher's expected score with the source's gold label,
     ``s`` cosine similarity of the rewrite to its source under the student's pre-training
-    text encoder (mean-pooled, clipped to [0, 1]); ``floor`` is ``train.weight_floor``:
+    text encoder (mean-pooled, clipped to [0, 1]); ``floor`` is ``train.weighting.floor``:
     rewrites are down-weighted, never dropped. The weights are logged (summary and
     histogram) and saved as ``<output_dir>/augment_weights.csv``."""
 
@@ -203,15 +205,15 @@ class DashFusionConfig:
 
 @dataclass
 class CyinConfig:
-    """CyIN (cyclic informative latent space; ``students.methods.cyin``). Each modality passes a variational bottleneck (token-level:
-    mean, log-variance, reparameterisation, KL to N(0, I); decoders reconstruct every
-    modality from every latent, cyclically; label-level: a head per latent predicts the
-    label); residual translators map each modality's latent to every other's, trained
-    forward and in reverse (cycle consistency). A missing modality's latent is the mean of
-    its translations from those present, so one model serves complete and incomplete
-    inputs. Adds ``kl_weight`` x KL + ``recon_weight`` x reconstruction + ``label_weight``
-    x label loss + ``translate_weight`` x forward + ``cycle_weight`` x reverse translation
-    errors."""
+    """CyIN (cyclic informative latent space; ``students.methods.cyin``). Each modality
+    passes a variational bottleneck (token-level: mean, log-variance, reparameterisation, KL
+    to N(0, I); decoders reconstruct every modality from every latent, cyclically; label-
+    level: a head per latent predicts the label); residual translators map each modality's
+    latent to every other's, trained forward and in reverse (cycle consistency). A missing
+    modality's latent is the mean of its translations from those present, so one model
+    serves complete and incomplete inputs. Adds ``kl_weight`` x KL + ``recon_weight`` x
+    reconstruction + ``label_weight`` x label loss + ``translate_weight`` x forward +
+    ``cycle_weight`` x reverse translation errors."""
 
     enabled: bool = False
     inter: int = 0
@@ -244,12 +246,12 @@ class CyinConfig:
 @dataclass
 class MidgConfig:
     """MIDG (mixture of invariant experts, cross-modal adapter; ``students.methods.midg``).
-    A router mixes ``n_experts`` residual experts over the
-    fused vector (``balance_weight`` x the Switch load-balance term); ``invariance_weight``
-    x an invariance penalty across the domains of the batch (``data.domain`` says what a
-    sample's domain is): ``vrex`` (variance of the per-domain risks) or ``irm`` (IRMv1).
-    With ``adapter``, cross-attention adapter blocks after the last ``adapter_layers``
-    layers of the text encoder inject the audio / vision tokens (beside LoRA)."""
+    A router mixes ``n_experts`` residual experts over the fused vector (``balance_weight``
+    x the Switch load-balance term); ``invariance_weight`` x an invariance penalty across
+    the domains of the batch (``data.domain`` says what a sample's domain is): ``vrex``
+    (variance of the per-domain risks) or ``irm`` (IRMv1). With ``adapter``, cross-attention
+    adapter blocks after the last ``adapter_layers`` layers of the text encoder inject the
+    audio / vision tokens (beside LoRA)."""
 
     enabled: bool = False
     n_experts: int = 4

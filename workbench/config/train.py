@@ -10,6 +10,68 @@ from workbench.config.methods import AugmentConfig, ConflictConfig, MissingConfi
 
 
 @dataclass
+class WeightingConfig:
+    """Quality-aware sample weights, after QASA (``students.weighting``): with ``enabled``
+    each train sample's weight is ``floor + (1 - floor) * c * o * a * s`` from the teacher's
+    confidence, its on-label mass, its agreement with the gold label and (augmented
+    samples) the rewrite's consistency with its source; off: all ones. Needs teacher soft
+    labels (``signals``). ``floor`` is also the floor of the augmented samples' fixed
+    weights (``train.augment``)."""
+
+    enabled: bool = False
+    floor: float = 0.1
+    """Smallest weight, so no sample is silently dropped (in (0, 1])."""
+    agreement_scale: float = 0.0
+    """|teacher expected score - gold| at which agreement reaches 0; 0: half the width of
+    the dataset's label range."""
+
+    def __post_init__(self) -> None:
+        check(0.0 < self.floor <= 1.0, "train.weighting.floor", self.floor,
+              "use a floor in (0, 1]; 1 turns quality weighting into all ones")
+        check(self.agreement_scale >= 0, "train.weighting.agreement_scale",
+              self.agreement_scale, "use 0 (half the label range) or a positive number")
+
+
+@dataclass
+class PrivilegedConfig:
+    """MMSLF two-stage distillation (``students.privileged``). With ``enabled``, stage 1
+    trains the prompted network -- this student plus a branch that reads the teacher's
+    cached descriptions (``signals.description_template``; the branch's own settings are
+    the student's, ``student.prompt_encoder`` / ``prompt_max_len`` / ``prompt_fusion``, as
+    a prompted checkpoint rebuilds it from ``student``) -- on gold labels into
+    ``<output_dir>/prompted/`` (or reuses ``checkpoint``); stage 2 trains the plain student
+    on gold labels, soft labels and the KD terms below from that frozen network. The plain
+    student never sees a description."""
+
+    enabled: bool = False
+    checkpoint: str = ""
+    """``checkpoint-best`` directory of a trained prompted network to reuse (empty: stage 1
+    runs inside this run)."""
+    epochs: int = 0
+    """Epochs of stage 1; 0: the same as ``train.epochs``."""
+    pred_weight: float = 1.0
+    """Weight of the KD from the prompted network's prediction (L1 for regression, KL of
+    the class distributions for classification)."""
+    repr_weight: float = 0.5
+    """Weight of the KD from its fused representation (through the student's projection
+    ``kd_proj``, width ``student.kd_repr_dim``)."""
+    repr_kind: Literal["cosine", "mse"] = "cosine"
+    """Distance for the representation KD."""
+    attn_weight: float = 0.0
+    """Weight of the KD from its text-to-modality fusion attention."""
+
+    def __post_init__(self) -> None:
+        check(self.epochs >= 0, "train.privileged.epochs", self.epochs,
+              "use 0 (same as train.epochs) or a positive count")
+        for name in ("pred_weight", "repr_weight", "attn_weight"):
+            check(getattr(self, name) >= 0, f"train.privileged.{name}", getattr(self, name),
+                  "use 0 (term off) or a positive weight")
+        check(not self.checkpoint or self.enabled, "train.privileged.checkpoint",
+              self.checkpoint,
+              "it is only read with train.privileged.enabled=true; set that or leave it empty")
+
+
+@dataclass
 class TrainConfig:
     """The optimisation loop (``students.trainer``)."""
 
@@ -68,29 +130,12 @@ class TrainConfig:
     """Stop after this many epochs without a better validation value; 0: never stop early."""
     num_workers: int = 0
     """DataLoader worker processes (0: collate in the training process)."""
-    weighting: Literal["none", "quality"] = "none"
-    """Per-sample weights: ``none`` (all ones) or ``quality`` (teacher confidence,
-    off-label mass, teacher-gold agreement, augmentation consistency; see
-    ``students.weighting``). ``quality`` needs teacher soft labels (``signals``)."""
-    weight_floor: float = 0.1
-    """Smallest quality weight, so no sample is silently dropped (in (0, 1])."""
-    weight_agreement_scale: float = 0.0
-    """|teacher expected score - gold| at which agreement reaches 0; 0: half the width of
-    the dataset's label range."""
+    weighting: WeightingConfig = field(default_factory=WeightingConfig)
+    """Quality-aware per-sample weights (after QASA; off by default: all ones)."""
     missing: MissingConfig = field(default_factory=MissingConfig)
     """LNLN missing-modality training (off by default)."""
-    privileged: Literal["none", "prompted"] = "none"
-    """MMSLF two-stage distillation. ``none``: train the model alone. ``prompted``: stage 1
-    trains the prompted network (this student plus a branch that reads the teacher's cached
-    descriptions, ``signals.description_template``) on gold labels into
-    ``<output_dir>/prompted/`` (or reuses ``prompted_checkpoint``); stage 2 trains the plain
-    student on gold labels, soft labels and privileged KD from that frozen network
-    (``loss.privileged_*``). The plain student never sees a description."""
-    prompted_checkpoint: str = ""
-    """``checkpoint-best`` directory of a trained prompted network to reuse as the
-    privileged teacher (empty: stage 1 runs inside this run)."""
-    prompted_epochs: int = 0
-    """Epochs of stage 1 (the prompted network); 0: the same as ``epochs``."""
+    privileged: PrivilegedConfig = field(default_factory=PrivilegedConfig)
+    """MMSLF two-stage distillation from a prompted network (off by default)."""
     log_with: Literal["none", "tensorboard"] = "none"
     """Experiment tracking through accelerate's trackers: ``tensorboard`` writes event files
     under ``<output_dir>/`` (needs the ``tensorboard`` package); ``none`` logs only text."""
@@ -113,10 +158,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check(self.num_threads >= 0, "train.num_threads", self.num_threads,
               "use 0 (torch's default) or a positive thread count")
-        check(0.0 < self.weight_floor <= 1.0, "train.weight_floor", self.weight_floor,
-              "use a floor in (0, 1]; 1 turns quality weighting into all ones")
-        check(self.weight_agreement_scale >= 0, "train.weight_agreement_scale",
-              self.weight_agreement_scale, "use 0 (half the label range) or a positive number")
         check(self.epochs >= 1, "train.epochs", self.epochs, "use at least 1")
         check(self.batch_size >= 1, "train.batch_size", self.batch_size, "use at least 1")
         check(self.grad_accum >= 1, "train.grad_accum", self.grad_accum, "use at least 1")
@@ -132,8 +173,6 @@ class TrainConfig:
         check(self.early_stop_patience >= 0, "train.early_stop_patience",
               self.early_stop_patience, "use 0 (no early stopping) or a positive count")
         check(self.num_workers >= 0, "train.num_workers", self.num_workers, "use 0 or more")
-        check(self.prompted_epochs >= 0, "train.prompted_epochs", self.prompted_epochs,
-              "use 0 (same as train.epochs) or a positive count")
         check(self.folds == 0 or self.folds >= 2, "train.folds", self.folds,
               "use 0 (the dataset's own valid split) or k >= 2 folds, e.g. 5")
         check(self.folds == 0 or 0 <= self.fold < self.folds, "train.fold", self.fold,
@@ -143,6 +182,3 @@ class TrainConfig:
         check(self.select_metric == "auto" or self.select_metric.startswith("valid_"), "train.select_metric",
               self.select_metric,
               "checkpoints are selected on the validation split only; use valid_<metric>")
-        check(not self.prompted_checkpoint or self.privileged == "prompted",
-              "train.prompted_checkpoint", self.prompted_checkpoint,
-              "it is only read with train.privileged=prompted; set that or leave it empty")

@@ -70,8 +70,9 @@ def test_the_robust_recipe_is_the_measured_enhancement_row(ablation):
 
     a, b = _flat(to_dict(row)), _flat(to_dict(shipped))
     differ = {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)}
-    assert row.train.privileged == "none"
-    assert differ <= {"train.output_dir", "train.prompted_epochs", "student.prompt_max_len"}
+    assert not row.train.privileged.enabled
+    assert differ <= {"train.output_dir", "train.privileged.epochs", "train.privileged.enabled",
+                      "student.prompt_max_len"}
 
 
 def test_cyin_table_averages_the_protocol_over_seeds(ablation):

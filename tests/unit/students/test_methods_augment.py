@@ -27,7 +27,13 @@ from tests.support.paths import REPO
 from tests.support.students import BINS, tiny_student, train_items
 from workbench.cache import CacheStore, JobSpec, TeacherOutput
 from workbench.cli import app
-from workbench.config import ConfigError, DataConfig, DistillConfig, load_config
+from workbench.config import (
+    ConfigError,
+    DataConfig,
+    DistillConfig,
+    WeightingConfig,
+    load_config,
+)
 from workbench.data import load_dataset
 from workbench.data.augment import split_variant_id
 
@@ -208,9 +214,10 @@ def test_augmented_items_carry_their_fixed_weights_into_the_loss():
     for k, it in enumerate(aug):
         it.sample = type(it.sample)(**{**it.sample.__dict__, "id": f"{it.sample.id}#{k}"})
     fixed = {aug[0].sample.id: 0.1, aug[1].sample.id: 0.5, aug[2].sample.id: 1.0}
-    coll = TrainCollator(Collator.for_model(model), weighting="quality", item_weights=fixed)
+    quality = WeightingConfig(enabled=True)
+    coll = TrainCollator(Collator.for_model(model), weighting=quality, item_weights=fixed)
     batch = coll(items + aug)
-    base = TrainCollator(Collator.for_model(model), weighting="quality")(items + aug)
+    base = TrainCollator(Collator.for_model(model), weighting=quality)(items + aug)
     assert batch["weights"][-3:].tolist() == pytest.approx([0.1, 0.5, 1.0])
     assert torch.equal(batch["weights"][:8], base["weights"][:8])  # originals untouched
     plan = plan_losses(load_config(DistillConfig), soft_labels=True, privileged=False)

@@ -17,7 +17,7 @@ from tests.support.distill import distill_cfg, make_cache, tiny_data
 from tests.support.paths import LEGACY_CONFIG
 from tests.support.students import BINS, tiny_info, tiny_student, train_items
 from workbench.cache.store import CacheError
-from workbench.config import ConfigError, DistillConfig, load_config
+from workbench.config import ConfigError, DistillConfig, WeightingConfig, load_config
 from workbench.data import load_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -77,7 +77,7 @@ def test_a_training_step_reduces_the_loss(student, data):
     cfg = load_config(DistillConfig, None, ["loss.unimodal_aux=0.3"])
     plan = plan_losses(cfg, soft_labels=True, privileged=False)
     assert plan.soft_kd > 0 and plan.expected > 0 and plan.unimodal_aux == pytest.approx(0.3)
-    coll = TrainCollator(Collator.for_model(student), weighting="quality")
+    coll = TrainCollator(Collator.for_model(student), weighting=WeightingConfig(enabled=True))
     batch = coll(train_items())
     assert batch["weights"].shape == (8,) and (batch["weights"] > 0).all()
     opt = torch.optim.AdamW(student.param_groups(3e-3, 1e-3, 0.0))
@@ -96,8 +96,9 @@ def test_a_training_step_reduces_the_loss(student, data):
 
 def test_total_is_the_weighted_sum_of_the_terms(student):
     cfg = load_config(DistillConfig, None, [
-        "loss.soft_label_kd=0.7", "loss.expected_score=0.2", "loss.privileged_pred=0.5",
-        "loss.privileged_repr=0.3", "loss.privileged_attn=0.4", "loss.unimodal_aux=0.1"])
+        "loss.soft_label_kd=0.7", "loss.expected_score=0.2", "train.privileged.pred_weight=0.5",
+        "train.privileged.repr_weight=0.3", "train.privileged.attn_weight=0.4",
+        "loss.unimodal_aux=0.1"])
     plan = plan_losses(cfg, soft_labels=True, privileged=True)
     items = train_items()
     student.eval()
@@ -160,11 +161,12 @@ def test_selection_direction_comes_from_the_metric():
 
 
 @pytest.mark.parametrize("overrides,needle", [
-    (["train.privileged=prompted"], "signals.cache_dir='' is invalid: train.privileged=prompted"),
-    (["train.weighting=quality"], "train.weighting='quality' is invalid: quality weights"),
+    (["train.privileged.enabled=true"],
+     "signals.cache_dir='' is invalid: train.privileged.enabled=true"),
+    (["train.weighting=true"], "train.weighting.enabled=True is invalid: quality weights"),
     (["train.task_loss=ce"], "train.task_loss='ce' is invalid: use l1 or mse"),
-    (["train.prompted_checkpoint=x"], "train.prompted_checkpoint='x' is invalid"),
-    (["signals.cache_dir=c", "train.privileged=prompted", "student.prompted=true"],
+    (["train.privileged.checkpoint=x"], "train.privileged.checkpoint='x' is invalid"),
+    (["signals.cache_dir=c", "train.privileged=true", "student.prompted=true"],
      "student.prompted=True is invalid"),
     (["loss.temperature=0"], "loss.temperature=0.0 is invalid"),
     (["loss.soft_label_kd=-1"], "loss.soft_label_kd=-1.0 is invalid"),
@@ -214,7 +216,7 @@ def test_refuses_too_few_ok_rows(tmp_path, data):
 def test_refuses_gold_label_descriptions_for_valid_samples(tmp_path, data, cache):
     make_cache(cache, data, "context_aware_gold", splits=["train", "valid"])
     cfg = distill_cfg(tmp_path / "run", data, f"signals.cache_dir={cache}",
-                      "train.privileged=prompted",
+                      "train.privileged.enabled=true",
                       "signals.description_template=context_aware_gold")
     with pytest.raises(CacheError, match="showed the gold label.*\\['valid'\\]"):
         train(cfg)

@@ -14,8 +14,10 @@ from workbench.config import (
     EnhanceConfig,
     MissingConfig,
     MsMixConfig,
+    PrivilegedConfig,
     StudentConfig,
     TeacherConfig,
+    WeightingConfig,
     apply_overrides,
     config_class_for,
     dump_config,
@@ -184,10 +186,20 @@ def test_a_config_with_flat_method_keys_loads_into_the_method_objects(caplog):
     assert cfg.train.missing == MissingConfig(enabled=True, complete_fraction=0.4)
     assert cfg.train.augment == AugmentConfig(data="runs/aug/synth")
     assert cfg.student.enhance == EnhanceConfig(enabled=True, k=3, bank=64, temperature=0.2)
+    # old choices are now switches; weighting and MMSLF's settings one object each
+    st = cfg.student
+    assert st.dashfusion.enabled and st.midg.enabled and not st.cyin.enabled
+    assert cfg.train.weighting == WeightingConfig(enabled=True, floor=0.2)
+    assert cfg.train.privileged == PrivilegedConfig(enabled=False, epochs=3, pred_weight=1.0,
+                                                    repr_weight=0.5, attn_weight=0.0)
     notes = [r.getMessage() for r in caplog.records if "renamed keys" in r.getMessage()]
     assert len(notes) == 1, notes  # one note for the whole file
     for old in ("train.msmix_alpha -> train.msmix.alpha", "loss.conflict_tau -> train.conflict.tau",
-                "student.enhance_k -> student.enhance.k"):
+                "student.enhance_k -> student.enhance.k",
+                "student.fusion=dashfusion -> student.dashfusion.enabled=true",
+                "train.weighting=quality -> train.weighting.enabled=true",
+                "train.weight_floor -> train.weighting.floor",
+                "loss.privileged_repr -> train.privileged.repr_weight"):
         assert old in notes[0]
     # written again, it uses only the new names and loads without a note
     data = to_dict(cfg)
