@@ -26,6 +26,7 @@ def main() -> None:
 
     from students.batching import TrainCollator
     from students.collate import Collator, StudentItem
+    from students.methods import active
     from students.model import build_student
     from students.objective import plan_losses, training_losses
     from workbench.config import DataConfig, DistillConfig, load_config
@@ -41,12 +42,10 @@ def main() -> None:
     ds = load_dataset(DataConfig(path=str(manifest), features=str(tmp / "synth/features.npz")))
     samples = ds.samples("train")
     cfg = load_config(DistillConfig, None, [f"student.text_mode={mode}", "train.batch_size=32"])
-    plans = {
-        "off": plan_losses(cfg, soft_labels=False, privileged=False),
-        "on": plan_losses(load_config(DistillConfig, None, [
-            f"student.text_mode={mode}", "train.conflict=true"]),
-            soft_labels=False, privileged=False),
-    }
+    on = load_config(DistillConfig, None, [f"student.text_mode={mode}", "train.conflict=true"])
+    plans = {name: plan_losses(c.loss, c.data, task_kind=c.train.task_loss,
+                               methods=active(c.student, c.train))
+             for name, c in (("off", cfg), ("on", on))}
     for method in plans["on"].methods:
         method.prepare(samples, ds.info)
     torch.manual_seed(0)

@@ -36,6 +36,7 @@ def main() -> None:
 
     from students.batching import TrainCollator
     from students.collate import Collator, StudentItem
+    from students.methods import active
     from students.model import build_student
     from students.objective import freeze_unused, plan_losses, training_losses
     from workbench.config import DataConfig, DistillConfig, load_config
@@ -54,7 +55,8 @@ def main() -> None:
     for name in names:
         cfg = load_config(DistillConfig, None, ["student.text_mode=frozen",
                                                 "train.batch_size=32", *VARIANTS[name]])
-        plan = plan_losses(cfg, soft_labels=False, privileged=False)
+        plan = plan_losses(cfg.loss, cfg.data, task_kind=cfg.train.task_loss,
+                           methods=active(cfg.student, cfg.train))
         torch.manual_seed(0)
         model = build_student(cfg.student, ds.info, None)
         freeze_unused(model, plan)

@@ -11,6 +11,7 @@ method parts no term reads.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,9 +27,9 @@ from students.losses import (
     soft_label_kd,
     task_loss,
 )
-from students.methods import Method, Step, active
+from students.methods import Method, Step
 from students.model import StudentModel, StudentOutput
-from workbench.config import DistillConfig
+from workbench.config import DataConfig, LossConfig, PrivilegedConfig
 
 
 @dataclass(frozen=True)
@@ -64,23 +65,28 @@ class LossPlan:
         return any(m.adds_losses for m in self.methods)
 
 
-def plan_losses(cfg: DistillConfig, *, soft_labels: bool, privileged: bool) -> LossPlan:
-    """The loss terms of a stage: teacher terms only where their signal exists; the
-    methods the config switches on (:func:`students.methods.active`)."""
-    lc, tc, pc = cfg.loss, cfg.train, cfg.train.privileged
-    classification = cfg.data.task == "classification"
+def plan_losses(loss: LossConfig, data: DataConfig, *, task_kind: str,
+                methods: Sequence[Method] = (), soft_labels: bool = False,
+                privileged: PrivilegedConfig | None = None) -> LossPlan:
+    """The loss terms of a stage: the task loss ``task_kind`` (``train.task_loss``) on
+    ``data``'s labels, the teacher terms of ``loss`` only where their signal exists
+    (``soft_labels``; ``privileged``: the MMSLF object when a prompted network's targets
+    exist, else None), and the terms of ``methods`` (:func:`students.methods.active`)."""
+    classification = data.task == "classification"
+    pc = privileged if privileged is not None else PrivilegedConfig()
+    on = privileged is not None
     return LossPlan(
-        task_kind=cfg.train.task_loss, classification=classification,
-        label_smoothing=lc.label_smoothing, unimodal_aux=lc.unimodal_aux,
-        soft_kd=lc.soft_label_kd if soft_labels else 0.0,
-        expected=lc.expected_score if soft_labels and not classification else 0.0,
-        temperature=lc.temperature,
-        priv_pred=pc.pred_weight if privileged else 0.0,
-        priv_repr=pc.repr_weight if privileged else 0.0,
+        task_kind=task_kind, classification=classification,
+        label_smoothing=loss.label_smoothing, unimodal_aux=loss.unimodal_aux,
+        soft_kd=loss.soft_label_kd if soft_labels else 0.0,
+        expected=loss.expected_score if soft_labels and not classification else 0.0,
+        temperature=loss.temperature,
+        priv_pred=pc.pred_weight if on else 0.0,
+        priv_repr=pc.repr_weight if on else 0.0,
         priv_repr_kind=pc.repr_kind,
-        priv_attn=pc.attn_weight if privileged else 0.0,
-        methods=tuple(active(cfg.student, tc)),
-        label_range=tuple(cfg.data.label_range),  # type: ignore[arg-type]
+        priv_attn=pc.attn_weight if on else 0.0,
+        methods=tuple(methods),
+        label_range=tuple(data.label_range),  # type: ignore[arg-type]
     )
 
 

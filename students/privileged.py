@@ -25,13 +25,20 @@ from students.batching import PrivilegedTarget
 from students.checkpoint import load_checkpoint
 from students.collate import Collator, StudentItem, TeacherSignal
 from students.inference import to_device
-from students.methods import without_training_methods
+from students.methods import active, without_training_methods
 from students.model import StudentModel
 from students.objective import LossPlan, plan_losses
 from students.recipe import Stage, fit
 from students.rundir import PROMPTED_DIR
 from students.signals import TeacherSignals, description
-from workbench.config import AugmentConfig, ConfigError, DistillConfig, PrivilegedConfig
+from workbench.config import (
+    AugmentConfig,
+    ConfigError,
+    DataConfig,
+    DistillConfig,
+    PrivilegedConfig,
+    StudentConfig,
+)
 from workbench.data import MSADataset, Sample
 
 log = get_logger(__name__)
@@ -53,9 +60,10 @@ def prompted_stage_cfg(cfg: DistillConfig, out: Path) -> DistillConfig:
     return st
 
 
-def check_teacher_fits(teacher: StudentModel, cfg: DistillConfig, plan: LossPlan) -> None:
-    """The frozen prompted network's outputs must fit the student's KD terms."""
-    s = cfg.student
+def check_teacher_fits(teacher: StudentModel, s: StudentConfig, data: DataConfig,
+                       plan: LossPlan) -> None:
+    """The frozen prompted network's outputs must fit the KD terms of the student ``s``
+    (trained on ``data``)."""
     width = s.kd_repr_dim or s.hidden
     if plan.priv_repr > 0 and teacher.cfg.hidden != width:
         raise ConfigError(
@@ -69,12 +77,12 @@ def check_teacher_fits(teacher: StudentModel, cfg: DistillConfig, plan: LossPlan
                     f"student.{key}={getattr(s, key)!r} is invalid for attention KD: the "
                     f"prompted network has {getattr(teacher.cfg, key)!r}; use the same value "
                     "or set train.privileged.attn_weight=0")
-        if set(teacher.modalities) != set(cfg.data.modalities) - {"text"}:
+        if set(teacher.modalities) != set(data.modalities) - {"text"}:
             log.warning("prompted network modalities %s differ from the data's %s",
-                        teacher.modalities, cfg.data.modalities)
+                        teacher.modalities, data.modalities)
     if plan.classification != (teacher.task == "classification"):
         raise ConfigError("train.privileged.checkpoint: the prompted network was trained for "
-                          f"task {teacher.task!r}; this run's data.task is {cfg.data.task!r}")
+                          f"task {teacher.task!r}; this run's data.task is {data.task!r}")
 
 
 def load_prompted(path: Path, ds: MSADataset, signals: TeacherSignals, device: Any
@@ -136,7 +144,9 @@ def privileged_stage(accelerator: Any, cfg: DistillConfig, ds: MSADataset,
                      ) -> tuple[dict[str, PrivilegedTarget], dict[str, Any]]:
     """Stage 1: train the prompted network (or reuse ``train.privileged.checkpoint``), load
     it frozen, check it fits the student's ``plan``, and compute its outputs on the train
-    samples. Returns (targets per sample id, the manifest entry ``privileged``)."""
+    samples. Returns (targets per sample id, the manifest entry ``privileged``). It takes
+    the run config ``cfg`` because stage 1's own run config, which its checkpoint records,
+    is derived from it (:func:`prompted_stage_cfg`)."""
     desc = signals.descriptions
     desc_items = {s.id: StudentItem(s, TeacherSignal(description=description(desc, s.id)))
                   for s in train_samples}
@@ -149,11 +159,14 @@ def privileged_stage(accelerator: Any, cfg: DistillConfig, ds: MSADataset,
             train_items=list(desc_items.values()),
             valid_items=[StudentItem(s, TeacherSignal(description=description(desc, s.id)))
                          for s in valid_samples],
-            bins=None, plan=plan_losses(st_cfg, soft_labels=False, privileged=False),
-            manifest={**TeacherSignals(descriptions=desc).manifest(), "privileged": None})
+            bins=None, plan=plan_losses(st_cfg.loss, st_cfg.data,
+                                        task_kind=st_cfg.train.task_loss,
+                                        methods=active(st_cfg.student, st_cfg.train)),
+            manifest={**TeacherSignals(descriptions=desc).manifest(), "privileged": None},
+            valid_batch_size=cfg.eval.batch_size)
         ckpt = fit(accelerator, stage1, ds.info, resume)
     teacher, priv_manifest = load_prompted(ckpt, ds, signals, accelerator.device)
-    check_teacher_fits(teacher, cfg, plan)
+    check_teacher_fits(teacher, cfg.student, cfg.data, plan)
     t0 = time.perf_counter()
     with accelerator.autocast():
         targets = privileged_targets(teacher, list(desc_items.values()),

@@ -37,7 +37,7 @@ from students.losses import task_loss
 from students.model import StudentModel, build_student
 from students.objective import LossPlan, freeze_unused, training_losses
 from students.rundir import AUGMENT_WEIGHTS_FILE, LAST_DIR, STATE_FILE, TrainState, save_last
-from workbench.config import ConfigError, DistillConfig
+from workbench.config import ConfigError, DistillConfig, TrainConfig
 from workbench.data.store import DataInfo
 from workbench.io import recover_dir
 from workbench.metrics import METRIC_NAMES, compute_metrics, higher_is_better
@@ -52,13 +52,17 @@ class Stage:
     name: str
     """``prompted`` (stage 1) or ``student``."""
     cfg: DistillConfig
-    """The config its checkpoint records (``student.prompted`` says which model)."""
+    """The run config its checkpoint records (``student.prompted`` says which model); the
+    loop reads its ``student`` and ``train`` sections."""
     out_dir: Path
     train_items: list[StudentItem]
     valid_items: list[StudentItem]
     bins: list[float] | None
     plan: LossPlan
     manifest: dict[str, Any]
+    valid_batch_size: int = 32
+    """Batch size of validation and of weighing the augmented samples (the run's
+    ``eval.batch_size``)."""
     privileged: dict[str, PrivilegedTarget] | None = None
     augment: list[StudentItem] | None = None
     """Teacher-augmented train samples (``train.augment``), weighted in
@@ -73,19 +77,20 @@ SELECT_LOSS = "loss"
 """``train.select_metric=valid_loss``: the unweighted task loss on the validation split."""
 
 
-def selection_mode(cfg: DistillConfig, info: DataInfo) -> tuple[str, str]:
-    """(metric name without ``valid_``, ``min``/``max``), checked against the metric set."""
-    metric = cfg.train.select_metric.removeprefix("valid_")
+def selection_mode(train: TrainConfig, info: DataInfo) -> tuple[str, str]:
+    """(metric name without ``valid_``, ``min``/``max``) of ``train.select_metric``,
+    checked against the dataset's metric set."""
+    metric = train.select_metric.removeprefix("valid_")
     names = (*METRIC_NAMES.get(info.metric_set, ()), SELECT_LOSS)
     if metric not in names:
         raise ConfigError(
-            f"train.select_metric={cfg.train.select_metric!r} is invalid: dataset "
+            f"train.select_metric={train.select_metric!r} is invalid: dataset "
             f"{info.name!r} uses metric set {info.metric_set!r}, whose metrics are "
             f"{list(names)}; use valid_<one of those>")
     mode = "min" if metric == SELECT_LOSS else ("max" if higher_is_better(metric) else "min")
-    if cfg.train.select_mode not in ("auto", mode):
+    if train.select_mode not in ("auto", mode):
         raise ConfigError(
-            f"train.select_mode={cfg.train.select_mode!r} is invalid: {metric} is better when "
+            f"train.select_mode={train.select_mode!r} is invalid: {metric} is better when "
             f"{'larger' if mode == 'max' else 'smaller'}; set train.select_mode=auto")
     return metric, mode
 
@@ -173,7 +178,7 @@ class StageRecipe:
         self.best_dir = stage.out_dir / BEST_DIR
         self.last_dir = stage.out_dir / LAST_DIR
         self.state_path = self.last_dir / STATE_FILE
-        self.metric, self.mode = selection_mode(self.cfg, info)
+        self.metric, self.mode = selection_mode(self.tc, info)
         self.state = TrainState()
         if resume:  # a crash between the two renames of a directory swap: take the old one
             if accelerator.is_main_process:
@@ -213,7 +218,7 @@ class StageRecipe:
                 model, stage.augment, stage.train_items, bins=stage.bins,
                 label_range=self.info.label_range,
                 agreement_scale=tc.weighting.agreement_scale, floor=tc.weighting.floor,
-                batch_size=cfg.eval.batch_size,
+                batch_size=stage.valid_batch_size,
                 csv_path=stage.out_dir / AUGMENT_WEIGHTS_FILE, name=stage.name,
                 accelerator=accelerator)
             train_items = train_items + stage.augment
@@ -235,7 +240,7 @@ class StageRecipe:
         train_loader = DataLoader(ItemDataset(train_items), batch_size=tc.batch_size,
                                   sampler=sampler, collate_fn=self.collator,
                                   num_workers=tc.num_workers)
-        valid_loader = DataLoader(ItemDataset(valid_items), batch_size=cfg.eval.batch_size,
+        valid_loader = DataLoader(ItemDataset(valid_items), batch_size=stage.valid_batch_size,
                                   shuffle=False, collate_fn=valid_collator,
                                   num_workers=tc.num_workers)
         steps_per_epoch = math.ceil(len(train_loader) / tc.grad_accum)

@@ -23,7 +23,7 @@ from students.collate import StudentItem, TeacherSignal
 from workbench.cache.join import TeacherView, teacher_view
 from workbench.cache.records import TeacherOutput
 from workbench.cache.store import DB_FILE, CacheError
-from workbench.config import ConfigError, DistillConfig
+from workbench.config import AugmentConfig, ConfigError, SignalsConfig
 from workbench.data import MSADataset
 
 log = get_logger(__name__)
@@ -51,9 +51,8 @@ class TeacherSignals:
         return out
 
 
-def _view(cfg: DistillConfig, ds: MSADataset, template: str, splits: dict[str, str],
+def _view(sig: SignalsConfig, ds: MSADataset, template: str, splits: dict[str, str],
           output: str, role: str) -> TeacherView:
-    sig = cfg.signals
     try:
         view = teacher_view(sig.cache_dir, splits, ds.fingerprint, template=template,
                             teacher=sig.teacher, min_ok_fraction=sig.min_ok_fraction,
@@ -71,7 +70,7 @@ def _view(cfg: DistillConfig, ds: MSADataset, template: str, splits: dict[str, s
     return view
 
 
-def join_signals(cfg: DistillConfig, ds: MSADataset, *, descriptions: bool,
+def join_signals(sig: SignalsConfig, ds: MSADataset, *, descriptions: bool,
                  train_ids: list[str] | None = None, valid_ids: list[str] | None = None
                  ) -> TeacherSignals:
     """Join the dataset's train (and, for descriptions, valid) samples to the cache.
@@ -83,7 +82,6 @@ def join_signals(cfg: DistillConfig, ds: MSADataset, *, descriptions: bool,
     from other data, with another template or teacher, has too few ok rows, or holds
     gold-label outputs for valid samples. An empty ``signals.cache_dir``: no signals.
     """
-    sig = cfg.signals
     if not sig.cache_dir:
         if descriptions:
             raise ConfigError("signals.cache_dir='' is invalid: the prompted network reads "
@@ -103,7 +101,7 @@ def join_signals(cfg: DistillConfig, ds: MSADataset, *, descriptions: bool,
     train_split = {sid: "train" for sid in train_ids}
     out = TeacherSignals()
     if sig.soft_label_template:
-        out.soft = _view(cfg, ds, sig.soft_label_template, train_split, "soft_label",
+        out.soft = _view(sig, ds, sig.soft_label_template, train_split, "soft_label",
                          "soft_label")
         values = _bin_sets(out.soft)
         if len(values) > 1:
@@ -113,22 +111,21 @@ def join_signals(cfg: DistillConfig, ds: MSADataset, *, descriptions: bool,
             out.bins = [float(v) for v in values.pop()]
     if descriptions:
         splits = {**train_split, **{sid: "valid" for sid in valid_ids}}
-        out.descriptions = _view(cfg, ds, sig.description_template, splits, "description",
+        out.descriptions = _view(sig, ds, sig.description_template, splits, "description",
                                  "description")
     return out
 
 
-def join_augmented(cfg: DistillConfig, ds: MSADataset, signals: TeacherSignals
-                   ) -> tuple[list[StudentItem], dict[str, Any]]:
+def join_augmented(sig: SignalsConfig, augment: AugmentConfig, ds: MSADataset,
+                   signals: TeacherSignals) -> tuple[list[StudentItem], dict[str, Any]]:
     """The augmented train samples of ``train.augment.data`` with their soft labels from
     ``signals.cache_dir`` (joined by the augmented data's own fingerprint, the same
     template, teacher and ``min_ok_fraction`` as the main soft labels), and what the
     checkpoint's manifest records about them."""
-    sig = cfg.signals
-    data = cfg.train.augment.data
+    data = augment.data
     acfg, ads, samples = load_augmented(data, ds)
     try:
-        view = _view(cfg, ads, sig.soft_label_template, {s.id: "train" for s in samples},
+        view = _view(sig, ads, sig.soft_label_template, {s.id: "train" for s in samples},
                      "soft_label", "soft_label")
     except CacheError as e:
         raise CacheError(

@@ -52,11 +52,13 @@ from accelerate.logging import get_logger
 from students.batching import PrivilegedTarget
 from students.collate import StudentItem, TeacherSignal
 from students.folds import fold_split
+from students.methods import active
 from students.objective import plan_losses
 from students.privileged import privileged_stage
 from students.recipe import Stage, fit, selection_mode
 from students.rundir import RUN_CONFIG, TrainError, flatten_config, prepare_output_dir
 from students.signals import (
+    TeacherSignals,
     apply_control,
     description,
     join_augmented,
@@ -180,13 +182,30 @@ def _set_domains(items: list[StudentItem], spec: str, dataset: str) -> None:
     logging.getLogger(__name__).info("domains (%s): %s", spec, ", ".join(names))
 
 
+def _items(signals: TeacherSignals, train_samples: list[Sample], valid_samples: list[Sample],
+           *, prompted: bool) -> tuple[list[StudentItem], list[StudentItem]]:
+    """The train items (their soft labels; a prompted network's also their descriptions)
+    and the valid items (a prompted network's with their descriptions)."""
+    if prompted:
+        train = [StudentItem(s, with_description(
+            soft_signal(teacher_output(signals.soft, s.id)),
+            description(signals.descriptions, s.id))) for s in train_samples]
+        valid = [StudentItem(s, TeacherSignal(description=description(signals.descriptions,
+                                                                       s.id)))
+                 for s in valid_samples]
+        return train, valid
+    train = [StudentItem(s, soft_signal(teacher_output(signals.soft, s.id)))
+             for s in train_samples]
+    return train, [StudentItem(s) for s in valid_samples]
+
+
 def _run(cfg: DistillConfig, resume: bool) -> Path:
     accelerator = _make_accelerator(cfg)
     out = Path(cfg.train.output_dir)
     prepare_output_dir(cfg, out, resume, accelerator)
     ds = load_dataset(cfg.data)
     info = ds.info
-    selection_mode(cfg, info)
+    selection_mode(cfg.train, info)
     _check_splits(ds)
     if cfg.student.prompted and not (cfg.signals.cache_dir and cfg.signals.description_template):
         raise ConfigError("student.prompted=true is invalid without descriptions: set "
@@ -205,7 +224,7 @@ def _run(cfg: DistillConfig, resume: bool) -> Path:
                  len(train_samples))
     _check_labels(valid_samples, info, "valid")
     _warn_small_valid(cfg, len(valid_samples))
-    signals = join_signals(cfg, ds, descriptions=privileged or cfg.student.prompted,
+    signals = join_signals(cfg.signals, ds, descriptions=privileged or cfg.student.prompted,
                            train_ids=[s.id for s in train_samples],
                            valid_ids=[s.id for s in valid_samples])
     warn_truncation(cfg.student, {"train": train_samples, "valid": valid_samples})
@@ -221,10 +240,12 @@ def _run(cfg: DistillConfig, resume: bool) -> Path:
     manifest = signals.manifest()
     augment: list[StudentItem] | None = None
     if cfg.train.augment.enabled:
-        augment, manifest["augment"] = join_augmented(cfg, ds, signals)
+        augment, manifest["augment"] = join_augmented(cfg.signals, cfg.train.augment, ds, signals)
     try:
         priv_targets: dict[str, PrivilegedTarget] | None = None
-        plan = plan_losses(cfg, soft_labels=signals.soft is not None, privileged=privileged)
+        plan = plan_losses(cfg.loss, cfg.data, task_kind=tc.task_loss,
+                           methods=active(cfg.student, tc), soft_labels=signals.soft is not None,
+                           privileged=tc.privileged if privileged else None)
         for method in plan.methods:
             method.prepare(train_samples, info)
         if privileged:
@@ -233,16 +254,8 @@ def _run(cfg: DistillConfig, resume: bool) -> Path:
             manifest = {**manifest, "privileged": priv_manifest}
         else:
             manifest = {**manifest, "privileged": None}
-        if cfg.student.prompted:
-            train_items = [StudentItem(s, with_description(
-                soft_signal(teacher_output(signals.soft, s.id)),
-                description(signals.descriptions, s.id))) for s in train_samples]
-            valid_items = [StudentItem(s, TeacherSignal(
-                description=description(signals.descriptions, s.id))) for s in valid_samples]
-        else:
-            train_items = [StudentItem(s, soft_signal(teacher_output(signals.soft, s.id)))
-                           for s in train_samples]
-            valid_items = [StudentItem(s) for s in valid_samples]
+        train_items, valid_items = _items(signals, train_samples, valid_samples,
+                                          prompted=cfg.student.prompted)
         if cfg.signals.control == "none":
             report_teacher_quality(train_items, info.task == "classification", signals.bins)
         apply_control(train_items, cfg.signals.control, tc.seed, signals.bins)
@@ -250,8 +263,9 @@ def _run(cfg: DistillConfig, resume: bool) -> Path:
             _set_domains(train_items, cfg.data.domain, info.name)
         stage = Stage(name="prompted" if cfg.student.prompted else "student", cfg=cfg,
                       out_dir=out, train_items=train_items, valid_items=valid_items,
-                      bins=signals.bins,
-                      plan=plan, manifest=manifest, privileged=priv_targets, augment=augment)
+                      bins=signals.bins, plan=plan, manifest=manifest,
+                      valid_batch_size=cfg.eval.batch_size, privileged=priv_targets,
+                      augment=augment)
         best = fit(accelerator, stage, info, resume)
     finally:
         accelerator.end_training()

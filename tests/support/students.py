@@ -7,8 +7,10 @@ import numpy as np
 import torch
 
 from students.collate import StudentItem, TeacherSignal
+from students.methods import active
 from students.model import build_student
-from workbench.config import LoraConfig, StudentConfig
+from students.objective import LossPlan, plan_losses
+from workbench.config import DistillConfig, LoraConfig, StudentConfig
 from workbench.data.schema import Sample
 from workbench.data.store import DataInfo
 
@@ -125,3 +127,13 @@ def train_steps(model, batch, plan, steps: int = 12, lr: float = 1e-2, rng_seed:
         opt.step()
         history.append({k: float(v.detach()) for k, v in parts.items()})
     return history
+
+
+def plan_for(cfg: DistillConfig, *, soft_labels: bool = False,
+             privileged: bool = False) -> LossPlan:
+    """The loss plan the trainer makes of run config ``cfg``: its loss and data sections,
+    ``train.task_loss``, the methods it switches on, and the MMSLF terms with
+    ``privileged``."""
+    return plan_losses(cfg.loss, cfg.data, task_kind=cfg.train.task_loss,
+                       methods=active(cfg.student, cfg.train), soft_labels=soft_labels,
+                       privileged=cfg.train.privileged if privileged else None)

@@ -20,11 +20,11 @@ import students.recipe as recipe_mod
 from students.augment import augment_weights, histogram_text, load_augmented, weight_summary
 from students.batching import TrainCollator
 from students.collate import Collator, StudentItem
-from students.objective import plan_losses, training_losses
+from students.objective import training_losses
 from students.trainer import train
 from tests.support.distill import distill_cfg, make_cache
 from tests.support.paths import REPO
-from tests.support.students import BINS, tiny_student, train_items
+from tests.support.students import BINS, plan_for, tiny_student, train_items
 from workbench.cache import CacheStore, JobSpec, TeacherOutput
 from workbench.cli import app
 from workbench.config import (
@@ -220,7 +220,7 @@ def test_augmented_items_carry_their_fixed_weights_into_the_loss():
     base = TrainCollator(Collator.for_model(model), weighting=quality)(items + aug)
     assert batch["weights"][-3:].tolist() == pytest.approx([0.1, 0.5, 1.0])
     assert torch.equal(batch["weights"][:8], base["weights"][:8])  # originals untouched
-    plan = plan_losses(load_config(DistillConfig), soft_labels=True, privileged=False)
+    plan = plan_for(load_config(DistillConfig), soft_labels=True, privileged=False)
     with torch.no_grad():
         a = training_losses(model, batch, plan, model.bins)["task"]
         b = training_losses(model, base, plan, model.bins)["task"]

@@ -21,9 +21,9 @@ from students.methods.conflict.penalty import (
     opposition,
     statistical_loss,
 )
-from students.objective import compute_losses, plan_losses, training_losses
+from students.objective import compute_losses, training_losses
 from tests.support.reference import rand, ref_cos, ref_norm
-from tests.support.students import tiny_student, train_items
+from tests.support.students import plan_for, tiny_student, train_items
 from workbench.config import ConfigError, DistillConfig, MidgConfig, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -128,13 +128,13 @@ def model():
 
 def _plan(*overrides, label_stats=(0.1, 1.5)):
     cfg = load_config(DistillConfig, None, ["train.conflict.enabled=true", *overrides])
-    plan = plan_losses(cfg, soft_labels=False, privileged=False)
+    plan = plan_for(cfg, soft_labels=False, privileged=False)
     plan.methods[0].label_stats = label_stats  # what prepare() reads from the train split
     return plan
 
 
 def test_conflict_off_is_the_plain_step(model):
-    plan = plan_losses(load_config(DistillConfig, None, ["loss.unimodal_aux=0.2"]),
+    plan = plan_for(load_config(DistillConfig, None, ["loss.unimodal_aux=0.2"]),
                        soft_labels=True, privileged=False)
     assert plan.methods == () and not plan.needs_encoding
     batch = TrainCollator(Collator.for_model(model))(train_items())
@@ -183,7 +183,7 @@ def test_conflict_step_matches_per_modality_gradients_and_trains_the_encoders(mo
 
 def test_conflict_needs_label_statistics_and_checks_its_fields(model):
     cfg = load_config(DistillConfig, None, ["train.conflict=true"])
-    plan = plan_losses(cfg, soft_labels=False, privileged=False)
+    plan = plan_for(cfg, soft_labels=False, privileged=False)
     (method,) = plan.methods
     assert isinstance(method, Conflict) and method.cfg is cfg.train.conflict
     batch = TrainCollator(Collator.for_model(model))(train_items())
@@ -206,7 +206,7 @@ def test_conflict_step_on_a_classification_student():
         "data.metric_set=classification", "data.class_names=[neg,neu,pos]", "train.task_loss=ce"])
     samples = make_samples(8)
     prior = label_statistics([s.label_class for s in samples], classification=True, n_classes=3)
-    plan = plan_losses(dcfg, soft_labels=False, privileged=False)
+    plan = plan_for(dcfg, soft_labels=False, privileged=False)
     plan.methods[0].prepare(samples, make_info(task="classification"))
     assert plan.methods[0].label_stats == pytest.approx(prior)
     batch = TrainCollator(Collator.for_model(model))(samples)

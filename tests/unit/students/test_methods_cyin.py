@@ -17,10 +17,10 @@ from students.methods.cyin.latent import (
     reparameterise,
 )
 from students.model import build_student
-from students.objective import freeze_unused, plan_losses, training_losses
+from students.objective import freeze_unused, training_losses
 from students.robustness import drop_modalities
 from tests.support.reference import rand
-from tests.support.students import BINS, make_info, make_samples, student_cfg, train_steps
+from tests.support.students import BINS, make_info, make_samples, plan_for, student_cfg, train_steps
 from workbench.config import ConfigError, CyinConfig, DistillConfig, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -110,7 +110,7 @@ def test_missing_modalities_are_translated_and_marked_available(cyin_model):
 def test_cyin_step_has_every_term_and_weights_them(cyin_model):
     cfg = load_config(DistillConfig, None, ["student.cyin.enabled=true", "student.cyin.kl_weight=0.5",
                                             "student.cyin.cycle_weight=0.3"])
-    plan = plan_losses(cfg, soft_labels=False, privileged=False)
+    plan = plan_for(cfg, soft_labels=False, privileged=False)
     assert [m.name for m in plan.methods] == ["cyin"] and plan.needs_encoding
     assert plan.methods[0].cfg is cfg.student.cyin
     batch = TrainCollator(Collator.for_model(cyin_model))(make_samples(8))
@@ -128,13 +128,13 @@ def test_cyin_step_has_every_term_and_weights_them(cyin_model):
 
 def test_a_tiny_cyin_student_trains_and_its_loss_falls(cyin_model):
     batch = TrainCollator(Collator.for_model(cyin_model))(make_samples(8))
-    plan = plan_losses(load_config(DistillConfig, None, ["student.cyin.enabled=true"]),
+    plan = plan_for(load_config(DistillConfig, None, ["student.cyin.enabled=true"]),
                        soft_labels=False, privileged=False)
     torch.manual_seed(1)
     hist = train_steps(cyin_model, batch, plan, steps=15)
     assert hist[-1]["total"] < 0.6 * hist[0]["total"]
     # with the translation terms weighted up, the translators learn the latents' map
-    plan = plan_losses(load_config(DistillConfig, None, [
+    plan = plan_for(load_config(DistillConfig, None, [
         "student.cyin.enabled=true", "student.cyin.translate_weight=2", "student.cyin.cycle_weight=2"]),
         soft_labels=False, privileged=False)
     hist = train_steps(cyin_model, batch, plan, steps=15, lr=3e-3)
@@ -155,7 +155,7 @@ def test_cyin_heads_no_term_trains_are_frozen():
     are frozen (no trainable weight without a gradient; DDP rejects those)."""
     torch.manual_seed(0)
     model = build_student(student_cfg(text_mode="frozen", cyin=CyinConfig(enabled=True)), make_info(), BINS)
-    plan = plan_losses(load_config(DistillConfig, None, [
+    plan = plan_for(load_config(DistillConfig, None, [
         "student.cyin.enabled=true", "student.cyin.label_weight=0", "student.cyin.recon_weight=0"]),
         soft_labels=False, privileged=False)
     frozen = freeze_unused(model, plan)
@@ -168,7 +168,7 @@ def test_cyin_heads_no_term_trains_are_frozen():
     assert all(p.grad is not None for n, p in trainable if n.startswith("methods.cyin.")), \
         [n for n, p in trainable if n.startswith("methods.cyin.") and p.grad is None]
     # weighted, they train
-    plan = plan_losses(load_config(DistillConfig, None, ["student.cyin.enabled=true"]),
+    plan = plan_for(load_config(DistillConfig, None, ["student.cyin.enabled=true"]),
                        soft_labels=False, privileged=False)
     fresh = build_student(student_cfg(text_mode="frozen", cyin=CyinConfig(enabled=True)), make_info(), BINS)
     assert not {"cyin_label_heads", "cyin_decoders"} & set(freeze_unused(fresh, plan))

@@ -14,9 +14,9 @@ from students.encoders import Encoded
 from students.methods.dashfusion.fusion import DashFusion, bottleneck_schedule
 from students.methods.dashfusion.losses import info_nce, polarity, supervised_contrastive
 from students.model import build_student
-from students.objective import plan_losses, training_losses
+from students.objective import training_losses
 from tests.support.reference import rand, ref_cos
-from tests.support.students import BINS, make_info, make_samples, student_cfg, train_steps
+from tests.support.students import BINS, make_info, make_samples, plan_for, student_cfg, train_steps
 from workbench.config import ConfigError, DashFusionConfig, DistillConfig, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -142,10 +142,10 @@ def _cfg(*extra):
 def test_switch_builds_dashfusion_and_plans_its_terms(dash_model):
     assert isinstance(dash_model.fusion, DashFusion)
     cfg = _cfg("student.dashfusion.align_weight=0.3", "student.dashfusion.supcon_weight=0.2")
-    plan = plan_losses(cfg, soft_labels=False, privileged=False)
+    plan = plan_for(cfg, soft_labels=False, privileged=False)
     assert [m.name for m in plan.methods] == ["dashfusion"] and plan.needs_encoding
     assert plan.methods[0].cfg is cfg.student.dashfusion
-    assert plan_losses(load_config(DistillConfig), soft_labels=False,
+    assert plan_for(load_config(DistillConfig), soft_labels=False,
                        privileged=False).methods == ()
     batch = TrainCollator(Collator.for_model(dash_model))(make_samples(8, vision="sequence"))
     parts = training_losses(dash_model, batch, plan, None)
@@ -156,7 +156,7 @@ def test_switch_builds_dashfusion_and_plans_its_terms(dash_model):
 
 
 def test_a_tiny_dashfusion_student_trains_and_its_loss_falls(dash_model):
-    plan = plan_losses(_cfg(), soft_labels=False, privileged=False)
+    plan = plan_for(_cfg(), soft_labels=False, privileged=False)
     batch = TrainCollator(Collator.for_model(dash_model))(make_samples(8, vision="sequence"))
     hist = train_steps(dash_model, batch, plan, steps=15)
     assert hist[-1]["total"] < 0.6 * hist[0]["total"]

@@ -16,9 +16,9 @@ from students.methods.midg.experts import (
     vrex_penalty,
 )
 from students.model import build_student
-from students.objective import plan_losses, training_losses
+from students.objective import training_losses
 from tests.support.reference import rand
-from tests.support.students import BINS, make_info, make_samples, student_cfg, train_steps
+from tests.support.students import BINS, make_info, make_samples, plan_for, student_cfg, train_steps
 from workbench.config import ConfigError, DistillConfig, MidgConfig, load_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -120,7 +120,7 @@ def test_midg_step_has_its_terms_and_the_loss_falls(midg_model):
     cfg = load_config(DistillConfig, None, ["student.midg.enabled=true",
                                             "student.midg.invariance_weight=0.5",
                                             "student.midg.balance_weight=0.2"])
-    plan = plan_losses(cfg, soft_labels=False, privileged=False)
+    plan = plan_for(cfg, soft_labels=False, privileged=False)
     assert [m.name for m in plan.methods] == ["midg"] and plan.needs_encoding
     assert plan.methods[0].cfg is cfg.student.midg
     batch = TrainCollator(Collator.for_model(midg_model))(_items(make_samples(8)))
@@ -134,7 +134,7 @@ def test_midg_step_has_its_terms_and_the_loss_falls(midg_model):
     hist = train_steps(midg_model, batch, plan, steps=15, lr=5e-3)
     assert hist[-1]["total"] < 0.6 * hist[0]["total"]
     # IRM works in the same step
-    plan = plan_losses(load_config(DistillConfig, None, ["student.midg.enabled=true",
+    plan = plan_for(load_config(DistillConfig, None, ["student.midg.enabled=true",
                                                          "student.midg.invariance=irm"]),
                        soft_labels=False, privileged=False)
     parts = training_losses(midg_model, batch, plan, None)

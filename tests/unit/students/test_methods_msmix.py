@@ -24,9 +24,9 @@ from students.methods.msmix.mixing import (
     select_pairs,
 )
 from students.model import build_student
-from students.objective import compute_losses, plan_losses, training_losses
+from students.objective import compute_losses, training_losses
 from tests.support.reference import rand, ref_cos
-from tests.support.students import BINS, tiny_info, train_items
+from tests.support.students import BINS, plan_for, tiny_info, train_items
 from workbench.config import (
     ConfigError,
     DistillConfig,
@@ -185,7 +185,7 @@ def test_msmix_off_is_the_plain_step_and_the_model_without_intensity_heads(mixer
     assert not [k for k in plain.state_dict() if k.startswith("methods.")]
     assert plain.parameter_counts()["all"] == mixer.parameter_counts()["all"]
     assert mixer.training_only_prefixes() == ("methods.msmix.",)  # never saved
-    plan = plan_losses(load_config(DistillConfig), soft_labels=True, privileged=False)
+    plan = plan_for(load_config(DistillConfig), soft_labels=True, privileged=False)
     assert plan.methods == () and not plan.needs_encoding
     batch = _batch(mixer)
     mixer.eval()
@@ -200,7 +200,7 @@ def test_msmix_step_adds_finite_terms_with_gradients(mixer):
     cfg = load_config(DistillConfig, None, [
         "train.msmix.enabled=true", "train.msmix.threshold=-1", "train.msmix.weight=0.7",
         "train.msmix.kl_weight=0.3", "train.msmix.intensity_weight=0.2"])
-    plan = plan_losses(cfg, soft_labels=True, privileged=False)
+    plan = plan_for(cfg, soft_labels=True, privileged=False)
     assert [type(m) for m in plan.methods] == [MsMix]
     assert plan.methods[0].cfg is cfg.train.msmix  # the method holds its config object
     batch = _batch(mixer)
@@ -238,7 +238,7 @@ def test_msmix_step_adds_finite_terms_with_gradients(mixer):
 def test_msmix_mixes_nothing_above_a_strict_threshold(mixer):
     cfg = load_config(DistillConfig, None, ["train.msmix.enabled=true",
                                             "train.msmix.threshold=0.9999"])
-    plan = plan_losses(cfg, soft_labels=False, privileged=False)
+    plan = plan_for(cfg, soft_labels=False, privileged=False)
     parts = training_losses(mixer, _batch(mixer), plan, None, rng=np.random.default_rng(1))
     assert parts["msmix_frac"].item() == 0 and parts["msmix"].item() == 0
     parts["total"].backward()  # still one graph

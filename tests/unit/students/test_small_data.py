@@ -103,10 +103,10 @@ def test_valid_loss_is_a_selection_metric_and_smaller_is_better():
     cfg = load_config(DistillConfig, None, ["train.select_metric=valid_loss"])
     info = DataInfo(name="d", task="regression", metric_set="mosi", label_range=(-3, 3),
                     class_names=[], modalities=["text"], fingerprint="x")
-    assert selection_mode(cfg, info) == ("loss", "min")
+    assert selection_mode(cfg.train, info) == ("loss", "min")
     cfg.train.select_mode = "max"
     with pytest.raises(ConfigError, match="select_mode='max' is invalid"):
-        selection_mode(cfg, info)
+        selection_mode(cfg.train, info)
 
 
 def test_collapse_is_noted_for_one_class_and_flat_scores_only():

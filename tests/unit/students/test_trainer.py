@@ -9,13 +9,13 @@ import torch
 
 from students.batching import EpochSampler, PrivilegedTarget, TrainCollator
 from students.collate import Collator
-from students.objective import compute_losses, plan_losses
+from students.objective import compute_losses
 from students.privileged import privileged_targets
 from students.recipe import selection_mode
 from students.trainer import TrainError, train
 from tests.support.distill import distill_cfg, make_cache, tiny_data
 from tests.support.paths import LEGACY_CONFIG
-from tests.support.students import BINS, tiny_info, tiny_student, train_items
+from tests.support.students import BINS, plan_for, tiny_info, tiny_student, train_items
 from workbench.cache.store import CacheError
 from workbench.config import ConfigError, DistillConfig, WeightingConfig, load_config
 from workbench.data import load_dataset
@@ -75,7 +75,7 @@ def student():
 
 def test_a_training_step_reduces_the_loss(student, data):
     cfg = load_config(DistillConfig, None, ["loss.unimodal_aux=0.3"])
-    plan = plan_losses(cfg, soft_labels=True, privileged=False)
+    plan = plan_for(cfg, soft_labels=True, privileged=False)
     assert plan.soft_kd > 0 and plan.expected > 0 and plan.unimodal_aux == pytest.approx(0.3)
     coll = TrainCollator(Collator.for_model(student), weighting=WeightingConfig(enabled=True))
     batch = coll(train_items())
@@ -99,7 +99,7 @@ def test_total_is_the_weighted_sum_of_the_terms(student):
         "loss.soft_label_kd=0.7", "loss.expected_score=0.2", "train.privileged.pred_weight=0.5",
         "train.privileged.repr_weight=0.3", "train.privileged.attn_weight=0.4",
         "loss.unimodal_aux=0.1"])
-    plan = plan_losses(cfg, soft_labels=True, privileged=True)
+    plan = plan_for(cfg, soft_labels=True, privileged=True)
     items = train_items()
     student.eval()
     with torch.no_grad():
@@ -146,16 +146,16 @@ def test_plain_batches_carry_no_descriptions_and_pad_privileged_attention(studen
 
 def test_selection_direction_comes_from_the_metric():
     info = tiny_info()
-    assert selection_mode(load_config(DistillConfig), info) == ("mae", "min")
+    assert selection_mode(load_config(DistillConfig).train, info) == ("mae", "min")
     cfg = load_config(DistillConfig, None, ["train.select_metric=valid_acc2_non0"])
-    assert selection_mode(cfg, info) == ("acc2_non0", "max")
+    assert selection_mode(cfg.train, info) == ("acc2_non0", "max")
     bad = load_config(DistillConfig, None, ["train.select_metric=valid_acc7",
                                             "train.select_mode=min"])
     with pytest.raises(ConfigError, match="train.select_mode='min'.*set train.select_mode=auto"):
-        selection_mode(bad, info)
+        selection_mode(bad.train, info)
     with pytest.raises(ConfigError, match="valid_f1_macro.*metric set 'mosi'"):
-        selection_mode(load_config(DistillConfig, None, ["train.select_metric=valid_f1_macro"]),
-                       info)
+        selection_mode(load_config(DistillConfig, None,
+                                   ["train.select_metric=valid_f1_macro"]).train, info)
     with pytest.raises(ConfigError, match="validation split only"):
         load_config(DistillConfig, None, ["train.select_metric=test_mae"])
 
