@@ -99,10 +99,9 @@ class JobLines:
         rate = done / elapsed if elapsed > 0 else 0.0
         eta = _clock_text((self.total - done) / rate) if rate > 0 else "unknown"
         self.console.print(
-            f"{done}/{self.total} answered ({100.0 * done / max(self.total, 1):.0f}%): ok "
-            f"{report.ok}, errors {report.errors}; {rate:.2f}/s, ETA {eta}; "
-            f"${report.cost_usd:.4f}; {_clock_text(elapsed)} elapsed", highlight=False,
-            soft_wrap=True)
+            f"{done}/{self.total} ({100.0 * done / max(self.total, 1):.0f}%) ok {report.ok} "
+            f"err {report.errors}, {rate:.2f}/s, ETA {eta}, ${report.cost_usd:.4f}, "
+            f"{_clock_text(elapsed)} elapsed", highlight=False)
         self.last, self.shown = now, done
 
 

@@ -17,8 +17,8 @@ from workbench.cli.cache import JobBar, JobLines, job_progress
 from workbench.config import CacheConfig, DataConfig, TeacherConfig, load_config
 from workbench.data import load_dataset
 
-LINE = re.compile(r"^(\d+)/(\d+) answered \(\d+%\): ok (\d+), errors (\d+); [\d.]+/s, ETA "
-                  r"(\d+:\d\d:\d\d|unknown); \$\d+\.\d{4}; \d+:\d\d:\d\d elapsed$")
+LINE = re.compile(r"^(\d+)/(\d+) \(\d+%\) ok (\d+) err (\d+), [\d.]+/s, ETA "
+                  r"(\d+:\d\d:\d\d|unknown), \$\d+\.\d{4}, \d+:\d\d:\d\d elapsed$")
 
 
 class Watching(FakeTeacher):
@@ -84,3 +84,17 @@ def test_lines_come_at_the_interval_and_once_at_the_end():
 def test_a_terminal_gets_the_bar():
     console = Console(file=io.StringIO(), force_terminal=True, width=100)
     assert isinstance(job_progress(3, "x", console=console), JobBar)
+
+
+def test_a_line_fits_80_columns_whole():
+    stream = io.StringIO()
+    now = [0.0]
+    lines = JobLines(12000, Console(file=stream, width=80), every_s=0.0, clock=lambda: now[0])
+    report = JobReport(job="j", selected=12000, unique_keys=12000, already_ok=0)
+    report.finished["ok"], report.finished["error"] = 11990, 10
+    report.cost_usd = 12.3456
+    now[0] = 9720.0
+    lines(report, None)
+    out = stream.getvalue()
+    assert max(len(x) for x in out.splitlines()) <= 80 and "…" not in out
+    assert "12000/12000 (100%) ok 11990 err 10" in out and "elapsed" in out
