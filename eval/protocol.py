@@ -84,6 +84,11 @@ def _selection_statement(sel: Mapping[str, Any]) -> str:
     value = sel.get("value")
     shown = f"{float(value):.4f}" if isinstance(value, (int, float)) else str(value)
     stage = f" (stage {sel['stage']})" if sel.get("stage") else ""
+    averaged = sel.get("averaged_epochs")
+    if isinstance(averaged, list) and len(averaged) == 2:
+        return (f"weights averaged over epochs {averaged[0]}-{averaged[1]} (no epoch "
+                f"selected); {sel.get('metric')} on the {sel.get('split')!r} split = "
+                f"{shown}{stage}")
     return (f"selected on the {sel.get('split')!r} split by {sel.get('metric')} "
             f"({sel.get('mode')}) at epoch {sel.get('epoch')} = {shown}{stage}")
 
@@ -159,7 +164,9 @@ def check_protocol(selection: Mapping[str, Any], manifest: Mapping[str, Any], sp
         "split": split,
         "selection": statement,
         "selection_record": {k: selection.get(k)
-                             for k in ("split", "metric", "mode", "epoch", "value", "stage")},
+                             for k in ("split", "metric", "mode", "epoch", "value", "stage",
+                                       "averaged_epochs")
+                             if k != "averaged_epochs" or k in selection},
     }
     privileged = manifest.get("privileged")
     if isinstance(privileged, Mapping) and isinstance(privileged.get("selection"), Mapping):

@@ -5,8 +5,10 @@ A :class:`Stage` says what to train (config, items, loss plan, where it goes);
 augmented-sample weights, collators, loaders, optimizer, scheduler,
 ``accelerator.prepare``, the resumed state), :meth:`~StageRecipe.train_epoch`,
 :meth:`~StageRecipe.validate`, :meth:`~StageRecipe.save_best` (``checkpoint-best/`` when
-the validation metric improves), :meth:`~StageRecipe.save_last` (``last/``, for
-``--resume``), and :meth:`~StageRecipe.run` looping over the epochs. The pieces live
+the validation metric improves) or, with ``train.average_epochs``,
+:meth:`~StageRecipe.update_average` and :meth:`~StageRecipe.save_average` (the mean of the
+last epochs' weights), :meth:`~StageRecipe.save_last` (``last/``, for ``--resume``), and
+:meth:`~StageRecipe.run` looping over the epochs. The pieces live
 beside it: losses in :mod:`students.objective`, batching in :mod:`students.batching`,
 checkpoints in :mod:`students.checkpoint`, the run directory in :mod:`students.rundir`.
 
@@ -36,7 +38,14 @@ from students.inference import item_text
 from students.losses import task_loss
 from students.model import StudentModel, build_student
 from students.objective import LossPlan, freeze_unused, training_losses
-from students.rundir import AUGMENT_WEIGHTS_FILE, LAST_DIR, STATE_FILE, TrainState, save_last
+from students.rundir import (
+    AUGMENT_WEIGHTS_FILE,
+    LAST_DIR,
+    STATE_FILE,
+    TrainState,
+    load_average,
+    save_last,
+)
 from workbench.config import ConfigError, DistillConfig, TrainConfig
 from workbench.data.store import DataInfo
 from workbench.io import recover_dir
@@ -180,6 +189,8 @@ class StageRecipe:
         self.state_path = self.last_dir / STATE_FILE
         self.metric, self.mode = selection_mode(self.tc, info)
         self.state = TrainState()
+        self.average: dict[str, torch.Tensor] = {}
+        """The running mean of the trainable weights (``train.average_epochs``)."""
         if resume:  # a crash between the two renames of a directory swap: take the old one
             if accelerator.is_main_process:
                 recover_dir(self.last_dir)
@@ -265,6 +276,7 @@ class StageRecipe:
         if self.resume and self.state_path.is_file():
             accelerator.load_state(str(self.last_dir))
             self.state = TrainState.load(self.state_path)
+            self.average = load_average(self.last_dir)
             log.info("%s: resumed after epoch %d (best valid_%s=%s at epoch %d)", stage.name,
                      self.state.epochs_done, self.metric, self.state.best_value,
                      self.state.best_epoch)
@@ -324,24 +336,61 @@ class StageRecipe:
     def save_best(self, epoch: int, valid: dict[str, float]) -> bool:
         """``checkpoint-best/`` when ``valid`` improves the selection metric; whether it
         did."""
-        state, accelerator = self.state, self.accelerator
+        state = self.state
+        if self.tc.average_epochs:  # the average is the checkpoint (save_average)
+            return False
         value = valid[self.metric]
         improved = better(value, state.best_value, self.mode)
         if improved:
             state.best_value, state.best_epoch, state.bad_epochs = value, epoch + 1, 0
-            selection = {"split": "valid", "metric": f"valid_{self.metric}", "mode": self.mode,
-                         "epoch": epoch + 1, "value": value,
-                         "metrics": {f"valid_{k}": v for k, v in valid.items()},
-                         "spread": self.spread, "stage": self.stage.name}
-            full_sd = {k: v for k, v in accelerator.get_state_dict(self.model).items()
-                       if not k.startswith(self.raw_model.training_only_prefixes())}
-            if accelerator.is_main_process:
-                save_checkpoint(self.raw_model, self.cfg, self.best_dir, selection=selection,
-                                teacher_manifest=self.stage.manifest, state_dict=full_sd)
-            accelerator.wait_for_everyone()
+            self.write_best(epoch, valid)
         else:
             state.bad_epochs += 1
         return improved
+
+    def write_best(self, epoch: int, valid: dict[str, float], **record: Any) -> None:
+        """The model as it is now into ``checkpoint-best/``, its ``selection.json`` saying
+        how it was chosen (``valid``, the spread, ``record``'s extra fields)."""
+        accelerator = self.accelerator
+        selection = {"split": "valid", "metric": f"valid_{self.metric}", "mode": self.mode,
+                     "epoch": epoch + 1, "value": valid[self.metric], **record,
+                     "metrics": {f"valid_{k}": v for k, v in valid.items()},
+                     "spread": self.spread, "stage": self.stage.name}
+        full_sd = {k: v for k, v in accelerator.get_state_dict(self.model).items()
+                   if not k.startswith(self.raw_model.training_only_prefixes())}
+        if accelerator.is_main_process:
+            save_checkpoint(self.raw_model, self.cfg, self.best_dir, selection=selection,
+                            teacher_manifest=self.stage.manifest, state_dict=full_sd)
+        accelerator.wait_for_everyone()
+
+    def update_average(self, epoch: int) -> None:
+        """Add this epoch's trainable weights to the running mean when the epoch is one of
+        the last ``train.average_epochs`` (the frozen ones are the same every epoch). Reads
+        the unwrapped model's parameters: one process or DDP, not sharded (FSDP) ones."""
+        n = self.tc.average_epochs
+        if not n or epoch < self.stage.epochs - n:
+            return
+        k = self.state.averaged
+        for name, p in self.raw_model.named_parameters():
+            if p.requires_grad:
+                now = p.detach().float().cpu()
+                self.average[name] = now.clone() if k == 0 else (
+                    self.average[name] + (now - self.average[name]) / (k + 1))
+        self.state.averaged = k + 1
+
+    def save_average(self, epoch: int) -> None:
+        """Load the weight average into the model, validate it and write it as
+        ``checkpoint-best/`` (``selection.json`` names the averaged epochs)."""
+        first = epoch + 2 - self.state.averaged
+        with torch.no_grad():
+            for name, p in self.raw_model.named_parameters():
+                if name in self.average:
+                    p.copy_(self.average[name].to(device=p.device, dtype=p.dtype))
+        valid = self.validate()
+        self.state.best_value, self.state.best_epoch = valid[self.metric], epoch + 1
+        self.write_best(epoch, valid, averaged_epochs=[first, epoch + 1])
+        log.info("%s: weights averaged over epochs %d-%d: valid %s", self.stage.name, first,
+                 epoch + 1, " ".join(f"{k}={v:.4f}" for k, v in valid.items()))
 
     def end_epoch(self, epoch: int, train_losses: dict[str, float], valid: dict[str, float],
                   improved: bool, seconds: float) -> None:
@@ -367,7 +416,7 @@ class StageRecipe:
 
     def save_last(self) -> None:
         """The accelerate state and :class:`TrainState` into ``last/``."""
-        save_last(self.accelerator, self.last_dir, self.state)
+        save_last(self.accelerator, self.last_dir, self.state, self.average)
 
     def run(self) -> Path:
         """Set up, train every remaining epoch (validate, save) and return
@@ -381,13 +430,17 @@ class StageRecipe:
             valid = self.validate()
             improved = self.save_best(epoch, valid)
             self.end_epoch(epoch, train_losses, valid, improved, time.perf_counter() - t0)
+            self.update_average(epoch)
+            if self.state.finished and self.tc.average_epochs:
+                self.save_average(epoch)
             self.save_last()
             if self.state.finished and self.state.stop_reason.startswith("early"):
                 log.info("%s: %s", self.stage.name, self.state.stop_reason)
                 break
-        log.info("%s: best valid_%s=%.4f at epoch %d -> %s", self.stage.name, self.metric,
-                 float("nan") if self.state.best_value is None else self.state.best_value,
-                 self.state.best_epoch, self.best_dir)
+        if not self.tc.average_epochs:
+            log.info("%s: best valid_%s=%.4f at epoch %d -> %s", self.stage.name, self.metric,
+                     float("nan") if self.state.best_value is None else self.state.best_value,
+                     self.state.best_epoch, self.best_dir)
         self.warn_collapse()
         self.accelerator.free_memory()
         return self.best_dir

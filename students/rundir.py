@@ -5,6 +5,7 @@
     <output_dir>/config.yaml          the resolved config the run started with
     <output_dir>/checkpoint-best/     the selected student (students.checkpoint.BEST_DIR)
     <output_dir>/last/                accelerate state + trainer_state.json, for --resume
+                                      (+ weight_average.safetensors: train.average_epochs)
     <output_dir>/prompted/            stage 1 (train.privileged.enabled), the same layout
     <output_dir>/augment_weights.csv  the augmented samples' weights (train.augment)
 
@@ -32,6 +33,9 @@ RUN_CONFIG = "config.yaml"
 LAST_DIR = "last"
 PROMPTED_DIR = "prompted"
 STATE_FILE = "trainer_state.json"
+AVERAGE_FILE = "weight_average.safetensors"
+"""The running mean of the trainable weights so far (``train.average_epochs``), in
+``last/`` so that a resumed run averages the same epochs as an unbroken one."""
 AUGMENT_WEIGHTS_FILE = "augment_weights.csv"
 RUN_SUBDIRS = (BEST_DIR, LAST_DIR, PROMPTED_DIR)
 RESUME_IGNORED = ("train.overwrite",)
@@ -56,6 +60,8 @@ class TrainState:
     bad_epochs: int = 0
     finished: bool = False
     stop_reason: str = ""
+    averaged: int = 0
+    """Epochs in the weight average so far (``train.average_epochs``)."""
     history: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
@@ -123,8 +129,10 @@ def _started_with(run_cfg: Path, out: Path) -> DistillConfig:
                          "train.output_dir") from None
 
 
-def save_last(accelerator: Any, last_dir: Path, state: TrainState) -> None:
-    """Accelerate state + trainer state into ``last/``, swapped in whole.
+def save_last(accelerator: Any, last_dir: Path, state: TrainState,
+              average: dict[str, Any] | None = None) -> None:
+    """Accelerate state + trainer state (+ the weight average, when one is kept) into
+    ``last/``, swapped in whole.
 
     Every rank saves into the same temporary directory (:func:`workbench.io.temp_dir`,
     emptied by the main process first); the main process adds the trainer state and
@@ -137,5 +145,19 @@ def save_last(accelerator: Any, last_dir: Path, state: TrainState) -> None:
     accelerator.save_state(str(tmp))
     if accelerator.is_main_process:
         (tmp / STATE_FILE).write_text(json.dumps(asdict(state), indent=2) + "\n")
+        if average:
+            from safetensors.torch import save_file
+
+            save_file(average, str(tmp / AVERAGE_FILE))
         swap_dir(tmp, last_dir)
     accelerator.wait_for_everyone()
+
+
+def load_average(last_dir: Path) -> dict[str, Any]:
+    """The weight average saved in ``last/`` (empty when none was kept)."""
+    path = last_dir / AVERAGE_FILE
+    if not path.is_file():
+        return {}
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

@@ -161,14 +161,16 @@ SMALL_VALID = 100
 
 def _warn_small_valid(cfg: DistillConfig, n_valid: int) -> None:
     """Warn when a few dozen validation samples select on a metric that jumps by whole
-    samples (the small-data recipes select on ``valid_loss`` or cross-validate)."""
+    samples (the small-data recipes average the last epochs instead, or cross-validate)."""
     metric = cfg.train.select_metric
-    if n_valid >= SMALL_VALID or metric in ("valid_loss", "valid_mae", "valid_corr"):
+    if (n_valid >= SMALL_VALID or cfg.train.average_epochs
+            or metric in ("valid_loss", "valid_mae", "valid_corr")):
         return
     log.warning("selecting on %s over %d validation samples: one sample moves it by about "
-                "%.1f points, so the chosen epoch is partly luck; train.select_metric="
-                "valid_loss moves smoothly, and train.folds=5 validates on a fifth of train + "
-                "valid (configs/distill/*_small_*.yaml do the first)", metric, n_valid,
+                "%.1f points, so the chosen epoch is partly luck; train.average_epochs=5 "
+                "(with train.early_stop_patience=0) averages the last epochs instead, "
+                "train.select_metric=valid_loss moves smoothly, and train.folds=5 validates "
+                "on a fifth of train + valid (configs/distill/*_small_*.yaml average)", metric, n_valid,
                 100 / max(n_valid, 1))
 
 

@@ -128,6 +128,13 @@ class TrainConfig:
     empty: every sample trains."""
     early_stop_patience: int = 5
     """Stop after this many epochs without a better validation value; 0: never stop early."""
+    average_epochs: int = 0
+    """Average the weights of the last ``average_epochs`` epochs into ``checkpoint-best``
+    (weight averaging over epochs, after SWA) instead of picking the epoch with the best
+    ``select_metric``: no choice rests on a few dozen validation samples, which is what a
+    small dataset needs. Validation still runs each epoch and scores the average (its
+    ``selection.json``); it needs ``early_stop_patience=0`` and at most ``epochs``. 0:
+    select one epoch."""
     num_workers: int = 0
     """DataLoader worker processes (0: collate in the training process)."""
     weighting: WeightingConfig = field(default_factory=WeightingConfig)
@@ -172,6 +179,13 @@ class TrainConfig:
               "use a fraction in [0, 1)")
         check(self.early_stop_patience >= 0, "train.early_stop_patience",
               self.early_stop_patience, "use 0 (no early stopping) or a positive count")
+        check(0 <= self.average_epochs <= self.epochs, "train.average_epochs",
+              self.average_epochs,
+              f"use 0 (select one epoch) or 1..train.epochs ({self.epochs}) last epochs")
+        check(not (self.average_epochs and self.early_stop_patience), "train.average_epochs",
+              self.average_epochs,
+              "averaging the last epochs needs every epoch: set train.early_stop_patience=0 "
+              "(or train.average_epochs=0 to select one epoch)")
         check(self.num_workers >= 0, "train.num_workers", self.num_workers, "use 0 or more")
         check(self.folds == 0 or self.folds >= 2, "train.folds", self.folds,
               "use 0 (the dataset's own valid split) or k >= 2 folds, e.g. 5")

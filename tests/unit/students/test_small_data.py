@@ -76,6 +76,9 @@ def test_regression_folds_are_stratified_by_score():
     (["train.fold=2"], "train.fold=2 is invalid.*train.folds"),
     (["loss.label_smoothing=0.1"], "loss.label_smoothing=0.1 is invalid.*classification"),
     (["signals.control=uniform"], "signals.control='uniform' is invalid.*signals.cache_dir"),
+    (["train.epochs=2", "train.average_epochs=3", "train.early_stop_patience=0"],
+     r"train.average_epochs=3 is invalid.*1..train.epochs \(2\)"),
+    (["train.average_epochs=2"], "train.average_epochs=2 is invalid.*early_stop_patience=0"),
 ])
 def test_bad_small_data_settings_are_refused_with_the_field(overrides, msg):
     with pytest.raises(ConfigError, match=msg):
@@ -137,6 +140,84 @@ def test_the_selected_checkpoint_s_spread_is_recorded_and_read_back(tmp_path, da
     sel["spread"] = {"pred_std": 0.01, "gold_std": 1.2}
     sel_file.write_text(json.dumps(sel))
     assert "std is 0.010 against gold's 1.200" in selected_collapse(best, [])
+
+
+# ------------------------------------------------------------------ weight averaging
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().float().cpu().clone() for n, p in model.named_parameters()
+            if p.requires_grad}
+
+
+def _averaged_run(out, data, monkeypatch, stop_after: int | None = None):
+    """Train 3 epochs averaging the last 2; returns the trainable weights after each
+    epoch, as the model held them (read before the recipe adds them to its average)."""
+    from students.recipe import StageRecipe
+
+    seen: list[dict[str, torch.Tensor]] = []
+    real = StageRecipe.update_average
+
+    def spy(self, epoch):
+        seen.append(_trainable(self.raw_model))
+        real(self, epoch)
+        if stop_after is not None and epoch + 1 == stop_after:
+            self.save_last()
+            raise KeyboardInterrupt("stopped by the test")
+
+    monkeypatch.setattr(StageRecipe, "update_average", spy)
+    return seen
+
+
+AVERAGE_2_OF_3 = ("train.epochs=3", "train.average_epochs=2", "train.early_stop_patience=0")
+
+
+def test_the_checkpoint_is_the_mean_of_the_last_epochs_weights(tmp_path, data, monkeypatch,
+                                                                caplog):
+    from students.checkpoint import load_checkpoint
+
+    seen = _averaged_run(tmp_path / "avg", data, monkeypatch)
+    with caplog.at_level(logging.INFO):
+        best = train(distill_cfg(tmp_path / "avg", data, *AVERAGE_2_OF_3))
+    assert len(seen) == 3 and "weights averaged over epochs 2-3" in caplog.text
+    model, _, meta = load_checkpoint(best)
+    got = _trainable(model)  # every part, the heads training left frozen too
+    assert seen[0].keys() <= got.keys() and any("lora" in n for n in seen[0])
+    for name in seen[0]:
+        mean = (seen[1][name] + seen[2][name]) / 2
+        torch.testing.assert_close(got[name], mean, atol=1e-6, rtol=1e-5, msg=name)
+    assert any(not torch.allclose(seen[1][n], seen[2][n]) for n in seen[0])
+    assert meta.selection["averaged_epochs"] == [2, 3] and meta.selection["epoch"] == 3
+    assert "valid_loss" in meta.selection["metrics"]
+
+
+def test_a_resumed_averaged_run_equals_an_unbroken_one(tmp_path, data, monkeypatch):
+    from students.checkpoint import load_checkpoint
+
+    _averaged_run(tmp_path / "whole", data, monkeypatch)
+    whole = train(distill_cfg(tmp_path / "whole", data, *AVERAGE_2_OF_3))
+    _averaged_run(tmp_path / "broken", data, monkeypatch, stop_after=2)  # mid-average
+    with pytest.raises(KeyboardInterrupt):
+        train(distill_cfg(tmp_path / "broken", data, *AVERAGE_2_OF_3))
+    state = json.loads((tmp_path / "broken" / "last" / "trainer_state.json").read_text())
+    assert state["averaged"] == 1 and not state["finished"]
+    _averaged_run(tmp_path / "broken", data, monkeypatch)
+    resumed = train(distill_cfg(tmp_path / "broken", data, *AVERAGE_2_OF_3), resume=True)
+    a, b = _trainable(load_checkpoint(whole)[0]), _trainable(load_checkpoint(resumed)[0])
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], atol=1e-6, rtol=0, msg=name)
+
+
+def test_the_protocol_says_the_weights_were_averaged():
+    from eval.protocol import check_protocol
+
+    sel = {"split": "valid", "metric": "valid_loss", "mode": "min", "epoch": 15,
+           "value": 0.91, "averaged_epochs": [11, 15], "stage": "student"}
+    out = check_protocol(sel, {}, "test", "ckpt")
+    assert out["selection"].startswith("weights averaged over epochs 11-15 (no epoch selected)")
+    assert out["selection_record"]["averaged_epochs"] == [11, 15]
+    del sel["averaged_epochs"]
+    assert "averaged_epochs" not in check_protocol(sel, {}, "test", "ckpt")["selection_record"]
 
 
 # ----------------------------------------------------------- smoothing and controls
@@ -208,10 +289,15 @@ def test_a_small_validation_split_selected_on_a_rate_is_warned_about(caplog):
         _warn_small_valid(cfg, 40)
     assert "valid_f1_weighted over 40 validation samples" in caplog.text
     assert "2.5 points" in caplog.text and "train.select_metric=valid_loss" in caplog.text
+    assert "train.average_epochs=5" in caplog.text
     caplog.clear()
+    averaged = load_config(DistillConfig, None, [
+        "data.task=classification", "data.class_names=[no, yes]", "train.average_epochs=5",
+        "train.early_stop_patience=0"])
     cfg.train.select_metric = "valid_loss"
     with caplog.at_level(logging.WARNING):
         _warn_small_valid(cfg, 40)
+        _warn_small_valid(averaged, 40)  # no epoch is selected
         _warn_small_valid(load_config(DistillConfig, None, []), 40)  # valid_mae: smooth
     assert caplog.text == ""
 
