@@ -280,6 +280,3 @@ class MidgConfig:
         check(self.adapter_rank >= 1, "student.midg.adapter_rank", self.adapter_rank,
               "use a positive width, e.g. 32")
 
-
-METHOD_CONFIGS = (MsMixConfig, ConflictConfig, AugmentConfig, MissingConfig, EnhanceConfig)
-"""Every method object (a bool given for one of them is read as its switch)."""
