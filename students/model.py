@@ -341,12 +341,12 @@ class StudentModel(nn.Module):
             fused, extra = method.after_fusion(self.part(method), fused)
             if extra is not None:
                 extras[method.name] = extra
-        pred = self._shape(self.head(fused))
+        pred = self.shape_output(self.head(fused))
         if self.task == "classification":
             bin_logits = pred
         else:
             bin_logits = self.bin_head(fused) if self.bin_head is not None else None
-        unimodal = {m: self._shape(self.unimodal_heads[m](v)) for m, v in enc.pooled().items()}
+        unimodal = {m: self.shape_output(self.unimodal_heads[m](v)) for m, v in enc.pooled().items()}
         return StudentOutput(pred=pred, bin_logits=bin_logits, fused=fused,
                              projected=self.kd_proj(fused), unimodal=unimodal, gates=fo.gates,
                              attention=fo.attention, contributions=fo.contributions,
@@ -360,7 +360,7 @@ class StudentModel(nn.Module):
         h = self.fusion.tail(x)
         for method in self.active_methods:
             h, _ = method.after_fusion(self.part(method), h)
-        return self._shape(self.head(h))
+        return self.shape_output(self.head(h))
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """The trainable weights of :meth:`shared_tail` (fusion tail, the methods' shared
@@ -370,7 +370,8 @@ class StudentModel(nn.Module):
                 self.head]
         return [p for mod in mods for p in mod.parameters() if p.requires_grad]
 
-    def _shape(self, y: Tensor) -> Tensor:
+    def shape_output(self, y: Tensor) -> Tensor:
+        """A head's output shaped like ``pred`` ((B,) for one score, (B, C) for classes)."""
         return y.squeeze(-1) if self.out_dim == 1 else y
 
 

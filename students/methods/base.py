@@ -44,7 +44,7 @@ Every config object is switched by its ``enabled`` field.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol
 
 import numpy as np
 from torch import Tensor, nn
@@ -52,10 +52,37 @@ from torch import Tensor, nn
 from students.outputs import StudentEncoding, StudentOutput
 
 if TYPE_CHECKING:
-    from students.model import StudentModel
     from students.robustness import MaskSpec
     from workbench.data.schema import Sample
     from workbench.data.store import DataInfo
+
+
+class StudentView(Protocol):
+    """What a method reads of the student it is part of (:class:`students.model.
+    StudentModel` is one): methods are typed against this, so they never import the model,
+    which imports them."""
+
+    training: bool
+    methods: nn.ModuleDict
+    """The active methods' parts, by method name."""
+
+    def fuse_and_predict(self, enc: StudentEncoding,
+                         return_attention: bool = False) -> StudentOutput:
+        """Fusion and heads on an encoding (e.g. a mixed one)."""
+        ...
+
+    def shared_tail(self, x: Tensor) -> Tensor:
+        """A fusion-sum vector through the layers every modality shares, shaped like
+        ``pred``."""
+        ...
+
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The trainable weights of :meth:`shared_tail`."""
+        ...
+
+    def shape_output(self, y: Tensor) -> Tensor:
+        """A head's output shaped like ``pred`` ((B,) for one score, (B, C) for classes)."""
+        ...
 
 
 @dataclass
@@ -122,7 +149,7 @@ class Method:
         return None
 
     def encode(self, part: nn.Module | None, enc: StudentEncoding, batch: dict[str, Any],
-               model: StudentModel) -> StudentEncoding:
+               model: StudentView) -> StudentEncoding:
         """The encoding fusion reads (default: ``enc`` unchanged)."""
         return enc
 
@@ -147,7 +174,7 @@ class Method:
         """Whether :meth:`losses` gives terms (the step then keeps the encoding)."""
         return type(self).losses is not Method.losses
 
-    def losses(self, model: StudentModel, out: StudentOutput, batch: dict[str, Any],
+    def losses(self, model: StudentView, out: StudentOutput, batch: dict[str, Any],
                step: Step) -> dict[str, Tensor]:
         """Its terms for one step, unweighted, named ``<name>...`` (logged as they are).
         ``out`` is the forward pass with its encoding; ``model`` the unwrapped student."""

@@ -9,13 +9,12 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
-from students.methods.base import Method, Step
+from students.methods.base import Method, Step, StudentView
 from students.methods.conflict.penalty import conflict_losses, label_statistics
 from students.outputs import StudentOutput
 from workbench.config import ConflictConfig
 
 if TYPE_CHECKING:
-    from students.model import StudentModel
     from workbench.data.schema import Sample
     from workbench.data.store import DataInfo
 
@@ -44,7 +43,7 @@ class Conflict(Method):
         log.info("statistical loss: train gold-label statistics %s",
                  ", ".join(f"{v:.4f}" for v in self.label_stats))
 
-    def losses(self, model: StudentModel, out: StudentOutput, batch: dict[str, Any],
+    def losses(self, model: StudentView, out: StudentOutput, batch: dict[str, Any],
                step: Step) -> dict[str, Tensor]:
         return conflict_losses(model, out, batch, self.cfg, task_kind=step.task_kind,
                                classification=step.classification,

@@ -29,17 +29,15 @@ population std); for classification ``sum_c (mean_b softmax(pred)_bc - pi_c)^2``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from students.losses import task_loss
+from students.methods.base import StudentView
 from students.outputs import StudentOutput
 from workbench.config import ConflictConfig
-
-if TYPE_CHECKING:
-    from students.model import StudentModel
 
 
 def _fp(x: Tensor) -> Tensor:
@@ -127,7 +125,7 @@ def statistical_loss(pred: Tensor, stats: Sequence[float], mask: Tensor | None =
     return loss
 
 
-def conflict_losses(model: StudentModel, out: StudentOutput, batch: dict[str, Any],
+def conflict_losses(model: StudentView, out: StudentOutput, batch: dict[str, Any],
                     cfg: ConflictConfig, *, task_kind: str, classification: bool,
                     label_stats: Sequence[float] | None) -> dict[str, Tensor]:
     """The conflict-aware penalty and the statistical loss for one batch: ``conflict``

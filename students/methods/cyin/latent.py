@@ -31,18 +31,16 @@ loss terms come from :func:`cyin_losses`, on what :class:`CyclicLatent` leaves i
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from students.encoders import Encoded, masked_mean
 from students.losses import task_loss
+from students.methods.base import StudentView
 from students.outputs import StudentEncoding, StudentOutput
 from workbench.config import CyinConfig
-
-if TYPE_CHECKING:
-    from students.model import StudentModel
 
 
 def reparameterise(mu: Tensor, logvar: Tensor, generator: torch.Generator | None = None
@@ -169,7 +167,7 @@ class CyclicLatent(nn.Module):
                        avail=avail_new, extras={**enc.extras, "cyin": state})
 
 
-def cyin_losses(model: StudentModel, lat: CyclicLatent, out: StudentOutput,
+def cyin_losses(model: StudentView, lat: CyclicLatent, out: StudentOutput,
                 batch: dict[str, Any], cfg: CyinConfig, *, task_kind: str,
                 classification: bool) -> dict[str, Tensor]:
     """CyIN's terms for one step: ``cyin_kl`` (mean over modalities of the token KL),
@@ -192,7 +190,7 @@ def cyin_losses(model: StudentModel, lat: CyclicLatent, out: StudentOutput,
     mean = {m: masked_mean(st.mu[m], st.mask[m]) for m in mods}
     for i in mods:
         zi = mean[i]
-        label.append(task_loss(model._shape(lat.label_head[i](st.z[i])), target, task_kind, w,
+        label.append(task_loss(model.shape_output(lat.label_head[i](st.z[i])), target, task_kind, w,
                                lmask * st.present[i].to(lmask.dtype)))
         for j in mods:
             both = st.present[i] & st.present[j]

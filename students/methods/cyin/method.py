@@ -4,17 +4,14 @@ translated from those present); five terms in the step."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor, nn
 
-from students.methods.base import BuildContext, Method, Step
+from students.methods.base import BuildContext, Method, Step, StudentView
 from students.methods.cyin.latent import CyclicLatent, cyin_losses, cyin_total
 from students.outputs import StudentEncoding, StudentOutput
 from workbench.config import CyinConfig
-
-if TYPE_CHECKING:
-    from students.model import StudentModel
 
 
 class Cyin(Method):
@@ -28,11 +25,11 @@ class Cyin(Method):
         return CyclicLatent(ctx.hidden, ctx.streams, ctx.out_dim, self.cfg)
 
     def encode(self, part: nn.Module | None, enc: StudentEncoding, batch: dict[str, Any],
-               model: StudentModel) -> StudentEncoding:
+               model: StudentView) -> StudentEncoding:
         assert isinstance(part, CyclicLatent)
         return part(enc)
 
-    def losses(self, model: StudentModel, out: StudentOutput, batch: dict[str, Any],
+    def losses(self, model: StudentView, out: StudentOutput, batch: dict[str, Any],
                step: Step) -> dict[str, Tensor]:
         return cyin_losses(model, model.methods[self.name], out, batch, self.cfg,
                            task_kind=step.task_kind, classification=step.classification)

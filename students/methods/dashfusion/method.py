@@ -3,18 +3,15 @@ its two alignment terms to the step."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor, nn
 
-from students.methods.base import BuildContext, Method, Step
+from students.methods.base import BuildContext, Method, Step, StudentView
 from students.methods.dashfusion.fusion import DashFusion as DashFusionModule
 from students.methods.dashfusion.losses import dashfusion_losses
 from students.outputs import StudentOutput
 from workbench.config import DashFusionConfig
-
-if TYPE_CHECKING:
-    from students.model import StudentModel
 
 
 class DashFusion(Method):
@@ -28,7 +25,7 @@ class DashFusion(Method):
     def build_fusion(self, ctx: BuildContext) -> nn.Module:
         return DashFusionModule(ctx.hidden, ctx.modalities, ctx.heads, ctx.dropout, self.cfg)
 
-    def losses(self, model: StudentModel, out: StudentOutput, batch: dict[str, Any],
+    def losses(self, model: StudentView, out: StudentOutput, batch: dict[str, Any],
                step: Step) -> dict[str, Tensor]:
         return dashfusion_losses(out, batch, self.cfg, step.classification)
 

@@ -3,17 +3,14 @@ parts, its ``encode`` hook enhances degraded modalities (:mod:`.memory`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
-from students.methods.base import BuildContext, Method
+from students.methods.base import BuildContext, Method, StudentView
 from students.methods.enhance.memory import CrossSampleEnhancer, enhance_encoding
 from students.outputs import StudentEncoding
 from workbench.config import EnhanceConfig
-
-if TYPE_CHECKING:
-    from students.model import StudentModel
 
 
 class Enhance(Method):
@@ -30,6 +27,6 @@ class Enhance(Method):
                                    c.temperature)
 
     def encode(self, part: nn.Module | None, enc: StudentEncoding, batch: dict[str, Any],
-               model: StudentModel) -> StudentEncoding:
+               model: StudentView) -> StudentEncoding:
         assert isinstance(part, CrossSampleEnhancer)
         return enhance_encoding(part, enc, batch, training=model.training)

@@ -4,18 +4,15 @@ two terms in the step."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor, nn
 
-from students.methods.base import BuildContext, Method, Step
+from students.methods.base import BuildContext, Method, Step, StudentView
 from students.methods.midg.adapter import CrossModalAdapter, encoder_layers
 from students.methods.midg.experts import MixtureOfExperts, midg_losses
 from students.outputs import StudentOutput
 from workbench.config import MidgConfig
-
-if TYPE_CHECKING:
-    from students.model import StudentModel
 
 
 class MidgParts(nn.Module):
@@ -52,7 +49,7 @@ class Midg(Method):
     def shared_modules(self, part: nn.Module | None) -> list[nn.Module]:
         return [part.experts] if isinstance(part, MidgParts) else []
 
-    def losses(self, model: StudentModel, out: StudentOutput, batch: dict[str, Any],
+    def losses(self, model: StudentView, out: StudentOutput, batch: dict[str, Any],
                step: Step) -> dict[str, Tensor]:
         return midg_losses(out, batch, self.cfg, task_kind=step.task_kind,
                            classification=step.classification)

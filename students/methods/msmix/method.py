@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import Tensor, nn
 
-from students.methods.base import BuildContext, Method, Step
+from students.methods.base import BuildContext, Method, Step, StudentView
 from students.methods.msmix.mixing import intensity_heads, msmix_losses
 from students.outputs import StudentOutput
 from workbench.config import MsMixConfig
-
-if TYPE_CHECKING:
-    from students.model import StudentModel
 
 
 class MsMix(Method):
@@ -25,7 +22,7 @@ class MsMix(Method):
     def build(self, ctx: BuildContext) -> nn.Module:
         return intensity_heads(ctx.hidden, ctx.streams)
 
-    def losses(self, model: StudentModel, out: StudentOutput, batch: dict[str, Any],
+    def losses(self, model: StudentView, out: StudentOutput, batch: dict[str, Any],
                step: Step) -> dict[str, Tensor]:
         if step.rng is None:
             raise ValueError("MS-Mix needs rng= (a numpy Generator seeded per step)")

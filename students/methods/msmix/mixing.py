@@ -27,7 +27,7 @@ Inside a training step (``train.msmix``, :class:`workbench.config.MsMixConfig`),
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,11 +35,9 @@ from torch import Tensor, nn
 
 from students.encoders import Encoded
 from students.losses import task_loss, weighted_mean
+from students.methods.base import StudentView
 from students.outputs import StudentEncoding, StudentOutput
 from workbench.config import MsMixConfig
-
-if TYPE_CHECKING:
-    from students.model import StudentModel
 
 
 def intensity_heads(hidden: int, streams: list[str]) -> nn.ModuleDict:
@@ -165,7 +163,7 @@ def _rows(e: Encoded, idx: Tensor) -> Encoded:
     return Encoded(tokens=e.tokens[idx], mask=e.mask[idx], pooled=e.pooled[idx])
 
 
-def msmix_losses(model: StudentModel, heads: nn.ModuleDict, out: StudentOutput,
+def msmix_losses(model: StudentView, heads: nn.ModuleDict, out: StudentOutput,
                  batch: dict[str, Any], cfg: MsMixConfig, *, task_kind: str,
                  label_range: tuple[float, float], bins: Tensor | None,
                  rng: np.random.Generator) -> dict[str, Tensor]:

@@ -77,3 +77,25 @@ def test_the_checker_catches_each_way_of_naming_a_method():
     assert namings("from students.methods.midg.adapter import encoder_layers\n") == [
         "midg", "import students.methods.midg.adapter"]
     assert namings("from students.methods.base import Method\n") == []
+
+
+def model_imports(text: str) -> list[str]:
+    """The imports of the core modules in ``text`` (a method's module), type-only ones
+    included: a method sees the model through :class:`students.methods.base.StudentView`."""
+    core = {c.removesuffix(".py").replace("/", ".") for c in CORE}
+    found = []
+    for node in ast.walk(ast.parse(text)):
+        names = ([node.module or ""] if isinstance(node, ast.ImportFrom) else
+                 [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+        found += [n for n in names if n in core]
+    return found
+
+
+def test_no_method_imports_the_core_that_imports_it():
+    files = sorted((REPO / "students" / "methods").rglob("*.py"))
+    bad = {str(f.relative_to(REPO)): hits for f in files
+           if (hits := model_imports(f.read_text()))}
+    assert len(files) > 10 and not bad, bad
+    assert model_imports("if TYPE_CHECKING:\n    from students.model import StudentModel\n") \
+        == ["students.model"]
+    assert model_imports("from students.outputs import StudentOutput\n") == []

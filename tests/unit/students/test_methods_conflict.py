@@ -237,7 +237,7 @@ def test_midg_experts_are_among_the_shared_layers_the_penalty_reads():
     assert {id(p) for p in experts.parameters()} <= shared
     x = torch.randn(4, HID)
     mixed, _ = experts(model.fusion.tail(x))
-    assert torch.allclose(model.shared_tail(x), model._shape(model.head(mixed)))
+    assert torch.allclose(model.shared_tail(x), model.shape_output(model.head(mixed)))
     plan = _plan("train.conflict.tau=1.0")
     batch = TrainCollator(Collator.for_model(model))(make_samples(8))
     model.train()
