@@ -149,10 +149,22 @@ def migrate(cls_name: str, data: dict[str, Any], prefix: str = "") -> dict[str, 
             _put(out, new.split("."), value)
             moved.append(f"{prefix}{old} -> {prefix}{new}")
     if moved:
-        log.warning("config: renamed keys mapped (%s); the old names still load but will "
-                    "go: write the new ones (see workbench/config/methods.py, train.py)",
-                    ", ".join(moved))
+        _note_once(f"config: renamed keys mapped ({', '.join(moved)}); the old names still "
+                   "load but will go: write the new ones (see workbench/config/methods.py, "
+                   "train.py)")
     return out
+
+
+_NOTED: set[str] = set()
+"""The notes given so far in this process."""
+
+
+def _note_once(note: str) -> None:
+    """Log ``note`` as a warning the first time this process meets it: a checkpoint's
+    config read by several steps of one command gets one note, not one per read."""
+    if note not in _NOTED:
+        _NOTED.add(note)
+        log.warning("%s", note)
 
 
 WEIGHTS: dict[str, str] = {
@@ -180,6 +192,7 @@ def migrate_weights(state: dict[str, Any]) -> dict[str, Any]:
                 break
         out[key] = value
     if moved:
-        log.warning("weights saved under old names mapped (%s); re-save the checkpoint to "
-                    "write the new ones", ", ".join(f"{o}* -> {n}*" for o, n in moved.items()))
+        _note_once("weights saved under old names mapped ("
+                   + ", ".join(f"{o}* -> {n}*" for o, n in moved.items())
+                   + "); re-save the checkpoint to write the new ones")
     return out
