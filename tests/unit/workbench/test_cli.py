@@ -204,7 +204,7 @@ def test_cache_run_writes_progress_lines_to_a_log(tmp_path):
         r = run("cache", "run", "--config", str(recipe), "--progress-every", "0")
         assert r.exit_code == 0, r.output
         total = int(r.output.split(" about ")[1].split()[0])
-        lines = [x for x in r.output.splitlines() if f"/{total} answered" in x]
+        lines = [x for x in r.output.splitlines() if f"/{total} (" in x]
         assert [x.split("/")[0] for x in lines] == [str(i) for i in range(1, total + 1)]
         assert "/s, ETA" in lines[0] and "elapsed" in lines[0]
         r = run("cache", "run", "--config", str(recipe), "--progress-every", "-1")
