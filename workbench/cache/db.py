@@ -12,8 +12,10 @@ constraint) passes through unchanged for the code that handles it.
 from __future__ import annotations
 
 import sqlite3
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 from workbench.errors import WorkbenchError
 
@@ -109,6 +111,33 @@ def connect(db: Path, timeout_s: float) -> sqlite3.Connection:
     conn = sqlite3.connect(str(db), timeout=timeout_s, isolation_level=None, factory=_Connection)
     conn.db_path = db
     return conn
+
+
+T = TypeVar("T")
+
+
+def is_busy(e: BaseException) -> bool:
+    """Whether ``e`` is SQLite saying another connection holds the lock it needs."""
+    return isinstance(e, sqlite3.OperationalError) and (
+        "locked" in str(e) or "busy" in str(e))
+
+
+def retry_busy(step: Callable[[], T], timeout_s: float, *, pause_s: float = 0.01) -> T:
+    """``step()``, again while SQLite answers *busy* and ``timeout_s`` has not passed.
+
+    SQLite gives up at once, without waiting out ``busy_timeout``, where waiting could
+    deadlock: switching a database to WAL while another connection opens it, or upgrading
+    a read to a write. Two jobs that open one new cache at the same moment meet exactly
+    that; the one that loses waits here for the other to finish, as a writer would."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as e:
+            if not is_busy(e) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause_s)
+        pause_s = min(pause_s * 2, 0.25)
 
 
 def check_database(db: Path) -> None:

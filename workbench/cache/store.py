@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.cache.db import CacheError, check_database, connect
+from workbench.cache.db import CacheError, check_database, connect, retry_busy
 from workbench.cache.ledger import (
     LEDGER_SCHEMA,
     add_spend,
@@ -160,9 +160,17 @@ class CacheStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conn = connect(db, timeout_s)
         self.conn.row_factory = sqlite3.Row
+        self.conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+        retry_busy(self._set_up, timeout_s)
+        version = int(self.conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0])
+        if version != SCHEMA_VERSION:
+            raise CacheError(f"{db}: cache schema v{version}, this workbench reads v{SCHEMA_VERSION}")
+
+    def _set_up(self) -> None:
+        """WAL mode and the schema; :func:`retry_busy` repeats it while another process
+        opening the same new cache holds the lock (SQLite does not wait for that one)."""
         self.conn.execute("PRAGMA journal_mode=WAL")
         self.conn.execute("PRAGMA synchronous=NORMAL")
-        self.conn.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
         self.conn.execute("PRAGMA wal_autocheckpoint=256")
         self.conn.execute(f"PRAGMA journal_size_limit={WAL_LIMIT_BYTES}")
         with self.transaction():
@@ -171,9 +179,6 @@ class CacheStore:
                     self.conn.execute(statement)
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                               (str(SCHEMA_VERSION),))
-        version = int(self.conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0])
-        if version != SCHEMA_VERSION:
-            raise CacheError(f"{db}: cache schema v{version}, this workbench reads v{SCHEMA_VERSION}")
 
     # plumbing ---------------------------------------------------------------
     class _Tx:

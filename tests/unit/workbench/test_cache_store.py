@@ -1,3 +1,4 @@
+import threading
 import time
 
 import pyarrow.parquet as pq
@@ -104,3 +105,45 @@ def test_join_guards(tmp_path):
     assert len(teacher_view(tmp_path, train_only, "fp1", template="context_aware_gold").outputs) == 2
     with pytest.raises(CacheError, match="no cache"):
         teacher_view(tmp_path / "absent", splits, "fp1", template="x")
+
+
+def test_connections_opening_one_new_cache_at_once_all_succeed(tmp_path):
+    """Switching a new database to WAL makes SQLite answer *locked* at once (no busy
+    wait) to the others opening it at that moment; the store waits its turn instead."""
+    for round_ in range(150):
+        cache, errors = tmp_path / f"c{round_}", []
+        start = threading.Barrier(3)
+
+        def one(cache=cache, start=start, errors=errors):
+            start.wait()
+            try:
+                CacheStore(cache).close()
+            except Exception as e:  # noqa: BLE001 - reported by the assert below
+                errors.append(e)
+        threads = [threading.Thread(target=one) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, (round_, errors)
+
+
+def test_retry_busy_gives_up_after_its_timeout_and_passes_other_errors():
+    import sqlite3
+
+    from workbench.cache.db import retry_busy
+    calls = []
+
+    def locked():
+        calls.append(1)
+        raise sqlite3.OperationalError("database is locked")
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        retry_busy(locked, timeout_s=0.05)
+    assert len(calls) > 1
+
+    def broken():
+        calls.append(2)
+        raise sqlite3.OperationalError("no such table: x")
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        retry_busy(broken, timeout_s=5)
+    assert calls.count(2) == 1
