@@ -218,8 +218,14 @@ def students(runs: Path, ds: Dataset, variant: str, draws: list[int], seeds: lis
     return out
 
 
+def digits(scale: float) -> int:
+    """Decimals of a cell: 1 for percentages, 3 for raw scores (MAE, correlation)."""
+    return 1 if scale == 100 else 3
+
+
 def row(label: str, got: dict, ds: Dataset) -> str:
-    cells = [cell([m[k] for m in got.values()], scale) for k, _, scale in ds.metrics]
+    cells = [cell([m[k] for m in got.values()], scale, digits(scale))
+             for k, _, scale in ds.metrics]
     return f"| {label} | {len(got)} | " + " | ".join(cells) + " |"
 
 
@@ -227,7 +233,7 @@ def paired(a: dict, b: dict, key: str, scale: float, by_draw: bool = False) -> s
     """``mean ± std`` of a - b over the keys both have (by draw: b's one row per draw)."""
     pairs = [(k, (d, 0) if by_draw else k) for k in a for d in [k[0]]]
     diffs = [a[k][key] - b[j][key] for k, j in pairs if j in b]
-    return f"{cell(diffs, scale)} (n={len(diffs)})"
+    return f"{cell(diffs, scale, digits(scale))} (n={len(diffs)})"
 
 
 def table(runs: Path, ds: Dataset, draws: list[int], seeds: list[int], variants: list[str]
