@@ -34,7 +34,7 @@ from typing import Any
 from prompts import materialize_messages
 from teachers.base import OnResult, RawOutput, TeacherRequest, TeacherUnavailable
 from teachers.scoring import needs_full_decode, score_only
-from workbench.cache.scrub import register_secret, scrub
+from workbench.cache.scrub import register_secret, scrub_cut
 from workbench.config import TeacherConfig
 
 log = logging.getLogger(__name__)
@@ -116,6 +116,16 @@ def classify(exc: Exception) -> tuple[str, bool]:
                         TypeError, AttributeError, KeyError)):
         return "bad_response", True
     raise exc
+
+
+ERROR_CHARS = 300
+"""How much of a server's error text a row keeps (after scrubbing: see :func:`scrub_cut`)."""
+
+
+def error_text(exc: BaseException, timeout_s: float) -> str:
+    """The stored text of a failed attempt: its type and message, scrubbed, then cut."""
+    detail = str(exc) or f"no complete answer within teacher.timeout_s={timeout_s}"
+    return scrub_cut(f"{type(exc).__name__}: {detail}", ERROR_CHARS)
 
 
 def _chat_positions(choice: Any) -> list[dict[str, Any]] | None:
@@ -200,7 +210,7 @@ class OpenAICompatTeacher:
         else:
             resp = await client.completions.create(**params)
         if isinstance(resp, (str, bytes)) or not getattr(resp, "choices", None):
-            raise ValueError(f"response has no choices: {str(resp)[:200]!r}")
+            raise ValueError(f"response has no choices: {scrub_cut(str(resp), 200)!r}")
         choice = resp.choices[0]
         if kind == "chat":
             text = choice.message.content or ""
@@ -227,8 +237,7 @@ class OpenAICompatTeacher:
             except Exception as e:  # noqa: BLE001 - classify() re-raises what it does not know
                 kind, retryable = classify(e)
                 if not retryable or retries >= cfg.max_retries:
-                    detail = str(e) or f"no complete answer within teacher.timeout_s={cfg.timeout_s}"
-                    return RawOutput(error_kind=kind, error=scrub(f"{type(e).__name__}: {detail[:300]}"),
+                    return RawOutput(error_kind=kind, error=error_text(e, cfg.timeout_s),
                                      retries=retries, latency_s=time.perf_counter() - t0)
                 delay = _retry_after(e)
                 if delay is None:

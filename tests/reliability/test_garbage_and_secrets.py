@@ -9,13 +9,15 @@ import math
 
 import pytest
 
+from teachers.openai_compat import ERROR_CHARS, error_text
+from teachers.sending import JobFailed
 from teachers.softlabel import BadLogprobs, soft_label
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.teacher_env import api_teacher, run_job, tiny_data
 from workbench.cache.export import export
 from workbench.cache.join import teacher_view
 from workbench.cache.records import SoftLabel, TeacherOutput
-from workbench.cache.scrub import scrub
+from workbench.cache.scrub import register_secret, scrub
 from workbench.cache.store import CacheError, CacheStore
 
 LABELS, VALUES = ["negative", "neutral", "positive"], [-1.0, 0.0, 1.0]
@@ -96,6 +98,35 @@ def test_secrets_echoed_by_the_server_are_never_stored_exported_or_logged(tmp_pa
             blob = f.read_bytes()
             assert SECRET.encode() not in blob and b"Bearer " + SECRET.encode() not in blob, f
     assert SECRET not in caplog.text
+
+
+def test_a_secret_across_the_error_texts_cut_is_scrubbed_whole(tmp_path, monkeypatch):
+    """The server's 401 echoes the key at 70 offsets around where the stored error text is
+    cut (ERROR_CHARS): no row keeps any 8 characters of it (the text was cut, then
+    scrubbed: a key across the cut lost its tail, was no longer the registered value, and
+    34 of its 35 characters were stored)."""
+    monkeypatch.setenv("WB_RELIABILITY_KEY", SECRET)
+    data = tiny_data(tmp_path, n=70)
+    with FakeOpenAI(lambda p: ["echo401"], echo_pads=list(range(170, 240))) as server:
+        with pytest.raises(JobFailed, match="no answer was ok"):  # every answer is a 401
+            run_job(api_teacher(server.base_url, api_key_env="WB_RELIABILITY_KEY",
+                                max_retries=0, max_concurrency=1), data, tmp_path / "c")
+    with CacheStore(tmp_path / "c") as store:
+        errors = [o.error for o in store.current().values()]
+    assert len(errors) >= 60 and all(len(e) <= ERROR_CHARS + 3 for e in errors)
+    assert any(e.endswith("...") for e in errors)  # the texts were long enough to be cut
+    pieces = {SECRET[i:i + 8] for i in range(len(SECRET) - 7)}
+    leaked = [e for e in errors if any(p in e for p in pieces)]
+    assert not leaked, leaked[:2]
+
+
+@pytest.mark.parametrize("offset", range(ERROR_CHARS - 45, ERROR_CHARS + 5))
+def test_error_text_scrubs_before_it_cuts(offset):
+    register_secret(SECRET)
+    e = ValueError("x" * offset + SECRET + " tail")
+    text = error_text(e, timeout_s=1.0)
+    assert SECRET[:8] not in text and SECRET[-8:] not in text
+    assert len(text) <= ERROR_CHARS + 3
 
 
 def test_token_shaped_strings_are_scrubbed():

@@ -39,8 +39,10 @@ def label_for(prompt: str) -> str:
 class FakeOpenAI:
     def __init__(self, schedule: Callable[[str], list[str]] | None = None, *, hang_s: float = 5.0,
                  slow_s: float = 0.05, retry_after: str = "0.05", drip_s: float = 1.0,
-                 port: int = 0) -> None:
+                 port: int = 0, echo_pads: list[int] | None = None) -> None:
         self.schedule = schedule or (lambda prompt: ["ok"])
+        self.echo_pads = list(echo_pads or [0])
+        """Filler before the key a 401 echoes, one per echo in turn (to move it in the text)."""
         self.hang_s, self.slow_s, self.retry_after = hang_s, slow_s, retry_after
         self.drip_s = drip_s
         self.attempts: Counter[str] = Counter()
@@ -164,7 +166,10 @@ class FakeOpenAI:
                     return None
                 if b == "echo401":
                     auth = self.headers.get("Authorization", "").removeprefix("Bearer ")
-                    msg = json.dumps({"error": {"message": f"invalid api key: {auth}"}})
+                    with fake.lock:
+                        pad = fake.echo_pads.pop(0)
+                        fake.echo_pads.append(pad)
+                    msg = json.dumps({"error": {"message": f"invalid api key: {'.' * pad}{auth}"}})
                     return self._send(401, msg.encode())
                 if b == "drip":
                     full = json.dumps(self._ok(body, chat, prompt, "ok")).encode()

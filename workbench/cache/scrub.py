@@ -40,3 +40,12 @@ def scrub(text: str | None) -> str | None:
         if v in text:
             text = text.replace(v, REDACTED)
     return _PATTERNS.sub(REDACTED, text)
+
+
+def scrub_cut(text: str, limit: int) -> str:
+    """``text`` scrubbed, then cut to ``limit`` characters (with ``...`` when cut).
+
+    In this order: a secret that straddles the cut would lose its tail and no longer be
+    the registered value, so cutting first can store most of a key."""
+    text = scrub(text) or ""
+    return text if len(text) <= limit else text[:limit] + "..."
