@@ -27,9 +27,10 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 from prompts import materialize_messages
 from teachers.base import OnResult, RawOutput, TeacherRequest, TeacherUnavailable
@@ -126,6 +127,36 @@ def error_text(exc: BaseException, timeout_s: float) -> str:
     """The stored text of a failed attempt: its type and message, scrubbed, then cut."""
     detail = str(exc) or f"no complete answer within teacher.timeout_s={timeout_s}"
     return scrub_cut(f"{type(exc).__name__}: {detail}", ERROR_CHARS)
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    return parts.scheme, parts.hostname or "", port
+
+
+def same_origin_only(base_url: str) -> Callable[[Any], Awaitable[None]]:
+    """A response hook for the HTTP client that follows a redirect only within
+    ``base_url``'s origin (scheme, host, port).
+
+    A redirect elsewhere is refused as a ``bad_request`` row naming where it pointed,
+    before anything is sent there: its answers would be stored as the configured
+    teacher's, and with them whatever that server chose to say."""
+    import openai
+
+    allowed = _origin(base_url)
+
+    async def hook(response: Any) -> None:
+        if not response.has_redirect_location:
+            return
+        target = urljoin(str(response.request.url), response.headers["location"])
+        if _origin(target) != allowed:
+            scheme, host, port = _origin(target)
+            raise openai.APIStatusError(
+                f"the server redirected to {scheme}://{host}:{port}, another origin than "
+                f"teacher.base_url={base_url}: not followed. If you trust it, set "
+                "teacher.base_url to that address", response=response, body=None)
+    return hook
 
 
 def _chat_positions(choice: Any) -> list[dict[str, Any]] | None:
@@ -251,13 +282,14 @@ class OpenAICompatTeacher:
             return out
 
     async def _run(self, requests: Iterable[TeacherRequest], on_result: OnResult) -> None:
-        from openai import AsyncOpenAI
+        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
         cfg = self.cfg
         # The client's connection pool is larger than any concurrency we allow; the
         # semaphore below is what bounds requests in flight.
+        http = DefaultAsyncHttpxClient(event_hooks={"response": [same_origin_only(cfg.base_url)]})
         client = AsyncOpenAI(base_url=cfg.base_url, api_key=self._api_key, max_retries=0,
-                             timeout=cfg.timeout_s)
+                             timeout=cfg.timeout_s, http_client=http)
         limiter = RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute)
         sem = asyncio.Semaphore(cfg.max_concurrency)
         stop = asyncio.Event()

@@ -39,10 +39,14 @@ def label_for(prompt: str) -> str:
 class FakeOpenAI:
     def __init__(self, schedule: Callable[[str], list[str]] | None = None, *, hang_s: float = 5.0,
                  slow_s: float = 0.05, retry_after: str = "0.05", drip_s: float = 1.0,
-                 port: int = 0, echo_pads: list[int] | None = None) -> None:
+                 port: int = 0, echo_pads: list[int] | None = None,
+                 redirect_to: str = "") -> None:
         self.schedule = schedule or (lambda prompt: ["ok"])
         self.echo_pads = list(echo_pads or [0])
         """Filler before the key a 401 echoes, one per echo in turn (to move it in the text)."""
+        self.redirect_to = redirect_to
+        """Where ``redirect`` sends a request (307): this origin ("", a relative location)
+        or another server's (``http://host:port``); the path gets a ``/moved`` prefix."""
         self.hang_s, self.slow_s, self.retry_after = hang_s, slow_s, retry_after
         self.drip_s = drip_s
         self.attempts: Counter[str] = Counter()
@@ -152,6 +156,8 @@ class FakeOpenAI:
                 if b == "429":
                     return self._send(429, b'{"error": {"message": "slow down"}}',
                                       {"Retry-After": fake.retry_after})
+                if b == "redirect":
+                    return self._send(307, b"", {"Location": f"{fake.redirect_to}/moved{self.path}"})
                 if b == "500":
                     return self._send(500, b'{"error": {"message": "boom"}}')
                 if b == "hang":
