@@ -43,6 +43,13 @@ class RawOutput:
     """Empty when the call succeeded; otherwise an error kind of workbench.cache.records."""
     error: str = ""
     finish_reason: str = ""
+    usage_missing: bool = False
+    """The answer came without token counts (no ``usage``): its price is not known and is
+    counted at the request's worst case."""
+    maybe_billed: int = 0
+    """Attempts that were sent and may have been billed, though no answer was read (cut at
+    the deadline, a body cut or malformed); each is counted at the worst-case price, so
+    that the money counted is never below the money billed."""
 
 
 OnResult = Callable[[TeacherRequest, RawOutput], bool]

@@ -119,6 +119,41 @@ def classify(exc: Exception) -> tuple[str, bool]:
     raise exc
 
 
+def read_usage(usage: Any) -> tuple[int | None, int | None]:
+    """(prompt tokens, completion tokens) of an answer's ``usage``; (None, None) when the
+    server sent none (the price is then unknown: see ``RawOutput.usage_missing``).
+
+    A count that is negative or not a whole number raises ``ValueError`` (a
+    ``bad_response``): a server's usage is what the money is counted from."""
+    if usage is None:
+        return None, None
+    counts = []
+    for name in ("prompt_tokens", "completion_tokens"):
+        v = getattr(usage, name, None)
+        if v is None:
+            return None, None
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or v != int(v):
+            raise ValueError(f"usage.{name}={v!r} is not a count of tokens: the answer's price "
+                             "cannot be counted")
+        counts.append(int(v))
+    return counts[0], counts[1]
+
+
+BILLED_UNSEEN = ("timeout", "bad_response", "connection")
+"""Error kinds of an attempt that may have reached the server and been billed without its
+answer being read: cut at the deadline, a body cut short or malformed, a connection lost
+after the request went out."""
+
+
+def may_have_been_billed(kind: str, exc: BaseException) -> bool:
+    """Whether a failed attempt may have cost money: it was sent (not refused at connect)
+    and ended without an answer read (see :data:`BILLED_UNSEEN`)."""
+    if kind not in BILLED_UNSEEN:
+        return False
+    cause = exc.__cause__
+    return not (kind == "connection" and type(cause).__name__ == "ConnectError")
+
+
 ERROR_CHARS = 300
 """How much of a server's error text a row keeps (after scrubbing: see :func:`scrub_cut`)."""
 
@@ -231,6 +266,7 @@ class OpenAICompatTeacher:
             full = await self._call_once(client, req)
             full.tokens_in += out.tokens_in
             full.tokens_out += out.tokens_out
+            full.usage_missing = full.usage_missing or out.usage_missing
             return full
         return await self._call_once(client, req)
 
@@ -249,27 +285,28 @@ class OpenAICompatTeacher:
         else:
             text = choice.text or ""
             positions = _completion_positions(choice)
-        usage = getattr(resp, "usage", None)
+        tokens_in, tokens_out = read_usage(getattr(resp, "usage", None))
         return RawOutput(
-            text=text, positions=positions,
-            tokens_in=int(getattr(usage, "prompt_tokens", 0) or 0),
-            tokens_out=int(getattr(usage, "completion_tokens", 0) or 0),
+            text=text, positions=positions, usage_missing=tokens_in is None,
+            tokens_in=tokens_in or 0, tokens_out=tokens_out or 0,
             finish_reason=getattr(choice, "finish_reason", "") or "")
 
     async def _one(self, client: Any, req: TeacherRequest, limiter: RateLimiter) -> RawOutput:
         cfg = self.cfg
         est_tokens = len(req.prompt) // 4 + req.max_tokens
         t0 = time.perf_counter()
-        retries = 0
+        retries = maybe_billed = 0
         while True:
             await limiter.acquire(est_tokens)
             try:
                 out = await asyncio.wait_for(self._call(client, req), cfg.timeout_s)
             except Exception as e:  # noqa: BLE001 - classify() re-raises what it does not know
                 kind, retryable = classify(e)
+                maybe_billed += may_have_been_billed(kind, e)
                 if not retryable or retries >= cfg.max_retries:
                     return RawOutput(error_kind=kind, error=error_text(e, cfg.timeout_s),
-                                     retries=retries, latency_s=time.perf_counter() - t0)
+                                     retries=retries, latency_s=time.perf_counter() - t0,
+                                     maybe_billed=maybe_billed)
                 delay = _retry_after(e)
                 if delay is None:
                     delay = min(MAX_BACKOFF_S, 0.5 * 2 ** retries) * random.uniform(0.5, 1.5)
@@ -277,7 +314,7 @@ class OpenAICompatTeacher:
                 log.debug("%s on %s, retry %d in %.2fs", kind, req.key[:8], retries, delay)
                 await asyncio.sleep(delay)
                 continue
-            out.retries = retries
+            out.retries, out.maybe_billed = retries, maybe_billed
             out.latency_s = time.perf_counter() - t0
             return out
 

@@ -129,14 +129,25 @@ class JobReport:
 
 
 def parse_output(template: Template, rendered: Rendered, req: TeacherRequest, raw: RawOutput,
-                 tcfg: TeacherConfig) -> TeacherOutput:
+                 tcfg: TeacherConfig, worst_usd: float = 0.0) -> TeacherOutput:
     """A stored output from a backend's raw answer: ok with what the template asks for,
-    or an error row naming why not."""
+    or an error row naming why not.
+
+    Its cost is the answer's usage at the configured prices, plus ``worst_usd`` (the
+    request's worst-case price) for each attempt whose price cannot be known: an answer
+    without usage, an attempt that may have been billed unseen. Such rows say so in
+    ``meta["cost_estimated"]``."""
     cost = (raw.tokens_in * tcfg.price.input_per_mtok + raw.tokens_out * tcfg.price.output_per_mtok) / 1e6
+    meta: dict = {"finish_reason": raw.finish_reason} if raw.finish_reason else {}
+    unknown = raw.maybe_billed + raw.usage_missing
+    if unknown and worst_usd > 0:
+        cost += unknown * worst_usd
+        meta["cost_estimated"] = {"usage_missing": raw.usage_missing,
+                                  "unseen_attempts": raw.maybe_billed,
+                                  "worst_case_usd": round(unknown * worst_usd, 9)}
     base = dict(key=req.key, raw_text=raw.text, tokens_in=raw.tokens_in, tokens_out=raw.tokens_out,
                 latency_s=raw.latency_s, cost_usd=cost, retries=raw.retries,
-                top_logprobs=raw.positions, created_at=time.time(),
-                meta={"finish_reason": raw.finish_reason} if raw.finish_reason else {})
+                top_logprobs=raw.positions, created_at=time.time(), meta=meta)
     if raw.error_kind:
         return TeacherOutput(status=raw.error_kind, error=raw.error, **base)
     if template.output == "soft_label":
@@ -265,7 +276,9 @@ class Sender:
     def on_result(self, req: TeacherRequest, raw: RawOutput) -> bool:
         """Parse, store and count one answer; False once the pass stops."""
         planned = self.todo[req.key]
-        out = parse_output(self.settings.template, planned.rendered, req, raw, self.settings.tcfg)
+        worst = worst_price(self.settings.tcfg, planned, req.max_tokens, self.tokens_per_char)
+        out = parse_output(self.settings.template, planned.rendered, req, raw, self.settings.tcfg,
+                           worst_usd=worst)
         if out.tokens_in:
             self.seen_ratio = max(self.seen_ratio, out.tokens_in / max(1, prompt_chars(planned)))
             self.tokens_per_char = 1.1 * self.seen_ratio

@@ -170,6 +170,21 @@ class FakeOpenAI:
                     self._send(200, full[: len(full) // 2], length=len(full))
                     self.close_connection = True
                     return None
+                if b == "cutbill":  # billed in full, the body cut short (a deadline, a drop)
+                    answer = self._ok(body, chat, prompt, "ok")
+                    fake.bill(prompt, answer["usage"])
+                    full = json.dumps(answer).encode()
+                    self._send(200, full[: len(full) // 2], length=len(full))
+                    self.close_connection = True
+                    return None
+                if b in ("nousage", "negusage"):  # billed as usual; usage not said, or nonsense
+                    answer = self._ok(body, chat, prompt, "ok")
+                    fake.bill(prompt, answer["usage"])
+                    if b == "nousage":
+                        del answer["usage"]
+                    else:
+                        answer["usage"] = {**answer["usage"], "prompt_tokens": -40}
+                    return self._send(200, json.dumps(answer).encode())
                 if b == "echo401":
                     auth = self.headers.get("Authorization", "").removeprefix("Bearer ")
                     with fake.lock:
