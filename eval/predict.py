@@ -32,7 +32,11 @@ Columns, one row per sample, in the data's order (splits in the data's order for
   cell, are predicted like any other).
 
 The format follows the file's suffix (``.csv`` or ``.jsonl``); JSONL writes numbers as
-numbers and a missing label as ``null``.
+numbers, a missing label as ``null`` and every text exactly. CSV is made safe to open in a
+spreadsheet (OWASP's CSV-injection rule, :func:`csv_text`): a text cell (id, split, class
+name, label) that starts with ``=``, ``+``, ``-``, ``@``, a tab or a carriage return gets a
+leading ``'``, unless it is a plain number such as ``-1``; text cells are quoted; numbers
+(scores, classes, probabilities, numeric labels, negative ones included) are written bare.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ import io
 import json
 import logging
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,22 +192,45 @@ def _label(sample: Sample, task: str, class_names: Sequence[str]) -> Any:
 # ------------------------------------------------------------------------------- write
 
 
-def _csv_cell(v: Any) -> str:
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet run a cell as a formula (OWASP, CSV injection)."""
+_PLAIN_NUMBER = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+
+
+def csv_text(text: str) -> str:
+    """``text`` safe for a spreadsheet: a leading ``'`` when it starts with a character
+    of :data:`FORMULA_STARTS` (OWASP's rule), unless it is a plain number such as ``-1``
+    (which a spreadsheet reads as that number, runs nothing)."""
+    if text.startswith(FORMULA_STARTS) and not _PLAIN_NUMBER.fullmatch(text):
+        return "'" + text
+    return text
+
+
+def _csv_cell(v: Any) -> str | int | float:
+    """A value as the CSV writer gets it: numbers as numbers (written bare, negative ones
+    too), NaN and None as an empty cell, everything else as text through :func:`csv_text`."""
     if v is None:
         return ""
-    if isinstance(v, float):
-        return "" if math.isnan(v) else repr(v)
-    return str(v)
+    if isinstance(v, bool):
+        return int(v)
+    if isinstance(v, (int, float)):
+        return "" if isinstance(v, float) and math.isnan(v) else v
+    return csv_text(str(v))
 
 
 def write_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], out: str | Path) -> Path:
     """Write ``rows`` as CSV or JSONL (from the suffix), atomically
-    (:func:`workbench.io.atomic_write_text`)."""
+    (:func:`workbench.io.atomic_write_text`).
+
+    CSV is written for spreadsheets: text cells are quoted (so a carriage return or newline
+    inside one cannot start a new row) and neutralised by :func:`csv_text`; numbers are
+    bare. JSONL keeps every value exactly as it is.
+    """
     fmt = output_format(out)
     buf = io.StringIO()
     if fmt == "csv":
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(columns)
+        writer = csv.writer(buf, lineterminator="\n", quoting=csv.QUOTE_NONNUMERIC)
+        writer.writerow([csv_text(c) for c in columns])
         for r in rows:
             writer.writerow([_csv_cell(r.get(c)) for c in columns])
     else:

@@ -30,7 +30,9 @@ def one_checkpoint(arg: str) -> Path:
 def predict_cmd(
     checkpoint: CheckpointArg,
     out: Annotated[Path, typer.Option(
-        "--out", "-o", help="Output file; the format follows the suffix: .csv or .jsonl.")],
+        "--out", "-o", help="Output file; the format follows the suffix: .csv (safe for "
+                            "spreadsheets: text cells starting with = + - @ get a leading ') "
+                            "or .jsonl (every value exact).")],
     data: Annotated[str | None, typer.Option(
         help="Data YAML or dataset path (default: the checkpoint's own data config).")] = None,
     split: Annotated[str, typer.Option(help="Split to predict, or all.")] = "test",
