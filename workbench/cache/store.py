@@ -22,6 +22,7 @@ consumers that check what a cache was made from.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import sqlite3
 import time
@@ -49,11 +50,15 @@ from workbench.cache.scrub import scrub
 from workbench.cache.spill import read_spill, spill_files
 from workbench.io import atomic_write_text
 
+log = logging.getLogger(__name__)
+
 DB_FILE = "cache.sqlite"
 MANIFEST_FILE = "manifest.json"
 SCHEMA_VERSION = 1
 WAL_LIMIT_BYTES = 4 * 1024 * 1024
 """The WAL is checkpointed every 256 pages (1 MiB) and truncated back to this size."""
+CONFLICT_EXAMPLES = 5
+"""Keys a merge names as examples of conflicting answers."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT);
@@ -414,11 +419,17 @@ class CacheStore:
             raise
 
     # sharing ----------------------------------------------------------------
-    def merge_from(self, other_dir: str | Path) -> dict[str, int]:
+    def merge_from(self, other_dir: str | Path) -> dict[str, Any]:
         """Copy another cache's jobs, requests, mappings and attempts into this one.
 
         Idempotent: attempts are keyed by their id and ok rows by key, so merging twice,
-        or merging caches that overlap, adds nothing twice.
+        or merging caches that overlap, adds nothing twice. Where both caches hold an ok
+        answer for a key (two separate paid answers), this cache's answer stays current and
+        the other's is kept as a ``duplicate`` attempt, so its cost still counts: the spend
+        afterwards is every dollar paid by this cache and the other. Returns
+        ``attempts_added``; ``conflicts``: keys whose other ok answer differs (raw text,
+        description or soft label), with up to :data:`CONFLICT_EXAMPLES` of them, sorted, in
+        ``conflict_keys``; ``same_answers``: keys answered (and paid) twice alike.
         """
         other = Path(other_dir) / DB_FILE
         check_cache_dir(Path(other_dir), must_exist=True)
@@ -430,14 +441,39 @@ class CacheStore:
                 c.execute("INSERT OR IGNORE INTO jobs SELECT * FROM other.jobs")
                 c.execute("INSERT OR IGNORE INTO requests SELECT * FROM other.requests")
                 c.execute("INSERT OR IGNORE INTO sample_keys SELECT * FROM other.sample_keys")
-                c.execute(f"INSERT OR IGNORE INTO outputs ({', '.join(_OUT_COLS)}) "
-                          f"SELECT {', '.join(_OUT_COLS)} FROM other.outputs ORDER BY created_at")
+                # the other's new ok rows for keys answered here: compared, then kept as
+                # duplicates (paid for) before the plain copy below would drop them
+                second = """FROM other.outputs o WHERE o.status = 'ok'
+                    AND NOT EXISTS (SELECT 1 FROM main.outputs a WHERE a.attempt = o.attempt)
+                    AND EXISTS (SELECT 1 FROM main.outputs d WHERE d.key = o.key
+                                AND d.status = 'ok')"""
+                differ = dict(c.execute(f"""
+                    SELECT o.key, NOT EXISTS (SELECT 1 FROM main.outputs d
+                        WHERE d.key = o.key AND d.status = 'ok' AND d.raw_text IS o.raw_text
+                        AND d.description IS o.description AND d.soft_label IS o.soft_label)
+                    {second} ORDER BY o.key""").fetchall())
+                cols = ", ".join(_OUT_COLS)
+                picked = ", ".join("?" if col in ("status", "error") else f"o.{col}"
+                                   for col in _OUT_COLS)
+                c.execute(f"INSERT OR IGNORE INTO outputs ({cols}) SELECT {picked} {second}",
+                          (DUPLICATE, f"the key already had an ok answer when {other_dir} "
+                                      "was merged"))
+                c.execute(f"INSERT OR IGNORE INTO outputs ({cols}) "
+                          f"SELECT {cols} FROM other.outputs ORDER BY created_at")
         finally:
             self.conn.execute("DETACH DATABASE other")
         with self.transaction() as c:
             rebuild_spend(c)
         self.write_manifest()
-        return {"attempts_added": self.count_rows() - before}
+        conflicts = [k for k, d in differ.items() if d]
+        if conflicts:
+            log.warning("%s: %d key(s) with a different ok answer in %s (e.g. %s); kept the "
+                        "answer already in %s, counted the cost of both", self.dir,
+                        len(conflicts), other_dir, ", ".join(conflicts[:CONFLICT_EXAMPLES]),
+                        self.dir)
+        return {"attempts_added": self.count_rows() - before, "conflicts": len(conflicts),
+                "conflict_keys": conflicts[:CONFLICT_EXAMPLES],
+                "same_answers": len(differ) - len(conflicts)}
 
     def export_rows(self, job: str | None = None) -> list[dict[str, Any]]:
         """One flat row per (job, sample): the sample's current output and the job spec."""

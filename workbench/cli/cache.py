@@ -324,15 +324,42 @@ def cache_merge(
     dest: Annotated[Path, typer.Argument(help="Cache directory to merge into (created if absent).")],
     sources: Annotated[list[Path], typer.Argument(help="Cache directories to merge from.")],
 ) -> None:
-    """Combine caches (e.g. shards from several machines) by key; idempotent."""
-    from workbench.cache.store import DB_FILE, CacheStore, check_cache_dir, check_database
+    """Combine caches (e.g. shards from several machines) by key; idempotent. Where two
+    caches answered a key differently, the first merged answer is kept and the conflict is
+    reported; the spend counts every answer any source paid for."""
+    from workbench.cache.store import (
+        CONFLICT_EXAMPLES,
+        DB_FILE,
+        CacheStore,
+        check_cache_dir,
+        check_database,
+    )
 
     for src in sources:  # every source readable before the destination is created
         check_cache_dir(src, must_exist=True)
         check_database(src / DB_FILE)
+    conflicts: list[str] = []
+    n_conflicts = 0
     with CacheStore(dest) as store:
         for src in sources:
             added = store.merge_from(src)
-            console.print(f"merged {escape(str(src))}: {added['attempts_added']} attempts added")
+            line = f"merged {escape(str(src))}: {added['attempts_added']} attempts added"
+            if added["same_answers"]:
+                line += f", {added['same_answers']} key(s) answered alike (paid twice)"
+            if added["conflicts"]:
+                line += f", {added['conflicts']} key(s) answered differently (kept the first)"
+            console.print(line, highlight=False)
+            n_conflicts += added["conflicts"]
+            conflicts += added["conflict_keys"]
         st = store.status()
-    console.print(f"{escape(str(dest))}: {st['ok']}/{st['keys']} keys ok")
+        spend = store.in_flight()["spend_usd"]
+    paid = ", ".join(f"{escape(t)} ${v:.4f}" for t, v in sorted(spend.items()) if v)
+    summary = f"{escape(str(dest))}: {st['ok']}/{st['keys']} keys ok"
+    if n_conflicts:
+        shown = ", ".join(conflicts[:CONFLICT_EXAMPLES])
+        summary += (f"; {n_conflicts} conflicting ok answer(s) (e.g. {shown}): the answer "
+                    "merged first is kept (to keep another source's, merge that source "
+                    "first into a new cache)")
+    if paid:
+        summary += f"; spend over all sources: {paid}"
+    console.print(summary, highlight=False)

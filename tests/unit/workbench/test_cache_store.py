@@ -65,7 +65,8 @@ def test_merge_is_idempotent(tmp_path):
         m.merge_from(tmp_path / "a")
         m.merge_from(tmp_path / "b")
         n = m.count_rows()
-        assert m.merge_from(tmp_path / "a") == {"attempts_added": 0}
+        assert m.merge_from(tmp_path / "a") == {"attempts_added": 0, "conflicts": 0,
+                                                 "conflict_keys": [], "same_answers": 0}
         assert m.count_rows() == n == 4
         assert m.status()["ok"] == 3 and len(m.jobs()) == 1
     with pytest.raises(CacheError, match="no cache"):
