@@ -34,7 +34,6 @@ from teachers.base import RawOutput, Teacher, TeacherRequest
 from teachers.softlabel import BadLogprobs, NoLabelError, soft_label
 from workbench.cache.ledger import DONE, LEASED, OVER_BUDGET, end_owner, new_owner
 from workbench.cache.records import OK, TeacherOutput
-from workbench.cache.spill import write_spill
 from workbench.cache.store import WAL_LIMIT_BYTES, CacheFull, CacheStore, free_bytes
 from workbench.config import CacheConfig, TeacherConfig
 from workbench.errors import WorkbenchError
@@ -375,7 +374,7 @@ def keep_unstored(store: CacheStore, unstored: list[TeacherOutput], teacher_id: 
     if not left:
         return ""
     try:
-        path = write_spill(store.dir, left, teacher_id)
+        path = store.spill(left, teacher_id)
     except OSError as e:
         log.error("could not spill %d answers anywhere (%s); they are lost", len(left), e)
         return ""

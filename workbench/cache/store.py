@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 import shutil
 import sqlite3
 import time
@@ -47,7 +48,7 @@ from workbench.cache.ledger import (
 from workbench.cache.ledger import spent as _spent
 from workbench.cache.records import DUPLICATE, OK, SoftLabel, TeacherOutput, stable_hash
 from workbench.cache.scrub import scrub
-from workbench.cache.spill import read_spill, spill_files
+from workbench.cache.spill import read_spill, set_aside, spill_files, write_spill
 from workbench.io import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,8 @@ class CacheStore:
                     self.conn.execute(statement)
             self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                               (str(SCHEMA_VERSION),))
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('spill_secret', ?)",
+                              (secrets.token_hex(32),))
 
     # plumbing ---------------------------------------------------------------
     class _Tx:
@@ -338,18 +341,44 @@ class CacheStore:
         """What is not (yet) a stored row: the leases of sending runs (live or lapsed), the
         spill files a disk-full run left (answers paid for, stored by the next run), and
         the spend per teacher."""
-        spills = [{"path": str(p), "answers": len(read_spill(p))} for p in spill_files(self.dir)]
+        spills = []
+        for p in spill_files(self.dir):
+            read = read_spill(p, self._spill_secret())
+            spills.append({"path": str(p), "answers": len(read.answers),
+                           "refused": len(read.refused)})
         return {"leases": lease_summary(self.conn), "spills": spills,
                 "spend_usd": spend_by_teacher(self.conn)}
 
+    def _spill_secret(self) -> str:
+        return self.conn.execute("SELECT value FROM meta WHERE name='spill_secret'").fetchone()[0]
+
+    def spill(self, outputs: list[TeacherOutput], teacher: str) -> Path:
+        """Write answers the database could not take to a spill file signed for this cache
+        (see :mod:`workbench.cache.spill`); raises OSError when no place has room."""
+        return write_spill(self.dir, self._spill_secret(), outputs, teacher)
+
     def import_spills(self) -> int:
-        """Store the answers a disk-full run left in spill files; returns how many."""
+        """Store the answers a disk-full run of this cache left in spill files; returns how
+        many. Lines not signed by this cache, or not a valid answer for a key it requested,
+        are refused and logged, and their file is kept as ``<name>.refused``."""
         n = 0
+        known = {r[0] for r in self.conn.execute("SELECT key FROM requests")}
         for path in spill_files(self.dir):
-            for attempt, teacher, out in read_spill(path):
+            read = read_spill(path, self._spill_secret(), known)
+            usd = 0.0
+            for attempt, teacher, out in read.answers:
                 self.put(out, teacher=teacher, attempt=attempt)
-                n += 1
-            path.unlink()
+                usd += out.cost_usd
+            n += len(read.answers)
+            if read.answers:
+                log.info("imported %d answers ($%.4f) from %s", len(read.answers), usd, path)
+            if read.refused:
+                kept = set_aside(path)
+                log.warning("%s: refused %d line(s), stored nothing of them (%s%s); the file "
+                            "is kept as %s", path, len(read.refused), "; ".join(read.refused[:3]),
+                            "; ..." if len(read.refused) > 3 else "", kept)
+            else:
+                path.unlink()
         return n
 
     def ok_keys(self) -> set[str]:

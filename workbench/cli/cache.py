@@ -265,7 +265,9 @@ def _print_in_flight(fl: dict) -> None:
                       "for, not yet stored; the next `workbench cache run` on this cache "
                       "imports them:", highlight=False)
         for s in fl["spills"]:
-            console.print(f"  {escape(s['path'])} ({s['answers']})", highlight=False)
+            refused = (f", {s['refused']} line(s) it will refuse: not signed by this cache or "
+                       "not a valid answer" if s["refused"] else "")
+            console.print(f"  {escape(s['path'])} ({s['answers']}{refused})", highlight=False)
     paid = {t: v for t, v in fl["spend_usd"].items() if v}
     if paid:
         console.print("spend: " + ", ".join(f"{escape(t)} ${v:.4f}" for t, v in sorted(paid.items())),

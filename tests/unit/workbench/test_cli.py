@@ -332,7 +332,6 @@ def test_cache_status_shows_leases_spills_and_spend(tmp_path):
     from workbench.cache import CacheStore
     from workbench.cache.ledger import new_owner
     from workbench.cache.records import TeacherOutput
-    from workbench.cache.spill import write_spill
 
     cache = tmp_path / "cache"
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -344,7 +343,7 @@ def test_cache_status_shows_leases_spills_and_spend(tmp_path):
         gone = f"{live.split(':')[0]}:{dead}:abcd1234"  # a process that has exited
         assert store.lease("k3", gone, teacher="gpt@1", reserve_usd=0.02, ttl_s=600) == "taken"
         store.put(TeacherOutput(key="k0", status="ok", cost_usd=0.5), teacher="gpt@1")
-    write_spill(cache, [TeacherOutput(key="k4", status="ok", cost_usd=0.25)], "gpt@1")
+        store.spill([TeacherOutput(key="k4", status="ok", cost_usd=0.25)], "gpt@1")
     r = run("cache", "status", str(cache))
     assert r.exit_code == 0, r.output
     out = " ".join(r.output.split())
