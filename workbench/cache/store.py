@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.cache.db import CacheError, check_database, connect, retry_busy
+from workbench.cache.db import CacheError, check_database, connect, damaged, retry_busy
 from workbench.cache.ledger import (
     LEDGER_SCHEMA,
     add_spend,
@@ -142,18 +142,81 @@ def check_cache_dir(cache_dir: Path, *, must_exist: bool) -> None:
                          "run` first")
 
 
-def _row_to_output(row: sqlite3.Row) -> TeacherOutput:
-    sl = json.loads(row["soft_label"]) if row["soft_label"] else None
+def bad_row(db: Path, table: str, where: str, column: str, why: str) -> CacheError:
+    """The :class:`CacheError` for a row whose stored JSON no longer reads."""
+    return CacheError(
+        f"{db}: {table} row {where}: column {column} {why}; the row was changed outside the "
+        "workbench. Restore the cache from a copy, or delete the row (sqlite3 "
+        f"{db} \"DELETE FROM {table} WHERE {where}\") and rerun `workbench cache run`, "
+        "which asks the teacher again for what is missing")
+
+
+def _row_json(db: Path, row: sqlite3.Row, column: str, table: str = "outputs",
+              where: str = "") -> Any:
+    """``row[column]`` read as JSON (None when empty); ``where`` names the row in the
+    error (an outputs row by its attempt)."""
+    text = row[column]
+    if not text:
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, TypeError) as e:
+        where = where or f"attempt='{row['attempt']}'"
+        raise bad_row(db, table, where, column, f"holds no valid JSON ({e})") from None
+
+
+def _row_to_output(row: sqlite3.Row, db: Path) -> TeacherOutput:
+    sl = _row_json(db, row, "soft_label")
+    try:
+        soft_label = SoftLabel.from_json(sl) if sl else None
+    except TypeError as e:
+        raise bad_row(db, "outputs", f"attempt='{row['attempt']}'", "soft_label",
+                      f"is not a soft label ({e})") from None
+    meta = _row_json(db, row, "meta") or {}
+    if not isinstance(meta, dict):
+        raise bad_row(db, "outputs", f"attempt='{row['attempt']}'", "meta", "is not a mapping")
     return TeacherOutput(
         key=row["key"], status=row["status"], error=row["error"] or "",
         raw_text=row["raw_text"] or "", description=row["description"],
-        soft_label=SoftLabel.from_json(sl) if sl else None,
-        top_logprobs=json.loads(row["top_logprobs"]) if row["top_logprobs"] else None,
+        soft_label=soft_label, top_logprobs=_row_json(db, row, "top_logprobs"),
         tokens_in=row["tokens_in"] or 0, tokens_out=row["tokens_out"] or 0,
         latency_s=row["latency_s"] or 0.0, cost_usd=row["cost_usd"] or 0.0,
-        retries=row["retries"] or 0, created_at=row["created_at"] or 0.0,
-        meta=json.loads(row["meta"]) if row["meta"] else {},
+        retries=row["retries"] or 0, created_at=row["created_at"] or 0.0, meta=meta,
     )
+
+
+def missing_columns(conn: sqlite3.Connection) -> dict[str, list[str]]:
+    """table -> the columns the schema has and ``conn``'s database lacks."""
+    want = sqlite3.connect(":memory:")
+    try:
+        want.executescript(_SCHEMA)
+        tables = [r[0] for r in want.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        have = {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in tables}
+        return {t: cols for t in tables
+                if (cols := [r[1] for r in want.execute(f"PRAGMA table_info({t})")
+                             if r[1] not in have[t]])}
+    finally:
+        want.close()
+
+
+def check_rows(db: Path) -> None:
+    """Raise :class:`CacheError` unless ``db`` has every column of the schema and each row's
+    JSON reads (for a cache about to be copied into another, which would spread a bad row)."""
+    conn = connect(db, timeout_s=60.0)
+    conn.row_factory = sqlite3.Row
+    try:
+        lacking = missing_columns(conn)
+        if lacking:
+            raise damaged(db, "table " + "; table ".join(
+                f"{t} lacks column(s) {', '.join(c)}" for t, c in lacking.items()))
+        for r in conn.execute("SELECT * FROM outputs"):
+            _row_to_output(r, db)
+        for r in conn.execute("SELECT job, spec FROM jobs"):
+            _row_json(db, r, "spec", "jobs", f"job='{r['job']}'")
+        for r in conn.execute("SELECT key, request FROM requests"):
+            _row_json(db, r, "request", "requests", f"key='{r['key']}'")
+    finally:
+        conn.close()
 
 
 class CacheStore:
@@ -161,7 +224,7 @@ class CacheStore:
 
     def __init__(self, cache_dir: str | Path, *, create: bool = True, timeout_s: float = 60.0):
         self.dir = Path(cache_dir)
-        db = self.dir / DB_FILE
+        self.db = db = self.dir / DB_FILE
         check_cache_dir(self.dir, must_exist=not create)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conn = connect(db, timeout_s)
@@ -171,6 +234,11 @@ class CacheStore:
         version = int(self.conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0])
         if version != SCHEMA_VERSION:
             raise CacheError(f"{db}: cache schema v{version}, this workbench reads v{SCHEMA_VERSION}")
+        lacking = missing_columns(self.conn)
+        if lacking:
+            self.conn.close()
+            raise damaged(db, "table " + "; table ".join(
+                f"{t} lacks column(s) {', '.join(c)}" for t, c in lacking.items()))
 
     def _set_up(self) -> None:
         """WAL mode and the schema; :func:`retry_busy` repeats it while another process
@@ -259,8 +327,8 @@ class CacheStore:
         return spec.job_id
 
     def jobs(self) -> list[dict[str, Any]]:
-        rows = self.conn.execute("SELECT spec FROM jobs ORDER BY created_at").fetchall()
-        return [json.loads(r["spec"]) for r in rows]
+        rows = self.conn.execute("SELECT job, spec FROM jobs ORDER BY created_at").fetchall()
+        return [_row_json(self.db, r, "spec", "jobs", f"job='{r['job']}'") for r in rows]
 
     def add_requests(self, job: str, items: Iterable[tuple[str, str, str, dict[str, Any]]]) -> None:
         """Record (sample id, split, key, request) for ``job``; idempotent."""
@@ -276,7 +344,7 @@ class CacheStore:
         row = self.conn.execute("SELECT request FROM requests WHERE key=?", (key,)).fetchone()
         if row is None:
             raise CacheError(f"{self.dir}: no stored request for key {key}")
-        return json.loads(row["request"])
+        return _row_json(self.db, row, "request", "requests", f"key='{key}'")
 
     def sample_keys(self, job: str) -> dict[str, tuple[str, str]]:
         """sample id -> (split, key) for ``job``."""
@@ -396,7 +464,7 @@ class CacheStore:
 
     def current(self, job: str | None = None) -> dict[str, TeacherOutput]:
         """key -> current output, for every key that has at least one attempt."""
-        return {r["key"]: _row_to_output(r) for r in self._current_rows(job)}
+        return {r["key"]: _row_to_output(r, self.db) for r in self._current_rows(job)}
 
     def error_keys(self, kinds: Iterable[str] | None = None, job: str | None = None) -> list[str]:
         kinds = set(kinds or [])
@@ -405,7 +473,7 @@ class CacheStore:
 
     def attempts(self, key: str) -> list[TeacherOutput]:
         rows = self.conn.execute("SELECT * FROM outputs WHERE key=? ORDER BY created_at", (key,))
-        return [_row_to_output(r) for r in rows]
+        return [_row_to_output(r, self.db) for r in rows]
 
     def count_rows(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM outputs").fetchone()[0]
@@ -463,6 +531,7 @@ class CacheStore:
         other = Path(other_dir) / DB_FILE
         check_cache_dir(Path(other_dir), must_exist=True)
         check_database(other)
+        check_rows(other)
         before = self.count_rows()
         self.conn.execute("ATTACH DATABASE ? AS other", (str(other),))
         try:
