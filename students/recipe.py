@@ -44,6 +44,7 @@ from students.rundir import (
     STATE_FILE,
     TrainState,
     load_average,
+    rng_state_problem,
     save_last,
 )
 from workbench.config import ConfigError, DistillConfig, TrainConfig
@@ -274,6 +275,13 @@ class StageRecipe:
                  self.mode)
 
         if self.resume and self.state_path.is_file():
+            problem = rng_state_problem(self.last_dir, accelerator.process_index)
+            if problem:
+                log.warning("%s: %s; it is not unpickled, nothing in it runs. Training goes "
+                            "on: every epoch reseeds from train.seed, so the run is the same "
+                            "as an unbroken one. A file nobody but this run wrote should "
+                            "load: check who can write to %s", stage.name, problem,
+                            self.last_dir, main_process_only=False)
             accelerator.load_state(str(self.last_dir))
             self.state = TrainState.load(self.state_path)
             self.average = load_average(self.last_dir)

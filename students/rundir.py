@@ -161,3 +161,19 @@ def load_average(last_dir: Path) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def rng_state_problem(last_dir: Path, process_index: int) -> str:
+    """Why ``last/``'s random-state file of this process will not be restored on resume
+    ("" when it will): accelerate loads it as plain data only (``weights_only``) and skips
+    one that needs code to unpickle, or is missing, with an INFO line alone."""
+    from accelerate.utils import load
+
+    path = Path(last_dir) / f"random_states_{process_index}.pkl"
+    if not path.is_file():
+        return f"{path} is missing"
+    try:
+        load(path)
+    except Exception as e:  # noqa: BLE001 - any reason it will not load is reported
+        return f"{path} does not load as plain data ({type(e).__name__}: {str(e)[:160]})"
+    return ""
