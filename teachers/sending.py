@@ -45,6 +45,8 @@ MIN_ERRORS_TO_STOP = 5
 applies at any size)."""
 CHECKPOINT_EVERY = 200
 """Answers between WAL checkpoints (truncating), so the WAL stays bounded."""
+LEASE_POLL_S = 0.5
+"""Seconds between asks for keys another job was sending, once the queue is empty."""
 
 
 def wilson_lower(errors: int, n: int, z: float = 1.96) -> float:
@@ -100,7 +102,8 @@ class JobReport:
     stopped: str = ""
     """Why the job stopped early ("budget", "error_rate", "disk_full"), or empty."""
     leased_elsewhere: int = 0
-    """Keys skipped because another live job was sending them."""
+    """Keys another live job was sending when this one came to them: waited for, then
+    taken over if that job went away without answering them."""
     spilled: int = 0
     """Answers that could not be stored (disk full) and went to a spill file."""
     imported: int = 0
@@ -205,16 +208,28 @@ class Sender:
         self.unstored: list[TeacherOutput] = []
         """Paid answers the full disk refused, for the spill."""
         self.stored = 0
+        self.elsewhere: list[tuple[str, PlannedRequest]] = []
+        """Keys another live job was sending when this pass came to them."""
         self.tokens_per_char = 0.5
         """Reserved per prompt character: 1.1 x the largest ratio the answers show."""
         self.seen_ratio = 0.0
 
     def run(self) -> str:
-        """Send until the queue is empty or the pass stops; the spill file's path, if any."""
+        """Send until the queue is empty or the pass stops; the spill file's path, if any.
+
+        Keys another job was sending are asked for again once the queue is empty, until
+        that job has answered them or its leases are void (its process gone, or lapsed):
+        then this job sends them, so a job killed beside it leaves no key pending."""
         try:
-            self.teacher.generate(self.requests(), self.on_result)
-            while self.paused and not self.report.stopped:  # near the budget: drained, ask again
-                self.teacher.generate(self.requests(), self.on_result)
+            self.send_queue()
+            waited = {k for k, _ in self.elsewhere}
+            while self.elsewhere and not self.report.stopped:
+                log.info("waiting for %d key(s) another job is sending", len(self.elsewhere))
+                time.sleep(LEASE_POLL_S)
+                self.queue, self.elsewhere = deque(self.elsewhere), []
+                self.send_queue()
+                waited |= {k for k, _ in self.elsewhere}
+            self.report.leased_elsewhere = len(waited)
         finally:
             spill = keep_unstored(self.store, self.unstored, self.teacher_id, self.owner,
                                   self.report)
@@ -224,6 +239,11 @@ class Sender:
                 pass  # they lapse with this run (end_owner) or at their expiry
             end_owner(self.owner)
         return spill
+
+    def send_queue(self) -> None:
+        self.teacher.generate(self.requests(), self.on_result)
+        while self.paused and not self.report.stopped:  # near the budget: drained, ask again
+            self.teacher.generate(self.requests(), self.on_result)
 
     def requests(self) -> Iterator[TeacherRequest]:
         """The queue's keys as requests, each leased first; ends when the pass stops or the
@@ -246,7 +266,7 @@ class Sender:
             if verdict == DONE:
                 continue
             if verdict == LEASED:
-                self.report.leased_elsewhere += 1
+                self.elsewhere.append((key, p))
                 continue
             self.report.sent += 1
             yield self._request(key, p)

@@ -133,3 +133,47 @@ def test_worst_price_bounds_what_the_server_bills(tmp_path):
                 p = PlannedRequest("s", "train", out.key, Rendered.from_json(store.request(out.key)))
                 assert out.cost_usd <= worst_price(tcfg, p, 8)
     assert job.report.ok == job.report.unique_keys
+
+
+def test_a_job_takes_over_the_keys_of_a_job_killed_beside_it(tmp_path):
+    """Another job on this host holds 16 keys' leases (in flight) and is killed after this
+    job came to them: this job waits for them, sees their owner gone, and sends them
+    itself (was: exit 0 with the 16 keys pending and no word)."""
+    import signal
+    import socket
+
+    from prompts import load_template
+    from teachers.job import CachingJob
+    from workbench.data import load_dataset
+
+    data = tiny_data(tmp_path, n=60)
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        with FakeOpenAI(lambda p: ["slow"], slow_s=0.02) as server:
+            cfg = _job_cfg(server, data, tmp_path / "c")
+            with CacheStore(tmp_path / "c") as store:
+                keys = sorted({p.key for p in CachingJob(
+                    cfg.teacher, cfg.cache, load_template(cfg.cache.template),
+                    load_dataset(cfg.data), store, cfg.teacher.model).plan()})
+                held = keys[:16]
+                with store.transaction() as c:
+                    c.executemany("INSERT INTO leases VALUES (?, ?, 'fake-model', 0.0, ?)",
+                                  [(k, f"{socket.gethostname()}:{other.pid}:gone",
+                                    time.time() + 3600) for k in held])
+
+            def kill_once_the_rest_is_sent():
+                while sum(server.attempts.values()) < len(keys) - len(held):
+                    time.sleep(0.02)
+                time.sleep(0.3)  # this job is past the held keys, the queue empty
+                other.send_signal(signal.SIGKILL)
+                other.wait()
+            killer = threading.Thread(target=kill_once_the_rest_is_sent)
+            killer.start()
+            summary = run_cache_job(cfg)
+            killer.join()
+    finally:
+        other.kill()
+    assert summary.report.leased_elsewhere == len(held)
+    assert summary.report.sent == len(keys) and max(server.attempts.values()) == 1
+    with CacheStore(tmp_path / "c") as store:
+        assert store.ok_keys() == set(keys) and store.in_flight()["leases"] == []
