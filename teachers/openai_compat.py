@@ -16,6 +16,10 @@ A soft-label-only request (``teachers.scoring.score_only``) asks for one token w
 prompt is sent as rendered: the template's shared text comes first and byte-identical in
 every request, so servers that cache prompt prefixes reuse it (vLLM's automatic prefix
 caching, llama.cpp's ``cache_prompt``, OpenAI's automatic prompt caching from 1024 tokens).
+
+A response body is read only up to ``teacher.max_response_bytes`` once decompressed
+(:func:`capped_client`): a larger one becomes a ``bad_response`` row, counted as possibly
+billed, and the job goes on.
 """
 
 from __future__ import annotations
@@ -94,10 +98,57 @@ def _retry_after(exc: Exception) -> float | None:
         return None
 
 
+class ResponseTooLarge(ValueError):
+    """A response body passed ``teacher.max_response_bytes`` once decompressed."""
+
+
+def capped_client(base_url: str, max_bytes: int) -> Any:
+    """The HTTP client the teacher sends with: it follows a redirect only within
+    ``base_url``'s origin (:func:`same_origin_only`) and reads a response body only up to
+    ``max_bytes`` decompressed bytes.
+
+    The body is counted as httpx decodes it (in pieces of at most 1 MiB, whatever the
+    compression ratio), and reading stops with :class:`ResponseTooLarge` at the first
+    piece past the cap, so memory holds about the cap, never the expanded body."""
+    from openai import DefaultAsyncHttpxClient
+
+    class CappedClient(DefaultAsyncHttpxClient):
+        async def send(self, request: Any, *, stream: bool = False, **kw: Any) -> Any:
+            response = await super().send(request, stream=True, **kw)
+            if stream:
+                return response
+            parts: list[bytes] = []
+            size = 0
+            try:
+                async for part in response.aiter_bytes():
+                    size += len(part)
+                    if size > max_bytes:
+                        raise ResponseTooLarge(
+                            f"the response body passed teacher.max_response_bytes={max_bytes} "
+                            f"({max_bytes / 2**20:.1f} MiB) once decompressed; not read further "
+                            "(raise teacher.max_response_bytes if the teacher's answers are "
+                            "that large)")
+                    parts.append(part)
+            finally:
+                await response.aclose()
+            # the body is decoded: the new response carries it without its content coding
+            headers = [(k, v) for k, v in response.headers.multi_items()
+                       if k.lower() not in ("content-encoding", "content-length")]
+            read = type(response)(response.status_code, headers=headers, content=b"".join(parts),
+                                   request=response.request, extensions=response.extensions,
+                                   history=response.history)
+            read.elapsed = response.elapsed
+            return read
+
+    return CappedClient(event_hooks={"response": [same_origin_only(base_url)]})
+
+
 def classify(exc: Exception) -> tuple[str, bool]:
     """(error kind, retryable) for an exception raised by the openai client."""
     import openai
 
+    if isinstance(exc, ResponseTooLarge):  # the same request is likely to get it again
+        return "bad_response", False
     if isinstance(exc, TimeoutError):  # the per-attempt deadline (asyncio.wait_for)
         return "timeout", True
     if isinstance(exc, openai.RateLimitError):
@@ -319,12 +370,12 @@ class OpenAICompatTeacher:
             return out
 
     async def _run(self, requests: Iterable[TeacherRequest], on_result: OnResult) -> None:
-        from openai import AsyncOpenAI, DefaultAsyncHttpxClient
+        from openai import AsyncOpenAI
 
         cfg = self.cfg
         # The client's connection pool is larger than any concurrency we allow; the
         # semaphore below is what bounds requests in flight.
-        http = DefaultAsyncHttpxClient(event_hooks={"response": [same_origin_only(cfg.base_url)]})
+        http = capped_client(cfg.base_url, cfg.max_response_bytes)
         client = AsyncOpenAI(base_url=cfg.base_url, api_key=self._api_key, max_retries=0,
                              timeout=cfg.timeout_s, http_client=http)
         limiter = RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute)

@@ -130,6 +130,18 @@ class JobReport:
         self.retries += out.retries
 
 
+CHARS_PER_TOKEN = 16
+"""Characters an answer may hold per token asked for (``max_tokens``) before it is cut for
+storage: no tokenizer's token is that long."""
+MIN_TEXT_CHARS = 256
+"""The least an answer is cut to, however few tokens were asked for."""
+
+
+def text_limit(max_tokens: int) -> int:
+    """How many characters of an answer to ``max_tokens`` tokens a row stores."""
+    return max(MIN_TEXT_CHARS, CHARS_PER_TOKEN * max_tokens)
+
+
 def parse_output(template: Template, rendered: Rendered, req: TeacherRequest, raw: RawOutput,
                  tcfg: TeacherConfig, worst_usd: float = 0.0) -> TeacherOutput:
     """A stored output from a backend's raw answer: ok with what the template asks for,
@@ -138,16 +150,27 @@ def parse_output(template: Template, rendered: Rendered, req: TeacherRequest, ra
     Its cost is the answer's usage at the configured prices, plus ``worst_usd`` (the
     request's worst-case price) for each attempt whose price cannot be known: an answer
     without usage, an attempt that may have been billed unseen. Such rows say so in
-    ``meta["cost_estimated"]``."""
+    ``meta["cost_estimated"]``.
+
+    An answer's text longer than ``req.max_tokens`` tokens can be (:func:`text_limit`) is
+    cut to that length before it is stored or parsed, with a warning, and its row keeps
+    the length it had in ``meta["text_cut"]``."""
     cost = (raw.tokens_in * tcfg.price.input_per_mtok + raw.tokens_out * tcfg.price.output_per_mtok) / 1e6
     meta: dict = {"finish_reason": raw.finish_reason} if raw.finish_reason else {}
+    raw_text, limit = raw.text, text_limit(req.max_tokens)
+    if len(raw_text) > limit:
+        meta["text_cut"] = len(raw_text)
+        log.warning("%s: the teacher's answer has %d characters, more than %d tokens can be "
+                    "(max_tokens=%d); stored cut to %d characters", req.key[:8], len(raw_text),
+                    req.max_tokens, req.max_tokens, limit)
+        raw_text = raw_text[:limit]
     unknown = raw.maybe_billed + raw.usage_missing
     if unknown and worst_usd > 0:
         cost += unknown * worst_usd
         meta["cost_estimated"] = {"usage_missing": raw.usage_missing,
                                   "unseen_attempts": raw.maybe_billed,
                                   "worst_case_usd": round(unknown * worst_usd, 9)}
-    base = dict(key=req.key, raw_text=raw.text, tokens_in=raw.tokens_in, tokens_out=raw.tokens_out,
+    base = dict(key=req.key, raw_text=raw_text, tokens_in=raw.tokens_in, tokens_out=raw.tokens_out,
                 latency_s=raw.latency_s, cost_usd=cost, retries=raw.retries,
                 top_logprobs=raw.positions, created_at=time.time(), meta=meta)
     if raw.error_kind:
@@ -163,7 +186,7 @@ def parse_output(template: Template, rendered: Rendered, req: TeacherRequest, ra
         except BadLogprobs as e:
             return TeacherOutput(status="bad_response", error=str(e), **base)
         return TeacherOutput(status=OK, soft_label=sl, **base)
-    text = " ".join(raw.text.split())
+    text = " ".join(raw_text.split())
     if not text:
         return TeacherOutput(status="empty_output", error="the teacher returned no text", **base)
     text = text[: template.max_chars]

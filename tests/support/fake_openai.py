@@ -7,8 +7,13 @@ log-probabilities. ``schedule`` maps a request's prompt to the behaviours of its
 successive attempts (the last one repeats): ``ok``, ``429``, ``500``, ``hang``,
 ``malformed``, ``truncated``, ``nolabel``, ``slow`` (ok after ``slow_s``), ``drip`` (an ok
 body sent one byte every ``drip_s``), ``nan`` (an ok body whose log-probabilities are NaN),
-``echo401`` (a 401 whose body echoes the API key the request carried) and ``echo``
-(an ok answer whose text echoes it).
+``echo401`` (a 401 whose body echoes the API key the request carried), ``echo``
+(an ok answer whose text echoes it), ``redirect`` (a 307 to ``redirect_to``), ``cutbill``
+(billed, then the body cut short), ``nousage`` / ``negusage`` (billed; usage left out, or
+negative), ``latebill`` (billed, then the body sent only after ``hang_s``: cut by the
+client's deadline), ``gzipbomb`` (billed; a gzip body of about ``bomb_bytes / 1000`` that
+expands to ``bomb_bytes``) and ``hugetext`` (an ok answer whose text is ``huge_chars``
+long, whatever ``max_tokens`` was asked).
 
 The server bills like a paid API: every ok body it wrote in full adds its usage to
 ``billed_tokens_in`` / ``billed_tokens_out`` (``GET /stats`` returns the counters, so a
@@ -25,6 +30,7 @@ import random
 import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -40,8 +46,11 @@ class FakeOpenAI:
     def __init__(self, schedule: Callable[[str], list[str]] | None = None, *, hang_s: float = 5.0,
                  slow_s: float = 0.05, retry_after: str = "0.05", drip_s: float = 1.0,
                  port: int = 0, echo_pads: list[int] | None = None,
-                 redirect_to: str = "") -> None:
+                 redirect_to: str = "", bomb_bytes: int = 200 * 2**20,
+                 huge_chars: int = 6_500_000) -> None:
         self.schedule = schedule or (lambda prompt: ["ok"])
+        self.bomb_bytes, self.huge_chars = bomb_bytes, huge_chars
+        self._bomb: bytes | None = None
         self.echo_pads = list(echo_pads or [0])
         """Filler before the key a 401 echoes, one per echo in turn (to move it in the text)."""
         self.redirect_to = redirect_to
@@ -93,6 +102,20 @@ class FakeOpenAI:
                     "billed_tokens_out": self.billed_tokens_out,
                     "billed_answers": sum(self.billed_answers.values()),
                     "billed_prompts": len(self.billed_answers)}
+
+    def gzip_bomb(self) -> bytes:
+        """A gzip stream of ``bomb_bytes`` (a JSON object padded with zeros), made once."""
+        with self.lock:
+            if self._bomb is None:
+                z = zlib.compressobj(9, zlib.DEFLATED, zlib.MAX_WBITS | 16)
+                parts = [z.compress(b'{"pad": "')]
+                block = b"0" * 2**20
+                for _ in range(self.bomb_bytes // len(block)):
+                    parts.append(z.compress(block))
+                parts.append(z.compress(b'"}'))
+                parts.append(z.flush())
+                self._bomb = b"".join(parts)
+            return self._bomb
 
     def next_behaviour(self, prompt: str) -> str:
         with self.lock:
@@ -185,6 +208,16 @@ class FakeOpenAI:
                     else:
                         answer["usage"] = {**answer["usage"], "prompt_tokens": -40}
                     return self._send(200, json.dumps(answer).encode())
+                if b == "latebill":  # billed as sent; the body arrives after the deadline
+                    answer = self._ok(body, chat, prompt, "ok")
+                    fake.bill(prompt, answer["usage"])
+                    time.sleep(fake.hang_s)
+                    self._send(200, json.dumps(answer).encode())
+                    self.close_connection = True
+                    return None
+                if b == "gzipbomb":  # billed; small on the wire, huge once decompressed
+                    fake.bill(prompt, self._ok(body, chat, prompt, "ok")["usage"])
+                    return self._send(200, fake.gzip_bomb(), {"Content-Encoding": "gzip"})
                 if b == "echo401":
                     auth = self.headers.get("Authorization", "").removeprefix("Bearer ")
                     with fake.lock:
@@ -226,6 +259,8 @@ class FakeOpenAI:
                 text = first
                 if b == "echo":
                     text = first + " (you sent " + self.headers.get("Authorization", "") + ")"
+                if b == "hugetext":
+                    text = first + " " + "x" * (fake.huge_chars - len(first) - 1)
                 usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": 1,
                          "total_tokens": len(prompt.split()) + 1}
                 if chat:

@@ -63,6 +63,12 @@ class TeacherConfig:
     """Total deadline of one attempt (connect, headers and the whole body); then the attempt
     is retried, and after ``max_retries`` stored as a ``timeout`` row."""
     max_retries: int = 5
+    max_response_bytes: int = 8 * 1024 * 1024
+    """``openai_compat``: the most bytes one response body may hold once decompressed
+    (8 MiB). It is counted while the body is read, so a small compressed body that expands
+    to gigabytes is cut at this size: the request becomes a ``bad_response`` row, not
+    retried, and counted at its worst-case price (the server may have billed it). A runtime
+    knob, not part of the cache key."""
     batch_size: int = 8
     """Prompts per generate call for in-process backends."""
     score_only: bool = True
@@ -115,6 +121,8 @@ class TeacherConfig:
               "use at least 1")
         check(self.timeout_s > 0, "teacher.timeout_s", self.timeout_s, "use a positive number")
         check(self.max_retries >= 0, "teacher.max_retries", self.max_retries, "use 0 or more")
+        check(self.max_response_bytes >= 64 * 1024, "teacher.max_response_bytes",
+              self.max_response_bytes, "use at least 65536 (64 KiB); the default is 8388608")
         check(self.max_images >= 1, "teacher.max_images", self.max_images, "use at least 1")
         check(self.batch_size >= 1, "teacher.batch_size", self.batch_size, "use at least 1")
         check(self.budget_usd >= 0, "teacher.budget_usd", self.budget_usd,
