@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from workbench.config.media import MediaConfig
+from workbench.data.arrays import READ_ERRORS, check_npy
 from workbench.data.schema import DataError
 from workbench.io import atomic_write_bytes
 
@@ -64,6 +65,19 @@ def load_encoder(path: str, device: str) -> tuple[Any, Any]:
     return model, processor
 
 
+def _load_embedding(path: Path, sid: str) -> np.ndarray:
+    """A clip's frame embeddings stored by an earlier run."""
+    fix = f"delete {path} and rerun to embed the clip's frames again"
+    try:
+        check_npy(path, fix)
+        return np.load(path, allow_pickle=False)
+    except DataError:  # a ValueError, but already the message to show
+        raise
+    except READ_ERRORS as e:
+        raise DataError(f"{path}: the stored frame embeddings of clip {sid!r} cannot be read "
+                        f"({type(e).__name__}: {e}); {fix}") from None
+
+
 def embed_clips(records: list[dict[str, Any]], mcfg: MediaConfig, media_dir: Path) -> dict[str, np.ndarray]:
     """clip key -> ``(N, d)`` float32 embeddings of that clip's frames."""
     import torch
@@ -77,7 +91,7 @@ def embed_clips(records: list[dict[str, Any]], mcfg: MediaConfig, media_dir: Pat
             continue
         path = media_dir / "clips" / f"{rec['key']}.emb-{enc}.npy"
         if path.is_file():
-            out[rec["key"]] = np.load(path)
+            out[rec["key"]] = _load_embedding(path, rec["id"])
         else:
             todo.append((rec, path))
     if not todo:

@@ -64,6 +64,7 @@ from workbench.data.acoustic import (
     egemaps,
     functional_names,
 )
+from workbench.data.arrays import READ_ERRORS, check_npz
 from workbench.data.media import (
     AUDIO_SUFFIXES,
     ClipError,
@@ -150,7 +151,8 @@ def clip_key(spec: ClipSpec, mcfg: MediaConfig) -> str:
 
 
 def process_clip(spec: ClipSpec, mcfg: MediaConfig, media_dir: Path) -> dict[str, Any]:
-    """Decode one clip and store its result; an ok or error record (never raises ClipError)."""
+    """Decode one clip and store its result; an ok or error record (a ClipError or running
+    out of memory on this clip is its error record, never raised)."""
     try:
         key = clip_key(spec, mcfg)
         record_path = media_dir / "clips" / f"{key}.json"
@@ -159,6 +161,11 @@ def process_clip(spec: ClipSpec, mcfg: MediaConfig, media_dir: Path) -> dict[str
         return _decode_clip(spec, mcfg, media_dir, key, record_path)
     except ClipError as e:
         return {"id": spec.id, "status": "error", "reason": str(e), "sources": spec.sources()}
+    except MemoryError:
+        return {"id": spec.id, "status": "error", "sources": spec.sources(),
+                "reason": "decoding it needed more memory than this process could get (a "
+                          "damaged or forged header?); check the file with ffprobe, re-encode "
+                          "it or remove the row"}
 
 
 def _decode_clip(spec: ClipSpec, mcfg: MediaConfig, media_dir: Path, key: str,
@@ -340,8 +347,7 @@ def _sample(src: Sample, rec: dict[str, Any], mcfg: MediaConfig, media_dir: Path
                            audio_file=str(media_dir / "audio" / rec["audio_file"])
                            if rec["audio_file"] else None))
     if rec["audio_file"]:
-        with np.load(media_dir / "clips" / f"{rec['key']}.npz") as z:
-            func, lld = z["functionals"], z["lld"]
+        func, lld = _clip_features(media_dir / "clips" / f"{rec['key']}.npz", src.id)
         meta[FUNCTIONALS_KEY] = [round(float(x), 6) for x in func]
         if mcfg.audio_features == "lld":
             s.audio, s.audio_length = lld.astype(np.float32), int(lld.shape[0])
@@ -350,6 +356,24 @@ def _sample(src: Sample, rec: dict[str, Any], mcfg: MediaConfig, media_dir: Path
     if embedding is not None:
         s.vision, s.vision_length = embedding.astype(np.float32), int(embedding.shape[0])
     return s
+
+
+def _clip_features(path: Path, sid: str) -> tuple[np.ndarray, np.ndarray]:
+    """The eGeMAPS functionals and LLD a finished clip stored in ``path``."""
+    fix = (f"delete {path.name} and {path.with_suffix('.json').name} from {path.parent} and "
+           "rerun to decode the clip again")
+    try:
+        check_npz(path, fix)
+        with np.load(path, allow_pickle=False) as z:
+            return z["functionals"], z["lld"]
+    except DataError:  # a ValueError, but already the message to show
+        raise
+    except READ_ERRORS as e:
+        raise DataError(f"{path}: the stored eGeMAPS features of clip {sid!r} cannot be read "
+                        f"({type(e).__name__}: {e}); {fix}") from None
+    except KeyError as e:
+        raise DataError(f"{path}: the stored eGeMAPS features of clip {sid!r} lack {e}; "
+                        f"{fix}") from None
 
 
 def add_acoustic_cues(samples: list[Sample]) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from workbench.config import DataConfig
+from workbench.data.arrays import check_npz
 from workbench.data.dialogue import (
     CONTEXT_KEY,
     CONTEXT_ONLY_KEY,
@@ -151,6 +152,8 @@ def load_features(cfg: DataConfig) -> dict[str, tuple[dict[str, int], np.ndarray
 
 def _read_npz(cfg: DataConfig, fpath: Path) -> dict[str, tuple[dict[str, int], np.ndarray, np.ndarray | None]]:
     out = {}
+    check_npz(fpath, "write it again with numpy.savez (plain arrays, no objects) or point "
+                     "data.features at the right file")
     with np.load(fpath, allow_pickle=False) as npz:
         ids = [str(x) for x in npz[cfg.features_id_key]] if cfg.features_id_key in npz.files else None
         for mod in ("audio", "vision"):
@@ -181,6 +184,44 @@ def _read_npz(cfg: DataConfig, fpath: Path) -> dict[str, tuple[dict[str, int], n
             lengths = npz[f"{key}_lengths"] if f"{key}_lengths" in npz.files else None
             out[mod] = (index, arr.astype(np.float32, copy=False), lengths)
     return out
+
+
+def not_unicode(value: Any, where: str = "") -> tuple[str, str] | None:
+    """(where, character) of the first lone UTF-16 surrogate in ``value`` (a string, or a
+    dict / list of them, keys included), which no UTF-8 encoder accepts; None when there
+    is none. ``where`` is the column, with ``[i]`` / ``.key`` for nested values."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            return where, value[e.start]
+        return None
+    if isinstance(value, dict):
+        for k, v in value.items():
+            key = f"{where}.{k}" if where else str(k)
+            found = not_unicode(k, key) or not_unicode(v, key)
+            if found:
+                return found
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            found = not_unicode(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+def _require_unicode(row: dict[str, Any], sid: str, path: Path, lineno: int) -> None:
+    """Refuse a row holding a lone surrogate (a JSON escape such as ``"\\ud800"`` that
+    ``json.loads`` takes but no UTF-8 writer does), naming its line, sample and column."""
+    found = not_unicode(row)
+    if found:
+        column, char = found
+        raise DataError(
+            f"{path}:{lineno}: sample {ascii(sid)}: column {ascii(column)} holds "
+            f"{ascii(char)}, half of a UTF-16 surrogate pair with no other half, which is not "
+            "text and cannot be stored; fix the encoding of that row: write it again from "
+            "correctly decoded text (a surrogate escape comes from text cut inside an emoji "
+            "or decoded with the wrong codec), or remove the broken escape")
 
 
 def _require_columns(row: dict[str, Any], cfg: DataConfig, path: Path, lineno: int) -> None:
@@ -231,6 +272,7 @@ def read_manifest(cfg: DataConfig, split: str | None = None) -> list[Sample]:
             if not is_context:  # a context-only row needs no id: it is never a sample
                 raise
             sid = f"context-only:{path.name}:{lineno}"
+        _require_unicode(row, sid, path, lineno)
         raw_split = str(row[cfg.split_column]).strip()
         row_split = cfg.split_names.get(raw_split, raw_split)
         media = Media(

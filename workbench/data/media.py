@@ -1,14 +1,23 @@
 """Decoding one clip with PyAV: frames sampled inside a segment, audio at 16 kHz mono.
 
 Every way a clip can fail (corrupt or truncated file, no audio or video stream, a segment
-outside the file, zero length, an unsupported codec) raises :class:`ClipError` with a
-plain reason, which the ingestion job records as that clip's error row.
+outside the file, zero length, an unsupported codec, an implausible sample rate, an audio
+segment too long) raises :class:`ClipError` with a plain reason, which the ingestion job
+records as that clip's error row.
+
+Audio decoding is bounded in memory: the source's sample rate must lie in
+``[MIN_SOURCE_RATE, MAX_SOURCE_RATE]`` (1 kHz to 768 kHz: below, a header claiming e.g.
+1 Hz makes a few hundred KB of samples last days, and resampling them to 16 kHz asks for
+gigabytes; above, no real recorder writes), the segment may last at most ``MAX_AUDIO_S``
+seconds, and the 16 kHz output buffer is allocated once, at the segment's size, before
+decoding starts.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import math
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +30,11 @@ SAMPLE_RATE = 16_000
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg", ".aac")
 MIN_AUDIO_S = 0.1
 """Audio shorter than this (after cutting the segment) is a zero-length clip."""
+MIN_SOURCE_RATE = 1_000
+MAX_SOURCE_RATE = 768_000
+"""A source sample rate outside ``[MIN_SOURCE_RATE, MAX_SOURCE_RATE]`` Hz is refused."""
+MAX_AUDIO_S = 3_600.0
+"""The longest audio segment one clip may have (one hour: 230 MB of 16 kHz float32)."""
 
 
 class ClipError(Exception):
@@ -139,6 +153,63 @@ def decode_frames(path: str, start: float | None, end: float | None, n: int):
     return picked, seg
 
 
+def _check_rate(stream, path: str) -> None:
+    rate = stream.codec_context.sample_rate or stream.rate
+    name = Path(path).name
+    if not rate:
+        raise ClipError(f"the audio stream of {name} does not say its sample rate (damaged "
+                        "header?); re-encode it, e.g. `ffmpeg -i IN -ar 16000 OUT.wav`, or "
+                        "remove the row")
+    if not MIN_SOURCE_RATE <= rate <= MAX_SOURCE_RATE:
+        raise ClipError(f"the audio of {name} claims a sample rate of {rate} Hz, outside "
+                        f"{MIN_SOURCE_RATE}-{MAX_SOURCE_RATE} Hz (a damaged or forged "
+                        "header); re-encode it at a real rate, e.g. "
+                        "`ffmpeg -i IN -ar 16000 OUT.wav`, or remove the row")
+
+
+def _check_length(seg: tuple[float, float], path: str) -> None:
+    if seg[1] - seg[0] > MAX_AUDIO_S:
+        raise ClipError(f"the audio segment [{seg[0]:g}s, {seg[1]:g}s] of {Path(path).name} "
+                        f"lasts {seg[1] - seg[0]:.0f}s, more than the {MAX_AUDIO_S:g}s one "
+                        "clip may have; cut it into clips with start / end columns "
+                        "(media.start_column, media.end_column)")
+
+
+class _SegmentBuffer:
+    """The 16 kHz samples of one segment, written into a buffer allocated once at the
+    segment's size; samples before the segment or past its end are dropped."""
+
+    def __init__(self, seg: tuple[float, float]) -> None:
+        self.seg = seg
+        self.out = np.empty(int(math.ceil((seg[1] - seg[0]) * SAMPLE_RATE)) + 1, np.float32)
+        self.lo = self.hi = 0
+        self.pos: int | None = None
+        """Samples seen since the first decoded frame (None before it)."""
+        self.filled = 0
+
+    def start(self, first: float) -> None:
+        """Place the segment relative to the time of the first decoded frame."""
+        self.lo = max(0, int(round((self.seg[0] - first) * SAMPLE_RATE)))
+        self.hi = max(self.lo, int(round((self.seg[1] - first) * SAMPLE_RATE)))
+        self.hi = min(self.hi, self.lo + self.out.size)
+        self.pos = 0
+
+    @property
+    def full(self) -> bool:
+        return self.pos is not None and self.pos >= self.hi
+
+    def add(self, frame) -> None:
+        x = frame.to_ndarray().reshape(-1)
+        a, b = max(self.lo, self.pos), min(self.hi, self.pos + x.size)
+        if b > a:
+            self.out[a - self.lo:b - self.lo] = x[a - self.pos:b - self.pos]
+            self.filled = b - self.lo
+        self.pos += x.size
+
+    def signal(self) -> np.ndarray:
+        return self.out[:self.filled]
+
+
 def decode_audio(path: str, start: float | None, end: float | None) -> tuple[np.ndarray, tuple[float, float]]:
     """The segment's audio as float32 mono at 16 kHz, and the segment used."""
     import av
@@ -148,29 +219,28 @@ def decode_audio(path: str, start: float | None, end: float | None) -> tuple[np.
             raise ClipError(f"no audio stream in {Path(path).name}")
         st = container.streams.audio[0]
         _check_codec(st, "audio", path)
+        _check_rate(st, path)
         seg = resolve_segment(start, end, _stream_duration(container, st), slack=0.05)
+        _check_length(seg, path)
+        buf = _SegmentBuffer(seg)
         resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-        chunks: list[np.ndarray] = []
-        first: float | None = None
         try:
             if seg[0] > 0:
                 container.seek(int(seg[0] / st.time_base), stream=st, backward=True)
             for frame in container.decode(st):
-                if first is None:
-                    first = frame.time if frame.time is not None else 0.0
+                if buf.pos is None:
+                    buf.start(frame.time if frame.time is not None else 0.0)
                 for rf in resampler.resample(frame):
-                    chunks.append(rf.to_ndarray().reshape(-1))
-                if frame.time is not None and frame.time > seg[1]:
+                    buf.add(rf)
+                if buf.full or (frame.time is not None and frame.time > seg[1]):
                     break
-            for rf in resampler.resample(None):
-                chunks.append(rf.to_ndarray().reshape(-1))
+            if buf.pos is not None and not buf.full:
+                for rf in resampler.resample(None):
+                    buf.add(rf)
         except av.FFmpegError as e:
             raise ClipError(f"audio of {Path(path).name} cannot be decoded (truncated or "
                             f"corrupt): {e}") from None
-    signal = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-    lo = max(0, int(round((seg[0] - (first or 0.0)) * SAMPLE_RATE)))
-    hi = max(lo, int(round((seg[1] - (first or 0.0)) * SAMPLE_RATE)))
-    signal = signal[lo:hi].astype(np.float32, copy=False)
+    signal = buf.signal()
     if signal.size < MIN_AUDIO_S * SAMPLE_RATE:
         raise ClipError(f"zero-length audio: {signal.size / SAMPLE_RATE:.3f}s decoded in "
                         f"[{seg[0]:g}s, {seg[1]:g}s] of {Path(path).name}")

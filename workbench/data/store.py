@@ -221,6 +221,27 @@ def infer_info(samples: list[Sample], cfg: DataConfig, source: str) -> DataInfo:
     )
 
 
+def _not_utf8(samples: list[Sample], source: str) -> DataError:
+    """The error naming the first sample with a string Arrow cannot encode as UTF-8 (a lone
+    surrogate), its row in ``source`` where the reader recorded one, and the field."""
+    from workbench.data.manifest import not_unicode
+
+    for s in samples:
+        fields = {"id": s.id, "text": s.text, "split": s.split, "frames": s.media.frames,
+                  "audio_file": s.media.audio_file, "video_file": s.media.video_file}
+        found = not_unicode(fields)
+        if found:
+            line = s.meta.get("source_line")
+            where = f"{source}:{line}" if line else source
+            return DataError(
+                f"{where}: sample {ascii(s.id)}: {found[0]} holds {ascii(found[1])}, half of "
+                "a UTF-16 surrogate pair with no other half, which is not text and cannot be "
+                "stored; fix the encoding of that row in the source: write it again from "
+                "correctly decoded text, or remove the broken character")
+    return DataError(f"{source}: a string of the dataset is not valid UTF-8 text; fix the "
+                     "encoding of the source")
+
+
 # ------------------------------------------------------------------ the dataset
 
 
@@ -237,7 +258,10 @@ class MSADataset:
         by_split: dict[str, list[Sample]] = {}
         for s in samples:
             by_split.setdefault(s.split, []).append(s)
-        tables = {sp: samples_to_table(by_split[sp]) for sp in SPLITS if sp in by_split}
+        try:
+            tables = {sp: samples_to_table(by_split[sp]) for sp in SPLITS if sp in by_split}
+        except UnicodeEncodeError:
+            raise _not_utf8(samples, info.source) from None
         return cls(tables, info)
 
     def save(self, out_dir: str | Path) -> Path:
