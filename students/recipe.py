@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 
 from students.augment import weigh_augmented
 from students.batching import EpochSampler, ItemDataset, PrivilegedTarget, TrainCollator, epoch_seed
-from students.checkpoint import BEST_DIR, SELECTION_FILE, save_checkpoint
+from students.checkpoint import BEST_DIR, SELECTION_FILE, disk_full_named, save_checkpoint
 from students.collate import Collator, StudentItem
 from students.inference import item_text
 from students.losses import task_loss
@@ -53,6 +53,9 @@ from workbench.io import recover_dir
 from workbench.metrics import METRIC_NAMES, compute_metrics, higher_is_better
 
 log = get_logger(__name__)
+RNG_SKIPPED = ("%s: %s; it is not unpickled, nothing in it runs. Training goes on: every "
+               "epoch reseeds from train.seed, so the run is the same as an unbroken one. A "
+               "file nobody but this run wrote should load: check who can write to %s")
 
 
 @dataclass
@@ -275,13 +278,8 @@ class StageRecipe:
                  self.mode)
 
         if self.resume and self.state_path.is_file():
-            problem = rng_state_problem(self.last_dir, accelerator.process_index)
-            if problem:
-                log.warning("%s: %s; it is not unpickled, nothing in it runs. Training goes "
-                            "on: every epoch reseeds from train.seed, so the run is the same "
-                            "as an unbroken one. A file nobody but this run wrote should "
-                            "load: check who can write to %s", stage.name, problem,
-                            self.last_dir, main_process_only=False)
+            if problem := rng_state_problem(self.last_dir, accelerator.process_index):
+                log.warning(RNG_SKIPPED, stage.name, problem, self.last_dir, main_process_only=False)
             accelerator.load_state(str(self.last_dir))
             self.state = TrainState.load(self.state_path)
             self.average = load_average(self.last_dir)
@@ -423,8 +421,14 @@ class StageRecipe:
             state.finished, state.stop_reason = True, f"all {stage.epochs} epochs"
 
     def save_last(self) -> None:
-        """The accelerate state and :class:`TrainState` into ``last/``."""
-        save_last(self.accelerator, self.last_dir, self.state, self.average)
+        """The accelerate state and :class:`TrainState` into ``last/`` (a full disk ends the
+        run with one :class:`~students.checkpoint.DiskFullError`)."""
+        kept = ("the last/ already there is left as it was" if self.last_dir.exists()
+                else "nothing was left in last/")
+        with disk_full_named(self.last_dir, "the state --resume continues from",
+                             f"{self.best_dir} is complete and {kept}. Free space on that "
+                             "disk and continue the run with --resume"):
+            save_last(self.accelerator, self.last_dir, self.state, self.average)
 
     def run(self) -> Path:
         """Set up, train every remaining epoch (validate, save) and return

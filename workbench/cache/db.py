@@ -151,3 +151,17 @@ def check_database(db: Path) -> None:
         conn.close()
     if problems != ["ok"]:
         raise damaged(db, f"integrity check: {'; '.join(problems[:3])}")
+
+
+def missing_columns(conn: sqlite3.Connection, schema: str) -> dict[str, list[str]]:
+    """table -> the columns ``schema`` (SQL) has and ``conn``'s database lacks."""
+    want = sqlite3.connect(":memory:")
+    try:
+        want.executescript(schema)
+        tables = [r[0] for r in want.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        have = {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in tables}
+        return {t: cols for t in tables
+                if (cols := [r[1] for r in want.execute(f"PRAGMA table_info({t})")
+                             if r[1] not in have[t]])}
+    finally:
+        want.close()

@@ -34,7 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workbench.cache.db import CacheError, check_database, connect, damaged, retry_busy
+from workbench.cache.db import (
+    CacheError,
+    check_database,
+    connect,
+    damaged,
+    missing_columns,
+    retry_busy,
+)
 from workbench.cache.ledger import (
     LEDGER_SCHEMA,
     add_spend,
@@ -185,27 +192,13 @@ def _row_to_output(row: sqlite3.Row, db: Path) -> TeacherOutput:
     )
 
 
-def missing_columns(conn: sqlite3.Connection) -> dict[str, list[str]]:
-    """table -> the columns the schema has and ``conn``'s database lacks."""
-    want = sqlite3.connect(":memory:")
-    try:
-        want.executescript(_SCHEMA)
-        tables = [r[0] for r in want.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        have = {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in tables}
-        return {t: cols for t in tables
-                if (cols := [r[1] for r in want.execute(f"PRAGMA table_info({t})")
-                             if r[1] not in have[t]])}
-    finally:
-        want.close()
-
-
 def check_rows(db: Path) -> None:
     """Raise :class:`CacheError` unless ``db`` has every column of the schema and each row's
     JSON reads (for a cache about to be copied into another, which would spread a bad row)."""
     conn = connect(db, timeout_s=60.0)
     conn.row_factory = sqlite3.Row
     try:
-        lacking = missing_columns(conn)
+        lacking = missing_columns(conn, _SCHEMA)
         if lacking:
             raise damaged(db, "table " + "; table ".join(
                 f"{t} lacks column(s) {', '.join(c)}" for t, c in lacking.items()))
@@ -234,7 +227,7 @@ class CacheStore:
         version = int(self.conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0])
         if version != SCHEMA_VERSION:
             raise CacheError(f"{db}: cache schema v{version}, this workbench reads v{SCHEMA_VERSION}")
-        lacking = missing_columns(self.conn)
+        lacking = missing_columns(self.conn, _SCHEMA)
         if lacking:
             self.conn.close()
             raise damaged(db, "table " + "; table ".join(
