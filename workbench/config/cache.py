@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from workbench.config.data import DataConfig
-from workbench.config.fields import SPLITS, ConfigError, check
+from workbench.config.fields import SPLITS, ConfigError, check, short_repr
 from workbench.config.teacher import TeacherConfig
 
 
@@ -70,7 +70,7 @@ class CacheJobConfig:
         try:
             i, n = (int(x) for x in self.shard.split("/"))
         except ValueError:
-            raise ConfigError(f"shard={self.shard!r} must look like i/N, e.g. 0/4") from None
+            raise ConfigError(f"shard={short_repr(self.shard)} must look like i/N, e.g. 0/4") from None
         if not (n >= 1 and 0 <= i < n):
-            raise ConfigError(f"shard={self.shard!r} is invalid: need 0 <= i < N, e.g. 0/4")
+            raise ConfigError(f"shard={short_repr(self.shard)} is invalid: need 0 <= i < N, e.g. 0/4")
         return i, n

@@ -6,7 +6,7 @@ import codecs
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
-from workbench.config.fields import MODALITIES, SPLITS, check
+from workbench.config.fields import MODALITIES, SPLITS, check, short_repr
 
 
 def check_domain_spec(spec: str) -> str | None:
@@ -193,7 +193,7 @@ class DataConfig:
               "utterances (unset: none from rows, the whole list from data.context_column)")
         check(not (self.context_column and self.dialogue_column), "data.context_column",
               self.context_column, "take the context from a list column or from the previous "
-              f"rows of data.dialogue_column={self.dialogue_column!r}, not both: unset one")
+              f"rows of data.dialogue_column={short_repr(self.dialogue_column)}, not both: unset one")
         check(not self.context_turns
               or bool(self.context_column or (self.dialogue_column and self.turn_column)),
               "data.context_turns", self.context_turns,

@@ -20,7 +20,7 @@ import copy
 import logging
 from typing import Any
 
-from workbench.config.fields import ConfigError
+from workbench.config.fields import ConfigError, short_repr
 
 log = logging.getLogger("workbench.config")
 
@@ -139,7 +139,7 @@ def migrate(cls_name: str, data: dict[str, Any], prefix: str = "") -> dict[str, 
             continue  # absent, or already the new object
         _, value = _pop(out, old.split("."))
         if value not in values:
-            raise ConfigError(f"{prefix}{old}={value!r} is not allowed: use one of "
+            raise ConfigError(f"{prefix}{old}={short_repr(value)} is not allowed: use one of "
                               f"{list(values)}, or as now written {prefix}{new}=true|false")
         _put(out, new.split("."), values[value])
         moved.append(f"{prefix}{old}={value} -> {prefix}{new}={str(values[value]).lower()}")

@@ -27,12 +27,88 @@ from typing import Any, Literal, TypeVar
 
 import yaml
 
-from workbench.config.fields import ConfigError
+from workbench.config.fields import ConfigError, short_repr
 from workbench.config.legacy import migrate, old_choice
 from workbench.io import atomic_write_text
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+
+MAX_ALIAS_VALUES = 10_000
+"""The most values YAML aliases (``*name``) may add to one document, counting each alias
+as every value under its anchor: a few aliases to small sections stay far below it; nested
+aliases that multiply (the "billion laughs" pattern) are refused as the file is read."""
+
+
+class BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses, while composing, an alias to an anchor still being
+    read (a value that contains itself) and aliases that together stand for more than
+    :data:`MAX_ALIAS_VALUES` values. ``source`` names the file (or override) in the error."""
+
+    def __init__(self, stream: str, source: str = "YAML") -> None:
+        super().__init__(stream)
+        self.source = source
+        self.alias_values = 0
+        self.open_anchors: set[str] = set()
+        self.sizes: dict[int, tuple[yaml.Node, int]] = {}
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            line = event.start_mark.line + 1
+            if event.anchor in self.open_anchors:
+                raise ConfigError(
+                    f"{self.source}: line {line}: alias *{short_repr(event.anchor, 60, quote=False)} refers to "
+                    f"the value that contains it (&{short_repr(event.anchor, 60, quote=False)}): a config "
+                    "cannot contain itself; write the value out instead")
+            target = self.anchors.get(event.anchor)
+            if target is not None:
+                self.alias_values += self._size(target)
+                if self.alias_values > MAX_ALIAS_VALUES:
+                    raise ConfigError(
+                        f"{self.source}: line {line}: YAML aliases (here *"
+                        f"{short_repr(event.anchor, 60, quote=False)}) expand to more than {MAX_ALIAS_VALUES} "
+                        "values (nested aliases that multiply, as in an alias bomb): write "
+                        "the repeated sections out, or alias only small sections")
+            return super().compose_node(parent, index)
+        anchor = getattr(event, "anchor", None)
+        if anchor is None:
+            return super().compose_node(parent, index)
+        self.open_anchors.add(anchor)
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.open_anchors.discard(anchor)
+
+    def _size(self, node: yaml.Node) -> int:
+        """Values under ``node`` with every alias in it expanded (memoized per node)."""
+        known = self.sizes.get(id(node))
+        if known is not None:
+            return known[1]
+        if isinstance(node, yaml.SequenceNode):
+            size = 1 + sum(self._size(child) for child in node.value)
+        elif isinstance(node, yaml.MappingNode):
+            size = 1 + sum(self._size(k) + self._size(v) for k, v in node.value)
+        else:
+            size = 1
+        self.sizes[id(node)] = (node, size)
+        return size
+
+
+def load_yaml_text(text: str, source: str) -> Any:
+    """YAML ``text`` as Python data, read by :class:`BoundedLoader`; ``source`` (a file, or
+    an override as typed) starts every error's message. Raises :class:`ConfigError` for
+    invalid YAML, aliases that expand too far, or nesting too deep to read."""
+    loader = BoundedLoader(text, source)
+    try:
+        return loader.get_single_data()
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {short_repr(e, 600, quote=False)}") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply to read (thousands of levels of "
+                          "lists or mappings): write a flatter config") from None
+    finally:
+        loader.dispose()
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:
@@ -55,31 +131,32 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, bool) and _has_switch(tp):  # a method's switch given alone
             value = {"enabled": value}
         if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping of {tp.__name__} fields, got {value!r}")
+            raise ConfigError(f"{where} must be a mapping of {tp.__name__} fields, got {short_repr(value)}")
         return from_dict(tp, value, prefix=where)
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
     if origin is Literal:
         if value not in args:
-            near = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            near = difflib.get_close_matches(str(value), [str(a) for a in args], n=1) \
+                if isinstance(value, (str, int, float)) else []
             hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ConfigError(f"{where}={value!r} is not allowed{hint}: use one of {list(args)}")
+            raise ConfigError(f"{where}={short_repr(value)} is not allowed{hint}: use one of {list(args)}")
         return value
     if origin in (list, tuple):
         if isinstance(value, str) and origin is list:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
+            raise ConfigError(f"{where} must be a list, got {short_repr(value)}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
-                raise ConfigError(f"{where} must have {len(args)} items, got {value!r}")
+                raise ConfigError(f"{where} must have {len(args)} items, got {short_repr(value)}")
             return tuple(_convert(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
         item = args[0] if args else Any
         out = [_convert(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if origin is dict:
         if not isinstance(value, dict):
-            raise ConfigError(f"{where} must be a mapping, got {value!r}")
+            raise ConfigError(f"{where} must be a mapping, got {short_repr(value)}")
         kt, vt = args if args else (Any, Any)
         return {_convert(k, kt, where): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
     if tp is Any:
@@ -91,24 +168,24 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
             return value
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
-        raise ConfigError(f"{where}={value!r} must be true or false")
+        raise ConfigError(f"{where}={short_repr(value)} must be true or false")
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"{where}={value!r} must be a number")
+            raise ConfigError(f"{where}={short_repr(value)} must be a number")
         try:
             return float(value)
         except ValueError:
-            raise ConfigError(f"{where}={value!r} must be a number") from None
+            raise ConfigError(f"{where}={short_repr(value)} must be a number") from None
     if tp is int:
         if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-            raise ConfigError(f"{where}={value!r} must be an integer")
+            raise ConfigError(f"{where}={short_repr(value)} must be an integer")
         try:
             return int(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{where}={value!r} must be an integer") from None
+            raise ConfigError(f"{where}={short_repr(value)} must be an integer") from None
     if tp is str:
         if isinstance(value, (dict, list)):
-            raise ConfigError(f"{where} must be a string, got {value!r}")
+            raise ConfigError(f"{where} must be a string, got {short_repr(value)}")
         return str(value)
     return value
 
@@ -134,7 +211,7 @@ def from_dict(cls: type[T], data: dict[str, Any], prefix: str = "") -> T:
             near = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f"; did you mean {(prefix + '.' if prefix else '') + near[0]!r}?" if near else ""
             raise ConfigError(
-                f"unknown key {where!r} for {cls.__name__}{hint or '.'} Valid keys: "
+                f"unknown key {short_repr(where)} for {cls.__name__}{hint or '.'} Valid keys: "
                 f"{', '.join(names)}",
                 key=where)
         try:
@@ -166,15 +243,21 @@ def to_dict(obj: Any) -> Any:
 
 def _parse_override(item: str) -> tuple[list[str], Any]:
     if "=" not in item:
-        raise ConfigError(f"override {item!r} must look like section.key=value")
+        raise ConfigError(f"override {short_repr(item)} must look like section.key=value")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not key:
-        raise ConfigError(f"override {item!r} has an empty key")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        raise ConfigError(f"override {short_repr(item)} has an empty key")
+    if not raw.strip():
+        return key.split("."), ""
+    loader = BoundedLoader(raw, f"command-line override {short_repr(item)}")
+    try:  # aliases that expand too far raise ConfigError; text that is not YAML stays text
+        value = loader.get_single_data()
+    except (yaml.YAMLError, RecursionError):
         value = raw
+    finally:
+        loader.dispose()
+    return key.split("."), value
     return key.split("."), value
 
 
@@ -215,7 +298,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str],
             elif isinstance(child, bool):  # a method's switch given first, then a knob
                 child = node[part] = {"enabled": child}
             if not isinstance(child, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+                raise ConfigError(f"override {short_repr(item)}: {short_repr(part)} is not a section")
             node = child
         if isinstance(node.get(path[-1]), dict) and isinstance(value, bool):
             node[path[-1]]["enabled"] = value  # a method's switch: keep its other knobs
@@ -227,10 +310,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str],
 def _read_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    data = load_yaml_text(path.read_text(), str(path)) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
@@ -336,7 +416,7 @@ def attribute_error(e: ConfigError, source: str | Path | None, overrides: list[s
     the user typed it, ``shown``), else the YAML file ``source`` (if any)."""
     i = _override_of(e.key, overrides)
     if i is not None:
-        return ConfigError(f"command-line override {(shown or overrides)[i]!r}: {e}", key=e.key)
+        return ConfigError(f"command-line override {short_repr((shown or overrides)[i])}: {e}", key=e.key)
     if source is not None:
         return ConfigError(f"{source}: {e}", key=e.key)
     return e
