@@ -60,7 +60,13 @@ import numpy as np
 
 from eval.cost import cost_report, rss_bytes
 from eval.data import check_data_matches, eval_items, labels_of, load_data, split_samples
-from eval.options import EvalError, EvalOptions, pattern_name, run_config
+from eval.options import (
+    EvalError,
+    EvalOptions,
+    check_finite_predictions,
+    pattern_name,
+    run_config,
+)
 from eval.plots import DEFAULT_ROBUSTNESS_METRICS, robustness_curve
 from eval.protocol import check_protocol
 from eval.report import order_metrics, robustness_summary, write_results
@@ -217,6 +223,8 @@ def evaluate_checkpoint(path: str | Path, opts: EvalOptions, data: DataConfig | 
     def run(masking: Any, what: str) -> dict[str, float]:
         nonlocal done
         preds = predict(model, items, opts.batch_size, masking=masking)
+        check_finite_predictions(preds, [s.id for s in samples], p,
+                                 f"split {opts.split!r} ({what})")
         metrics = compute_metrics(meta.info.metric_set, preds, labels)
         done += 1
         if progress is not None:

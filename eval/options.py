@@ -153,6 +153,28 @@ class EvalOptions(EvalConfig):
         return resolve_device(self.device)
 
 
+def check_finite_predictions(preds: Any, ids: Sequence[str], model_path: str | Path,
+                             what: str, error: type[EvalError] = EvalError) -> None:
+    """Raise ``error`` when the predictions ``preds`` (one row or value per sample of
+    ``ids``) of the model at ``model_path`` on ``what`` (split, condition) hold NaN or
+    infinite values: how many samples, the first ids, and what to do."""
+    import numpy as np
+
+    arr = np.asarray(preds, dtype=np.float64)
+    if not arr.size:
+        return
+    bad = ~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
+    n = int(bad.sum())
+    if not n:
+        return
+    first = [ids[i] for i in np.flatnonzero(bad)[:5]]
+    raise error(f"{model_path}: its predictions on {what} are not finite (NaN or infinite) for "
+                f"{n} of {len(arr)} samples (first ids {first}): the model's weights or "
+                "activations overflow, as after a diverged run. Use a checkpoint saved before "
+                "the run diverged, or retrain with a lower train.lr (and train.max_grad_norm "
+                "clipping on); `workbench data validate` checks the inputs' features")
+
+
 def resolve_device(spec: str, error: type[EvalError] = EvalError) -> torch.device:
     """The torch device of a ``--device`` value: ``auto`` (cuda when available), ``cpu``,
     ``cuda`` or ``cuda:N``; anything else, or CUDA where there is none, raises ``error``."""

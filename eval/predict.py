@@ -57,7 +57,13 @@ import numpy as np
 import torch
 
 from eval.data import check_data_matches, eval_items, load_data
-from eval.options import EvalError, parse_patterns, resolve_device, run_config
+from eval.options import (
+    EvalError,
+    check_finite_predictions,
+    parse_patterns,
+    resolve_device,
+    run_config,
+)
 from students.checkpoint import STUDENT_FILE, check_files, load_checkpoint, read_meta
 from students.export import EXPORT_FILE, read_export
 from students.inference import predict
@@ -377,6 +383,8 @@ def _predictions(model: Any, info: DataInfo, per_split: dict[str, list[Sample]],
     rows: list[dict[str, Any]] = []
     for sp, samples in per_split.items():
         preds = predict(model, items[sp], opts.batch_size, masking=masking)
+        check_finite_predictions(preds, [s.id for s in samples], p, f"split {sp!r}",
+                                 PredictError)
         cols = prediction_columns(preds, task, info.metric_set, info.class_names)
         for i, s in enumerate(samples):
             row: dict[str, Any] = {"id": s.id, "split": sp}

@@ -33,15 +33,24 @@ checkpoint directory, a run directory holding ``checkpoint-best/``, a directory 
 a glob of these (:func:`find_checkpoints`); :func:`checkpoint_name` / :func:`unique_names`
 give them short names, and :func:`check_files` names every missing file
 (:data:`REQUIRED_FILES`) with what writes it before anything is loaded.
+
+Loading refuses weights that do not fit the model the config builds (:func:`check_shapes`:
+the file, the tensor, the expected and the found shape) and weights that are not finite
+(:func:`check_finite`: a diverged run). Saving on a full disk ends in one
+:class:`DiskFullError` naming the directory (:func:`disk_full_named`); what was there before
+stays as it was.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import json
 import logging
 import os
-from collections.abc import Sequence
+import shutil
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,6 +88,59 @@ FROZEN_PREFIXES = ("prompt.encoder.",)
 
 class CheckpointError(WorkbenchError, RuntimeError):
     """A checkpoint directory is incomplete or does not fit the model it describes."""
+
+
+class DiskFullError(WorkbenchError, RuntimeError):
+    """A checkpoint or export could not be written: its disk is full."""
+
+
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+"""OS errors that mean "no space left": the disk is full, or the user's quota is."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` (or an exception it was raised from) is a disk-full error: an
+    ``OSError`` with ENOSPC / EDQUOT, or safetensors' error wrapping one (it carries only
+    the message, ``I/O error: No space left on device (os error 28)``)."""
+    seen: set[int] = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS:
+            return True
+        text = str(e)
+        if "No space left on device" in text or "Disk quota exceeded" in text or any(
+                f"os error {n})" in text for n in DISK_FULL_ERRNOS):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _free_mb(path: Path) -> str:
+    """Free space on the disk holding ``path`` (its nearest existing folder), in MB."""
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        return f"{shutil.disk_usage(p).free / 1e6:.1f} MB"
+    except OSError:
+        return "unknown"
+
+
+@contextmanager
+def disk_full_named(target: str | Path, what: str, fix: str) -> Iterator[None]:
+    """Turn a disk-full error raised inside into one :class:`DiskFullError` naming
+    ``target`` (the directory being written), ``what`` was being written, the free space
+    left and ``fix``; any other error passes unchanged."""
+    try:
+        yield
+    except Exception as e:
+        if not is_disk_full(e):
+            raise
+        target = Path(target)
+        raise DiskFullError(
+            f"{target}: the disk is full (ENOSPC, no space left on device) while writing "
+            f"{what}; {_free_mb(target)} free there. {fix}") from e
 
 
 @dataclass
@@ -161,6 +223,19 @@ def save_checkpoint(
     out = Path(out_dir)
     sd = state_dict if state_dict is not None else model.state_dict()
     text_sd, rest = split_state_dict(model, sd)
+    kept = (f"The checkpoint already in {out} is left as it was" if (out / WEIGHTS_FILE).exists()
+            else f"Nothing was left in {out}")
+    with disk_full_named(out, "the checkpoint", f"{kept}. Free space on that disk (or set "
+                         "train.output_dir to another disk) and run again; a distillation "
+                         "run continues from its last finished epoch with --resume"):
+        _write_checkpoint(model, cfg, out, text_sd, rest, selection, teacher_manifest)
+    return out
+
+
+def _write_checkpoint(model: StudentModel, cfg: DistillConfig, out: Path,
+                      text_sd: dict[str, torch.Tensor], rest: dict[str, torch.Tensor],
+                      selection: dict[str, Any], teacher_manifest: dict[str, Any]) -> None:
+    """The checkpoint's files, written beside ``out`` and swapped in at the end."""
     with atomic_dir(out) as tmp:
         save_file(_cpu(rest), str(tmp / WEIGHTS_FILE), metadata={"format": "pt"})
         mode = model.cfg.text_mode
@@ -186,7 +261,6 @@ def save_checkpoint(
         _write_json(tmp / DATA_INFO_FILE, model.info.to_json())
         _write_json(tmp / TEACHER_MANIFEST_FILE, teacher_manifest)
         _write_json(tmp / SELECTION_FILE, selection)
-    return out
 
 
 def read_meta(path: str | Path) -> CheckpointMeta:
@@ -224,6 +298,55 @@ def load_weights(path: Path, what: str,
             f"whole, or {fix}") from None
 
 
+DIVERGED_FIX = ("the run that wrote it diverged (its loss went NaN or infinite): retrain "
+                "with a lower train.lr (and train.max_grad_norm clipping on), or use a "
+                "checkpoint saved before it diverged")
+
+
+def check_shapes(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                 file: Path, fix: str, error: type[WorkbenchError] = CheckpointError) -> None:
+    """Raise ``error`` naming ``file``, its first tensor whose shape differs from the same
+    name in ``expected`` (the model's own state dict), both shapes and ``fix``. Names the
+    model lacks are left to the caller's missing / unexpected check."""
+    wrong = [(k, list(v.shape), list(expected[k].shape)) for k, v in tensors.items()
+             if k in expected and tuple(v.shape) != tuple(expected[k].shape)]
+    if not wrong:
+        return
+    name, found, want = wrong[0]
+    more = ""
+    if len(wrong) > 1:
+        more = (f" ({len(wrong) - 1} more tensor(s) differ too: "
+                f"{', '.join(w[0] for w in wrong[1:4])}{', …' if len(wrong) > 4 else ''})")
+    raise error(f"{file}: tensor {name!r} has shape {found}, but the model its config builds "
+                f"expects {want}{more}. The file was edited or comes from a model with other "
+                f"settings (student.hidden, student.lora.r, feature dims): {fix}")
+
+
+def check_finite(tensors: dict[str, torch.Tensor], file: Path, fix: str = DIVERGED_FIX,
+                 error: type[WorkbenchError] = CheckpointError) -> None:
+    """Raise ``error`` naming ``file`` and its tensors holding NaN or infinite values (with
+    how many of their values are), and ``fix``."""
+    bad = []
+    for name, t in tensors.items():
+        if t.is_floating_point() or t.is_complex():
+            n = int((~torch.isfinite(t)).sum())
+            if n:
+                bad.append(f"{name!r} ({n} of {t.numel()} values)")
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise error(f"{file}: {len(bad)} tensor(s) hold NaN or infinite weights: {shown}; a "
+                    f"model with them cannot predict: {fix}")
+
+
+def _check_loaded(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor],
+                  file: Path) -> None:
+    """A checkpoint's weight file fits its model (:func:`check_shapes`) and is finite
+    (:func:`check_finite`)."""
+    check_shapes(tensors, expected, file, "put back the file its run wrote, or load the "
+                 "checkpoint directory whole, as saved, with the config.yaml beside it")
+    check_finite(tensors, file)
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
                     ) -> tuple[StudentModel, DistillConfig, CheckpointMeta]:
     """Rebuild the model a checkpoint holds and load its weights.
@@ -247,6 +370,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
                               f"config has student.prompted={cfg.student.prompted}")
     model = build_student(cfg.student, meta.info, meta.bins, device=device)
     rest = load_weights(p / WEIGHTS_FILE, "heads, feature encoders and fusion")
+    _check_loaded(rest, model.state_dict(), p / WEIGHTS_FILE)
     result = model.load_state_dict(rest, strict=False)
     missing = [k for k in result.missing_keys
                if not k.startswith(TEXT_PREFIX) and not k.startswith(FROZEN_PREFIXES)]
@@ -257,13 +381,15 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
             "by another workbench version or edited by hand?")
     mode = cfg.student.text_mode
     if mode == "lora":
-        from peft import set_peft_model_state_dict
+        from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
         adapter_dir = p / ADAPTER_DIR
         if not (adapter_dir / "adapter_config.json").is_file():
             raise CheckpointError(f"checkpoint {p} has no {ADAPTER_DIR}/adapter_config.json "
                                   "(student.text_mode=lora); it is incomplete")
         adapter = load_weights(adapter_dir / "adapter_model.safetensors", "the LoRA adapter")
+        _check_loaded(adapter, get_peft_model_state_dict(model.text.model),
+                      adapter_dir / "adapter_model.safetensors")
         res = set_peft_model_state_dict(model.text.model, adapter)
         bad = [k for k in getattr(res, "unexpected_keys", []) if "lora_" in k]
         if bad:
@@ -271,6 +397,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"
                                   f"(unexpected {bad[:8]}); check student.lora in its config")
     elif mode == "full":
         text_sd = load_weights(p / TEXT_ENCODER_FILE, "the fine-tuned text encoder")
+        _check_loaded(text_sd, model.text.model.state_dict(), p / TEXT_ENCODER_FILE)
         res = model.text.model.load_state_dict(text_sd, strict=False)
         if res.unexpected_keys or [k for k in res.missing_keys if "position_ids" not in k]:
             raise CheckpointError(f"checkpoint {p}: {TEXT_ENCODER_FILE} does not fit "

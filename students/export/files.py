@@ -43,8 +43,15 @@ def export_model(model: StudentModel, out_dir: str | Path, *, source: dict[str, 
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ExportError(f"--out {out} exists and is not empty; choose a new directory or "
                           "pass --force to replace it")
-    with atomic_dir(out) as tmp:
-        spec = _write_export(model, tmp, source)
+    from students.checkpoint import disk_full_named
+
+    kept = (f"The export already in {out} is left as it was" if out.exists() and any(out.iterdir())
+            else f"Nothing was left in {out}")
+    need = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 1e6
+    with disk_full_named(out, "the export", f"{kept}. It needs about {need:.0f} MB: free space "
+                         "on that disk, or pass --out on another disk, and export again"):
+        with atomic_dir(out) as tmp:
+            spec = _write_export(model, tmp, source)
     how = spec["text_encoder"]
     log.info("exported a %s model to %s (text encoder: %s%s)", spec["kind"], out,
              how["made_by"], f", dequantized from {how['dequantized_from']}"

@@ -35,10 +35,17 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = Fal
     out = export_model(model, out_dir, overwrite=overwrite, source={
         "checkpoint": str(Path(path).resolve()), "selection": meta.selection,
         "trained_with": meta.versions})
-    if onnx:
-        export_onnx(out)
-    if int8:
-        mark_int8(out)
+    from students.checkpoint import disk_full_named
+
+    what = " and ".join(w for w, on in (("the ONNX model", onnx), ("the int8 files", int8))
+                        if on)
+    with disk_full_named(out, what or "the export",
+                         f"The export in {out} is complete without it: free space on that "
+                         "disk and export again with --force"):
+        if onnx:
+            export_onnx(out)
+        if int8:
+            mark_int8(out)
     return out
 
 
