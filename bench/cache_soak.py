@@ -1,21 +1,29 @@
 """Soak: a 10,000-request caching job against the fault server, at concurrency 32, killed
-with SIGKILL at random moments and run once into a full disk, then finished.
+with SIGKILL at random moments and run once into a full disk, then finished; once per
+server mode.
 
 The job runs as `workbench cache run` in a child process (so SIGKILL is real); the fault
-server (``tests/support/fake_openai.py``, 5 % of prompts fail once with 429, 500, a
-malformed or a truncated body, then answer) runs in another child process and bills like
-a paid API: it counts the prompt tokens of every ok body it wrote in full. The cache lives
+server (``tests/support/fake_openai.py``) runs in another child process and bills like a
+paid API: it counts the prompt tokens of every answer it bills. Its modes
+(``soak_schedule``): ``usage`` (5 % of prompts fail once with 429, 500, a malformed or a
+truncated body, then answer with their usage), ``nousage`` (the same, answers billed
+without usage: each is counted at its worst-case price) and ``deadline`` (5 % of prompts
+are billed and answered after the job's deadline, then answered again). The cache lives
 on a 64 MB tmpfs when this process may mount one (root); the disk-full episode fills it
 with a ballast file. Elsewhere the episode is injected: the job runs in-process with
 SQLite's own "database or disk is full" after a few more pages (``max_page_count``).
 
-Prints: requests sent vs keys; rows lost (paid answers neither stored nor spilled — at
-most the answers in flight at a SIGKILL, goal 0 otherwise); duplicates (ok rows per key
-above one, goal 0, and answers paid twice because a kill came between the answer and its
-commit); money counted in the cache vs money the server billed (goal equal, apart from
-those killed in flight).
+Prints, per mode: requests sent vs keys; rows lost (paid answers that could be read,
+neither stored nor spilled — at most the answers in flight at a SIGKILL, goal 0
+otherwise); duplicates (ok rows per key above one, goal 0, and answers paid twice because
+a kill came between the answer and its commit); money counted in the cache vs money the
+server billed. Then a table of counted, billed and counted/billed per mode, checking that
+counted >= billed (less at most the answers a SIGKILL cut in flight: kills x 32 x the
+dearest answer) and, where the server says its usage (``usage``, ``deadline``),
+counted/billed <= 1.02.
+Exits 1 when a check fails.
 
-    python bench/cache_soak.py [--n 10000] [--kills 5] [--seed 0]
+    python bench/cache_soak.py [--n 10000] [--kills 5] [--seed 0] [--modes usage,nousage,deadline]
 """
 
 from __future__ import annotations
@@ -45,10 +53,21 @@ TEMPLATE = "sentiment_polarity"
 PRICE_PER_MTOK = 1e6  # $1 per prompt token: money counted == tokens, exactly comparable
 
 
-def start_server(fault_rate: float) -> tuple[subprocess.Popen, str]:
+SOAK_MODES = ("usage", "nousage", "deadline")
+"""The fault server's modes (``python -m tests.support.fake_openai --mode``)."""
+CONCURRENCY = 32
+USAGE_MODES = ("usage", "deadline")
+"""The modes whose server says the usage of every answer it sends."""
+MAX_RATIO = 1.02
+"""Counted/billed at most where the server says its usage: the worst-case estimates of
+attempts that may have been billed unseen should stay a small part of the spend."""
+
+
+def start_server(fault_rate: float, mode: str, hang_s: float) -> tuple[subprocess.Popen, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "tests.support.fake_openai", "--fault-rate",
-                             str(fault_rate)], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
+                             str(fault_rate), "--mode", mode, "--hang-s", str(hang_s)],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
     url = proc.stdout.readline().strip()
     return proc, url
 
@@ -143,24 +162,17 @@ def disk_full_episode(cfg: CacheJobConfig, recipe: Path, fs: Path | None) -> str
     return f"disk full on a tmpfs: rc {rc}: {' | '.join(said) or err[-300:]}"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=10_000, help="samples (about as many keys)")
-    ap.add_argument("--kills", type=int, default=5, help="SIGKILLs at random moments")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--fault-rate", type=float, default=0.05)
-    args = ap.parse_args()
-    rng = random.Random(args.seed)
-    tmp = Path(tempfile.mkdtemp())
+def soak(mode: str, args: argparse.Namespace, rng: random.Random, tmp: Path) -> dict:
+    """One soak against a server in ``mode``; prints its figures, returns its money."""
     fs = tmp / "fs"
     mounted = mount_tmpfs(fs, 64)
     cache_dir = (fs if mounted else tmp) / "cache"
     manifest = unique_texts(write(tmp / "synth", SynthSpec(n=args.n, seed=args.seed)))
     data = DataConfig(path=str(manifest), features=str(tmp / "synth/features.npz"))
-    server, url = start_server(args.fault_rate)
+    server, url = start_server(args.fault_rate, mode, hang_s=args.timeout_s + 1.0)
     try:
         tcfg = TeacherConfig(backend="openai_compat", model="soak", base_url=url, api="completions",
-                             max_concurrency=32, timeout_s=5.0, max_retries=3)
+                             max_concurrency=CONCURRENCY, timeout_s=args.timeout_s, max_retries=3)
         tcfg.price.input_per_mtok = PRICE_PER_MTOK
         cfg = CacheJobConfig(data=data, teacher=tcfg, cache=CacheConfig(
             dir=str(cache_dir), template=TEMPLATE, max_error_rate=0.5))
@@ -190,23 +202,79 @@ def main() -> None:
             "SELECT COUNT(*) FROM (SELECT key FROM outputs WHERE status='ok' GROUP BY key "
             "HAVING COUNT(*) > 1)").fetchone()[0]
         counted = store.spent("soak")
+        estimated, n_estimated = store.conn.execute(
+            "SELECT COALESCE(SUM(json_extract(meta, '$.cost_estimated.worst_case_usd')), 0), "
+            "COUNT(json_extract(meta, '$.cost_estimated')) FROM outputs").fetchone()
         integrity = store.conn.execute("PRAGMA integrity_check").fetchone()[0]
     if mounted:
         subprocess.run(["umount", "-l", str(fs)], check=False)
     paid_rows = rows.get("ok", 0) + rows.get("duplicate", 0)
+    readable = s["billed_answers"] - s["billed_unread"]
     billed = s["billed_tokens_in"] * PRICE_PER_MTOK / 1e6
+    print(f"[{mode}]")
     for e in episodes:
         print("  " + e)
-    print(f"keys {st['keys']}, ok {st['ok']}, errors {st['errors']}, pending {st['pending']}, "
+    print(f"  keys {st['keys']}, ok {st['ok']}, errors {st['errors']}, pending {st['pending']}, "
           f"integrity {integrity}, {wall.s:.0f}s ({loadavg()})")
-    print(f"requests sent {s['attempts']} for {st['keys']} keys "
-          f"({s['attempts'] / max(1, st['keys']):.3f} per key; faults {s['attempts'] - s['billed_answers']})")
-    print(f"rows lost: {s['billed_answers'] - paid_rows} of {s['billed_answers']} paid answers not in "
-          f"the cache (bound: {args.kills} kills x 32 in flight = {args.kills * 32})")
-    print(f"duplicates: {ok_dupes} keys with two ok rows; {s['billed_answers'] - s['billed_prompts']} "
+    print(f"  requests sent {s['attempts']} for {st['keys']} keys "
+          f"({s['attempts'] / max(1, st['keys']):.3f} per key; faults {s['attempts'] - readable}, "
+          f"of which billed unread {s['billed_unread']})")
+    print(f"  rows lost: {readable - paid_rows} of {readable} readable paid answers not in the "
+          f"cache (bound: {args.kills} kills x {CONCURRENCY} in flight = {args.kills * CONCURRENCY})")
+    print(f"  duplicates: {ok_dupes} keys with two ok rows; {s['billed_answers'] - s['billed_prompts']} "
           f"answers paid twice ({rows.get('duplicate', 0)} stored as duplicate rows)")
-    print(f"money counted ${counted:,.0f} vs billed ${billed:,.0f} "
-          f"(ratio {counted / billed if billed else 0:.4f}; goal 1, apart from answers killed in flight)")
+    print(f"  money counted ${counted:,.0f} vs billed ${billed:,.0f}; of the counted, "
+          f"${estimated:,.0f} is worst-case estimates on {n_estimated} rows (answers without "
+          "usage, attempts that may have been billed unseen)")
+    dearest = s["billed_max_tokens_in"] * PRICE_PER_MTOK / 1e6
+    return {"counted": counted, "billed": billed, "estimated": estimated,
+            "killed_bound": args.kills * CONCURRENCY * dearest}
+
+
+def money_table(money: dict[str, dict]) -> bool:
+    """Print counted, billed and their ratio per mode with the checks; True when all hold."""
+    print(f"{'mode':<10}{'counted $':>12}{'estimated $':>13}{'billed $':>12}"
+          f"{'counted/billed':>16}  checks")
+    good = True
+    for mode, m in money.items():
+        counted, billed = m["counted"], m["billed"]
+        ratio = counted / billed if billed else float("inf")
+        floor = billed - m["killed_bound"]
+        checks = [f"counted >= billed: {'yes' if counted >= billed else 'NO'}"]
+        if counted < billed:
+            within = counted >= floor
+            checks.append(f"{'within' if within else 'BEYOND'} the answers a SIGKILL may cut in "
+                          f"flight (>= ${floor:,.0f})")
+            good &= within
+        if mode in USAGE_MODES:
+            holds = ratio <= MAX_RATIO
+            checks.append(f"counted/billed <= {MAX_RATIO}: {'yes' if holds else 'NO'}")
+            good &= holds
+        print(f"{mode:<10}{counted:>12,.0f}{m['estimated']:>13,.0f}{billed:>12,.0f}"
+              f"{ratio:>16.4f}  {'; '.join(checks)}")
+    return good
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=10_000, help="samples (about as many keys)")
+    ap.add_argument("--kills", type=int, default=5, help="SIGKILLs at random moments, per mode")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fault-rate", type=float, default=0.05)
+    ap.add_argument("--timeout-s", type=float, default=5.0, help="the job's teacher.timeout_s")
+    ap.add_argument("--modes", default=",".join(SOAK_MODES),
+                    help=f"server modes to soak, comma-separated, of {','.join(SOAK_MODES)}")
+    args = ap.parse_args()
+    modes = [m for m in args.modes.split(",") if m]
+    for m in modes:
+        if m not in SOAK_MODES:
+            ap.error(f"--modes: {m!r} is none of {SOAK_MODES}")
+    rng = random.Random(args.seed)
+    money = {}
+    for mode in modes:
+        money[mode] = soak(mode, args, rng, Path(tempfile.mkdtemp(prefix=f"soak-{mode}-")))
+    if not money_table(money):
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -15,10 +15,12 @@ client's deadline), ``gzipbomb`` (billed; a gzip body of about ``bomb_bytes / 10
 expands to ``bomb_bytes``) and ``hugetext`` (an ok answer whose text is ``huge_chars``
 long, whatever ``max_tokens`` was asked).
 
-The server bills like a paid API: every ok body it wrote in full adds its usage to
-``billed_tokens_in`` / ``billed_tokens_out`` (``GET /stats`` returns the counters, so a
-process that only knows the URL can read them). ``python -m tests.support.fake_openai``
-serves with a random fault schedule until killed, printing its URL.
+The server bills like a paid API: every ok body it wrote in full, and every answer the
+behaviours above bill, adds its usage to ``billed_tokens_in`` / ``billed_tokens_out``
+(``GET /stats`` returns the counters, so a process that only knows the URL can read them);
+``billed_unread`` counts the billed answers no client could read whole (``cutbill``,
+``latebill``, ``gzipbomb``). ``python -m tests.support.fake_openai`` serves with a random
+fault schedule (:func:`soak_schedule`) until killed, printing its URL.
 """
 
 from __future__ import annotations
@@ -65,7 +67,12 @@ class FakeOpenAI:
         self.billed_tokens_in = 0
         self.billed_tokens_out = 0
         self.billed_answers: Counter[str] = Counter()
-        """prompt -> ok bodies written in full for it (the answers paid for)."""
+        """prompt -> answers billed for it (the answers paid for)."""
+        self.billed_unread = 0
+        """Billed answers whose body no client could read whole (cut short, sent after the
+        deadline, a decompression bomb)."""
+        self.billed_max_tokens_in = 0
+        """The most prompt tokens one billed answer had."""
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(("127.0.0.1", port), self._handler())
         self.server.daemon_threads = True
@@ -89,11 +96,13 @@ class FakeOpenAI:
         self.server.shutdown()
         self.server.server_close()
 
-    def bill(self, prompt: str, usage: dict) -> None:
+    def bill(self, prompt: str, usage: dict, readable: bool = True) -> None:
         with self.lock:
             self.billed_tokens_in += usage["prompt_tokens"]
             self.billed_tokens_out += usage["completion_tokens"]
+            self.billed_max_tokens_in = max(self.billed_max_tokens_in, usage["prompt_tokens"])
             self.billed_answers[prompt] += 1
+            self.billed_unread += not readable
 
     def stats(self) -> dict:
         with self.lock:
@@ -101,6 +110,8 @@ class FakeOpenAI:
                     "behaviours": dict(self.behaviours), "billed_tokens_in": self.billed_tokens_in,
                     "billed_tokens_out": self.billed_tokens_out,
                     "billed_answers": sum(self.billed_answers.values()),
+                    "billed_unread": self.billed_unread,
+                    "billed_max_tokens_in": self.billed_max_tokens_in,
                     "billed_prompts": len(self.billed_answers)}
 
     def gzip_bomb(self) -> bytes:
@@ -195,7 +206,7 @@ class FakeOpenAI:
                     return None
                 if b == "cutbill":  # billed in full, the body cut short (a deadline, a drop)
                     answer = self._ok(body, chat, prompt, "ok")
-                    fake.bill(prompt, answer["usage"])
+                    fake.bill(prompt, answer["usage"], readable=False)
                     full = json.dumps(answer).encode()
                     self._send(200, full[: len(full) // 2], length=len(full))
                     self.close_connection = True
@@ -210,13 +221,13 @@ class FakeOpenAI:
                     return self._send(200, json.dumps(answer).encode())
                 if b == "latebill":  # billed as sent; the body arrives after the deadline
                     answer = self._ok(body, chat, prompt, "ok")
-                    fake.bill(prompt, answer["usage"])
+                    fake.bill(prompt, answer["usage"], readable=False)
                     time.sleep(fake.hang_s)
                     self._send(200, json.dumps(answer).encode())
                     self.close_connection = True
                     return None
                 if b == "gzipbomb":  # billed; small on the wire, huge once decompressed
-                    fake.bill(prompt, self._ok(body, chat, prompt, "ok")["usage"])
+                    fake.bill(prompt, self._ok(body, chat, prompt, "ok")["usage"], readable=False)
                     return self._send(200, fake.gzip_bomb(), {"Content-Encoding": "gzip"})
                 if b == "echo401":
                     auth = self.headers.get("Authorization", "").removeprefix("Bearer ")
@@ -281,16 +292,28 @@ class FakeOpenAI:
         return Handler
 
 
-def soak_schedule(fault_rate: float, seed: int = 0) -> Callable[[str], list[str]]:
-    """Per prompt, deterministically: mostly ok; ``fault_rate`` of prompts start with a
-    transient fault (429, 500, malformed, truncated) and recover on the next attempt."""
-    faults = ["429", "500", "malformed", "truncated"]
+SOAK_MODES = ("usage", "nousage", "deadline")
+
+
+def soak_schedule(fault_rate: float, seed: int = 0,
+                  mode: str = "usage") -> Callable[[str], list[str]]:
+    """Per prompt, deterministically: mostly answered; ``fault_rate`` of prompts start with
+    a transient fault and are answered on the next attempt.
+
+    ``mode``: ``usage`` (answers say their usage; faults 429, 500, malformed, truncated),
+    ``nousage`` (the same faults; answers billed without usage) or ``deadline`` (answers
+    say their usage; the fault is ``latebill``, an answer billed and sent after the
+    client's deadline)."""
+    if mode not in SOAK_MODES:
+        raise ValueError(f"mode {mode!r}: use one of {SOAK_MODES}")
+    faults = ["latebill"] if mode == "deadline" else ["429", "500", "malformed", "truncated"]
+    answer = "nousage" if mode == "nousage" else "ok"
 
     def schedule(prompt: str) -> list[str]:
         rng = random.Random(f"{seed}:{prompt}")
         if rng.random() < fault_rate:
-            return [rng.choice(faults), "ok"]
-        return ["ok"]
+            return [rng.choice(faults), answer]
+        return [answer]
 
     return schedule
 
@@ -300,9 +323,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--fault-rate", type=float, default=0.05)
     ap.add_argument("--slow-s", type=float, default=0.0)
+    ap.add_argument("--mode", choices=SOAK_MODES, default="usage")
+    ap.add_argument("--hang-s", type=float, default=5.0,
+                    help="how long hang and latebill wait before answering")
     args = ap.parse_args(argv)
-    server = FakeOpenAI(soak_schedule(args.fault_rate), port=args.port, slow_s=args.slow_s,
-                        retry_after="0.05")
+    server = FakeOpenAI(soak_schedule(args.fault_rate, mode=args.mode), port=args.port,
+                        slow_s=args.slow_s, retry_after="0.05", hang_s=args.hang_s)
     print(server.base_url, flush=True)
     sys.stdout.flush()
     server.server.serve_forever()
