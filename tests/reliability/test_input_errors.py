@@ -29,7 +29,7 @@ from typer.testing import CliRunner
 
 from tests.reliability.conftest import fill_disk
 from workbench.cli import app
-from workbench.config import DataConfig, load_config
+from workbench.config import DistillConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 runner = CliRunner()
@@ -112,8 +112,6 @@ def test_an_alias_to_the_list_that_contains_it_is_refused(tmp_path):
 
 
 def test_anchors_for_small_sections_still_load(tmp_path):
-    from workbench.config import DistillConfig
-
     cfg = tmp_path / "recipe.yaml"
     cfg.write_text(
         "data: {name: demo, path: x.csv, modalities: &mods [text, audio], class_names: *mods}\n"

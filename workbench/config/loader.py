@@ -10,6 +10,11 @@ A section of a YAML file may be a path to another YAML file instead of a mapping
 (``data: ../data/mosi.yaml``, or on the command line ``data=configs/data/mosi.yaml``); it
 is resolved relative to the file that names it, as are the input paths inside it.
 :func:`dump_config` writes the resolved config (with versions) into an output dir.
+
+YAML is read by :class:`BoundedLoader`: aliases may stand for at most
+:data:`MAX_ALIAS_VALUES` values in all and may not name the value that holds them, so a
+small file cannot expand into gigabytes; values shown in error messages are cut
+(:func:`workbench.config.fields.short_repr`).
 """
 
 from __future__ import annotations
