@@ -23,8 +23,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from eval.evaluate import CheckpointEval, plot_metrics, runs_csv
 from eval.options import EvalError
 from eval.plots import robustness_curve
@@ -32,6 +30,8 @@ from eval.references import ReferenceTable, check_references, reference_rows
 from eval.report import csv_table, markdown_table, order_metrics, summarize, write_results
 from students.checkpoint import CONFIG_FILE
 from students.rundir import flatten_config
+from workbench.config import ConfigError
+from workbench.config.loader import load_yaml_text
 
 NOT_RECIPE = ("train.seed", "train.fold", "train.output_dir", "train.overwrite",
               "train.num_threads", "train.num_workers", "eval.")
@@ -46,8 +46,8 @@ def _recipe(path: Path) -> dict[str, Any]:
     """The checkpoint's resolved config (``config.yaml``), flattened, minus NOT_RECIPE."""
     cfg_file = Path(path) / CONFIG_FILE
     try:
-        raw = yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {}
-    except (OSError, yaml.YAMLError) as e:
+        raw = load_yaml_text(cfg_file.read_text(encoding="utf-8"), str(cfg_file)) or {}
+    except (OSError, ConfigError) as e:
         raise EvalError(f"checkpoint {path}: cannot read {CONFIG_FILE} to group it by recipe "
                         f"({e})") from None
     flat = flatten_config(raw)
