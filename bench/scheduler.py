@@ -1,6 +1,6 @@
 """Resumable table runs: commands with logs, run after what they need, at most ``jobs``
 at once, each skipped when its ``done()`` says it has finished; and the ``mean ± std``
-cell of a table. Used by the scripts that produce the README's tables."""
+cell of a table. Used by the scripts that produce the tables of docs/results.md."""
 
 from __future__ import annotations
 

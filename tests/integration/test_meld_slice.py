@@ -152,7 +152,7 @@ def test_meld_slice_end_to_end(gemma, tmp_path):
     run("export", str(out), "--out", str(tmp_path / "exported"))
     spec = json.loads((tmp_path / "exported" / "export.json").read_text())
     assert spec["task"] == "classification" and spec["data_info"]["label_range"] is None
-    # the README's load_exported usage, as written there
+    # docs/serving.md's load_exported usage, as written there
     import torch
 
     from students.collate import Collator

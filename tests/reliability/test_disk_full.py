@@ -133,7 +133,8 @@ def test_cli_on_a_full_disk_exits_2_with_one_message(tmp_path, small_fs):
 
 
 def test_wal_stays_bounded_and_the_disk_needed_is_known(tmp_path):
-    """The README's rule: a job needs its final database plus about 1.5 MiB."""
+    """The rule in docs/reliability.md (Disk): a job needs its final database plus about
+    1.5 MiB."""
     data = tiny_data(tmp_path, n=250)
     cache_dir = tmp_path / "cache"
     peak = {"wal": 0, "total": 0}
