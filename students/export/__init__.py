@@ -16,6 +16,9 @@
                            ``config.json``, ``model.safetensors``, the tokenizer
 ``prompt_encoder/``        prompted networks only: the frozen description encoder
 ``model.onnx``             with ``--onnx`` (:func:`export_onnx`)
+``README.md``              the model card, written by ``workbench export`` after
+                           :func:`export_checkpoint` (:mod:`eval.model_card`: it reads
+                           the checkpoint's evaluation)
 =========================  ==============================================================
 
 With ``--int8`` (:func:`export_checkpoint`'s ``int8``) ``export.json`` gets an ``int8``

@@ -308,10 +308,13 @@ def cache_retry(
 def cache_export(
     cache: Annotated[Path, typer.Argument(help="Cache directory.")],
     out: Annotated[Path, typer.Option("--out", "-o", help=".parquet file or a directory (hf).")],
-    fmt: Annotated[str, typer.Option("--format", help="parquet or hf.")] = "parquet",
+    fmt: Annotated[str, typer.Option(
+        "--format", help="parquet (one file) or hf (a folder datasets.load_dataset reads: "
+                         "data/<split>.parquet and a dataset card README.md).")] = "parquet",
     job: Annotated[str, typer.Option(help="Only this job id.")] = "",
 ) -> None:
-    """Write the cache (one row per job and sample) as Parquet or a HF dataset on disk."""
+    """Write the cache (one row per job and sample) as Parquet, or as a Hugging Face dataset
+    folder with its dataset card."""
     from workbench.cache.export import export
 
     if fmt not in ("parquet", "hf"):

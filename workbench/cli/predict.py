@@ -85,12 +85,20 @@ def export_cmd(
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
     device: Annotated[str, typer.Option(
         help="Where to load the checkpoint (a bitsandbytes base may need cuda).")] = "cpu",
+    eval_dir: Annotated[Path | None, typer.Option(
+        "--eval", help="The checkpoint's evaluation for the model card: a results.json of "
+                       "`workbench eval` or its folder (default: <run>/eval-<split>/, where "
+                       "eval writes).")] = None,
 ) -> None:
     """Merge the LoRA adapter into the text encoder; write a standalone model (safetensors +
-    export.json; load with students.export.load_exported)."""
+    export.json; load with students.export.load_exported) and its model card (README.md,
+    from the checkpoint's records and its `workbench eval` results)."""
+    from eval.card_sources import find_eval
+    from eval.model_card import write_model_card
     from students.export import export_checkpoint, read_export
 
     path = one_checkpoint(checkpoint)
+    found = find_eval(path, eval_dir)  # a wrong --eval is refused before anything is written
     written = export_checkpoint(path, out, onnx=onnx, overwrite=force, device=device, int8=int8)
     if int8:
         from eval.export_check import measure_int8
@@ -114,3 +122,7 @@ def export_cmd(
                   + (", model.onnx" if spec.get("onnx") else "")
                   + (", int8 linear layers" if spec.get("int8") else "")
                   + "; load with students.export.load_exported")
+    card = write_model_card(written, path, found)
+    console.print(f"model card {escape(str(card))}: "
+                  + (f"evaluation from {escape(str(found.path))}" if found.results is not None
+                     else f"not evaluated ({escape(found.note)})"), highlight=False)

@@ -82,9 +82,11 @@ def test_export_parquet_and_hf(tmp_path):
     by = {r["sample_id"]: r for r in t}
     assert by["a"]["status"] == "ok" and by["a"]["soft_probs"] == pytest.approx([0.2, 0.8])
     assert by["b"]["status"] == "timeout" and by["b"]["soft_probs"] is None
-    from datasets import load_from_disk
+    from datasets import load_dataset
 
-    assert load_from_disk(str(tmp_path / "hf")).num_rows == 4
+    hf = load_dataset(str(tmp_path / "hf"), cache_dir=str(tmp_path / "hf_cache"))
+    assert {s: hf[s].num_rows for s in hf} == {"train": 2, "valid": 1, "test": 1}
+    assert (tmp_path / "hf" / "README.md").is_file()
 
 
 def test_join_guards(tmp_path):
