@@ -41,6 +41,8 @@ def check_data_matches(trained: DataInfo, ds: MSADataset, source: str, where: Pa
             problems.append(f"{name} {getattr(have, name)!r} (checkpoint: "
                             f"{getattr(trained, name)!r})")
     for m, dim in trained.feature_dims.items():
+        if m not in trained.modalities:
+            continue  # in the data, but the checkpoint does not read it (e.g. a text-only student)
         if m not in have.feature_dims or m not in have.modalities:
             problems.append(f"no {m} features (checkpoint: {m} d={dim})")
         elif have.feature_dims[m] != dim or have.feature_kind.get(m) != trained.feature_kind.get(m):

@@ -262,3 +262,24 @@ def test_results_files_and_leaderboard_over_two_checkpoints(full, again, other, 
     assert [r[0] for r in table[1:]][:4] == ["a", "a2", "b", agg]
     with pytest.raises(EvalError, match="different rates or seeds"):
         leaderboard([full, other])
+
+
+def test_a_text_only_checkpoint_evaluates_on_data_that_has_audio(tmp_path):
+    """A student trained on ``modalities: [text]`` of a dataset with audio features records
+    those features in its data_info.json but reads none: its own data passes the check (was
+    refused: "no audio features (checkpoint: audio d=25)"); one that reads audio still
+    needs them."""
+    from types import SimpleNamespace
+
+    from eval.data import check_data_matches
+    from workbench.data.store import DataInfo
+
+    def info(modalities):
+        return DataInfo(name="m", task="regression", metric_set="mosi", label_range=(-3, 3),
+                        class_names=[], modalities=modalities, feature_dims={"audio": 25},
+                        feature_kind={"audio": "sequence"}, fingerprint="f")
+
+    text_data = SimpleNamespace(info=info(["text"]))
+    check_data_matches(info(["text"]), text_data, "its config", tmp_path)
+    with pytest.raises(EvalError, match=r"no audio features \(checkpoint: audio d=25\)"):
+        check_data_matches(info(["text", "audio"]), text_data, "text-only", tmp_path)
