@@ -401,6 +401,6 @@ def build_student(cfg: StudentConfig, info: DataInfo, bins: list[float] | None =
     counts = model.parameter_counts()["all"]
     # one trainable count in a run's log: the trainer's, after the heads no loss reads are
     # frozen (students.objective.freeze_unused)
-    log.info("student for %s: modalities=text+%s prompted=%s params total=%d",
-             info.name, "+".join(model.modalities) or "none", cfg.prompted, counts.total)
+    log.info("student for %s: modalities=%s prompted=%s params total=%d",
+             info.name, "+".join(["text", *model.modalities]), cfg.prompted, counts.total)
     return model

@@ -19,7 +19,9 @@ from workbench.data.synth_media import MediaSynthSpec, write_media_dataset
 def media_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth_media")
     enc = write_image_encoder(root / "clip-vision", hidden_size=16)
-    config = write_media_dataset(root / "src", MediaSynthSpec(n=24, seconds=1.0, fps=6, size=32))
+    # a voice that follows the label exactly (the demo's default adds noise to it)
+    config = write_media_dataset(root / "src", MediaSynthSpec(n=24, seconds=1.0, fps=6, size=32,
+                                                              voice_noise=0, pitch_noise=0))
     out = root / "ds"
     ingest_media(MediaJobConfig(data=load_config(DataConfig, config), out=str(out),
                                 media=MediaConfig(frames=3, image_encoder=str(enc))))

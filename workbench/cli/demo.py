@@ -36,7 +36,7 @@ def demo_data(source: str) -> tuple[str, list[str]]:
 def _reporter():
     from eval.demo import DemoReporter
     from workbench.cli.cache import job_progress, print_report
-    from workbench.cli.evaluate import eval_progress, print_eval
+    from workbench.cli.evaluate import eval_progress, print_eval, print_metric_tables
 
     class Printer(DemoReporter):
         def stage(self, title: str) -> None:
@@ -62,6 +62,14 @@ def _reporter():
         def eval_done(self, ev, written) -> None:
             print_eval(ev, written)
 
+        def comparison_done(self, results, written) -> None:
+            meta = results["meta"]
+            console.rule("[bold]text + audio against text alone")
+            print_metric_tables(f"{meta['split']} split, {meta['n_samples']} clips; majority: "
+                                f"{meta['majority_constant']:g} for every clip",
+                                results["leaderboard"], results["metric_set"], "model")
+            console.print("wrote " + ", ".join(escape(str(p)) for p in written))
+
     return Printer()
 
 
@@ -71,13 +79,14 @@ def demo(
              "(default: the synthetic dataset).")] = "",
     out: Annotated[Path, typer.Option("--out", "-o", help="Where everything goes.")] = Path("runs/demo"),
     samples: Annotated[int, typer.Option(
-        help="Synthetic utterances (default 400) or, with --media, clips (default 48) to "
-             "generate.")] = 0,
+        help="Synthetic utterances (default 400) or, with --media, clips (default 240: "
+             "120 train / 60 valid / 60 test) to generate.")] = 0,
     seeds: Annotated[str, typer.Option(help="Mask seeds of the missing-rate sweep.")] = "1111,1112,1113",
     missing_rates: Annotated[str, typer.Option(help="Missing rates of the sweep.")] = "0:0.9:0.1",
     media: Annotated[bool, typer.Option(
         "--media", help="Run from raw files: synthetic mp4 clips decoded into frames, 16 kHz "
-                        "audio, eGeMAPS sequences and acoustic cues (`workbench data media`).")
+                        "audio, eGeMAPS sequences and acoustic cues (`workbench data media`); "
+                        "a text + audio and a text-only student against the majority class.")
     ] = False,
 ) -> None:
     """The three jobs end to end on embedded defaults: teacher cache, distillation, evaluation.
@@ -85,10 +94,10 @@ def demo(
     Teacher: Gemma 3 270M on CPU (transformers); student: MiniLM-L6 + LoRA; cache: SQLite
     in OUT/cache. Rerunning reuses the cache (no teacher calls) and the finished student.
     """
-    from eval.demo import DemoConfig, run_demo
+    from eval.demo import MEDIA_CLIPS, DemoConfig, run_demo
     from eval.options import parse_rates, parse_seeds
 
-    samples = samples or (48 if media else 400)
+    samples = samples or (MEDIA_CLIPS if media else 400)
     if not data and samples < 20:
         raise ConfigError(f"--samples={samples} is too small to fill train/valid/test; "
                           "use at least 20")

@@ -4,7 +4,8 @@
 audio). :func:`write_media_dataset` (``workbench data synth --media``) writes a small
 dataset of mp4 clips from the synthetic set's latent sentiment ``z``: each frame draws a
 face whose mouth curves with ``z`` on a background whose warmth follows it, and the audio
-is a voiced tone whose pitch, loudness and syllable rate rise with ``z``. A manifest
+is a voiced tone whose pitch, loudness and syllable rate rise with ``z`` plus noise (and a
+speaker's own pitch), while the words carry ``z`` on only part of the clips. A manifest
 names the clips (with ``start`` / ``end`` inside each file) and ``data.yaml`` reads it;
 ``workbench data media`` turns it into a dataset. It is synthetic: numbers on it say the
 workbench runs, not how a method does on real data.
@@ -93,24 +94,27 @@ def face_frame(z: float, t: float, size: int = 64) -> np.ndarray:
     return (img * 255).astype(np.uint8)
 
 
-def voice(z: float, seconds: float, rate: int, rng: np.random.Generator) -> np.ndarray:
-    """A voiced tone: pitch, loudness and syllable rate rise with ``z``; pauses between
-    syllables lengthen as it falls."""
+def voice(z: float, seconds: float, rate: int, rng: np.random.Generator, *,
+          pitch_shift: float = 0.0) -> np.ndarray:
+    """A voiced tone: pitch (2 semitones per unit of ``z``), loudness (2 dB per unit) and
+    syllable rate rise with ``z``; pauses between syllables lengthen as it falls.
+    ``pitch_shift`` (semitones) moves the pitch independently of ``z``: a speaker's own."""
     n = int(seconds * rate)
     t = np.arange(n) / rate
-    f0 = 140.0 * 2 ** (z / 6) * (1 + 0.03 * (1 + max(z, 0)) * np.sin(2 * np.pi * 3 * t))
+    f0 = (140.0 * 2 ** ((2 * z + pitch_shift) / 12)
+          * (1 + 0.03 * (1 + max(z, 0)) * np.sin(2 * np.pi * 3 * t)))
     phase = 2 * np.pi * np.cumsum(f0) / rate
     tone = sum(np.sin(k * phase) / k for k in range(1, 6))
-    syll = 3.0 + 0.6 * z
+    syll = max(1.0, 3.0 + 0.6 * z)
     env = np.clip(np.sin(np.pi * syll * t) * 1.3, 0, 1) ** 0.7
-    loud = 0.08 * 2 ** (z / 3)
+    loud = 0.08 * 10 ** (z / 10)
     return (loud * tone * env + 0.002 * rng.normal(size=n)).astype(np.float32)
 
 
 @dataclass
 class MediaSynthSpec:
     n: int = 48
-    """Clips (utterances); split 70/15/15 as the synthetic set."""
+    """Clips (utterances)."""
     seconds: float = 2.0
     """Length of each clip."""
     fps: int = 8
@@ -119,17 +123,52 @@ class MediaSynthSpec:
     clips_per_file: int = 2
     """Consecutive clips share one video file, cut by ``start`` / ``end`` (as MOSI does)."""
     seed: int = 0
+    text_signal: float = 0.5
+    """Probability that the words carry the sentiment (else neutral wording, and only the
+    voice and the face tell it)."""
+    valid: float = 0.25
+    test: float = 0.25
+    """Fractions of the clips in the valid and test splits (exact counts, at least one
+    clip each; the rest train), drawn at random."""
+    voice_noise: float = 0.8
+    """Standard deviation of the sentiment the voice expresses around the label, in label
+    units: each clip's voice follows ``z + noise``, so the voice alone cannot say ``z``
+    exactly (0: it can)."""
+    pitch_noise: float = 1.0
+    """Standard deviation of each clip's speaker pitch, in semitones, independent of the
+    sentiment (which moves it 2 semitones per unit)."""
+
+    def __post_init__(self) -> None:
+        if not (0 < self.valid and 0 < self.test and self.valid + self.test < 1):
+            raise ValueError(f"MediaSynthSpec valid={self.valid}, test={self.test}: use "
+                             "fractions above 0 that leave some clips to train on")
+
+
+def _splits(n: int, spec: MediaSynthSpec, rng: np.random.Generator) -> list[str]:
+    """``n`` split names in random order: round(valid * n) valid, round(test * n) test
+    (each at least 1), the rest train."""
+    n_valid = max(1, round(spec.valid * n))
+    n_test = max(1, round(spec.test * n))
+    names = np.array(["train"] * (n - n_valid - n_test) + ["valid"] * n_valid + ["test"] * n_test)
+    return list(names[rng.permutation(n)])
 
 
 def write_media_dataset(out_dir: str | Path, spec: MediaSynthSpec | None = None) -> Path:
     """Write ``videos/*.mp4``, ``manifest.csv`` (id, text, label, split, video, start, end)
-    and ``data.yaml`` (naming the manifest beside it); return the config's path."""
+    and ``data.yaml`` (naming the manifest beside it); return the config's path.
+
+    The label is the latent sentiment ``z``; the words carry it on ``text_signal`` of the
+    clips, the voice (pitch, loudness and syllable rate follow ``z`` plus ``voice_noise``,
+    the pitch also a speaker's own offset) and the face on all of them: a student that hears
+    the voice can do better than one that reads the words alone."""
     import yaml
 
     spec = spec or MediaSynthSpec()
     out = Path(out_dir)
-    rows, _ = generate(SynthSpec(n=spec.n, seed=spec.seed))
+    rows, _ = generate(SynthSpec(n=spec.n, seed=spec.seed, text_signal=spec.text_signal))
     rng = np.random.default_rng(spec.seed)
+    for row, split in zip(rows, _splits(spec.n, spec, rng), strict=True):
+        row["split"] = split
     rate = 16_000
     manifest_rows = []
     for f0 in range(0, spec.n, spec.clips_per_file):
@@ -140,7 +179,9 @@ def write_media_dataset(out_dir: str | Path, spec: MediaSynthSpec | None = None)
             z = float(row["label"])
             k = int(spec.seconds * spec.fps)
             frames += [face_frame(z, i / spec.fps, spec.size) for i in range(k)]
-            audio.append(voice(z, spec.seconds, rate, rng))
+            heard = z + float(rng.normal(0, spec.voice_noise))
+            audio.append(voice(heard, spec.seconds, rate, rng,
+                               pitch_shift=float(rng.normal(0, spec.pitch_noise))))
             manifest_rows.append({**row, "video": name, "start": round(j * spec.seconds, 3),
                                   "end": round((j + 1) * spec.seconds, 3)})
         write_clip(out / name, frames, spec.fps, np.concatenate(audio), rate)
