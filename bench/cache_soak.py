@@ -203,7 +203,7 @@ def soak(mode: str, args: argparse.Namespace, rng: random.Random, tmp: Path) -> 
             "HAVING COUNT(*) > 1)").fetchone()[0]
         counted = store.spent("soak")
         estimated, n_estimated = store.conn.execute(
-            "SELECT COALESCE(SUM(json_extract(meta, '$.cost_estimated.worst_case_usd')), 0), "
+            "SELECT COALESCE(SUM(json_extract(meta, '$.cost_estimated.estimated_usd')), 0), "
             "COUNT(json_extract(meta, '$.cost_estimated')) FROM outputs").fetchone()
         integrity = store.conn.execute("PRAGMA integrity_check").fetchone()[0]
     if mounted:

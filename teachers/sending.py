@@ -147,10 +147,12 @@ def parse_output(template: Template, rendered: Rendered, req: TeacherRequest, ra
     """A stored output from a backend's raw answer: ok with what the template asks for,
     or an error row naming why not.
 
-    Its cost is the answer's usage at the configured prices, plus ``worst_usd`` (the
-    request's worst-case price) for each attempt whose price cannot be known: an answer
-    without usage, an attempt that may have been billed unseen. Such rows say so in
-    ``meta["cost_estimated"]``.
+    Its cost is the answer's usage at the configured prices, plus an upper estimate for
+    each attempt whose price cannot be read: an answer without usage costs ``worst_usd``
+    (the request's worst-case price); an attempt that may have been billed unseen (cut at
+    the deadline, a body cut short) costs what the answer that followed it was billed for
+    the same prompt, with every output token it could have had.
+    Such rows say so in ``meta["cost_estimated"]``.
 
     An answer's text longer than ``req.max_tokens`` tokens can be (:func:`text_limit`) is
     cut to that length before it is stored or parsed, with a warning, and its row keeps
@@ -166,10 +168,16 @@ def parse_output(template: Template, rendered: Rendered, req: TeacherRequest, ra
         raw_text = raw_text[:limit]
     unknown = raw.maybe_billed + raw.usage_missing
     if unknown and worst_usd > 0:
-        cost += unknown * worst_usd
+        per_attempt = worst_usd
+        if not raw.error_kind and not raw.usage_missing and raw.tokens_in > 0:
+            # the same prompt, answered with its usage: the exact input it is billed for
+            per_attempt = (raw.tokens_in * tcfg.price.input_per_mtok + max(
+                raw.tokens_out, req.max_tokens) * tcfg.price.output_per_mtok) / 1e6
+        estimate = raw.maybe_billed * per_attempt + raw.usage_missing * worst_usd
+        cost += estimate
         meta["cost_estimated"] = {"usage_missing": raw.usage_missing,
                                   "unseen_attempts": raw.maybe_billed,
-                                  "worst_case_usd": round(unknown * worst_usd, 9)}
+                                  "estimated_usd": round(estimate, 9)}
     base = dict(key=req.key, raw_text=raw_text, tokens_in=raw.tokens_in, tokens_out=raw.tokens_out,
                 latency_s=raw.latency_s, cost_usd=cost, retries=raw.retries,
                 top_logprobs=raw.positions, created_at=time.time(), meta=meta)

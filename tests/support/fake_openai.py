@@ -5,12 +5,12 @@ bodies on demand, so the fault-injection tests use this one. It answers
 ``/v1/completions`` and ``/v1/chat/completions`` with a deterministic label and top-k
 log-probabilities. ``schedule`` maps a request's prompt to the behaviours of its
 successive attempts (the last one repeats): ``ok``, ``429``, ``500``, ``hang``,
-``malformed``, ``truncated``, ``nolabel``, ``slow`` (ok after ``slow_s``), ``drip`` (an ok
+``malformed`` (billed, the body broken JSON), ``truncated`` (billed, then the body cut
+short; ``cutbill`` is the same), ``nolabel``, ``slow`` (ok after ``slow_s``), ``drip`` (an ok
 body sent one byte every ``drip_s``), ``nan`` (an ok body whose log-probabilities are NaN),
 ``echo401`` (a 401 whose body echoes the API key the request carried), ``echo``
-(an ok answer whose text echoes it), ``redirect`` (a 307 to ``redirect_to``), ``cutbill``
-(billed, then the body cut short), ``nousage`` / ``negusage`` (billed; usage left out, or
-negative), ``latebill`` (billed, then the body sent only after ``hang_s``: cut by the
+(an ok answer whose text echoes it), ``redirect`` (a 307 to ``redirect_to``), ``nousage``
+/ ``negusage`` (billed; usage left out, or negative), ``latebill`` (billed, then the body sent only after ``hang_s``: cut by the
 client's deadline), ``gzipbomb`` (billed; a gzip body of about ``bomb_bytes / 1000`` that
 expands to ``bomb_bytes``) and ``hugetext`` (an ok answer whose text is ``huge_chars``
 long, whatever ``max_tokens`` was asked).
@@ -18,9 +18,11 @@ long, whatever ``max_tokens`` was asked).
 The server bills like a paid API: every ok body it wrote in full, and every answer the
 behaviours above bill, adds its usage to ``billed_tokens_in`` / ``billed_tokens_out``
 (``GET /stats`` returns the counters, so a process that only knows the URL can read them);
-``billed_unread`` counts the billed answers no client could read whole (``cutbill``,
-``latebill``, ``gzipbomb``). ``python -m tests.support.fake_openai`` serves with a random
-fault schedule (:func:`soak_schedule`) until killed, printing its URL.
+``billed_unread`` counts the billed answers no client could read whole (``malformed``,
+``truncated``, ``latebill``, ``gzipbomb``): a server that sends a 200 has generated, and
+billed, the answer, whatever happens to the body on the way. ``python -m
+tests.support.fake_openai`` serves with a random fault schedule (:func:`soak_schedule`)
+until killed, printing its URL.
 """
 
 from __future__ import annotations
@@ -197,14 +199,10 @@ class FakeOpenAI:
                 if b == "hang":
                     time.sleep(fake.hang_s)
                     return self._send(200, b"{}")
-                if b == "malformed":
+                if b == "malformed":  # generated and billed; the body sent broken
+                    fake.bill(prompt, self._ok(body, chat, prompt, "ok")["usage"], readable=False)
                     return self._send(200, b'{"choices": [{"text": "pos')
-                if b == "truncated":
-                    full = json.dumps(self._ok(body, chat, prompt, "ok")).encode()
-                    self._send(200, full[: len(full) // 2], length=len(full))
-                    self.close_connection = True
-                    return None
-                if b == "cutbill":  # billed in full, the body cut short (a deadline, a drop)
+                if b in ("truncated", "cutbill"):  # billed in full, the body cut short
                     answer = self._ok(body, chat, prompt, "ok")
                     fake.bill(prompt, answer["usage"], readable=False)
                     full = json.dumps(answer).encode()
