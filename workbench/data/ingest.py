@@ -288,6 +288,8 @@ def ingest_media(cfg: MediaJobConfig,
             report.errors.append({"id": s.id, "status": "error", "reason": str(e), "sources": []})
     allowed = int(mcfg.max_error_rate * len(samples))
     records, stopped = _run_clips(specs, mcfg, media_dir, allowed - len(report.errors), progress)
+    position = {s.id: i for i, s in enumerate(samples)}  # workers finish in any order
+    records.sort(key=lambda r: position[r["id"]])
     for rec in records:
         if rec["status"] != "ok":
             report.errors.append(rec)
@@ -296,6 +298,7 @@ def ingest_media(cfg: MediaJobConfig,
         else:
             report.done += 1
         report.seconds.update(rec.get("seconds", {}) if not rec.get("skipped") else {})
+    report.errors.sort(key=lambda e: position[e["id"]])
     errors_text = "".join(json.dumps({k: e[k] for k in ("id", "reason", "sources")}) + "\n"
                           for e in report.errors)
     atomic_write_text(out / ERRORS_FILE, errors_text)
