@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import yaml
 
+from workbench.config import ConfigError
+from workbench.config.loader import load_yaml_text
 from workbench.data.store import DataInfo
 from workbench.errors import WorkbenchError
 
@@ -129,9 +130,9 @@ def _load(path: str) -> Template:
     p = Path(path)
     text = p.read_text(encoding="utf-8")
     try:
-        d = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise TemplateError(f"{p}: not valid YAML: {e}") from None
+        d = load_yaml_text(text, str(p))
+    except ConfigError as e:
+        raise TemplateError(str(e)) from None
     if not isinstance(d, dict):
         raise TemplateError(f"{p}: a template is a mapping with keys {list(_REQUIRED)}")
     missing = [k for k in _REQUIRED if k not in d]

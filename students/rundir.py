@@ -22,10 +22,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from students.checkpoint import BEST_DIR
 from workbench.config import ConfigError, DistillConfig, from_dict, to_dict
+from workbench.config.loader import load_yaml_text
 from workbench.errors import WorkbenchError
 from workbench.io import fresh_temp_dir, remove_dir, swap_dir, temp_dir
 
@@ -122,7 +121,7 @@ def _started_with(run_cfg: Path, out: Path) -> DistillConfig:
     mapped (:mod:`workbench.config.legacy`), and a field added since takes its default --
     the run trained without it, which is what the default means."""
     try:
-        return from_dict(DistillConfig, yaml.safe_load(run_cfg.read_text()) or {})
+        return from_dict(DistillConfig, load_yaml_text(run_cfg.read_text(), str(run_cfg)) or {})
     except ConfigError as e:
         raise TrainError(f"--resume: the config the run in {out} started with ({run_cfg}) "
                          f"does not load here: {e}; start a new run in another "

@@ -320,3 +320,22 @@ def test_a_full_tmpfs_while_distill_saves_keeps_the_best_checkpoint(built, tmp_p
         load_checkpoint(best)
     finally:
         subprocess.run(["umount", "-l", str(fs)], check=False)
+
+
+def test_a_template_or_a_run_config_with_an_alias_bomb_is_one_error(tmp_path):
+    """Prompt templates and a run's config.yaml on --resume are read with the same bounded
+    loader as every config (were plain yaml.safe_load)."""
+    import time
+
+    from prompts.template import TemplateError, load_template
+    from students.rundir import _started_with
+    from students.trainer import TrainError
+
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(f"name: x\nversion: 1\nsystem: {bomb_value()}\n")
+    t0 = time.perf_counter()
+    with pytest.raises(TemplateError, match=f"{bomb}.*alias"):
+        load_template(str(bomb))
+    with pytest.raises(TrainError, match="--resume.*alias"):
+        _started_with(bomb, tmp_path)
+    assert time.perf_counter() - t0 < 10
