@@ -59,8 +59,8 @@ CONCURRENCY = 32
 USAGE_MODES = ("usage", "deadline")
 """The modes whose server says the usage of every answer it sends."""
 MAX_RATIO = 1.02
-"""Counted/billed at most where the server says its usage: the worst-case estimates of
-attempts that may have been billed unseen should stay a small part of the spend."""
+"""Counted/billed at most where the server says its usage: the estimates of attempts
+that may have been billed unseen should stay a small part of the spend."""
 
 
 def start_server(fault_rate: float, mode: str, hang_s: float) -> tuple[subprocess.Popen, str]:
@@ -224,7 +224,7 @@ def soak(mode: str, args: argparse.Namespace, rng: random.Random, tmp: Path) -> 
     print(f"  duplicates: {ok_dupes} keys with two ok rows; {s['billed_answers'] - s['billed_prompts']} "
           f"answers paid twice ({rows.get('duplicate', 0)} stored as duplicate rows)")
     print(f"  money counted ${counted:,.0f} vs billed ${billed:,.0f}; of the counted, "
-          f"${estimated:,.0f} is worst-case estimates on {n_estimated} rows (answers without "
+          f"${estimated:,.0f} is estimates on {n_estimated} rows (answers without "
           "usage, attempts that may have been billed unseen)")
     dearest = s["billed_max_tokens_in"] * PRICE_PER_MTOK / 1e6
     return {"counted": counted, "billed": billed, "estimated": estimated,
