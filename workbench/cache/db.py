@@ -153,15 +153,19 @@ def check_database(db: Path) -> None:
         raise damaged(db, f"integrity check: {'; '.join(problems[:3])}")
 
 
-def missing_columns(conn: sqlite3.Connection, schema: str) -> dict[str, list[str]]:
-    """table -> the columns ``schema`` (SQL) has and ``conn``'s database lacks."""
+def check_columns(conn: sqlite3.Connection, db: Path | str, schema: str) -> None:
+    """Raise :class:`CacheError` (:func:`damaged`) unless ``conn``'s database has every
+    column of every table ``schema`` (SQL) creates."""
     want = sqlite3.connect(":memory:")
     try:
         want.executescript(schema)
         tables = [r[0] for r in want.execute("SELECT name FROM sqlite_master WHERE type='table'")]
         have = {t: {r[1] for r in conn.execute(f"PRAGMA table_info({t})")} for t in tables}
-        return {t: cols for t in tables
-                if (cols := [r[1] for r in want.execute(f"PRAGMA table_info({t})")
-                             if r[1] not in have[t]])}
+        lacking = {t: cols for t in tables
+                   if (cols := [r[1] for r in want.execute(f"PRAGMA table_info({t})")
+                                if r[1] not in have[t]])}
     finally:
         want.close()
+    if lacking:
+        raise damaged(db, "table " + "; table ".join(
+            f"{t} lacks column(s) {', '.join(c)}" for t, c in lacking.items()))

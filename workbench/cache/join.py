@@ -7,7 +7,6 @@ are refused for valid/test samples.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,8 +138,4 @@ def teacher_view(cache_dir: str | Path, sample_splits: dict[str, str], data_fing
 
 
 def _valid_soft_label(out: TeacherOutput) -> bool:
-    sl = out.soft_label
-    if sl is None:
-        return True
-    vals = [*sl.probs, sl.expected, sl.entropy]
-    return all(math.isfinite(v) for v in vals) and abs(sum(sl.probs) - 1.0) < 1e-3
+    return out.soft_label is None or out.soft_label.is_distribution()

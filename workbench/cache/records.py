@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -28,6 +29,10 @@ ERROR_KINDS = {
 }
 
 
+PROB_TOLERANCE = 1e-3
+"""How far a soft label's probabilities may sum from 1."""
+
+
 @dataclass
 class SoftLabel:
     """A distribution over the template's label bins, read from token log-probabilities."""
@@ -45,6 +50,12 @@ class SoftLabel:
     off_label_mass: float
     """Probability the teacher put outside the label set at the answer position."""
     argmax: int
+
+    def is_distribution(self) -> bool:
+        """Probabilities, expected value and entropy finite, the probabilities summing to 1
+        (within :data:`PROB_TOLERANCE`)."""
+        return (all(math.isfinite(v) for v in (*self.probs, self.expected, self.entropy))
+                and abs(sum(self.probs) - 1.0) < PROB_TOLERANCE)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

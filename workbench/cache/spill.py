@@ -34,7 +34,6 @@ from workbench.cache.scrub import scrub
 log = logging.getLogger(__name__)
 
 PATTERN = "spill-*.jsonl"
-PROB_TOLERANCE = 1e-3
 
 
 def fallback_dir(cache_dir: Path) -> Path:
@@ -167,7 +166,9 @@ def output_problem(o: dict[str, Any], known_keys: set[str] | None) -> str:
         if (not isinstance(probs, list) or not probs or len(probs) != len(label.labels)
                 or len(probs) != len(label.values)):
             return "soft_label's probs, labels and values differ in length"
-        if not all(_finite(p) and p <= 1 for p in probs) or abs(sum(probs) - 1) > PROB_TOLERANCE:
+        if (not all(_finite(p) and p <= 1 for p in probs)
+                or not all(_finite(x, nonneg=False) for x in (label.expected, label.entropy))
+                or not label.is_distribution()):
             return "soft_label's probs are not a distribution (finite, in [0, 1], sum 1)"
         if not isinstance(label.argmax, int) or not 0 <= label.argmax < len(probs):
             return "soft_label's argmax is out of range"

@@ -36,10 +36,9 @@ from typing import Any
 
 from workbench.cache.db import (
     CacheError,
+    check_columns,
     check_database,
     connect,
-    damaged,
-    missing_columns,
     retry_busy,
 )
 from workbench.cache.ledger import (
@@ -198,10 +197,7 @@ def check_rows(db: Path) -> None:
     conn = connect(db, timeout_s=60.0)
     conn.row_factory = sqlite3.Row
     try:
-        lacking = missing_columns(conn, _SCHEMA)
-        if lacking:
-            raise damaged(db, "table " + "; table ".join(
-                f"{t} lacks column(s) {', '.join(c)}" for t, c in lacking.items()))
+        check_columns(conn, db, _SCHEMA)
         for r in conn.execute("SELECT * FROM outputs"):
             _row_to_output(r, db)
         for r in conn.execute("SELECT job, spec FROM jobs"):
@@ -227,11 +223,11 @@ class CacheStore:
         version = int(self.conn.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0])
         if version != SCHEMA_VERSION:
             raise CacheError(f"{db}: cache schema v{version}, this workbench reads v{SCHEMA_VERSION}")
-        lacking = missing_columns(self.conn, _SCHEMA)
-        if lacking:
+        try:
+            check_columns(self.conn, db, _SCHEMA)
+        except CacheError:
             self.conn.close()
-            raise damaged(db, "table " + "; table ".join(
-                f"{t} lacks column(s) {', '.join(c)}" for t, c in lacking.items()))
+            raise
 
     def _set_up(self) -> None:
         """WAL mode and the schema; :func:`retry_busy` repeats it while another process
