@@ -17,12 +17,11 @@ import yaml
 from safetensors.torch import load_file
 
 import students.collate as collate_mod
-from students.batching import EpochSampler
 from students.checkpoint import CheckpointError, load_checkpoint
 from students.inference import predict
 from students.model import StudentModel
 from students.trainer import train
-from tests.support.distill import distill_cfg
+from tests.support.distill import distill_cfg, interrupted_at_epoch
 from workbench.data import MSADataset, load_dataset
 from workbench.io import old_path
 from workbench.metrics import compute_metrics
@@ -147,25 +146,16 @@ def test_training_never_reads_the_test_split(unbroken, data):
     assert unbroken["splits"] and set(unbroken["splits"]) <= {"train", "valid"}, unbroken["splits"]
 
 
-def test_resume_matches_an_unbroken_run(unbroken, data, cache, tmp_path, monkeypatch):
+def test_resume_matches_an_unbroken_run(unbroken, data, cache, tmp_path):
     out = tmp_path / "stopped"
     cfg = distill_cfg(out, data, *_full(cache))
-    real = EpochSampler.set_epoch
-
-    def stop_at_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt("stopped by the test")
-        real(self, epoch)
-
-    monkeypatch.setattr(EpochSampler, "set_epoch", stop_at_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_epoch(1), pytest.raises(KeyboardInterrupt):
         train(cfg)
     state = json.loads((out / "last" / "trainer_state.json").read_text())
     assert state["epochs_done"] == 1 and not state["finished"]
     # a crash between the two renames of last/'s swap leaves only the old copy, set aside:
     # resume takes it back and continues from it
     (out / "last").rename(old_path(out / "last"))
-    monkeypatch.setattr(EpochSampler, "set_epoch", real)
     best = train(distill_cfg(out, data, *_full(cache)), resume=True)
     a = json.loads((unbroken["out"] / "last" / "trainer_state.json").read_text())
     b = json.loads((out / "last" / "trainer_state.json").read_text())

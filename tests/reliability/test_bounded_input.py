@@ -218,30 +218,28 @@ def test_audio_longer_than_the_clip_limit_is_refused_before_decoding(tmp_path):
 # ------------------------------------------------------------------ .npz / .npy
 
 
-def test_an_npz_array_declaring_2gb_in_a_2mb_file_is_one_clean_error(tmp_path):
-    manifest = text_manifest(tmp_path)
-    features = write_zip(tmp_path / "f.npz", [npy_member("id", np.array(IDS)),
-                                              truncated_member("audio", BOMB_SHAPE, 2 * MIB)])
+def import_with_audio(tmp_path: Path, audio_member: tuple[str, int, int, int, bytes]) -> str:
+    """``workbench data import`` (under the memory limit) of a text manifest whose feature
+    file's ``audio`` array is ``audio_member``: assert one clean error naming the array's
+    declared 2.2 GB; its output."""
+    features = write_zip(tmp_path / "f.npz", [npy_member("id", np.array(IDS)), audio_member])
     assert features.stat().st_size < 3 * MIB
-    code, out = run_cli_limited("data", "import", manifest, f"features={features}",
+    code, out = run_cli_limited("data", "import", text_manifest(tmp_path), f"features={features}",
                                 "modalities=[text,audio]", "--out", tmp_path / "ds")
     assert code == 2, out
     assert_clean(out)
     assert f"{features}: array 'audio' declares shape {BOMB_SHAPE} of float32 (2.2 GB)" in out
+    return out
+
+
+def test_an_npz_array_declaring_2gb_in_a_2mb_file_is_one_clean_error(tmp_path):
+    out = import_with_audio(tmp_path, truncated_member("audio", BOMB_SHAPE, 2 * MIB))
     assert "holds only 2.1 MB" in out and "numpy.savez" in out and "data.features" in out
     assert not (tmp_path / "ds").exists()
 
 
 def test_an_npz_decompression_bomb_is_one_clean_error(tmp_path):
-    manifest = text_manifest(tmp_path)
-    features = write_zip(tmp_path / "f.npz", [npy_member("id", np.array(IDS)),
-                                              zeros_bomb_member("audio", BOMB_SHAPE)])
-    assert features.stat().st_size < 3 * MIB
-    code, out = run_cli_limited("data", "import", manifest, f"features={features}",
-                                "modalities=[text,audio]", "--out", tmp_path / "ds")
-    assert code == 2, out
-    assert_clean(out)
-    assert f"{features}: array 'audio' declares shape {BOMB_SHAPE} of float32 (2.2 GB)" in out
+    out = import_with_audio(tmp_path, zeros_bomb_member("audio", BOMB_SHAPE))
     assert "times its stored size" in out and "numpy.savez" in out
 
 

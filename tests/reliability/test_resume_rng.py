@@ -10,10 +10,9 @@ import pickle
 import pytest
 from accelerate.logging import get_logger
 
-from students.batching import EpochSampler
 from students.rundir import rng_state_problem
 from students.trainer import train
-from tests.support.distill import distill_cfg, tiny_data
+from tests.support.distill import distill_cfg, interrupted_at_epoch, tiny_data
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,20 +27,11 @@ class Planted:
         return (open, (self.marker, "w"))
 
 
-def test_a_planted_rng_pickle_is_not_run_and_is_warned_about(tmp_path, monkeypatch, caplog):
+def test_a_planted_rng_pickle_is_not_run_and_is_warned_about(tmp_path, caplog):
     data = tiny_data(tmp_path / "data", n=32)
     out = tmp_path / "run"
-    real = EpochSampler.set_epoch
-
-    def stop_at_second_epoch(self, epoch):
-        if epoch == 1:
-            raise KeyboardInterrupt("stopped by the test")
-        real(self, epoch)
-
-    monkeypatch.setattr(EpochSampler, "set_epoch", stop_at_second_epoch)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_at_epoch(1), pytest.raises(KeyboardInterrupt):
         train(distill_cfg(out, data))
-    monkeypatch.setattr(EpochSampler, "set_epoch", real)
     rng = out / "last" / "random_states_0.pkl"
     assert rng.is_file() and rng_state_problem(out / "last", 0) == ""  # a genuine one loads
     marker = tmp_path / "ran"

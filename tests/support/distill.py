@@ -10,11 +10,13 @@ so the cache goes through the same planning, parsing and storage as a real model
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from prompts import load_template
+from students.batching import EpochSampler
 from teachers.base import OnResult, RawOutput, TeacherRequest
 from teachers.job import CachingJob
 from workbench.cache.store import CacheStore
@@ -23,6 +25,24 @@ from workbench.data import load_dataset
 from workbench.data.synth import SynthSpec, write
 
 DIGITS = ["1", "2", "3", "4", "5", "6", "7"]
+
+
+@contextmanager
+def interrupted_at_epoch(epoch: int) -> Iterator[None]:
+    """Inside: training raises KeyboardInterrupt as epoch ``epoch`` (0-based) starts, as a
+    user's Ctrl-C would, after the epochs before it were saved."""
+    real = EpochSampler.set_epoch
+
+    def stop(self, e):
+        if e == epoch:
+            raise KeyboardInterrupt("stopped by the test")
+        real(self, e)
+
+    EpochSampler.set_epoch = stop
+    try:
+        yield
+    finally:
+        EpochSampler.set_epoch = real
 
 
 def tiny_data(root: Path, n: int = 48, seed: int = 0) -> dict[str, Any]:
