@@ -418,10 +418,13 @@ class CacheStore:
         """Store the answers a disk-full run of this cache left in spill files; returns how
         many. Lines not signed by this cache, or not a valid answer for a key it requested,
         are refused and logged, and their file is kept as ``<name>.refused``."""
-        n = 0
+        files = spill_files(self.dir)
+        if not files:  # the usual start of a job: no key set read
+            return 0
+        n, secret = 0, self._spill_secret()
         known = {r[0] for r in self.conn.execute("SELECT key FROM requests")}
-        for path in spill_files(self.dir):
-            read = read_spill(path, self._spill_secret(), known)
+        for path in files:
+            read = read_spill(path, secret, known)
             usd = 0.0
             for attempt, teacher, out in read.answers:
                 self.put(out, teacher=teacher, attempt=attempt)
