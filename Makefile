@@ -18,7 +18,7 @@ export NO_MKDOCS_2_WARNING := 1
 
 $(VENV)/.stamp-base: pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) -e '.[models,quant,onnx,dev,docs]'
+	$(PIP) -e '.[models,quant,onnx,ray,dev,docs]'
 	@touch $@
 
 $(VENV)/.stamp-llamacpp: $(VENV)/.stamp-base

@@ -49,11 +49,16 @@ MAX_RETRY_AFTER_S = 120.0
 
 
 class RateLimiter:
-    """Requests-per-minute and tokens-per-minute limits over a sliding 60 s window."""
+    """Requests-per-minute and tokens-per-minute limits over a sliding 60 s window.
 
-    def __init__(self, rpm: int, tpm: int, clock=time.monotonic) -> None:
+    ``events`` is the window's history (time, tokens); a backend passes the same deque to
+    the limiter of each of its ``generate`` calls, so the limits hold across calls (the
+    sender's budget pauses, the Ray engine's batches), not only within one."""
+
+    def __init__(self, rpm: int, tpm: int, clock=time.monotonic,
+                 events: deque[tuple[float, int]] | None = None) -> None:
         self.rpm, self.tpm, self.clock = rpm, tpm, clock
-        self.events: deque[tuple[float, int]] = deque()
+        self.events: deque[tuple[float, int]] = deque() if events is None else events
         self.lock = asyncio.Lock()
 
     def _delay(self, tokens: int) -> float:
@@ -270,6 +275,8 @@ class OpenAICompatTeacher:
     def __init__(self, cfg: TeacherConfig) -> None:
         self.cfg = cfg
         self._api_key: str | None = None
+        self._rate_events: deque[tuple[float, int]] = deque()
+        """What the rate limits have counted, kept across ``generate`` calls."""
 
     def model_id(self) -> str:
         return f"{self.cfg.model}@{self.cfg.revision}" if self.cfg.revision else self.cfg.model
@@ -378,7 +385,8 @@ class OpenAICompatTeacher:
         http = capped_client(cfg.base_url, cfg.max_response_bytes)
         client = AsyncOpenAI(base_url=cfg.base_url, api_key=self._api_key, max_retries=0,
                              timeout=cfg.timeout_s, http_client=http)
-        limiter = RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute)
+        limiter = RateLimiter(cfg.requests_per_minute, cfg.tokens_per_minute,
+                              events=self._rate_events)
         sem = asyncio.Semaphore(cfg.max_concurrency)
         stop = asyncio.Event()
         tasks: set[asyncio.Task] = set()

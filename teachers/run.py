@@ -4,7 +4,8 @@ One call does what ``workbench cache run`` does, so the command, the demo, the t
 the benchmarks run the same code: load the template and the dataset, build the backend,
 open the cache, plan (splits, shard, variants, limit), write the job's resolved config to
 ``<cache>/jobs/<job id>/``, load the backend only when some key has no ok answer yet,
-send, close the backend, and return a :class:`JobSummary`.
+send, close the backend, and return a :class:`JobSummary`. With ``cache.engine: ray`` the
+backend runs as a pool of Ray actors (:mod:`teachers.ray_pool`); nothing else changes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 from prompts import load_template
 from teachers import make_teacher
+from teachers.base import Teacher
 from teachers.job import CachingJob
 from teachers.sending import JobReport
 from workbench.cache.records import TeacherOutput
@@ -65,6 +67,20 @@ class JobSummary:
         return self.report.sent == 0
 
 
+def make_backend(cfg: CacheJobConfig) -> Teacher:
+    """The job's teacher: the backend itself (``cache.engine: local``), or a pool of Ray
+    actors each holding one (``ray``; :mod:`teachers.ray_pool`). Ray's own console output
+    shows only with debug logging (``workbench -v``)."""
+    if cfg.cache.engine == "ray":
+        from teachers.ray_pool import RayTeacher
+        from workbench.ray_engine import import_ray
+
+        import_ray()  # not installed: one clear error, before anything is planned
+        return RayTeacher(cfg.teacher, cfg.cache.ray,
+                          verbose=logging.getLogger().isEnabledFor(logging.DEBUG))
+    return make_teacher(cfg.teacher)
+
+
 def run_cache_job(cfg: CacheJobConfig, *, progress: ProgressFactory | None = None) -> JobSummary:
     """Run the caching job ``cfg`` describes (resumably) and return its summary.
 
@@ -79,7 +95,7 @@ def run_cache_job(cfg: CacheJobConfig, *, progress: ProgressFactory | None = Non
         import torch
 
         torch.set_num_threads(cfg.teacher.num_threads)
-    backend = make_teacher(cfg.teacher)
+    backend = make_backend(cfg)
     try:
         cache_dir = Path(cfg.cache.dir)
         check_cache_dir(cache_dir, must_exist=False)

@@ -14,6 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from tests.support.paths import MOSI_DIR  # noqa: E402 (after the offline switches)
+from tests.support.ray_local import ray_local  # noqa: E402, F401 (a local Ray per module)
 
 
 def mmsa_split(n: int, *, seq: int = 5, da: int = 4, dv: int = 3, aligned: bool = False,

@@ -190,6 +190,14 @@ def cache_run(
         help="Requests per sample, e.g. k paraphrases [default: 1].")] = None,
     limit: Annotated[int | None, typer.Option(
         help="Only the first N selected samples [default: 0, all].")] = None,
+    engine: Annotated[str | None, typer.Option(
+        help="local: send from this process; ray: through a pool of teacher actors on a Ray "
+             "cluster (cache.ray.*) [default: local].")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="With --engine ray: the cluster to join (auto, ray://HOST:10001); empty starts a "
+             "local instance [default: RAY_ADDRESS or local].")] = None,
+    ray_actors: Annotated[int | None, typer.Option(
+        help="With --engine ray: teacher actors in the pool [default: 2].")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(
         help="teacher.K=V, cache.K=V, data.K=V, or splits=, shard=, variants=, limit=")] = None,
     progress_every: Annotated[float, typer.Option(
@@ -205,7 +213,8 @@ def cache_run(
                           "a number of seconds")
     flags = {"cache.template": template, "cache.dir": str(cache) if cache is not None else None,
              "splits": [s for s in splits.split(",") if s] if splits is not None else None,
-             "shard": shard, "variants": variants, "limit": limit}
+             "shard": shard, "variants": variants, "limit": limit, "cache.engine": engine,
+             "cache.ray.address": ray_address, "cache.ray.actors": ray_actors}
     cfg = job_config(config, teacher, data, flags, overrides or [])
     summary = run_cache_job(cfg, progress=partial(job_progress, every_s=progress_every))
     print_report(summary.report, summary.status)

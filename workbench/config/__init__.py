@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workbench.config.cache import CacheConfig, CacheJobConfig
+from workbench.config.cache import CacheConfig, CacheJobConfig, RayConfig
 from workbench.config.data import DataConfig
 from workbench.config.distill import DistillConfig, LossConfig, SignalsConfig
 from workbench.config.evaluation import EvalConfig
@@ -58,7 +58,7 @@ from workbench.config.train import PrivilegedConfig, TrainConfig, WeightingConfi
 
 __all__ = [
     "MODALITIES", "SPLITS", "ConfigError",
-    "DataConfig", "TeacherConfig", "PriceConfig", "CacheConfig", "CacheJobConfig",
+    "DataConfig", "TeacherConfig", "PriceConfig", "CacheConfig", "CacheJobConfig", "RayConfig",
     "StudentConfig", "LoraConfig", "TrainConfig", "SignalsConfig", "LossConfig",
     "EvalConfig", "DistillConfig", "MediaConfig", "MediaJobConfig",
     "MsMixConfig", "ConflictConfig", "AugmentConfig", "MissingConfig", "EnhanceConfig",
