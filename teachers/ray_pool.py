@@ -82,13 +82,14 @@ def plan_pool(tcfg: TeacherConfig, rcfg: RayConfig) -> PoolPlan:
         tpm = _split(tcfg.tokens_per_minute, n)
         configs = [replace(tcfg, max_concurrency=conc[i], requests_per_minute=rpm[i],
                            tokens_per_minute=tpm[i]) for i in range(n)]
-        batch = rcfg.batch_size or 2 * max(1, min(conc))
-    else:
-        configs = [tcfg] * n
-        batch = rcfg.batch_size or tcfg.batch_size
+        batch = rcfg.batch_size or 4 * max(1, min(conc))
     num_cpus = rcfg.num_cpus or (0.25 if api else 1.0)
     num_gpus = rcfg.num_gpus or (float(tcfg.tensor_parallel_size)
                                  if tcfg.backend == "vllm_engine" else 0.0)
+    if not api:  # a local model computes on the CPUs Ray gave its actor, not on every core
+        threads = tcfg.num_threads or max(1, int(num_cpus))
+        configs = [replace(tcfg, num_threads=threads)] * n
+        batch = rcfg.batch_size or 4 * tcfg.batch_size
     return PoolPlan(configs=configs, num_cpus=num_cpus, num_gpus=num_gpus, batch_size=batch)
 
 

@@ -206,7 +206,10 @@ def test_a_driver_killed_mid_job_resends_only_what_was_in_flight(tmp_path, ray_l
     assert all(s == "ok" for s, _, _ in got.values())
     assert_same_cache(got, rows(tmp_path / "u"))  # the same keys and soft labels
     assert ok_duplicates(tmp_path / "c") == 0
-    in_flight = 2 * 2 * 4  # actors x batches held per actor x batch size (2 x concurrency share)
+    from teachers.ray_pool import IN_FLIGHT, plan_pool
+
+    plan = plan_pool(api_teacher("http://x/v1", max_concurrency=4), RayConfig(actors=2))
+    in_flight = len(plan.configs) * IN_FLIGHT * plan.batch_size  # what the pool held at the kill
     assert all(before.get(p, 0) >= 1 for p in twice)  # only prompts the killed run had sent
     assert len(twice) <= in_flight, (len(twice), in_flight)
 
@@ -249,7 +252,10 @@ def test_the_pool_shares_an_api_teachers_limits_out_never_multiplies_them():
                           RayConfig(actors=2))
     assert [c.requests_per_minute for c in unlimited.configs] == [0, 0]
     local = plan_pool(TeacherConfig(backend="hf_local", batch_size=6), RayConfig(actors=2))
-    assert len(local.configs) == 2 and local.batch_size == 6 and local.num_cpus == 1.0
+    assert len(local.configs) == 2 and local.batch_size == 4 * 6 and local.num_cpus == 1.0
+    assert [c.num_threads for c in local.configs] == [1, 1]  # not every core per actor
+    wide = plan_pool(TeacherConfig(backend="hf_local"), RayConfig(actors=1, num_cpus=4))
+    assert wide.configs[0].num_threads == 4
 
 
 def test_an_api_teachers_rate_limits_hold_across_its_generate_calls(tmp_path):

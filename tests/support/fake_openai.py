@@ -325,7 +325,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hang-s", type=float, default=5.0,
                     help="how long hang and latebill wait before answering")
     args = ap.parse_args(argv)
-    server = FakeOpenAI(soak_schedule(args.fault_rate, mode=args.mode), port=args.port,
+    schedule = soak_schedule(args.fault_rate, mode=args.mode)
+    if args.slow_s:  # every plain answer after --slow-s (a teacher's latency)
+        inner = schedule
+
+        def schedule(prompt: str) -> list[str]:
+            return ["slow" if b == "ok" else b for b in inner(prompt)]
+    server = FakeOpenAI(schedule, port=args.port,
                         slow_s=args.slow_s, retry_after="0.05", hang_s=args.hang_s)
     print(server.base_url, flush=True)
     sys.stdout.flush()

@@ -33,9 +33,10 @@ class RayConfig:
     """GPUs Ray reserves per actor; 0: none, except ``vllm_engine``, which gets
     ``teacher.tensor_parallel_size``."""
     batch_size: int = 0
-    """Requests per actor call; 0: ``teacher.batch_size`` for a local model, twice the
-    actor's share of ``max_concurrency`` for an API teacher. An answer waits in Ray for at
-    most the rest of its batch."""
+    """Requests per actor call; 0: four times ``teacher.batch_size`` for a local model (its
+    backend sorts each call's requests by length before batching them), four times the
+    actor's share of ``max_concurrency`` for an API teacher (so a batch's slowest answer
+    stalls little). An answer waits in Ray for at most the rest of its batch."""
     max_reruns: int = 2
     """Times a batch is sent again after its actor died under it (Ray restarts the
     actor); past that its requests become ``backend_error`` rows, retryable."""
