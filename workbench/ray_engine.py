@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import ModuleType
 
 from workbench.errors import WorkbenchError
@@ -44,6 +48,49 @@ def import_ray() -> ModuleType:
     return ray
 
 
+PROBE_TIMEOUT_S = 5.0
+
+
+def _reachable(address: str) -> None:
+    """A ``HOST:PORT`` address that answers on TCP (Ray itself retries a dead one for
+    minutes before it gives up); ``auto`` and ``ray://`` addresses are Ray's to check."""
+    import socket
+
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=PROBE_TIMEOUT_S):
+            return
+    except (OSError, ValueError) as e:
+        raise RayUnavailable(
+            f"--ray-address {address}: nothing answers there ({e}). Start the head node with "
+            "`ray start --head` (it prints the address to join, HOST:6379), or leave the "
+            "address empty for a local instance") from None
+
+
+@contextmanager
+def _quiet_stderr(quiet: bool) -> Iterator[list[str]]:
+    """Ray's core prints its start-up notices straight to file descriptor 2 (not through
+    Python logging): kept off the console unless ``-v``; the list gets what it printed."""
+    said: list[str] = []
+    if not quiet:
+        yield said
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield said
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            said.append(sink.read().decode(errors="replace"))
+            log.debug("Ray at start-up: %s", said[0].strip())
+
+
 def connect(address: str = "", *, num_cpus: int | None = None, verbose: bool = False) -> ModuleType:
     """Ray, initialised: joined to ``address`` or to a local instance started here.
 
@@ -56,16 +103,19 @@ def connect(address: str = "", *, num_cpus: int | None = None, verbose: bool = F
     kwargs: dict = {"log_to_driver": verbose, "include_dashboard": False,
                     "configure_logging": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
+        _reachable(address)
         kwargs["address"] = address
     else:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
         kwargs["object_store_memory"] = OBJECT_STORE_BYTES
     try:
-        ray.init(**kwargs)
+        with _quiet_stderr(not verbose) as said:
+            ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {address!r}" if address else "a local Ray instance"
+        told = f" (Ray said: {said[0].strip()[-500:]})" if said and said[0].strip() else ""
         raise RayUnavailable(
-            f"could not connect to {where}: {e}. Start the cluster first (`ray start --head` on "
+            f"could not connect to {where}: {e}{told}. Start the cluster first (`ray start --head` on "
             "the head node, `ray start --address HEAD:6379` on the others) and pass "
             "--ray-address auto, or leave the address empty for a local instance") from None
     if not verbose:

@@ -277,3 +277,52 @@ def test_an_api_teachers_rate_limits_hold_across_its_generate_calls(tmp_path):
     # in a third call, has to wait for the window
     nxt = RateLimiter(3, 0, events=teacher._rate_events)
     assert len(nxt.events) == 3 and nxt._delay(1) > 50
+
+
+def test_an_unreachable_cluster_is_one_clear_error_and_nothing_is_planned(tmp_path):
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+
+    data = tiny_data(tmp_path, n=4)
+    res = CliRunner().invoke(app, ["cache", "run", "--data", data.path, "--cache",
+                                   str(tmp_path / "c"), "--teacher", _teacher_yaml(tmp_path),
+                                   "--engine", "ray", "--ray-address", "127.0.0.1:1"])
+    assert res.exit_code == 2, res.output
+    assert "127.0.0.1:1" in res.output and "ray start --head" in res.output
+    assert "Traceback" not in res.output and not (tmp_path / "c").exists()
+
+
+def test_the_error_rate_stop_works_the_same_through_ray(tmp_path, ray_local):
+    from teachers.sending import JobFailed
+
+    data = tiny_data(tmp_path, n=60)
+    with FakeOpenAI(lambda p: ["500"]) as server:
+        tcfg = api_teacher(server.base_url, max_retries=0)
+        cfg = job(tcfg, data, tmp_path / "c", "ray")
+        cfg.cache.max_error_rate = 0.2
+        with pytest.raises(JobFailed, match="server_error"):
+            run_cache_job(cfg)
+    got = rows(tmp_path / "c")
+    assert got and all(s == "server_error" for s, _, _ in got.values())  # stored, retryable
+    assert sum(server.attempts.values()) == len(got) < 50  # stopped early, each sent once
+
+
+def test_vllm_engine_actors_where_vllm_and_a_gpu_are_present(tmp_path, ray_local):
+    pytest.importorskip("vllm", reason="vLLM is not installed here (it needs CUDA); the "
+                        "vllm_engine actors run where it is")
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: vllm_engine actors need a GPU each")
+    from workbench.models import gemma_hf_dir
+
+    data = tiny_data(tmp_path, n=8)
+    tcfg = TeacherConfig(backend="vllm_engine", model=str(gemma_hf_dir()), api="completions",
+                         gpu_memory_utilization=0.3, max_model_len=1024)
+    out = {}
+    for engine in ("local", "ray"):
+        run_cache_job(job(tcfg, data, tmp_path / engine, engine, actors=1))
+        out[engine] = rows(tmp_path / engine)
+    assert all(s == "ok" for s, _, _ in out["local"].values())
+    assert_same_cache(out["local"], out["ray"])
