@@ -70,6 +70,8 @@ def report() -> list[Row]:
         vllm_why = "not installed: pip install -e '.[vllm]'"
     rows.append(_import_check("vllm", "vllm", vllm_why))
     rows.append(_import_check("gguf", "gguf", "not installed: pip install -e '.[models]'"))
+    rows.append(_import_check("ray", "ray", "not installed: pip install -e '.[ray]' "
+                              "(--engine ray: the caching job and media on a Ray cluster)"))
     from workbench.models import gemma_available, minilm_path
 
     try:
