@@ -97,13 +97,14 @@ def connect(address: str = "", *, num_cpus: int | None = None, verbose: bool = F
     A process already connected (a test's fixture, a user's own ``ray.init``) is used as it
     is. Ray's console output (worker logs, progress bars) is shown only when ``verbose``."""
     ray = import_ray()
+    address = address or os.environ.get("RAY_ADDRESS", "")
+    if address:
+        _reachable(address)
     if ray.is_initialized():
         return ray
-    address = address or os.environ.get("RAY_ADDRESS", "")
     kwargs: dict = {"log_to_driver": verbose, "include_dashboard": False,
                     "configure_logging": verbose, "logging_level": logging.INFO if verbose else logging.WARNING}
     if address:
-        _reachable(address)
         kwargs["address"] = address
     else:
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
