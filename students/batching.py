@@ -1,7 +1,11 @@
 """Batching for training: the item dataset, the epoch-seeded sampler, and the collator.
 
 :class:`EpochSampler` gives an order that depends only on (seed, epoch) (optionally
-grouped by text length), so a resumed run sees exactly the batches an unbroken one would.
+grouped by text length), so a resumed run sees exactly the batches an unbroken one would;
+with a token budget its :meth:`~EpochSampler.batches` hold as many samples as fit the
+budget (:func:`token_batches`) and :class:`EpochBatchSampler` hands them to the loader.
+:func:`length_batches` cuts a fixed list (validation, evaluation, prediction) the same way,
+and :func:`padding_report` counts the real and padded tokens of a list of batches.
 :class:`TrainCollator` wraps :class:`students.collate.Collator` with what the loop needs:
 per-sample quality weights (:func:`students.weighting.batch_weights`), the fixed weights of
 augmented samples, the frozen prompted network's targets (:class:`PrivilegedTarget`), and
@@ -43,26 +47,114 @@ def epoch_seed(seed: int, epoch: int, stream: int = 0) -> int:
     return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(1)[0])
 
 
+MIN_REAL_SHARE = 0.9
+"""Evaluation and prediction batches (:func:`length_batches` by default) are cut where
+adding the next text would leave less than this share of the batch's tokens real."""
+
+
+def token_batches(lengths: Sequence[int], batch_tokens: int,
+                  min_real: float = 0.0) -> list[list[int]]:
+    """Cut positions ``0..n-1`` (in this order) into consecutive batches whose padded size
+    -- samples x the longest sample's tokens -- is at most ``batch_tokens``, and (with
+    ``min_real`` > 0) whose real tokens are at least that share of the padded ones.
+
+    Meant for lengths sorted longest first, so each batch holds as many samples as fit. A
+    sample longer than the budget is a batch of its own (nothing is dropped or cut).
+    """
+    if batch_tokens < 1:
+        raise ValueError(f"batch_tokens={batch_tokens}: use a positive token budget")
+    out: list[list[int]] = []
+    cur: list[int] = []
+    longest = real = 0
+    for i, n in enumerate(lengths):
+        n = max(1, int(n))
+        if cur:
+            padded = (len(cur) + 1) * max(longest, n)
+            if padded > batch_tokens or real + n < min_real * padded:
+                out.append(cur)
+                cur, longest, real = [], 0, 0
+        cur.append(i)
+        longest, real = max(longest, n), real + n
+    if cur:
+        out.append(cur)
+    return out
+
+
+def length_batches(lengths: Sequence[int], batch_size: int,
+                   batch_tokens: int | None = None) -> list[np.ndarray]:
+    """Batches (arrays of positions into ``lengths``) of a fixed list, longest first.
+
+    The positions are sorted by length (longest first, ties in input order) and cut:
+    ``batch_tokens=0`` -> ``batch_size`` samples each (the last may be short);
+    ``batch_tokens > 0`` -> as many samples as fit that many padded tokens
+    (:func:`token_batches`); ``None`` -> a budget of ``batch_size`` x the mean length
+    (rounded up), each batch also cut where less than :data:`MIN_REAL_SHARE` of its
+    tokens would be real (the long tail goes in small batches; a batch's fixed cost is
+    small next to the padded tokens it saves).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size={batch_size}: use at least 1")
+    if batch_tokens is not None and batch_tokens < 0:
+        raise ValueError(f"batch_tokens={batch_tokens}: use None (batch_size x the mean "
+                         "length), 0 (batch_size samples) or a positive token budget")
+    lens = np.asarray(lengths, dtype=np.int64)
+    if not len(lens):
+        return []
+    order = np.argsort(-lens, kind="stable")
+    min_real = 0.0
+    if batch_tokens is None:
+        batch_tokens = batch_size * max(1, int(np.ceil(lens.mean())))
+        min_real = MIN_REAL_SHARE
+    if batch_tokens == 0:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    return [order[b] for b in token_batches(lens[order].tolist(), batch_tokens, min_real)]
+
+
+def padding_report(batch_lengths: Sequence[Sequence[int]]) -> dict[str, float]:
+    """Real and padded tokens of a list of batches (each its samples' token counts):
+    ``batches``, ``samples``, ``real_tokens``, ``padded_tokens`` (samples x the batch's
+    longest, summed), ``real_share`` (real / padded) and ``mean_batch`` (samples)."""
+    real = sum(int(sum(b)) for b in batch_lengths)
+    padded = sum(len(b) * int(max(b)) for b in batch_lengths if len(b))
+    samples = sum(len(b) for b in batch_lengths)
+    return {"batches": len(batch_lengths), "samples": samples, "real_tokens": real,
+            "padded_tokens": padded, "real_share": real / padded if padded else 1.0,
+            "mean_batch": samples / max(1, len(batch_lengths))}
+
+
 class EpochSampler(Sampler[int]):
     """An order of the dataset that depends only on (seed, epoch).
 
     ``set_epoch`` picks the epoch (accelerate's prepared loader forwards it here), so a
     resumed run sees exactly the order an unbroken run would. With ``lengths`` (text
-    lengths) and ``batch_size``, samples are grouped by length: a random permutation is
-    cut into groups of ``group`` batches, each group sorted by length and cut into
-    batches, and the batches shuffled; the one short batch (if any) comes last, so the
-    loader's consecutive batches are exactly these.
+    lengths in tokens) and ``batch_size``, samples are grouped by length; the epoch is: a
+    permutation of the dataset drawn from (seed, epoch) is cut into windows of ``group`` x
+    ``batch_size`` samples; each window is sorted by length (longest first, stable) and
+    cut into batches; the batches of all windows are shuffled by the same generator.
+    Batches hold ``batch_size`` samples (``batch_tokens=0``; the one short batch, if any,
+    comes last, so the loader's consecutive batches are exactly these) or, with
+    ``batch_tokens > 0``, as many samples as fit that many padded tokens
+    (:func:`token_batches`; every batch is shuffled, and the loader takes them through
+    :class:`EpochBatchSampler`). The same seed, epoch, lengths and settings give the same
+    batches in the same order.
     """
 
     def __init__(self, n: int, seed: int, lengths: Sequence[int] | None = None,
-                 batch_size: int = 1, group: int = 50) -> None:
+                 batch_size: int = 1, group: int = 50, batch_tokens: int = 0) -> None:
         if lengths is not None and len(lengths) != n:
             raise ValueError(f"lengths has {len(lengths)} entries for {n} samples")
+        if batch_tokens < 0:
+            raise ValueError(f"batch_tokens={batch_tokens}: use 0 (batch_size samples) or a "
+                             "positive token budget")
+        if batch_tokens and lengths is None:
+            raise ValueError(f"batch_tokens={batch_tokens} needs the samples' lengths: "
+                             "pass lengths (or use batch_tokens=0)")
         self.n = n
         self.seed = seed
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.batch_size = batch_size
         self.group = group
+        self.batch_tokens = batch_tokens
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -71,22 +163,62 @@ class EpochSampler(Sampler[int]):
     def __len__(self) -> int:
         return self.n
 
-    def __iter__(self) -> Iterator[int]:
-        rng = np.random.default_rng(epoch_seed(self.seed, self.epoch, stream=1))
+    def batches(self, epoch: int | None = None) -> list[np.ndarray]:
+        """The epoch's batches (arrays of dataset indices) in order; ``epoch`` defaults to
+        the one :meth:`set_epoch` picked. Without ``lengths``: consecutive
+        ``batch_size`` slices of the permutation."""
+        rng = np.random.default_rng(epoch_seed(self.seed, self.epoch if epoch is None
+                                               else epoch, stream=1))
         perm = rng.permutation(self.n)
         if self.lengths is None:
-            return iter(perm.tolist())
+            return [perm[i:i + self.batch_size] for i in range(0, self.n, self.batch_size)]
         size = self.batch_size * self.group
         batches: list[np.ndarray] = []
         for start in range(0, self.n, size):
             chunk = perm[start:start + size]
             chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
-            batches.extend(chunk[i:i + self.batch_size]
-                           for i in range(0, len(chunk), self.batch_size))
+            if self.batch_tokens:
+                batches.extend(chunk[b] for b in
+                               token_batches(self.lengths[chunk].tolist(), self.batch_tokens))
+            else:
+                batches.extend(chunk[i:i + self.batch_size]
+                               for i in range(0, len(chunk), self.batch_size))
+        if self.batch_tokens:
+            return [batches[i] for i in rng.permutation(len(batches))]
         full = [b for b in batches if len(b) == self.batch_size]
         short = [b for b in batches if len(b) < self.batch_size]
-        order = [full[i] for i in rng.permutation(len(full))] + short
+        return [full[i] for i in rng.permutation(len(full))] + short
+
+    def __iter__(self) -> Iterator[int]:
+        order = self.batches()
         return iter(np.concatenate(order).tolist() if order else [])
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """An :class:`EpochSampler`'s batches for ``DataLoader(batch_sampler=...)``, which a
+    token budget needs (its batches differ in size). ``set_epoch`` is forwarded
+    (accelerate's prepared loader calls it); ``len`` is the current epoch's number of
+    batches and :meth:`total` that of several epochs (for the LR schedule)."""
+
+    def __init__(self, sampler: EpochSampler) -> None:
+        self.sampler = sampler
+        self.batch_size = None
+        """None: accelerate's batch sharding then takes each batch whole, whatever its
+        size (with a number it would skip batches of another size)."""
+        self.drop_last = False
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.sampler.batches())
+
+    def total(self, epochs: int) -> int:
+        """Batches of epochs ``0..epochs-1`` together."""
+        return sum(len(self.sampler.batches(e)) for e in range(epochs))
+
+    def __iter__(self) -> Iterator[list[int]]:
+        return iter([b.tolist() for b in self.sampler.batches()])
 
 
 @dataclass

@@ -1,8 +1,10 @@
 """Inference: a student's predictions for samples, in input order.
 
 :func:`predict` is what evaluation, ``workbench predict``, the cost report and the
-training loop's helpers call: eval mode, one process, batches of similar text length (less
-padding), results put back in input order, optional missing-modality masks.
+training loop's helpers call: eval mode, one process, batches cut by token count
+(:func:`students.batching.length_batches`: sorted by tokens, each batch filled up to a
+token budget, so little padding), results put back in input order, optional
+missing-modality masks.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from students.batching import length_batches
 from students.collate import Collator, StudentItem
 from students.model import StudentModel
 from students.robustness import MaskSpec
@@ -34,7 +37,8 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 
 
 def predict(model: StudentModel | Any, items: Sequence[Sample | StudentItem],
-            batch_size: int = 64, masking: MaskSpec | None = None) -> np.ndarray:
+            batch_size: int = 64, masking: MaskSpec | None = None,
+            batch_tokens: int | None = None) -> np.ndarray:
     """Predictions of ``model`` (eval mode, one process) for ``items``, in order.
 
     Regression: (N,) scores; classification: (N, C) logits. A prompted network reads the
@@ -42,54 +46,67 @@ def predict(model: StudentModel | Any, items: Sequence[Sample | StudentItem],
     ``model`` is a :class:`~students.model.StudentModel` or a served export
     (:class:`students.serving.OrtStudent`, :func:`students.serving.load_served`).
 
-    Only the model is on the hot path: items are sorted by text length so each batch pads
-    to its own longest text, the collator makes only the inputs ``forward`` reads, a LoRA
-    text encoder runs merged (:meth:`~students.encoders.TextEncoder.merged`, made once per
-    set of weights), under ``torch.inference_mode``.
+    Only the model is on the hot path: items are sorted by their token count and cut into
+    batches of at most ``batch_tokens`` padded tokens (samples x the batch's longest text;
+    ``None``: ``batch_size`` x the items' mean token count, so batches hold ``batch_size``
+    items on average; 0: ``batch_size`` items each), the collator makes only the inputs
+    ``forward`` reads, a LoRA text encoder runs merged
+    (:meth:`~students.encoders.TextEncoder.merged`, made once per set of weights), under
+    ``torch.inference_mode``. Batching changes no prediction beyond float rounding.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size}: use at least 1")
+    if batch_tokens is not None and batch_tokens < 0:
+        raise ValueError(f"batch_tokens={batch_tokens}: use None (batch_size x the mean token "
+                         "count), 0 (batch_size items per batch) or a positive budget")
     if not items:
         raise ValueError("predict got no items")
+    batches = predict_batches(model, items, batch_size, batch_tokens)
     if not isinstance(model, StudentModel):  # a served export: it runs its own batches
-        return _predict_served(model, items, batch_size, masking)
+        return _predict_served(model, items, batches, masking)
     was_training, was_merged = model.training, model.serve_merged
     model.eval()
     model.serve_merged = True
     collator = Collator.for_model(model, masking=masking, inputs_only=model.prompt is None)
-    # Batches of similar text length pad less; the results are put back in input order.
-    order = _length_order(items)
     preds: list[np.ndarray] = []
     try:
         with torch.inference_mode():
-            for i in range(0, len(items), batch_size):
-                chunk = [items[j] for j in order[i:i + batch_size]]
-                batch = to_device(collator(chunk), model.device)
+            for idx in batches:
+                batch = to_device(collator([items[j] for j in idx]), model.device)
                 preds.append(model(batch).pred.float().cpu().numpy())
     finally:
         model.train(was_training)
         model.serve_merged = was_merged
-    return _restore(preds, order)
+    return _restore(preds, batches)
 
 
-def _length_order(items: Sequence[Sample | StudentItem]) -> np.ndarray:
-    return np.argsort([-len(item_text(it)) for it in items], kind="stable")
+def token_counts(model: StudentModel | Any, items: Sequence[Sample | StudentItem]) -> list[int]:
+    """Each item's text tokens as ``model``'s collator makes them (special tokens
+    included, cut at ``student.max_text_len``)."""
+    enc = model.tokenizer([item_text(it) for it in items], truncation=True,
+                          max_length=model.cfg.max_text_len)
+    return [len(ids) for ids in enc["input_ids"]]
 
 
-def _restore(preds: list[np.ndarray], order: np.ndarray) -> np.ndarray:
+def predict_batches(model: StudentModel | Any, items: Sequence[Sample | StudentItem],
+                    batch_size: int = 64, batch_tokens: int | None = None) -> list[np.ndarray]:
+    """The batches :func:`predict` runs (arrays of positions into ``items``), longest
+    texts first: :func:`students.batching.length_batches` of :func:`token_counts`."""
+    return length_batches(token_counts(model, items), batch_size, batch_tokens)
+
+
+def _restore(preds: list[np.ndarray], batches: list[np.ndarray]) -> np.ndarray:
     out = np.concatenate(preds, axis=0)
     restored = np.empty_like(out)
-    restored[order] = out
+    restored[np.concatenate(batches)] = out
     return restored
 
 
-def _predict_served(model: Any, items: Sequence[Sample | StudentItem], batch_size: int,
-                    masking: MaskSpec | None) -> np.ndarray:
+def _predict_served(model: Any, items: Sequence[Sample | StudentItem],
+                    batches: list[np.ndarray], masking: MaskSpec | None) -> np.ndarray:
     collator = Collator.for_model(model, masking=masking, inputs_only=True)
-    order = _length_order(items)
-    preds = [model.predict_batch(collator([items[j] for j in order[i:i + batch_size]]))
-             for i in range(0, len(items), batch_size)]
-    return _restore(preds, order)
+    preds = [model.predict_batch(collator([items[j] for j in idx])) for idx in batches]
+    return _restore(preds, batches)
 
 
 def item_text(item: Sample | StudentItem) -> str:

@@ -31,7 +31,15 @@ from accelerate.logging import get_logger
 from torch.utils.data import DataLoader
 
 from students.augment import weigh_augmented
-from students.batching import EpochSampler, ItemDataset, PrivilegedTarget, TrainCollator, epoch_seed
+from students.batching import (
+    EpochBatchSampler,
+    EpochSampler,
+    ItemDataset,
+    PrivilegedTarget,
+    TrainCollator,
+    epoch_seed,
+    length_batches,
+)
 from students.checkpoint import BEST_DIR, SELECTION_FILE, disk_full_named, save_checkpoint
 from students.collate import Collator, StudentItem
 from students.inference import item_text
@@ -249,17 +257,9 @@ class StageRecipe:
                            max_length=cfg.student.max_text_len)["input_ids"])
 
         lengths = [n_tokens(it) for it in train_items] if tc.group_by_length else None
-        sampler = EpochSampler(len(train_items), tc.seed, lengths, tc.batch_size)
-        # Validation order does not change the metrics; similar lengths pad less.
-        valid_items = sorted(stage.valid_items, key=lambda it: -len(item_text(it)))
-        train_loader = DataLoader(ItemDataset(train_items), batch_size=tc.batch_size,
-                                  sampler=sampler, collate_fn=self.collator,
-                                  num_workers=tc.num_workers)
-        valid_loader = DataLoader(ItemDataset(valid_items), batch_size=stage.valid_batch_size,
-                                  shuffle=False, collate_fn=valid_collator,
-                                  num_workers=tc.num_workers)
-        steps_per_epoch = math.ceil(len(train_loader) / tc.grad_accum)
-        total_steps = steps_per_epoch * stage.epochs
+        train_loader, total_steps = self.train_loader_for(train_items, lengths)
+        steps_per_epoch = math.ceil(total_steps / stage.epochs)
+        valid_loader = self.valid_loader_for(stage.valid_items, valid_collator, n_tokens)
         optimizer = torch.optim.AdamW(model.param_groups(tc.lr, tc.encoder_lr, tc.weight_decay))
         scheduler = get_cosine_schedule_with_warmup(optimizer,
                                                     round(tc.warmup_ratio * total_steps),
@@ -287,6 +287,39 @@ class StageRecipe:
                      self.state.epochs_done, self.metric, self.state.best_value,
                      self.state.best_epoch)
         self.want_attn = stage.plan.priv_attn > 0
+
+    def train_loader_for(self, items: list[StudentItem], lengths: list[int] | None
+                         ) -> tuple[DataLoader, int]:
+        """The training loader (:class:`EpochSampler`: ``train.batch_size`` samples, or
+        with ``train.batch_tokens`` as many as fit the budget) and the optimizer steps of
+        all epochs (batches of every epoch counted, since a budget's batches vary)."""
+        tc, epochs = self.tc, self.stage.epochs
+        sampler = EpochSampler(len(items), tc.seed, lengths, tc.batch_size,
+                               batch_tokens=tc.batch_tokens)
+        if tc.batch_tokens:
+            loader = DataLoader(ItemDataset(items), batch_sampler=EpochBatchSampler(sampler),
+                                collate_fn=self.collator, num_workers=tc.num_workers)
+            return loader, sum(math.ceil(len(sampler.batches(e)) / tc.grad_accum)
+                               for e in range(epochs))
+        loader = DataLoader(ItemDataset(items), batch_size=tc.batch_size, sampler=sampler,
+                            collate_fn=self.collator, num_workers=tc.num_workers)
+        return loader, math.ceil(len(loader) / tc.grad_accum) * epochs
+
+    def valid_loader_for(self, items: list[StudentItem], collator: Any,
+                         n_tokens: Any) -> DataLoader:
+        """Validation batches: in one process, sorted by token count and cut at
+        ``eval.batch_size`` x the mean count of tokens (:func:`length_batches`), so they
+        pad little; with several processes ``eval.batch_size`` samples (accelerate's
+        :meth:`gather_for_metrics` drops the duplicated tail only for equal batches).
+        The order does not change the metrics."""
+        size, workers = self.stage.valid_batch_size, self.tc.num_workers
+        if self.accelerator.num_processes > 1:
+            items = sorted(items, key=lambda it: -len(item_text(it)))
+            return DataLoader(ItemDataset(items), batch_size=size, shuffle=False,
+                              collate_fn=collator, num_workers=workers)
+        batches = length_batches([n_tokens(it) for it in items], size)
+        return DataLoader(ItemDataset(items), batch_sampler=[b.tolist() for b in batches],
+                          collate_fn=collator, num_workers=workers)
 
     def train_epoch(self, epoch: int) -> dict[str, float]:
         """One epoch of optimisation; returns the mean of each loss term."""

@@ -152,6 +152,15 @@ class TrainConfig:
     group_by_length: bool = False
     """Batch training samples of similar text length together (within random groups of
     50 batches; batch order still shuffled): much less padding, so faster steps on CPU."""
+    batch_tokens: int = 0
+    """Token budget of a training batch: with ``group_by_length``, each window of 50 x
+    ``batch_size`` samples (a random draw from (seed, epoch)) is sorted by text length
+    and cut into batches of as many samples as fit ``batch_tokens`` padded tokens
+    (samples x the longest text's tokens; a longer text goes alone), and all batches are
+    shuffled: short texts train in large batches, long ones in small. Each batch's loss
+    is the weighted mean over its samples, as with a fixed size. Validation batches use
+    ``eval.batch_size`` x the mean token count as their budget. 0: ``batch_size`` samples
+    per batch."""
     num_threads: int = 0
     """Torch intra-op CPU threads per process; 0: torch's default (all cores). On a small
     or shared machine 1 is often several times faster than oversubscribed threads."""
@@ -186,6 +195,13 @@ class TrainConfig:
               self.average_epochs,
               "averaging the last epochs needs every epoch: set train.early_stop_patience=0 "
               "(or train.average_epochs=0 to select one epoch)")
+        check(self.batch_tokens >= 0, "train.batch_tokens", self.batch_tokens,
+              "use 0 (train.batch_size samples per batch) or a positive token budget, "
+              "e.g. 1024")
+        check(not self.batch_tokens or self.group_by_length, "train.batch_tokens",
+              self.batch_tokens,
+              "a token budget batches texts of similar length: set train.group_by_length="
+              "true (or train.batch_tokens=0)")
         check(self.num_workers >= 0, "train.num_workers", self.num_workers, "use 0 or more")
         check(self.folds == 0 or self.folds >= 2, "train.folds", self.folds,
               "use 0 (the dataset's own valid split) or k >= 2 folds, e.g. 5")
