@@ -10,7 +10,12 @@ collated batch goes in, ``pred`` comes out), per thread count:
 * ``ort``: ``model.onnx`` in ONNX Runtime; ``ort-int8``: ``model.int8.onnx``;
 * ``bare-pt`` / ``bare-ort``: the MiniLM encoder alone (its forward to the last hidden
   state, no pooling, no fusion, no heads) in PyTorch and in ONNX Runtime: the peer a
-  deployment would pick.
+  deployment would pick;
+* ``merged-tok`` / ``ort-tok`` / ``bare-ort-tok``: the same models on the same clips cut
+  the way ``predict`` now cuts them (``students.inference.predict_batches``: sorted by
+  token count, batches up to ``batch_size`` x the mean count, cut where under 90 % of a
+  batch would be real tokens); the padding of both batchings is printed (real / padded
+  tokens).
 
 Batch 64: samples/s over every batch of the N clips (sorted by length, the same batches
 for every model, models alternating batch by batch). Batch 1: p50 / p95 latency over RUNS
@@ -20,7 +25,9 @@ clip (2 x linear weights x tokens + attention scores) at the mean token count, a
 measured fp32 matmul rate of a (64 x mean tokens, 384) x (384, 1536) product. Int8's
 accuracy change is measured on the whole MOSI test split (non-0 Acc-2). Goals (issue 15):
 best fp32 path >= bare-ort at batch 64; best fp32 batch-1 p50 <= 1.2 x bare-ort's; int8 >=
-1.6 x its fp32 throughput with |delta non0 Acc-2| <= 0.5.
+1.6 x its fp32 throughput with |delta non0 Acc-2| <= 0.5. Goals (issue 26): the best
+token-batch path >= 1.6 x ``merged`` at batch 64 and >= 0.6 of the compute bound on real
+tokens; best fp32 batch-1 p50 <= bare-ort's.
 
     python bench/student_speed.py [--checkpoint CKPT] [--n 192] [--runs 80]
         [--threads 1,2] [--train-epochs 1]
@@ -166,19 +173,27 @@ def encoder_flops(config: Any, tokens: float) -> float:
 
 
 def time_models(models: dict[str, Callable[[dict[str, Any]], Any]], batches: list[dict],
-                singles: list[dict], runs: int) -> dict[str, dict[str, float]]:
+                singles: list[dict], runs: int,
+                token_models: dict[str, Callable[[dict[str, Any]], Any]] | None = None,
+                token_batches: list[dict] | None = None) -> dict[str, dict[str, float]]:
+    """Samples/s of each model over ``batches`` (and of each of ``token_models`` over
+    ``token_batches``: the same clips cut by token count), models alternating batch by
+    batch; batch-1 p50 / p95 over ``runs`` single clips (``models`` only)."""
     names = list(models)
+    plan = [(n, models[n], batches) for n in names] + [
+        (n, fn, token_batches or []) for n, fn in (token_models or {}).items()]
     n_big = sum(int(b["input_ids"].shape[0]) for b in batches)
-    for fn in models.values():  # warm-up: allocator, kernels, session caches
-        fn(batches[0])
+    for _, fn, bs in plan:  # warm-up: allocator, kernels, session caches
+        fn(bs[0])
         for s in singles[:3]:
             fn(s)
-    big = {n: 0.0 for n in names}
-    for i, b in enumerate(batches):
-        for n in (names if i % 2 == 0 else names[::-1]):
-            t0 = time.perf_counter()
-            models[n](b)
-            big[n] += time.perf_counter() - t0
+    big = {n: 0.0 for n, _, _ in plan}
+    for i in range(max(len(bs) for _, _, bs in plan)):
+        for n, fn, bs in (plan if i % 2 == 0 else plan[::-1]):
+            if i < len(bs):
+                t0 = time.perf_counter()
+                fn(bs[i])
+                big[n] += time.perf_counter() - t0
     lat: dict[str, list[float]] = {n: [] for n in names}
     for i in range(runs):
         s = singles[i % len(singles)]
@@ -186,8 +201,19 @@ def time_models(models: dict[str, Callable[[dict[str, Any]], Any]], batches: lis
             t0 = time.perf_counter()
             models[n](s)
             lat[n].append((time.perf_counter() - t0) * 1000)
-    return {n: {"samples_per_s": n_big / big[n], "p50_ms": float(np.percentile(lat[n], 50)),
-                "p95_ms": float(np.percentile(lat[n], 95))} for n in names}
+    out = {n: {"samples_per_s": n_big / big[n], "p50_ms": float(np.percentile(lat[n], 50)),
+               "p95_ms": float(np.percentile(lat[n], 95))} for n in names}
+    for n in token_models or {}:
+        out[n] = {"samples_per_s": n_big / big[n], "p50_ms": float("nan"),
+                  "p95_ms": float("nan")}
+    return out
+
+
+def batch_padding(batches: list[dict]) -> dict[str, float]:
+    """:func:`students.batching.padding_report` of collated batches."""
+    from students.batching import padding_report
+
+    return padding_report([b["attention_mask"].sum(1).tolist() for b in batches])
 
 
 def measure(checkpoint: Path, *, n: int = 256, runs: int = 100, threads: tuple[int, ...] = (1, 2),
@@ -195,7 +221,7 @@ def measure(checkpoint: Path, *, n: int = 256, runs: int = 100, threads: tuple[i
     from eval.export_check import measure_int8
     from students.checkpoint import load_checkpoint
     from students.export import batch_keys, export_model, export_onnx, load_exported
-    from students.inference import to_device
+    from students.inference import predict_batches, to_device
     from students.serving import OrtStudent
 
     adapter, _, _ = load_checkpoint(checkpoint, device="cpu")
@@ -211,6 +237,10 @@ def measure(checkpoint: Path, *, n: int = 256, runs: int = 100, threads: tuple[i
     pool.sort(key=lambda s: -len(s.text or ""))
     collate = Collator.for_model(adapter, inputs_only=True)
     batches = [collate(pool[i:i + batch_size]) for i in range(0, len(pool), batch_size)]
+    # what predict() runs now: sorted by tokens, cut at batch_size x the mean token count
+    # and where under 90 % of a batch would be real tokens
+    tok_batches = [collate([pool[j] for j in idx])
+                   for idx in predict_batches(adapter, pool, batch_size)]
     rng = np.random.default_rng(0)
     singles = [collate([pool[int(i)]]) for i in rng.permutation(len(pool))[:max(1, runs)]]
     real_tokens = float(np.mean(np.concatenate([b["attention_mask"].sum(1).numpy()
@@ -254,8 +284,11 @@ def measure(checkpoint: Path, *, n: int = 256, runs: int = 100, threads: tuple[i
         models = {"adapter": torch_fn(adapter), "merged": torch_fn(merged, True),
                   "int8": torch_fn(int8), "ort": ort32.predict_batch,
                   "ort-int8": ort8.predict_batch, "bare-pt": bare_fn, "bare-ort": bare_ort}
+        token_models = {"merged-tok": models["merged"], "ort-tok": models["ort"],
+                        "bare-ort-tok": models["bare-ort"]}
         per_threads[t] = time_models(models, [to_device(b, torch.device("cpu"))
-                                              for b in batches], singles, runs)
+                                              for b in batches], singles, runs,
+                                     token_models, tok_batches)
         rates[t] = matmul_rate(int(batch_size * real_tokens), t)
     adapter.serve_merged = False
     flops = encoder_flops(bare.config, real_tokens)
@@ -263,6 +296,7 @@ def measure(checkpoint: Path, *, n: int = 256, runs: int = 100, threads: tuple[i
     return {"checkpoint": str(checkpoint), "n": len(pool), "runs": runs,
             "batch_size": batch_size, "real_tokens": real_tokens,
             "padded_tokens": padded_tokens, "flops": flops, "flops_padded": flops_padded,
+            "padding": {"fixed": batch_padding(batches), "tok": batch_padding(tok_batches)},
             "rates_gflops": rates, "results": per_threads, "max_abs_diff": diffs,
             "int8_accuracy": section["accuracy"], "ort_int8_accuracy": section["onnx_accuracy"],
             "batch_keys": batch_keys(fp32)}
@@ -282,6 +316,17 @@ def goals(res: dict[str, Any], t: int) -> list[str]:
     ratio = r[fast1]["p50_ms"] / r["bare-ort"]["p50_ms"]
     out.append(f"best fp32 b1 p50: {fast1} {r[fast1]['p50_ms']:.2f} ms = {ratio:.2f} x bare-ort "
                f"(goal <= 1.2): {'met' if ratio <= 1.2 else 'NOT met'}")
+    tok = max(("merged-tok", "ort-tok"), key=lambda k: r[k]["samples_per_s"])
+    bound = res["rates_gflops"][t] * 1e9 / res["flops"]
+    sp = r[tok]["samples_per_s"] / r["merged"]["samples_per_s"]
+    out.append(f"token batches (issue 26): {tok} {r[tok]['samples_per_s']:.1f}/s = x{sp:.2f} "
+               f"the merged path at b{res['batch_size']} (goal >= 1.6): "
+               f"{'met' if sp >= 1.6 else 'NOT met'}; "
+               f"{r[tok]['samples_per_s'] / bound:.2f} of the compute bound on real tokens "
+               f"(goal >= 0.6): {'met' if r[tok]['samples_per_s'] >= 0.6 * bound else 'NOT met'}")
+    ratio = r[fast1]["p50_ms"] / r["bare-ort"]["p50_ms"]
+    out.append(f"b1 p50 (issue 26): {fast1} {r[fast1]['p50_ms']:.2f} ms = {ratio:.2f} x bare-ort "
+               f"(goal <= 1): {'met' if ratio <= 1 else 'NOT met'}")
     for q, base, acc in (("int8", "merged", res["int8_accuracy"]),
                          ("ort-int8", "ort", res["ort_int8_accuracy"])):
         sp = r[q]["samples_per_s"] / r[base]["samples_per_s"]
@@ -302,17 +347,22 @@ def report(res: dict[str, Any]) -> str:
              f"tokens per clip: {res['real_tokens']:.1f} real, {res['padded_tokens']:.1f} "
              f"padded (batch {bs}); encoder non-embedding FLOPs per clip "
              f"{res['flops'] / 1e6:.1f} M",
+             *(f"padding, {name}: {p['batches']} batches of {p['mean_batch']:.1f} clips, "
+               f"{p['real_tokens']} real / {p['padded_tokens']} padded tokens = "
+               f"{p['real_share']:.3f} real"
+               for name, p in (("fixed b" + str(bs) + " (sorted)", res["padding"]["fixed"]),
+                               ("token batches (*-tok)", res["padding"]["tok"]))),
              "max |path - adapter| on a batch: " + ", ".join(
                  f"{k} {v:.1e}" for k, v in res["max_abs_diff"].items())]
     for t, r in res["results"].items():
         bound = res["rates_gflops"][t] * 1e9 / res["flops"]
         lines.append(f"-- {t} thread(s): matmul {res['rates_gflops'][t]:.1f} GFLOP/s -> "
                      f"compute bound {bound:.0f} clips/s")
-        lines.append(f"{'':10}{f'b{bs} clips/s':>14}{'x bare-ort':>12}{'x bound':>9}"
+        lines.append(f"{'':13}{f'b{bs} clips/s':>14}{'x bare-ort':>12}{'x bound':>9}"
                      f"{'b1 p50 ms':>11}{'b1 p95 ms':>11}")
         ref = r["bare-ort"]
         for name, m in r.items():
-            lines.append(f"{name:10}{m['samples_per_s']:>14.1f}"
+            lines.append(f"{name:13}{m['samples_per_s']:>14.1f}"
                          f"{m['samples_per_s'] / ref['samples_per_s']:>12.2f}"
                          f"{m['samples_per_s'] / bound:>9.2f}{m['p50_ms']:>11.2f}"
                          f"{m['p95_ms']:>11.2f}")
