@@ -191,7 +191,7 @@ class HFLocalTeacher(LocalTransformersTeacher):
         # for the batches that stay inside the sliding window (said before anything is sent).
         n, members = shared_prefix(rows) if self.cfg.prefix_cache else (0, [])
         plan = plan_batches(rows, new, self.cfg.batch_size, prefix=n, members=members,
-                            window=sliding_window(self.model.config))
+                            window=sliding_window(self.model.config), batch_tokens=self.cfg.batch_tokens)
         for level, msg in prompt_report(plan, [len(r) for r in rows], new,
                                         getattr(self.model.config, "max_position_embeddings", None),
                                         prefix_cache=self.cfg.prefix_cache):

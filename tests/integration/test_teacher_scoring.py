@@ -91,3 +91,26 @@ def test_few_shot_rows_that_part_early_run_without_the_prefix(gemma, tmp_path, c
                                            said[-1]).groups())
     assert 0 < total - sharing <= 3  # the examples' own samples (one per answer word)
     assert n > 40  # system line + three examples, not the system line alone
+
+
+def test_token_budget_batches_give_the_one_at_a_time_soft_labels(gemma, tmp_path, caplog):
+    """Suffixes batched by a token budget over the shared prefix (short ones many to a batch,
+    long ones few, each padded to its neighbours) give each prompt's soft label as it is
+    scored alone (one prompt per batch, whole, no padding, no prefix cache) within 1e-5."""
+    import re
+
+    data = tiny_data(tmp_path, n=40)
+    _, alone = _soft_labels(_teacher(batch_size=1, prefix_cache=False), data, tmp_path / "alone", 16, ["train"])
+    with caplog.at_level("INFO", logger="teachers.hf_local"):
+        _, batched = _soft_labels(_teacher(batch_size=16, batch_tokens=48), data, tmp_path / "budget",
+                                  16, ["train"])
+    said = "\n".join(r.getMessage() for r in caplog.records)
+    n_batches, real, padded = map(int, re.search(r"batches: (\d+), (\d+) real of (\d+) padded", said).groups())
+    assert 1 < n_batches < 16 and real <= padded <= 48 * n_batches
+    assert set(alone) == set(batched)
+    ok = [k for k, o in alone.items() if o.ok]
+    assert len(ok) >= 0.9 * len(alone)
+    for k in ok:
+        a, b = alone[k].soft_label, batched[k].soft_label
+        assert a.labels == b.labels and a.argmax == b.argmax
+        assert max(abs(x - y) for x, y in zip(a.probs, b.probs, strict=True)) <= 1e-5, k

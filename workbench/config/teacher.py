@@ -70,7 +70,15 @@ class TeacherConfig:
     retried, and counted at its worst-case price (the server may have billed it). A runtime
     knob, not part of the cache key."""
     batch_size: int = 8
-    """Prompts per generate call for in-process backends."""
+    """Prompts per generate call for in-process backends (with ``batch_tokens``: the most)."""
+    batch_tokens: int = 0
+    """In-process backends (``hf_local``): the most padded tokens one batch computes -- its
+    prompts x the batch's longest, counting only the suffixes after the job's shared prompt
+    prefix where the batch runs over it. Prompts sorted by length fill each batch up to it
+    (and up to ``batch_size``), so short prompts go in large batches and long ones in small
+    ones, each padded only to its neighbours; the plan's real / padded tokens are logged
+    before sending. 0: ``batch_size`` prompts per batch, sorted by length. A runtime knob,
+    not part of the cache key."""
     score_only: bool = True
     """Answer a soft-label-only template (greedy) from the answer position's
     log-probabilities: one forward pass in ``hf_local``, ``max_tokens=1`` over an API; a row
@@ -125,5 +133,7 @@ class TeacherConfig:
               self.max_response_bytes, "use at least 65536 (64 KiB); the default is 8388608")
         check(self.max_images >= 1, "teacher.max_images", self.max_images, "use at least 1")
         check(self.batch_size >= 1, "teacher.batch_size", self.batch_size, "use at least 1")
+        check(self.batch_tokens >= 0, "teacher.batch_tokens", self.batch_tokens,
+              "use 0 (batch_size prompts per batch) or a positive token budget such as 512")
         check(self.budget_usd >= 0, "teacher.budget_usd", self.budget_usd,
               "use 0 for no cap or a positive amount")

@@ -8,6 +8,7 @@ from teachers.scoring import (
     PrefixKV,
     batch_inputs,
     chosen_tokens,
+    fresh_cache,
     full_ids,
     last_logits,
     needs_full_decode,
@@ -15,6 +16,7 @@ from teachers.scoring import (
     prompt_report,
     score_only,
     shared_prefix,
+    token_batches,
 )
 from workbench.config import TeacherConfig
 
@@ -151,7 +153,7 @@ def test_plan_keeps_the_prefix_inside_the_window_and_says_why_not_elsewhere():
     lines = prompt_report(plan, [len(r) for r in rows], new, 100)
     levels = [lvl for lvl, _ in lines]
     text = "\n".join(m for _, m in lines)
-    assert levels == [logging.INFO, logging.WARNING]
+    assert levels == [logging.INFO, logging.INFO, logging.WARNING]
     assert "prompts: 13, 42-70 tokens" in text and "+ up to 2 new" in text
     # 3 prompts reach the window themselves; their batch takes a fourth along
     assert "3 reach the model's 64-token sliding window, 0 pass its max length (100)" in text
@@ -180,7 +182,59 @@ def test_plan_keeps_the_prefix_inside_the_window_and_says_why_not_elsewhere():
     plan = plan_batches(rows, new, 4)
     assert plan.used == 0 and all(not o for o in plan.over_prefix)
     assert "every prompt runs whole" in prompt_report(plan, [len(r) for r in rows], new, None)[-1][1]
-    assert len(prompt_report(plan, [len(r) for r in rows], new, None, prefix_cache=False)) == 1
+    assert len(prompt_report(plan, [len(r) for r in rows], new, None, prefix_cache=False)) == 2
+
+
+def test_token_budget_batches_fill_to_the_budget_and_cut_at_length_jumps():
+    """Sorted lengths 2..30: with a 64-token budget the short rows share large batches and
+    the long ones small ones, each batch's rows x longest within the budget (a row over it
+    alone); with batch_tokens=0 the batches are batch_size rows, as before."""
+    lengths = [2, 2, 3, 3, 3, 4, 4, 5, 8, 9, 10, 16, 30, 70]
+    assert token_batches(lengths, 4, 0) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13]]
+    got = token_batches(lengths, 100, 64)
+    assert [i for b in got for i in b] == list(range(len(lengths)))
+    assert got == [[0, 1, 2, 3, 4, 5, 6, 7], [8, 9, 10, 11], [12], [13]]
+    for b in got:
+        assert len(b) * max(lengths[i] for i in b) <= 64 or len(b) == 1
+    # the row cap still holds
+    assert max(len(b) for b in token_batches(lengths, 3, 64)) == 3
+    with pytest.raises(ValueError, match="batch_tokens=-1"):
+        token_batches(lengths, 4, -1)
+
+
+def test_plan_counts_real_and_padded_suffix_tokens():
+    """Over the prefix a batch computes its suffixes, padded to its longest; a batch that
+    reaches the window computes whole prompts. The token budget cuts the padding of a
+    spread of suffix lengths that fixed-size batches pad to their longest."""
+    head = list(range(3, 43))
+    suffix = [1, 1, 2, 2, 2, 3, 3, 12, 14, 15]
+    rows = [head + [50 + i] * k for i, k in enumerate(suffix)]
+    new = [2] * len(rows)
+    fixed = plan_batches(rows, new, 5, prefix=40, members=list(range(10)), window=None)
+    assert fixed.batches == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert fixed.tokens == [(8, 10), (47, 75)] and fixed.padding() == (55, 85)
+    budget = plan_batches(rows, new, 10, prefix=40, members=list(range(10)), window=None, batch_tokens=30)
+    assert budget.batches == [[0, 1, 2, 3, 4, 5, 6], [7, 8], [9]]
+    assert budget.padding() == (55, 21 + 28 + 15) and budget.padding(True) == budget.padding()
+    # past the window (40 + 15 + 2 >= 57) the last batch runs whole: 55 tokens, not 15
+    windowed = plan_batches(rows, new, 10, prefix=40, members=list(range(10)), window=57, batch_tokens=30)
+    assert windowed.over_prefix == [True, True, False]
+    assert windowed.tokens[-1] == (55, 55) and windowed.padding(False) == (55, 55)
+    lines = prompt_report(windowed, [len(r) for r in rows], new, None)
+    assert "batches: 3, 95 real of 104 padded tokens computed (91%)" in lines[1][1]
+
+
+def test_fresh_cache_leaves_the_prefix_cache_as_it_was(model):
+    """A batch's copy of the prefix cache is extended by its forward pass; the prefix's own
+    tensors keep their shape and values, so the next batch starts from the prefix again."""
+    rows = _rows(n=3, prefix=20)
+    prefix = PrefixKV(model, rows[0][:20], "cpu")
+    before = [(layer.keys.clone(), layer.values.clone()) for layer in prefix.cache.layers]
+    copy = fresh_cache(prefix.cache, 3)
+    assert all(c.keys.shape[0] == 3 for c in copy.layers)
+    last_logits(model, batch_inputs(rows, prefix, 0, "cpu"))
+    for layer, (k, v) in zip(prefix.cache.layers, before, strict=True):
+        assert layer.keys.shape == k.shape and torch.equal(layer.keys, k) and torch.equal(layer.values, v)
 
 
 def _tiny_gemma_dir(tmp_path):
