@@ -71,12 +71,21 @@ def data_media(
         help="DataConfig overrides (e.g. video_file_column=video) and MediaConfig ones as "
              "media.KEY=VALUE (e.g. media.frames=4 media.image_encoder=DIR).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output dataset directory.")] = Path("runs/data/media"),
-    processes: Annotated[int, typer.Option(help="Worker processes.")] = 1,
+    processes: Annotated[int, typer.Option(help="Worker processes (--engine local).")] = 1,
+    engine: Annotated[str | None, typer.Option(
+        help="local: decode in --processes worker processes here; ray: one Ray Data task "
+             "per clip (1 CPU each) on a Ray cluster. On a cluster the media files and "
+             "--out must be on storage every node mounts at the same path (the workers read "
+             "the media and write frames, audio and clip records into OUT/media) "
+             "[default: local].")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="With --engine ray: the cluster to join (auto, HOST:6379, ray://HOST:10001); "
+             "empty starts a local instance on this machine.")] = None,
 ) -> None:
     """Decode the video / audio / image files a manifest names into a dataset: frames
     (JPEG), 16 kHz audio, eGeMAPS features, acoustic cues, optional frame embeddings.
     Resumable (a rerun skips clips done); failing clips are listed in
-    OUT/media_errors.jsonl."""
+    OUT/media_errors.jsonl. Past one machine: --engine ray."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from workbench.cli.common import data_config, err_console
@@ -88,7 +97,8 @@ def data_media(
     media_ov = [o.removeprefix("media.") for o in overrides if o.startswith("media.")]
     data_ov = [o for o in overrides if not o.startswith("media.")]
     dcfg = data_config(source, data_ov)
-    mdict = apply_overrides({"processes": processes}, media_ov)
+    options = {"processes": processes, "engine": engine, "ray_address": ray_address}
+    mdict = apply_overrides({k: v for k, v in options.items() if v is not None}, media_ov)
     cfg = MediaJobConfig(data=dcfg, media=from_dict(MediaConfig, mdict, prefix="media"),
                          out=str(out))
     with Progress(TextColumn("ingesting"), BarColumn(), MofNCompleteColumn(),

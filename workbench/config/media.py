@@ -39,7 +39,19 @@ class MediaConfig:
     device: str = "cpu"
     """Device of the image encoder (cpu, cuda, cuda:N)."""
     processes: int = 1
-    """Worker processes decoding clips (each runs decode + frames + eGeMAPS)."""
+    """Worker processes decoding clips (each runs decode + frames + eGeMAPS), with
+    ``engine: local``."""
+    engine: Literal["local", "ray"] = "local"
+    """Where clips are decoded: ``local``, in ``processes`` worker processes on this
+    machine; ``ray``, one Ray Data task per clip (1 CPU each) on a Ray cluster
+    (``ray_address``), results streamed back to this process, which writes the dataset as
+    with ``local``. On a cluster every node reads the media files (the manifest's paths,
+    made absolute here) and writes into ``OUT/media``: both must be on storage shared by
+    all nodes. Needs the ``ray`` extra."""
+    ray_address: str = ""
+    """With ``engine: ray``, the cluster to join: empty starts a local instance on this
+    machine (or uses ``RAY_ADDRESS`` when set); ``auto`` joins the cluster this machine
+    belongs to (``ray start``); ``ray://HOST:10001`` a remote one."""
     max_error_rate: float = 0.2
     """Stop (exit 1) once more than this fraction of all clips failed; finished clips stay
     on disk and a rerun skips them."""
@@ -57,6 +69,11 @@ class MediaConfig:
               "use a side of 16..4096 pixels")
         check(1 <= self.jpeg_quality <= 95, "media.jpeg_quality", self.jpeg_quality, "use 1..95")
         check(self.processes >= 1, "media.processes", self.processes, "use 1 or more processes")
+        check(self.engine in ("local", "ray"), "media.engine", self.engine,
+              "use local (worker processes on this machine) or ray")
+        check(not self.ray_address or self.engine == "ray", "media.ray_address",
+              self.ray_address, "set media.engine=ray to use a Ray cluster, or leave the "
+              "address empty")
         check(self.encoder_batch >= 1, "media.encoder_batch", self.encoder_batch, "use 1 or more")
         check(0.0 <= self.max_error_rate <= 1.0, "media.max_error_rate", self.max_error_rate,
               "use a fraction in [0, 1]")

@@ -3,7 +3,9 @@
 ``ingest_media(cfg)`` reads the manifest (``cfg.data``), turns each row into a clip
 (:class:`~workbench.data.media.ClipSpec`: a video with optional ``start`` / ``end``
 seconds, and/or an audio file, and/or frame images) and, over ``media.processes`` worker
-processes, decodes it:
+processes (or as Ray Data tasks with ``media.engine: ray``, :mod:`workbench.data.ray_media`;
+on a cluster the media files and ``OUT`` must be on storage shared by every node),
+decodes it:
 
 - ``media.frames`` frames sampled uniformly inside the segment, resized to
   ``media.max_side`` and written as ``OUT/media/frames/<sha256>.jpg``;
@@ -241,6 +243,16 @@ def _run_clips(specs: list[ClipSpec], mcfg: MediaConfig, media_dir: Path, allowe
         errors += rec["status"] != "ok"
         return errors > allowed
 
+    if mcfg.engine == "ray":
+        from contextlib import closing
+
+        from workbench.data.ray_media import ray_records
+
+        with closing(ray_records(specs, mcfg, media_dir)) as finished:
+            for rec in finished:
+                if take(rec):
+                    return records, True  # closing stops the clips not started
+        return records, False
     if mcfg.processes == 1 or len(specs) <= 1:
         for spec in specs:
             if take(process_clip(spec, mcfg, media_dir)):
@@ -275,6 +287,10 @@ def ingest_media(cfg: MediaJobConfig,
 
     t0 = time.perf_counter()
     mcfg = cfg.media
+    if mcfg.engine == "ray":
+        from workbench.ray_engine import import_ray
+
+        import_ray()  # not installed: one clear error, before any work
     out = Path(cfg.out).resolve()
     media_dir = out / "media"
     (media_dir / "clips").mkdir(parents=True, exist_ok=True)
