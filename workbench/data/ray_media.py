@@ -59,12 +59,15 @@ def ray_records(specs: list[ClipSpec], mcfg: MediaConfig, media_dir: Path) -> It
         return
     from workbench.ray_engine import RayUnavailable, connect
 
-    ray = connect(mcfg.ray_address, verbose=logging.getLogger().isEnabledFor(logging.DEBUG))
+    verbose = logging.getLogger().isEnabledFor(logging.DEBUG)
+    ray = connect(mcfg.ray_address, verbose=verbose)
     try:
         import ray.data
     except ImportError as e:
         raise RayUnavailable(f"--engine ray for media needs Ray Data ({e}); install the "
                              "'ray' extra: pip install 'msa-workbench[ray]'") from None
+    if not verbose:  # Ray Data's own handler prints each execution's start and end
+        logging.getLogger("ray.data").setLevel(logging.ERROR)
     items = [{"spec": json.dumps(asdict(absolute(s)))} for s in specs]
     log.info("Ray engine: %d clips as Ray Data tasks (%d CPU each; %s CPUs in the cluster)",
              len(items), CPUS_PER_CLIP, ray.cluster_resources().get("CPU", 0))
