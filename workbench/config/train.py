@@ -158,9 +158,10 @@ class TrainConfig:
     and cut into batches of as many samples as fit ``batch_tokens`` padded tokens
     (samples x the longest text's tokens; a longer text goes alone), and all batches are
     shuffled: short texts train in large batches, long ones in small. Each batch's loss
-    is the weighted mean over its samples, as with a fixed size. Validation batches use
-    ``eval.batch_size`` x the mean token count as their budget. 0: ``batch_size`` samples
-    per batch."""
+    is the weighted mean over its samples, as with a fixed size (a short-text batch of
+    many samples makes one step, like a long-text batch of few). 0: ``batch_size``
+    samples per batch, the order as before. (Validation is cut by token count whatever
+    this is: ``eval.batch_size`` x the mean count per batch, in one process.)"""
     num_threads: int = 0
     """Torch intra-op CPU threads per process; 0: torch's default (all cores). On a small
     or shared machine 1 is often several times faster than oversubscribed threads."""
