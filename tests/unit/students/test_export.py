@@ -139,7 +139,12 @@ def test_onnx_needs_onnx_installed(monkeypatch):
         require_onnx()
 
 
-def test_onnx_export_matches_the_model(tmp_path):
+@pytest.mark.parametrize("info", [VEC, SEQ], ids=["vector", "sequence"])
+def test_onnx_export_matches_the_model(tmp_path, info):
+    """Utterance-vector features: the text encoder is fused at the kernel level (one
+    Attention per MiniLM layer). Frame sequences: the TorchScript graph holds the fusion
+    attention's shapes fixed, so the dynamo export is served, unfused, and says why. Both
+    give the model's outputs at other batch sizes, text lengths and frame counts."""
     for mod in ("onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(mod, reason=f"{mod} is not installed (the ONNX export is optional; "
                                         "pip install onnx onnxscript onnxruntime to test it)")
@@ -147,16 +152,28 @@ def test_onnx_export_matches_the_model(tmp_path):
 
     from students.export import export_onnx
 
-    model = _student(SEQ)
+    model = _student(info)
     export_model(model, tmp_path / "exp")
     export_onnx(tmp_path / "exp")
     spec = read_export(tmp_path / "exp")
     assert spec["onnx"]["outputs"] == ["pred", "bin_logits"]
+    layers = model.text.model.config.num_hidden_layers
+    fusion = spec["onnx"]["fusion"]
+    ops = _op_types(tmp_path / "exp" / spec["onnx"]["file"])
+    if info is VEC:
+        assert fusion["fused"]["Attention"] == layers, fusion
+        assert fusion["fused"]["SkipLayerNormalization"] == 2 * layers
+        assert fusion["fused"]["BiasGelu"] == layers and fusion["check_max_abs_diff"] <= 1e-5
+        assert ops["Attention"] == layers and ops["EmbedLayerNormalization"] == 1
+        assert spec["onnx"]["exporter"].startswith("torch.onnx TorchScript")
+    else:
+        assert fusion["fused"] == {} and "other batch shapes" in fusion["reason"]
+        assert "Attention" not in ops and spec["onnx"]["exporter"] == "torch.onnx dynamo"
     loaded = load_exported(tmp_path / "exp")
     sess = ort.InferenceSession(str(tmp_path / "exp" / spec["onnx"]["file"]))
     # other batch sizes, text lengths and frame counts than the export's example
     for n in (1, 5):
-        samples = _samples(SEQ, n)
+        samples = _samples(info, n)
         batch = Collator.for_model(loaded)(samples)
         with torch.no_grad():
             ref = loaded(batch)
@@ -164,3 +181,55 @@ def test_onnx_export_matches_the_model(tmp_path):
         np.testing.assert_allclose(pred, ref.pred.numpy(), atol=1e-5, rtol=1e-4)
         np.testing.assert_allclose(bins, ref.bin_logits.numpy(), atol=1e-5, rtol=1e-4)
         assert not math.isnan(float(pred.sum()))
+
+
+def _op_types(path) -> dict[str, int]:
+    import onnx
+
+    from students.export.fuse import op_counts
+
+    return op_counts(onnx.load(str(path)))
+
+
+def test_onnx_fusion_that_changes_outputs_is_not_served(tmp_path, monkeypatch):
+    """A fused graph is served only where it gives the model's outputs: where its check
+    fails the export keeps the unfused graph and says why."""
+    for mod in ("onnx", "onnxruntime"):
+        pytest.importorskip(mod, reason=f"{mod} is not installed (the ONNX export is optional)")
+    from students.export import export_onnx
+    from students.export import onnx as export_onnx_module
+
+    calls = []
+    real = export_onnx_module._max_diff
+
+    def fused_graph_off(*args):  # the traced graph's check passes, the fused one's fails
+        calls.append(args[0])
+        return real(*args) if len(calls) == 1 else 1.0
+
+    monkeypatch.setattr(export_onnx_module, "_max_diff", fused_graph_off)
+    export_model(_student(VEC), tmp_path / "exp")
+    export_onnx(tmp_path / "exp")
+    fusion = read_export(tmp_path / "exp")["onnx"]["fusion"]
+    assert fusion["fused"] == {} and "served unfused" in fusion["reason"]
+    assert fusion["check_max_abs_diff"] == 1.0 and len(calls) == 2
+    ops = _op_types(tmp_path / "exp" / "model.onnx")
+    assert "Attention" not in ops and ops["Softmax"] >= 6
+
+
+def test_fusion_needs_a_bert_style_encoder():
+    """A graph without a BERT-style text encoder is returned unchanged, with the reason."""
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper
+
+    from students.export.fuse import fuse_text_encoder
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="/model/head/Relu")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    model = helper.make_model(graph)
+    onnx.checker.check_model(model)
+    out, record = fuse_text_encoder(model, num_heads=12, hidden_size=384)
+    assert out is model and record["fused"] == {}
+    assert "no BERT-style encoder layer" in record["reason"]
