@@ -142,6 +142,11 @@ def _splice(model: Any, sub: Any, fused_sub: Any, inputs: list[str], boundary: s
     for o in fused_sub.opset_import:
         if o.domain not in domains:
             out.opset_import.append(o)
+            domains.add(o.domain)
+    for domain in sorted({n.domain for n in nodes} - domains - {""}):
+        # the fused ops' domain (com.microsoft), which ONNX's checkers and ONNX Runtime's
+        # quantizer look up
+        out.opset_import.append(onnx.helper.make_opsetid(domain, 1))
     return out
 
 

@@ -12,7 +12,7 @@ import torch
 
 from students.export.common import ONNX_INT8_FILE, ExportError, read_export, write_export_spec
 from students.export.files import export_model, load_exported
-from students.export.int8 import quantize_int8, quantize_onnx_int8
+from students.export.int8 import NOT_MEASURED, cpu_features, quantize_int8, quantize_onnx_int8
 from students.export.onnx import export_onnx, require_onnx
 
 
@@ -50,10 +50,13 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = Fal
 
 
 def mark_int8(export_dir: str | Path, accuracy: dict[str, Any] | None = None,
-              onnx_accuracy: dict[str, Any] | None = None) -> dict[str, Any]:
+              onnx_accuracy: dict[str, Any] | None = None, speed: dict[str, Any] | None = None,
+              onnx_speed: dict[str, Any] | None = None) -> dict[str, Any]:
     """Record int8 serving in ``export.json`` (:func:`load_exported` then quantizes; with an
     ONNX model, :func:`quantize_onnx_int8` writes ``model.int8.onnx``), with the measured
-    accuracy changes when given; returns the ``int8`` section."""
+    accuracy changes and speed (:func:`~students.export.int8.time_int8`) when given and the
+    CPU's features (:func:`~students.export.int8.cpu_features`); a speed not given is
+    recorded as not measured (``speedup`` None); returns the ``int8`` section."""
     p = Path(export_dir)
     spec = read_export(p)
     layers = quantize_int8(load_exported(p, int8=False))
@@ -66,7 +69,9 @@ def mark_int8(export_dir: str | Path, accuracy: dict[str, Any] | None = None,
                "accuracy": accuracy, "onnx_file": onnx_file,
                "onnx_method": ("onnxruntime.quantization.quantize_dynamic (per-channel QInt8, "
                                "MatMul/Gemm)") if onnx_file else None,
-               "onnx_accuracy": onnx_accuracy}
+               "onnx_accuracy": onnx_accuracy, "cpu": cpu_features(),
+               "speed": speed or dict(NOT_MEASURED),
+               "onnx_speed": (onnx_speed or dict(NOT_MEASURED)) if onnx_file else None}
     spec["int8"] = section
     write_export_spec(p, spec)
     return section

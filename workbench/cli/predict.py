@@ -80,8 +80,10 @@ def export_cmd(
     onnx: Annotated[bool, typer.Option(
         "--onnx", help="Also write model.onnx (needs the onnx and onnxscript packages).")] = False,
     int8: Annotated[bool, typer.Option(
-        "--int8", help="Serve with dynamic int8 linear layers (CPU); the accuracy change on "
-                       "the validation split is measured and written into export.json.")] = False,
+        "--int8", help="Serve with dynamic int8 linear layers (CPU); the accuracy change and "
+                       "the speed against float32 on the validation split are measured and "
+                       "written into export.json with the CPU's features (AVX2 / AVX-512 / "
+                       "VNNI / AMX).")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
     device: Annotated[str, typer.Option(
         help="Where to load the checkpoint (a bitsandbytes base may need cuda).")] = "cpu",
@@ -102,15 +104,18 @@ def export_cmd(
     written = export_checkpoint(path, out, onnx=onnx, overwrite=force, device=device, int8=int8)
     if int8:
         from eval.export_check import measure_int8
+        from students.export.int8 import speed_text
 
         section = measure_int8(path, written)
-        for where, acc in (("PyTorch", section["accuracy"]),
-                           ("ONNX Runtime", section["onnx_accuracy"])):
+        for where, acc, speed in (("PyTorch", section["accuracy"], section["speed"]),
+                                  ("ONNX Runtime", section["onnx_accuracy"],
+                                   section["onnx_speed"])):
             if acc:
                 shown = [k for k in ("acc2_non0", "acc2", "acc", "mae") if k in acc["delta"]]
                 console.print(f"int8 in {where} on {acc['split']} ({acc['samples']} samples): "
                               + ", ".join(f"{k} {acc['float32'][k]:.4f} -> "
                                           f"{acc['int8'][k]:.4f}" for k in shown[:2]))
+                console.print(speed_text(speed, section["cpu"], where), highlight=False)
     spec = read_export(written)
     how = spec["text_encoder"]
     what = {"merged_lora": "LoRA adapter merged into the text encoder",

@@ -233,3 +233,60 @@ def test_fusion_needs_a_bert_style_encoder():
     out, record = fuse_text_encoder(model, num_heads=12, hidden_size=384)
     assert out is model and record["fused"] == {}
     assert "no BERT-style encoder layer" in record["reason"]
+
+
+AVX2_ONLY = """processor\t: 0
+model name\t: Intel(R) Xeon(R) CPU E5-2680 v4
+flags\t\t: fpu sse2 avx fma avx2 bmi2
+"""
+VNNI = """model name\t: Intel(R) Xeon(R) Platinum 8480+
+flags\t\t: avx avx2 avx512f avx512bw avx512_vnni avx_vnni amx_tile amx_int8
+"""
+
+
+def test_cpu_features_name_what_int8_speed_depends_on():
+    from students.export.int8 import cpu_features
+
+    old = cpu_features(AVX2_ONLY)
+    assert old["avx2"] is True and old["avx512"] == [] and old["vnni"] == [] and old["amx"] == []
+    assert old["summary"] == ("Intel(R) Xeon(R) CPU E5-2680 v4: AVX2, no AVX-512, no VNNI, "
+                              "no AMX")
+    new = cpu_features(VNNI)
+    assert new["avx512"] == ["avx512_vnni", "avx512bw", "avx512f"]
+    assert new["vnni"] == ["avx512_vnni", "avx_vnni"] and new["amx"] == ["amx_int8", "amx_tile"]
+    assert "AVX-512, avx512_vnni+avx_vnni, AMX" in new["summary"]
+    unknown = cpu_features("model name\t: some cpu\n")
+    assert unknown["avx2"] is None and unknown["source"] is None
+    assert "unknown" in unknown["summary"]
+    here = cpu_features()  # this machine's /proc/cpuinfo (or lscpu)
+    assert here["source"] in ("/proc/cpuinfo", "lscpu", None)
+
+
+def test_int8_speed_is_only_claimed_where_measured(tmp_path):
+    """mark_int8 records the CPU's features always and a speed-up only when timed: without
+    a timing the ratio is None and the text says "not measured"."""
+    from students.export import mark_int8
+    from students.export.int8 import cpu_features, speed_text, time_int8
+
+    model = _student(VEC)
+    export_model(model, tmp_path / "exp")
+    section = mark_int8(tmp_path / "exp")
+    assert section["speed"] == {"measured": False, "speedup": None, "note": "not measured"}
+    assert section["onnx_speed"] is None  # no ONNX model, no ONNX speed field
+    assert section["cpu"] == cpu_features()
+    assert read_export(tmp_path / "exp")["int8"]["speed"]["speedup"] is None
+    text = speed_text(section["speed"], section["cpu"], "PyTorch")
+    assert "not measured" in text and " x fp32" not in text
+
+    fp32, int8 = load_exported(tmp_path / "exp", int8=False), load_exported(tmp_path / "exp")
+    batches = [Collator.for_model(fp32)(_samples(VEC, 3)) for _ in range(2)]
+    speed = time_int8(fp32, int8, batches, rounds=1)
+    assert speed["measured"] and speed["samples"] == 6 and speed["threads"] >= 1
+    assert speed["speedup"] == pytest.approx(
+        speed["int8_samples_per_s"] / speed["fp32_samples_per_s"])
+    section = mark_int8(tmp_path / "exp", speed=speed)
+    assert read_export(tmp_path / "exp")["int8"]["speed"] == speed
+    text = speed_text(section["speed"], section["cpu"], "PyTorch")
+    assert f"{speed['speedup']:.2f} x fp32" in text and section["cpu"]["summary"] in text
+    with pytest.raises(ValueError, match="at least one batch"):
+        time_int8(fp32, int8, [])
