@@ -101,7 +101,7 @@ def test_the_error_rate_stop_stops_ray_early(tmp_path, ray_local):  # noqa: F811
                          out=str(out))
     with pytest.raises(MediaJobFailed, match="clips failed") as e:
         ingest_media(cfg)
-    assert "missing_0" in str(e.value) and (out / ERRORS_FILE).is_file()
+    assert "missing_" in str(e.value) and (out / ERRORS_FILE).is_file()
     done = len(list((out / "media" / "clips").glob("*.json")))
     assert done < good // 2, f"{done} of {good} good clips decoded after the stop"
     # what was done stays; the rest is decoded on a rerun that allows the errors
