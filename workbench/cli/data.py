@@ -73,7 +73,7 @@ def data_media(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output dataset directory.")] = Path("runs/data/media"),
     processes: Annotated[int, typer.Option(help="Worker processes (--engine local).")] = 1,
     engine: Annotated[str | None, typer.Option(
-        help="local: decode in --processes worker processes here; ray: one Ray Data task "
+        help="local: decode in --processes worker processes here; ray: one Ray task "
              "per clip (1 CPU each) on a Ray cluster. On a cluster the media files and "
              "--out must be on storage every node mounts at the same path (the workers read "
              "the media and write frames, audio and clip records into OUT/media) "

@@ -43,7 +43,7 @@ class MediaConfig:
     ``engine: local``."""
     engine: Literal["local", "ray"] = "local"
     """Where clips are decoded: ``local``, in ``processes`` worker processes on this
-    machine; ``ray``, one Ray Data task per clip (1 CPU each) on a Ray cluster
+    machine; ``ray``, one Ray task per clip (1 CPU each) on a Ray cluster
     (``ray_address``), results streamed back to this process, which writes the dataset as
     with ``local``. On a cluster every node reads the media files (the manifest's paths,
     made absolute here) and writes into ``OUT/media``: both must be on storage shared by

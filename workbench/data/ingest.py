@@ -3,7 +3,7 @@
 ``ingest_media(cfg)`` reads the manifest (``cfg.data``), turns each row into a clip
 (:class:`~workbench.data.media.ClipSpec`: a video with optional ``start`` / ``end``
 seconds, and/or an audio file, and/or frame images) and, over ``media.processes`` worker
-processes (or as Ray Data tasks with ``media.engine: ray``, :mod:`workbench.data.ray_media`;
+processes (or as Ray tasks with ``media.engine: ray``, :mod:`workbench.data.ray_media`;
 on a cluster the media files and ``OUT`` must be on storage shared by every node),
 decodes it:
 
