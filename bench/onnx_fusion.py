@@ -7,6 +7,8 @@ Runtime's transformer optimizer, :mod:`students.export.fuse`) and once more with
 the models alternating batch by batch (bench/student_speed.py's ``time_models``):
 
 * ``ort-fused`` / ``ort-unfused``: the whole student through :class:`OrtStudent`;
+* ``*-tok``: the same models on the same clips cut as ``predict()`` cuts them (sorted by
+  token count; batch throughput only, ratio to ``ort-unfused-tok``);
 * ``bare-ort``: MiniLM alone (dynamo export, as bench/student_speed.py writes it);
   ``bare-ort-fused``: MiniLM alone, TorchScript + eager attention + the same optimizer.
 
@@ -25,6 +27,7 @@ import collections
 import shutil
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +52,8 @@ def export_bare_fused(encoder: torch.nn.Module, keys: list[str], batch: dict[str
 
     encoder.set_attn_implementation("eager")
     raw = path.with_suffix(".raw.onnx")
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TracerWarnings of transformers' mask code
         torch.onnx.export(BareEncoder(encoder, keys).eval(), tuple(batch[k] for k in keys),
                           str(raw), input_names=keys, output_names=["last_hidden_state"],
                           dynamic_axes={k: {0: "batch", 1: "tokens"} for k in keys},
@@ -69,7 +73,7 @@ def measure(checkpoint: Path, *, n: int, runs: int, threads: int, batch_size: in
     from students.collate import Collator
     from students.export import export_checkpoint, export_onnx, load_exported, read_export
     from students.export.fuse import op_counts
-    from students.inference import predict
+    from students.inference import predict, predict_batches
     from students.serving import OrtStudent
 
     torch.set_num_threads(threads)
@@ -103,13 +107,20 @@ def measure(checkpoint: Path, *, n: int, runs: int, threads: int, batch_size: in
 
     models = {"ort-fused": fused.predict_batch, "ort-unfused": plain.predict_batch,
               "bare-ort": bare("bare-ort"), "bare-ort-fused": bare("bare-ort-fused")}
-    results = time_models(models, batches, singles, runs)
+    # the same clips cut as predict() cuts them (students.inference.predict_batches:
+    # sorted by token count, by token budget), batch throughput only
+    tok_batches = [collate([samples[i] for i in idx])
+                   for idx in predict_batches(fused, samples, batch_size)]
+    tok_models = {f"{n}-tok": models[n] for n in ("ort-fused", "ort-unfused", "bare-ort-fused")}
+    results = time_models(models, batches, singles, runs, tok_models, tok_batches)
     mask = [b["attention_mask"] for b in batches]
+    tok_mask = [b["attention_mask"] for b in tok_batches]
     return {"results": results, "fusion": fusion, "bare_fused_ops": bare_ops,
             "max_abs_diff": max_diff, "clips": len(samples), "threads": threads,
             "batch_size": batch_size,
             "real_tokens": float(sum(m.sum() for m in mask)) / len(samples),
             "padded_tokens": float(sum(m.numel() for m in mask)) / len(samples),
+            "tok_padded_tokens": float(sum(m.numel() for m in tok_mask)) / len(samples),
             "unfused_ops": dict(collections.Counter(
                 n.op_type for n in onnx.load(str(plain_dir / "model.onnx")).graph.node)),
             "fused_ops": op_counts(onnx.load(str(fused_dir / "model.onnx")))}
@@ -120,7 +131,8 @@ def report(res: dict[str, Any]) -> str:
     fused = res["fusion"]["fused"]
     lines = [f"clips {res['clips']}, threads {res['threads']}, batch {res['batch_size']}: "
              f"{res['real_tokens']:.1f} real / {res['padded_tokens']:.1f} padded tokens per "
-             f"clip; {loadavg()}",
+             f"clip in split order, {res['tok_padded_tokens']:.1f} padded as predict() cuts "
+             f"them (*-tok rows); {loadavg()}",
              "model.onnx fused: " + (", ".join(f"{v} {k}" for k, v in fused.items())
                                     or f"nothing ({res['fusion'].get('reason')})"),
              "bare MiniLM fused: " + ", ".join(f"{v} {k}" for k, v in res["bare_fused_ops"].items()),
@@ -129,6 +141,10 @@ def report(res: dict[str, Any]) -> str:
              f"{'':16}{'clips/s':>10}{'p50 ms':>9}{'p95 ms':>9}{'x unfused':>11}"
              f"{'p50 x bare-ort':>16}"]
     for name, m in r.items():
+        if name.endswith("-tok"):
+            lines.append(f"{name:16}{m['samples_per_s']:10.1f}{'':18}"
+                         f"{m['samples_per_s'] / r['ort-unfused-tok']['samples_per_s']:11.2f}")
+            continue
         lines.append(f"{name:16}{m['samples_per_s']:10.1f}{m['p50_ms']:9.2f}{m['p95_ms']:9.2f}"
                      f"{m['samples_per_s'] / r['ort-unfused']['samples_per_s']:11.2f}"
                      f"{m['p50_ms'] / r['bare-ort']['p50_ms']:16.2f}")

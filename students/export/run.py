@@ -18,9 +18,10 @@ from students.export.onnx import export_onnx, require_onnx
 
 def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = False,
                       overwrite: bool = False, device: str | torch.device = "cpu",
-                      int8: bool = False) -> Path:
+                      int8: bool = False, fuse: bool = True) -> Path:
     """Load a checkpoint and export it (:func:`export_model`; with ``onnx``, also
-    :func:`export_onnx`; with ``int8``, :func:`mark_int8`). A quantized base is loaded on
+    :func:`export_onnx`, its text encoder fused unless ``fuse`` is False; with ``int8``,
+    :func:`mark_int8`). A quantized base is loaded on
     ``device`` (bitsandbytes places weights at load time); the exported weights are
     written from the CPU."""
     from students.checkpoint import load_checkpoint
@@ -43,7 +44,7 @@ def export_checkpoint(path: str | Path, out_dir: str | Path, *, onnx: bool = Fal
                          f"The export in {out} is complete without it: free space on that "
                          "disk and export again with --force"):
         if onnx:
-            export_onnx(out)
+            export_onnx(out, fuse=fuse)
         if int8:
             mark_int8(out)
     return out

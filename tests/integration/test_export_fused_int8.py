@@ -60,6 +60,13 @@ def test_fused_onnx_export_is_what_predict_serves(ck, tmp_path):
     assert [row["id"] for row in rows] == [s.id for s in test]
     want = predict(model, test, 64)
     np.testing.assert_allclose([float(row["score"]) for row in rows], want, atol=1e-4, rtol=0)
+    # --no-fuse: the same TorchScript graph, unfused, says so
+    plain = tmp_path / "plain"
+    r = runner.invoke(app, ["export", str(ck["a"]), "--out", str(plain), "--onnx", "--no-fuse"])
+    assert r.exit_code == 0, r.output
+    spec = json.loads((plain / "export.json").read_text())
+    assert spec["onnx"]["fusion"] == {"fused": {}, "reason": "not asked (fuse=False)"}
+    assert "Attention" not in _ops(plain / "model.onnx")
 
 
 def test_int8_export_records_measured_speed_and_cpu(ck, tmp_path):

@@ -84,6 +84,11 @@ def export_cmd(
                        "the speed against float32 on the validation split are measured and "
                        "written into export.json with the CPU's features (AVX2 / AVX-512 / "
                        "VNNI / AMX).")] = False,
+    fuse: Annotated[bool, typer.Option(
+        "--fuse/--no-fuse", help="With --onnx: fuse the text encoder at the kernel level "
+                                 "(ONNX Runtime's Attention, SkipLayerNormalization, "
+                                 "BiasGelu); whether that is faster depends on the CPU: "
+                                 "time both with bench/onnx_fusion.py.")] = True,
     force: Annotated[bool, typer.Option("--force", help="Replace a non-empty --out.")] = False,
     device: Annotated[str, typer.Option(
         help="Where to load the checkpoint (a bitsandbytes base may need cuda).")] = "cpu",
@@ -101,7 +106,8 @@ def export_cmd(
 
     path = one_checkpoint(checkpoint)
     found = find_eval(path, eval_dir)  # a wrong --eval is refused before anything is written
-    written = export_checkpoint(path, out, onnx=onnx, overwrite=force, device=device, int8=int8)
+    written = export_checkpoint(path, out, onnx=onnx, overwrite=force, device=device, int8=int8,
+                                fuse=fuse)
     if int8:
         from eval.export_check import measure_int8
         from students.export.int8 import speed_text
