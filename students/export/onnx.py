@@ -112,6 +112,13 @@ def export_onnx(export_dir: str | Path, opset: int = 17, fuse: bool = True) -> P
         wants = [[t.numpy() for t in wrapper(*(b[k] for k in wrapper.keys))] for b in checks]
     target = p / ONNX_FILE
     exporter = "torch.onnx TorchScript (dynamo=False), eager attention"
+    if importlib.util.find_spec("onnxruntime") is None:
+        # the TorchScript graph is only served once checked in ONNX Runtime
+        fusion = {"fused": {}, "reason": "onnxruntime is not installed (it checks and fuses "
+                                         "the graph): served the dynamo export, unfused; pip "
+                                         "install onnxruntime and export again to fuse"}
+        _export_dynamo(wrapper, model, batch, target, opset)
+        return _record(p, spec, wrapper, batch, opset, "torch.onnx dynamo", fusion)
     with tempfile.TemporaryDirectory() as tmp:
         plain = Path(tmp) / "unfused.onnx"
         _export_torchscript(wrapper, model, batch, plain, opset)
@@ -127,6 +134,15 @@ def export_onnx(export_dir: str | Path, opset: int = 17, fuse: bool = True) -> P
             fusion = _fuse(graph, encoder, checks, wants, wrapper.keys) if fuse else \
                 {"fused": {}, "reason": "not asked (fuse=False)"}
             onnx.save(fusion.pop("model", graph), str(target))
+    return _record(p, spec, wrapper, batch, opset, exporter, fusion)
+
+
+def _record(p: Path, spec: dict[str, Any], wrapper: OnnxStudent, batch: dict[str, Any],
+            opset: int, exporter: str, fusion: dict[str, Any]) -> Path:
+    """``export.json``'s ``onnx`` section for the ``model.onnx`` just written."""
+    target = p / ONNX_FILE
+    if exporter == "torch.onnx dynamo":
+        opset = max(opset, 18)  # what _export_dynamo wrote
     spec["onnx"] = {"file": ONNX_FILE, "inputs": wrapper.keys,
                     "outputs": wrapper.output_names(), "opset": opset, "exporter": exporter,
                     "dtypes": {k: str(batch[k].dtype).removeprefix("torch.")
@@ -184,9 +200,6 @@ def _fuse(graph: Any, encoder: nn.Module, checks: list[dict[str, Any]], wants: l
     if kind not in BERT_LIKE:
         return {"fused": {}, "reason": f"text encoder type {kind!r} is not BERT-like "
                                        f"({', '.join(BERT_LIKE)}); served unfused"}
-    if importlib.util.find_spec("onnxruntime") is None:
-        return {"fused": {}, "reason": "onnxruntime is not installed (its optimizer fuses); "
-                                       "pip install onnxruntime and export again"}
     fused, record = fuse_text_encoder(graph, cfg.num_attention_heads, cfg.hidden_size)
     record["tool"] = "onnxruntime.transformers.optimizer.optimize_model (model_type=bert)"
     if fused is graph:

@@ -216,6 +216,25 @@ def test_onnx_fusion_that_changes_outputs_is_not_served(tmp_path, monkeypatch):
     assert "Attention" not in ops and ops["Softmax"] >= 6
 
 
+def test_onnx_export_without_onnxruntime_serves_the_dynamo_graph(tmp_path, monkeypatch):
+    """Without ONNX Runtime nothing can check or fuse the TorchScript graph: the dynamo
+    export is written, unfused, and export.json says why."""
+    for mod in ("onnx", "onnxscript"):
+        pytest.importorskip(mod, reason=f"{mod} is not installed (the ONNX export is optional)")
+    from students.export import export_onnx
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "onnxruntime" else real(name, *a))
+    export_model(_student(VEC), tmp_path / "exp")
+    export_onnx(tmp_path / "exp")
+    spec = read_export(tmp_path / "exp")["onnx"]
+    assert spec["exporter"] == "torch.onnx dynamo" and spec["opset"] == 18
+    assert spec["fusion"]["fused"] == {} and "onnxruntime is not installed" in \
+        spec["fusion"]["reason"]
+    assert "Attention" not in _op_types(tmp_path / "exp" / "model.onnx")
+
+
 def test_fusion_needs_a_bert_style_encoder():
     """A graph without a BERT-style text encoder is returned unchanged, with the reason."""
     onnx = pytest.importorskip("onnx")
