@@ -206,6 +206,9 @@ def _summary(meta: CheckpointMeta, spec: dict[str, Any], cfg: dict[str, Any]) ->
                              f"{format_cell(k, acc['int8'][k])}" for k in shown) + ".")
         else:
             lines.append("int8 serving is on; its accuracy change was not measured.")
+        from students.export.int8 import speed_text
+
+        lines.append(speed_text(int8.get("speed"), int8.get("cpu"), "PyTorch") + ".")
     return lines + [""]
 
 

@@ -85,6 +85,9 @@ def test_int8_export_records_measured_speed_and_cpu(ck, tmp_path):
             speed["int8_samples_per_s"] / speed["fp32_samples_per_s"])
         assert f"int8 speed in {where}: {speed['speedup']:.2f} x fp32" in " ".join(
             r.output.split())
+    card = " ".join((out / "README.md").read_text().split())  # the model card says it too
+    assert f"int8 speed in PyTorch: {section['speed']['speedup']:.2f} x fp32" in card
+    assert section["cpu"]["summary"] in card
     # the int8 ONNX model is quantized from the fused graph
     ops = _ops(out / section["onnx_file"])
     assert ops["Attention"] >= 1 and ops.get("DynamicQuantizeMatMul", 0) + ops.get(
