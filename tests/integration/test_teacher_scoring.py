@@ -101,6 +101,7 @@ def test_token_budget_batches_give_the_one_at_a_time_soft_labels(gemma, tmp_path
 
     data = tiny_data(tmp_path, n=40)
     _, alone = _soft_labels(_teacher(batch_size=1, prefix_cache=False), data, tmp_path / "alone", 16, ["train"])
+    caplog.clear()  # the one-at-a-time run logs its batches too where INFO is already on
     with caplog.at_level("INFO", logger="teachers.hf_local"):
         _, batched = _soft_labels(_teacher(batch_size=16, batch_tokens=48), data, tmp_path / "budget",
                                   16, ["train"])
