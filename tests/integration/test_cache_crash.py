@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from tests.support.fake_openai import FakeOpenAI
+from tests.support.teacher_env import count_ok
 from workbench.cache.store import CacheStore
 from workbench.data.synth import SynthSpec, write
 
@@ -37,18 +38,6 @@ def all_keys(cache: Path) -> set[str]:
     """Distinct keys the job asked for (identical transcripts share one key)."""
     with CacheStore(cache) as store:
         return {k for job in store.jobs() for _, k in store.sample_keys(job["job"]).values()}
-
-
-def count_ok(cache: Path) -> int:
-    """Ok rows committed so far (0 before the job has created the database)."""
-    db = cache / "cache.sqlite"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
-            return c.execute("SELECT COUNT(*) FROM outputs WHERE status='ok'").fetchone()[0]
-    except sqlite3.OperationalError:  # schema not created yet
-        return 0
 
 
 def ok_rows(cache: Path) -> tuple[set[str], int, int]:

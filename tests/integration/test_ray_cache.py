@@ -19,7 +19,7 @@ import yaml
 from teachers.run import run_cache_job
 from teachers.sending import worst_price
 from tests.support.fake_openai import FakeOpenAI
-from tests.support.teacher_env import api_teacher, tiny_data
+from tests.support.teacher_env import api_teacher, count_ok, tiny_data
 from workbench.cache.store import CacheStore
 from workbench.config import CacheConfig, CacheJobConfig, RayConfig, TeacherConfig
 
@@ -63,6 +63,16 @@ def assert_same_cache(a: dict, b: dict) -> None:
         assert ca == pytest.approx(cb, rel=1e-9, abs=1e-12), k
 
 
+def assert_engines_agree(tcfg: TeacherConfig, data, tmp: Path, **ray) -> None:
+    """The job through both engines: every answer ok, and the same cache."""
+    out = {}
+    for engine in ("local", "ray"):
+        run_cache_job(job(tcfg, data, tmp / engine, engine, **ray))
+        out[engine] = rows(tmp / engine)
+    assert all(s == "ok" for s, _, _ in out["local"].values())
+    assert_same_cache(out["local"], out["ray"])
+
+
 def test_both_engines_fill_the_same_cache_against_the_fault_server(tmp_path, ray_local):
     data = tiny_data(tmp_path, n=60)
     summaries, caches = {}, {}
@@ -91,12 +101,7 @@ def test_both_engines_agree_on_gemma_hf_local(tmp_path, ray_local):
     data = tiny_data(tmp_path, n=8)
     tcfg = TeacherConfig(backend="hf_local", model="gemma3-270m", api="completions",
                          device="cpu", batch_size=4, num_threads=1)
-    out = {}
-    for engine in ("local", "ray"):
-        run_cache_job(job(tcfg, data, tmp_path / engine, engine, num_cpus=1))
-        out[engine] = rows(tmp_path / engine)
-    assert all(s == "ok" for s, _, _ in out["local"].values())
-    assert_same_cache(out["local"], out["ray"])
+    assert_engines_agree(tcfg, data, tmp_path, num_cpus=1)
 
 
 def test_an_actor_killed_mid_job_is_restarted_and_its_batch_sent_again(tmp_path, ray_local):
@@ -162,17 +167,6 @@ def _planned(store, keys):
     return stored_requests(store, job_id, list(dict.fromkeys(keys)))
 
 
-def _count_ok(cache: Path) -> int:
-    db = cache / "cache.sqlite"
-    if not db.exists():
-        return 0
-    try:
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
-            return c.execute("SELECT COUNT(*) FROM outputs WHERE status='ok'").fetchone()[0]
-    except sqlite3.OperationalError:
-        return 0
-
-
 def test_a_driver_killed_mid_job_resends_only_what_was_in_flight(tmp_path, ray_local):
     manifest_data = tiny_data(tmp_path, n=80)
     data = tmp_path / "data.yaml"
@@ -189,7 +183,7 @@ def test_a_driver_killed_mid_job_resends_only_what_was_in_flight(tmp_path, ray_l
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
-        while _count_ok(tmp_path / "c") < 20 and proc.poll() is None and time.monotonic() < deadline:
+        while count_ok(tmp_path / "c") < 20 and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         proc.send_signal(signal.SIGKILL)
@@ -320,9 +314,4 @@ def test_vllm_engine_actors_where_vllm_and_a_gpu_are_present(tmp_path, ray_local
     data = tiny_data(tmp_path, n=8)
     tcfg = TeacherConfig(backend="vllm_engine", model=str(gemma_hf_dir()), api="completions",
                          gpu_memory_utilization=0.3, max_model_len=1024)
-    out = {}
-    for engine in ("local", "ray"):
-        run_cache_job(job(tcfg, data, tmp_path / engine, engine, actors=1))
-        out[engine] = rows(tmp_path / engine)
-    assert all(s == "ok" for s, _, _ in out["local"].values())
-    assert_same_cache(out["local"], out["ray"])
+    assert_engines_agree(tcfg, data, tmp_path, actors=1)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from teachers.run import JobSummary, run_cache_job
@@ -31,3 +32,15 @@ def run_job(tcfg: TeacherConfig, data: DataConfig, cache_dir: Path,
     cfg = CacheJobConfig(data=data, teacher=tcfg, cache=ccfg, splits=list(splits or []),
                          shard=shard)
     return run_cache_job(cfg)
+
+
+def count_ok(cache: Path) -> int:
+    """Ok rows committed so far (0 before the job has created the database)."""
+    db = cache / "cache.sqlite"
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as c:
+            return c.execute("SELECT COUNT(*) FROM outputs WHERE status='ok'").fetchone()[0]
+    except sqlite3.OperationalError:  # schema not created yet
+        return 0
