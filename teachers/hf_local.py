@@ -15,27 +15,42 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import NamedTuple
 
 from teachers.base import OnResult, RawOutput, TeacherRequest
 from teachers.scoring import (
+    MIN_PROJECTION_ROWS,
     PrefixKV,
+    SplitHead,
     batch_inputs,
     cache_kwarg,
     chosen_tokens,
     full_ids,
     last_logits,
+    merge_caches,
     needs_full_decode,
+    pad_at,
     plan_batches,
     position_entry,
     prompt_report,
     score_only,
     shared_prefix,
     sliding_window,
+    split_head,
 )
 from workbench.config import ConfigError, TeacherConfig
 from workbench.models import ModelNotFound, resolve_teacher_model
 
 log = logging.getLogger(__name__)
+
+
+class Pass(NamedTuple):
+    """One forward pass of a group: its token rows, their requests, the shared prefix it runs
+    over (``None``: its prompts run whole)."""
+
+    rows: list[list[int]]
+    batch: list[TeacherRequest]
+    prefix: PrefixKV | None
 
 
 def local_model_id(cfg: TeacherConfig) -> str:
@@ -196,75 +211,157 @@ class HFLocalTeacher(LocalTransformersTeacher):
                                         getattr(self.model.config, "max_position_embeddings", None),
                                         prefix_cache=self.cfg.prefix_cache):
             log.log(level, "%s", msg)
-        prefix = PrefixKV(self.model, rows[members[0]][:n], self.device) if plan.used else None
-        batches = [[reqs[i] for i in b] for b in plan.batches]
-        planned = {id(batch): ([rows[i] for i in b], over)
-                   for batch, b, over in zip(batches, plan.batches, plan.over_prefix, strict=True)}
+        head = self._split_head(rows[0]) if any(score_only(r, self.cfg) for r in reqs) else None
+        prefix = PrefixKV(self.model, rows[members[0]][:n], self.device, head) if plan.used else None
+        # Consecutive batches that run alike go out together: one vocabulary projection and
+        # one decoding step for their score-only rows (teachers.scoring.HEAD_ROWS).
+        units: list[list[TeacherRequest]] = []
+        passes: dict[int, list[Pass]] = {}
+        for group in plan.groups():
+            unit = [reqs[i] for g in group for i in plan.batches[g]]
+            units.append(unit)
+            passes[id(unit)] = [Pass([rows[i] for i in plan.batches[g]], [reqs[i] for i in plan.batches[g]],
+                                     prefix if plan.over_prefix[g] else None) for g in group]
 
-        def answer(batch: list[TeacherRequest]) -> list[RawOutput]:
-            batch_rows, over = planned[id(batch)]
-            return self._answer_batch(batch, batch_rows, prefix if over else None)
+        def answer(unit: list[TeacherRequest]) -> list[RawOutput]:
+            return self._answer_group(passes[id(unit)], head)
 
-        self._send_batches(batches, answer, on_result)
+        self._send_batches(units, answer, on_result)
 
-    def _answer_batch(self, batch: list[TeacherRequest], rows: list[list[int]],
-                      prefix: PrefixKV | None) -> list[RawOutput]:
-        """Score-only rows by one forward pass (decoding on from its cache only for rows whose
-        first token is not a label), the rest through ``generate``; both over the shared
-        ``prefix`` when the job's plan gives the batch one (``teachers.scoring.plan_batches``)."""
-        outs: list[RawOutput | None] = [None] * len(batch)
-        scored = [i for i, r in enumerate(batch) if score_only(r, self.cfg)]
-        if scored:
-            got = self._score_batch([rows[i] for i in scored], [batch[i] for i in scored], prefix)
-            for i, o in zip(scored, got, strict=True):
-                outs[i] = o
-        full = [i for i, o in enumerate(outs) if o is None]
-        if full:
-            gen = self._generate_batch([rows[i] for i in full], [batch[i] for i in full], prefix)
-            for i, o in zip(full, gen, strict=True):
-                outs[i] = o
-        return outs
+    def _split_head(self, probe: list[int]) -> SplitHead | None:
+        """The model as decoder + vocabulary projection (checked once on ``probe``'s first
+        tokens against its own logits); ``None`` where the two differ (each forward pass then
+        projects its own answer positions)."""
+        if not hasattr(self, "_head"):
+            self._head = split_head(self.model, probe[:16], self.device)
+            if self._head is None:
+                log.info("%s: its decoder and vocabulary projection do not give its own logits "
+                         "apart; each batch projects its own answer positions", self.cfg.model)
+        return self._head
 
-    def _score_batch(self, rows: list[list[int]], batch: list[TeacherRequest],
-                     prefix: PrefixKV | None) -> list[RawOutput]:
-        """The answer position's log-probabilities from one forward pass; the chosen token is
-        the one greedy ``generate`` would pick (repetition penalty included). A row whose
-        chosen token is not a label is decoded on from the pass's cache, as ``generate``
-        would have gone on (its later positions may hold the label)."""
+    def _answer_group(self, passes: list[Pass], head: SplitHead | None) -> list[RawOutput]:
+        """A group of forward passes (batches of the plan): score-only rows by one forward pass
+        each (their answer positions projected together, decoding on only for rows whose first
+        token is not a label), the rest through ``generate`` pass by pass; both over the shared
+        prefix where the plan gives the pass one (``teachers.scoring.plan_batches``)."""
+        outs: list[list[RawOutput | None]] = [[None] * len(p.batch) for p in passes]
+        picked = [[i for i, r in enumerate(p.batch) if score_only(r, self.cfg)] for p in passes]
+        scoring = [(j, Pass([p.rows[i] for i in idx], [p.batch[i] for i in idx], p.prefix))
+                   for j, (p, idx) in enumerate(zip(passes, picked, strict=True)) if idx]
+        if scoring:
+            got = self._score_passes([sp for _, sp in scoring], head)
+            for (j, _), answers in zip(scoring, got, strict=True):
+                for i, o in zip(picked[j], answers, strict=True):
+                    outs[j][i] = o
+        for j, p in enumerate(passes):
+            full = [i for i, o in enumerate(outs[j]) if o is None]
+            if full:
+                gen = self._generate_batch([p.rows[i] for i in full], [p.batch[i] for i in full], p.prefix)
+                for i, o in zip(full, gen, strict=True):
+                    outs[j][i] = o
+        return [o for row in outs for o in row]
+
+    def _score_passes(self, passes: list[Pass], head: SplitHead | None) -> list[list[RawOutput]]:
+        """The answer position's log-probabilities of every row, one forward pass per batch
+        and (with ``head``) one vocabulary projection for all; the chosen token is the one
+        greedy ``generate`` would pick (repetition penalty over the row's own batch). Rows
+        whose chosen token is not a label are decoded on from their passes' caches, as
+        ``generate`` would have gone on (a later position may hold the label): in one
+        ``generate`` call, the caches padded to one width (``teachers.scoring.merge_caches``),
+        else pass by pass."""
         import torch
 
-        inputs = batch_inputs(rows, prefix, self.tok.pad_token_id, self.device)
-        logits, cache = last_logits(self.model, inputs)
-        ids = full_ids(inputs, prefix)
-        chosen = chosen_tokens(logits, ids, self.cfg.repetition_penalty).tolist()
-        logprobs = logits.float().log_softmax(-1)
+        fwd = []
+        if head is not None:
+            hidden = []
+            for p in passes:
+                inputs = batch_inputs(p.rows, p.prefix, self.tok.pad_token_id, self.device)
+                h, cache = head.hidden(inputs)
+                hidden.append(h)
+                fwd.append((inputs, cache))
+            logits = list(head.logits(torch.cat(hidden)).split([len(p.rows) for p in passes]))
+        else:
+            logits = []
+            for p in passes:
+                inputs = batch_inputs(p.rows, p.prefix, self.tok.pad_token_id, self.device)
+                lg, cache = last_logits(self.model, inputs)
+                logits.append(lg)
+                fwd.append((inputs, cache))
+        ids = [full_ids(inputs, p.prefix) for (inputs, _), p in zip(fwd, passes, strict=True)]
+        chosen = torch.cat([chosen_tokens(lg, i, self.cfg.repetition_penalty)
+                            for lg, i in zip(logits, ids, strict=True)]).tolist()
+        logprobs = torch.cat(logits).float().log_softmax(-1)
         k = max(1, self.cfg.top_logprobs)
-        heads = [(t, position_entry(logprobs[b], t, k, self.tok.decode)) for b, t in enumerate(chosen)]
-        results: list[RawOutput] = []
-        go_on = []
-        for b, (row, req) in enumerate(zip(rows, batch, strict=True)):
-            t, pos = heads[b]
-            text = self.tok.decode([t], skip_special_tokens=True)
-            done = t in self.eos_ids or req.max_tokens <= 1 or any(s in text for s in req.stop)
-            if not done and needs_full_decode([pos], req.labels):
-                go_on.append(b)
-            cut = min((text.find(s) for s in req.stop if s in text), default=-1)
-            results.append(RawOutput(
-                text=text[:cut] if cut >= 0 else text, positions=[pos] if t not in self.eos_ids else [],
-                tokens_in=len(row), tokens_out=0 if t in self.eos_ids else 1,
-                finish_reason="score_only"))
+        top = torch.topk(logprobs, k)
+        tops = zip(top.values.tolist(), top.indices.tolist(), strict=True)
+        heads = [(t, position_entry(logprobs[r], t, k, self.tok.decode, tv))
+                 for r, (t, tv) in enumerate(zip(chosen, tops, strict=True))]
+        results: list[list[RawOutput]] = []
+        go_on: list[tuple[int, int, int]] = []  # (pass, row in pass, row in the group)
+        r = 0
+        for j, p in enumerate(passes):
+            results.append([])
+            for b, (row, req) in enumerate(zip(p.rows, p.batch, strict=True)):
+                t, pos = heads[r]
+                text = self.tok.decode([t], skip_special_tokens=True)
+                done = t in self.eos_ids or req.max_tokens <= 1 or any(s in text for s in req.stop)
+                if not done and needs_full_decode([pos], req.labels):
+                    go_on.append((j, b, r))
+                cut = min((text.find(s) for s in req.stop if s in text), default=-1)
+                results[j].append(RawOutput(
+                    text=text[:cut] if cut >= 0 else text, positions=[pos] if t not in self.eos_ids else [],
+                    tokens_in=len(row), tokens_out=0 if t in self.eos_ids else 1,
+                    finish_reason="score_only"))
+                r += 1
         if go_on:
-            sel = torch.tensor(go_on, dtype=torch.long, device=self.device)
-            cache.batch_select_indices(sel)
-            first = torch.tensor([[chosen[b]] for b in go_on], dtype=torch.long, device=self.device)
-            mask = inputs["attention_mask"][sel]
-            enc = {"input_ids": torch.cat([ids[sel], first], dim=1),
-                   "attention_mask": torch.cat([mask, torch.ones_like(first)], dim=1),
-                   cache_kwarg(self.model): cache}
-            more = self._generate(enc, [batch[b] for b in go_on], heads=[heads[b] for b in go_on])
-            for b, o in zip(go_on, more, strict=True):
-                results[b] = o
+            self._decode_on(passes, fwd, ids, go_on, chosen, heads, results)
         return results
+
+    def _decode_on(self, passes: list[Pass], fwd: list, ids: list, go_on: list[tuple[int, int, int]],
+                   chosen: list[int], heads: list, results: list[list[RawOutput]]) -> None:
+        """``generate`` on from the score passes' caches for the ``go_on`` rows (their first
+        token already chosen), in one call where the caches merge, else pass by pass."""
+        import torch
+
+        parts = []  # per pass with rows going on: (pass, its rows, enc pieces, cache, width)
+        for j in sorted({j for j, _, _ in go_on}):
+            rows = [(b, r) for jj, b, r in go_on if jj == j]
+            sel = torch.tensor([b for b, _ in rows], dtype=torch.long, device=self.device)
+            inputs, cache = fwd[j]
+            cache.batch_select_indices(sel)
+            parts.append((j, rows, ids[j][sel], inputs["attention_mask"][sel], cache, ids[j].shape[1]))
+        reqs = [[passes[j].batch[b] for b, _ in rows] for j, rows, *_ in parts]
+        at = len(passes[0].prefix) if passes[0].prefix is not None else 0
+        width = max(w for *_, w in parts)
+        max_new = max(r.max_tokens for rs in reqs for r in rs)
+        window = sliding_window(self.model.config)
+        merged = None
+        if len(parts) > 1 and (window is None or width + max_new < window):
+            merged = merge_caches([(cache, w) for *_, cache, w in parts], at, window)
+        kwarg = cache_kwarg(self.model)
+        if merged is not None:
+            groups = [(
+                [(parts[i][0], b, r) for i, p in enumerate(parts) for b, r in p[1]],
+                torch.cat([pad_at(p[2], width, at, self.tok.pad_token_id) for p in parts]),
+                torch.cat([pad_at(p[3], width, at, 0) for p in parts]),
+                merged, [r for rs in reqs for r in rs])]
+        else:
+            groups = [([(j, b, r) for b, r in rows], pid, mask, cache, rs)
+                      for (j, rows, pid, mask, cache, _), rs in zip(parts, reqs, strict=True)]
+        for rows, pid, mask, cache, rs in groups:
+            first = torch.tensor([[chosen[r]] for _, _, r in rows], dtype=torch.long, device=self.device)
+            hs = [heads[r] for _, _, r in rows]
+            n = len(rows)
+            if 2 < n < MIN_PROJECTION_ROWS:  # copies of the last row: a 16-row projection is faster
+                sel = torch.tensor([*range(n), *[n - 1] * (MIN_PROJECTION_ROWS - n)], device=self.device)
+                cache.batch_select_indices(sel)
+                pid, mask, first = pid[sel], mask[sel], first[sel]
+                rs, hs = rs + [rs[-1]] * (MIN_PROJECTION_ROWS - n), hs + [hs[-1]] * (MIN_PROJECTION_ROWS - n)
+            enc = {"input_ids": torch.cat([pid, first], dim=1),
+                   "attention_mask": torch.cat([mask, torch.ones_like(first)], dim=1), kwarg: cache}
+            more = self._generate(enc, rs, heads=hs)[:n]
+            for (j, b, _), o in zip(rows, more, strict=True):
+                results[j][b] = o
 
     def _generate_batch(self, rows: list[list[int]], batch: list[TeacherRequest],
                         prefix: PrefixKV | None) -> list[RawOutput]:

@@ -1,6 +1,8 @@
 """Score-only forward passes and the shared-prefix KV cache on tiny random causal LMs built
 from a transformers config (one with sliding-window layers, as Gemma 3 has)."""
 
+import copy
+
 import pytest
 
 from teachers.base import TeacherRequest
@@ -11,11 +13,14 @@ from teachers.scoring import (
     fresh_cache,
     full_ids,
     last_logits,
+    merge_caches,
     needs_full_decode,
+    pad_at,
     plan_batches,
     prompt_report,
     score_only,
     shared_prefix,
+    split_head,
     token_batches,
 )
 from workbench.config import TeacherConfig
@@ -106,6 +111,120 @@ def test_prefix_generation_equals_plain_generation(model):
     # the score-only pick of the first token is generate's (repetition penalty included)
     first = chosen_tokens(last_logits(model, cin)[0], full_ids(cin, prefix), 1.3)
     assert first.tolist() == cached.sequences[:, m].tolist()
+
+
+def test_split_head_projects_several_passes_as_the_model_does(model):
+    """Decoder and vocabulary projection apart: two passes' answer positions, projected in
+    one product, are the model's own logits of each pass; the prefix cache made without a
+    projection serves like the one made with it."""
+    rows = _rows(n=6, seed=5)
+    head = split_head(model, rows[0], "cpu")
+    assert head is not None
+    n = shared_prefix(rows)[0]
+    prefix, plain_prefix = PrefixKV(model, rows[0][:n], "cpu", head), PrefixKV(model, rows[0][:n], "cpu")
+    passes = [rows[:2], rows[2:]]
+    hidden = [head.hidden(batch_inputs(p, prefix, 0, "cpu"))[0] for p in passes]
+    together = head.logits(torch.cat(hidden))
+    own = torch.cat([last_logits(model, batch_inputs(p, plain_prefix, 0, "cpu"))[0] for p in passes])
+    assert torch.allclose(together, own, atol=1e-5)
+
+
+def test_split_head_refuses_a_model_whose_halves_differ(model, monkeypatch):
+    """A projection that is not what the model's forward applies (here: a soft-cap the
+    forward does not have) is caught by the check, and the batches keep their own."""
+    import teachers.scoring as scoring
+
+    monkeypatch.setattr(scoring.SplitHead, "__init__", _capped_init(scoring.SplitHead.__init__))
+    monkeypatch.setattr(scoring, "_SPLIT_CHECKED", {})
+    assert split_head(model, _rows()[0], "cpu") is None
+
+
+def _capped_init(init):
+    def wrapped(self, model):
+        init(self, model)
+        self.cap = 0.01  # the forward of this test's models never caps
+    return wrapped
+
+
+@pytest.mark.parametrize("over_prefix", [True, False])
+def test_merged_caches_decode_on_as_each_pass_alone(model, over_prefix):
+    """Rows of two score passes of different widths go on decoding in one ``generate`` from
+    their caches padded to one width (zero positions where their padding is, masked): the
+    same tokens and logits as each pass going on from its own cache."""
+    rows = _rows(n=6, seed=7)
+    rows = sorted(rows, key=len)
+    prefix = PrefixKV(model, rows[0][:shared_prefix(rows)[0]], "cpu") if over_prefix else None
+    at = len(prefix) if prefix is not None else 0
+    kw = dict(max_new_tokens=3, do_sample=False, pad_token_id=0, return_dict_in_generate=True,
+              output_logits=True, temperature=None, top_p=None, top_k=None, repetition_penalty=1.0)
+    parts = []
+    for p in (rows[:3], rows[3:]):
+        inputs = batch_inputs(p, prefix, 0, "cpu")
+        logits, cache = last_logits(model, inputs)
+        ids = full_ids(inputs, prefix)
+        first = logits.argmax(-1, keepdim=True)
+        parts.append((ids, inputs["attention_mask"], cache, first))
+    alone = []
+    for ids, mask, cache, first in parts:
+        c = copy.deepcopy(cache)
+        out = model.generate(input_ids=torch.cat([ids, first], 1),
+                             attention_mask=torch.cat([mask, torch.ones_like(first)], 1),
+                             **{_kwarg(model): c}, **kw)
+        alone.append((out.sequences[:, ids.shape[1] + 1:], out.logits))
+    width = max(ids.shape[1] for ids, *_ in parts)
+    assert len({ids.shape[1] for ids, *_ in parts}) == 2  # the passes differ in width
+    merged = merge_caches([(cache, ids.shape[1]) for ids, _, cache, _ in parts], at, None)
+    assert merged is not None
+    ids = torch.cat([pad_at(i, width, at, 0) for i, *_ in parts])
+    mask = torch.cat([pad_at(m, width, at, 0) for _, m, *_ in parts])
+    first = torch.cat([f for *_, f in parts])
+    out = model.generate(input_ids=torch.cat([ids, first], 1),
+                         attention_mask=torch.cat([mask, torch.ones_like(first)], 1),
+                         **{_kwarg(model): merged}, **kw)
+    assert out.sequences[:, width + 1:].tolist() == torch.cat([a for a, _ in alone]).tolist()
+    for step, lg in enumerate(out.logits):
+        assert torch.allclose(lg, torch.cat([a[step] for _, a in alone]), atol=1e-4)
+    # past the window (or a layer that dropped positions) there is no merge
+    assert merge_caches([(cache, ids.shape[1]) for ids, _, cache, _ in parts], at, width) is None
+
+
+def _kwarg(model):
+    from teachers.scoring import cache_kwarg
+
+    return cache_kwarg(model)
+
+
+def test_groups_join_batches_that_run_alike_up_to_the_head_rows():
+    """Consecutive batches over the prefix go out together up to the row cap; a batch that
+    runs whole starts a group of its own kind; a batch over the cap is alone."""
+    head = list(range(3, 43))
+    suffix = [2, 3, 4, 5, 8, 10, 12, 20, 21, 22, 25, 30]
+    rows = [head + [50 + i] + [90] * (k - 1) for i, k in enumerate(suffix)] + [head[:10] + [91] * 40]
+    new = [2] * len(rows)
+    n, members = shared_prefix(rows)
+    plan = plan_batches(rows, new, 4, prefix=n, members=members, window=64)
+    assert plan.over_prefix == [True, True, False, False]
+    assert plan.groups(64) == [[0, 1], [2, 3]]
+    assert plan.groups(4) == [[0], [1], [2], [3]]
+    assert plan.groups(6) == [[0], [1], [2, 3]]
+    assert plan.groups(2) == [[0], [1], [2], [3]]
+
+
+@pytest.mark.parametrize("penalty", [1.3, 0.8])
+def test_chosen_tokens_penalise_as_transformers_does(penalty):
+    """The penalty on the row's own tokens only (repeats, padding and negative scores
+    included) picks what transformers' RepetitionPenaltyLogitsProcessor picks."""
+    from transformers import RepetitionPenaltyLogitsProcessor
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 50, generator=g) * 3
+    ids = torch.randint(0, 50, (64, 12), generator=g)
+    ids[:, :3] = 0  # left padding
+    # the rows' own tokens are often the argmax before the penalty: it decides there
+    logits[torch.arange(64), ids[:, -1]] += 10 * (torch.arange(64) % 2)
+    theirs = RepetitionPenaltyLogitsProcessor(penalty)(ids, logits.clone())
+    assert chosen_tokens(logits, ids, penalty).tolist() == theirs.argmax(-1).tolist()
+    assert not torch.equal(chosen_tokens(logits, ids, penalty), logits.argmax(-1))
 
 
 def test_prefix_beyond_the_sliding_window_is_refused(model):
