@@ -397,8 +397,9 @@ def merge_caches(parts: list[tuple[Any, int]], at: int, window: int | None):
     """One KV cache for the rows of several forward passes' caches (``(cache, width)``: a
     transformers ``DynamicCache`` of ``width`` positions each): every part padded to the widest
     by zero positions inserted at ``at`` (after the shared prefix, else at the left: where its
-    own padding is; the rows' attention masks are padded alike, so nothing attends to them),
-    then stacked. ``None`` where that would change an answer or cannot be done: a layer type
+    own padding is; the rows' attention masks are padded alike, so nothing attends to them;
+    where they go does not change an answer, as the keys carry their positions already and
+    the next position counts the mask's ones), then stacked. ``None`` where that would change an answer or cannot be done: a layer type
     other than the dynamic full and sliding-window ones, or a sliding layer that has dropped
     positions (past ``window``)."""
     import torch

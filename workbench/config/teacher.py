@@ -70,7 +70,10 @@ class TeacherConfig:
     retried, and counted at its worst-case price (the server may have billed it). A runtime
     knob, not part of the cache key."""
     batch_size: int = 8
-    """Prompts per generate call for in-process backends (with ``batch_tokens``: the most)."""
+    """Prompts per forward pass / generate call for in-process backends (with
+    ``batch_tokens``: the most). ``hf_local`` answers consecutive batches together, up to 64
+    prompts, so that score-only rows share one vocabulary projection
+    (``teachers.scoring.HEAD_ROWS``)."""
     batch_tokens: int = 0
     """In-process backends (``hf_local``): the most padded tokens one batch computes -- its
     prompts x the batch's longest, counting only the suffixes after the job's shared prompt

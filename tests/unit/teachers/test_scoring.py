@@ -428,3 +428,48 @@ def test_hf_local_says_which_prompts_skip_the_prefix_before_sending(tmp_path, ca
     for k in plain:
         a, b = plain[k].positions[0], cached[k].positions[0]
         assert a["token"] == b["token"] and abs(a["logprob"] - b["logprob"]) < 1e-4
+
+
+def test_hf_local_grouped_batches_answer_as_one_prompt_at_a_time(tmp_path, monkeypatch):
+    """Batches answered as a group (one vocabulary projection; the rows whose first token is
+    no label decoded on together from caches merged to one width) give every position of
+    every answer as each prompt alone does, and as the group does where the model's
+    decoder and projection are not split."""
+    import teachers.hf_local as hf_local
+
+    path = _tiny_gemma_dir(tmp_path)
+    head = " ".join(f"w{i}" for i in range(30))
+    lengths = [1, 2, 3, 4, 5, 7, 9, 12]
+    labels = ["negative", "neutral", "positive"]
+    reqs = [TeacherRequest(key=f"k{i}", messages=[], labels=labels, want_logprobs=True, max_tokens=2 + i % 2,
+                           prompt=head + " " + " ".join(f"w{50 + (3 * i + j) % 40}" for j in range(k)))
+            for i, k in enumerate(lengths)]
+    merges = []
+    real_merge = hf_local.merge_caches
+
+    def counted(*a, **kw):
+        merges.append(real_merge(*a, **kw))
+        return merges[-1]
+
+    def run(**kw):
+        teacher = hf_local.HFLocalTeacher(TeacherConfig(backend="hf_local", model=str(path), api="completions",
+                                                        device="cpu", top_logprobs=3, **kw))
+        teacher.load()
+        got = {}
+        teacher.generate(reqs, lambda r, raw: got.__setitem__(r.key, raw) or True)
+        return got
+
+    alone = run(batch_size=1, prefix_cache=False)
+    monkeypatch.setattr(hf_local, "merge_caches", counted)
+    grouped = run(batch_size=3)
+    assert any(m is not None for m in merges)  # rows of several batches decoded on together
+    monkeypatch.setattr(hf_local, "split_head", lambda *a, **kw: None)
+    unsplit = run(batch_size=3)
+    went_on = 0
+    for k, a in alone.items():
+        for b in (grouped[k], unsplit[k]):
+            assert a.text == b.text and a.tokens_out == b.tokens_out and len(a.positions) == len(b.positions), k
+            for pa, pb in zip(a.positions, b.positions, strict=True):
+                assert pa["token"] == pb["token"] and abs(pa["logprob"] - pb["logprob"]) < 1e-4, k
+        went_on += grouped[k].finish_reason != "score_only"
+    assert went_on >= 2
