@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from students.export import EXPORT_FILE, ExportError, load_exported, read_export
+from students.export.fuse import DISABLED_OPTIMIZERS
 from students.model import StudentModel
 from workbench.config import StudentConfig, from_dict
 from workbench.data.store import DataInfo
@@ -81,7 +82,8 @@ class OrtStudent:
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         self.session = ort.InferenceSession(str(p / file), sess_options=opts,
-                                            providers=["CPUExecutionProvider"])
+                                            providers=["CPUExecutionProvider"],
+                                            disabled_optimizers=DISABLED_OPTIMIZERS)
         log.info("serving %s through ONNX Runtime %s (%d threads)", p / file,
                  ort.__version__, opts.intra_op_num_threads)
 

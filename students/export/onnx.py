@@ -9,7 +9,11 @@ optimizer recognises (the dynamo export's attention it does not match, and fuses
 ``SkipLayerNormalization``, ``BiasGelu``, ``EmbedLayerNormalization``); the fused graph is
 served only where it gives the model's outputs within :data:`FUSE_TOLERANCE` on two
 batches of different sizes, and ``export.json``'s ``onnx.fusion`` says what was fused (or
-why nothing was). Where the TorchScript graph itself does not follow other batch shapes (it
+why nothing was). Two more steps keep the graph small: the ``SkipLayerNormalization``
+nodes are split back into ``Add`` + ``LayerNormalization`` (ORT's CPU kernel for them is the
+slower, :mod:`students.export.fuse`), and the student's ``nn.MultiheadAttention`` modules
+are traced as :class:`~students.export.compact.CompactAttention` (the same function in a
+few nodes, not ~100 of shape checks each). Where the TorchScript graph itself does not follow other batch shapes (it
 holds the frame count or batch size of the fusion's attention over sequence features
 fixed), the dynamo export is served, unfused. ``model.onnx`` is the served graph."""
 
@@ -33,7 +37,9 @@ from students.export.common import (
     read_export,
     write_export_spec,
 )
+from students.export.compact import compact_attention
 from students.export.files import load_exported
+from students.export.fuse import DISABLED_OPTIMIZERS
 from students.model import StudentModel
 
 log = logging.getLogger(__name__)
@@ -110,6 +116,8 @@ def export_onnx(export_dir: str | Path, opset: int = 17, fuse: bool = True) -> P
     checks = [batch, _example_batch(model, 3)]
     with torch.no_grad():
         wants = [[t.numpy() for t in wrapper(*(b[k] for k in wrapper.keys))] for b in checks]
+    # the outputs above are the model's own; the graph is traced from compact attention
+    compacted = compact_attention(model)
     target = p / ONNX_FILE
     exporter = "torch.onnx TorchScript (dynamo=False), eager attention"
     if importlib.util.find_spec("onnxruntime") is None:
@@ -134,6 +142,7 @@ def export_onnx(export_dir: str | Path, opset: int = 17, fuse: bool = True) -> P
             fusion = _fuse(graph, encoder, checks, wants, wrapper.keys) if fuse else \
                 {"fused": {}, "reason": "not asked (fuse=False)"}
             onnx.save(fusion.pop("model", graph), str(target))
+    fusion["compact_attention"] = compacted
     return _record(p, spec, wrapper, batch, opset, exporter, fusion)
 
 
@@ -235,5 +244,6 @@ def _run(graph: Any, feeds: dict[str, Any]) -> list[Any]:
     opts.intra_op_num_threads = 1
     opts.log_severity_level = 3
     session = ort.InferenceSession(graph.SerializeToString(), sess_options=opts,
-                                   providers=["CPUExecutionProvider"])
+                                   providers=["CPUExecutionProvider"],
+                                   disabled_optimizers=DISABLED_OPTIMIZERS)
     return session.run(None, feeds)

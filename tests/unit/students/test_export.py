@@ -139,19 +139,25 @@ def test_onnx_needs_onnx_installed(monkeypatch):
         require_onnx()
 
 
-@pytest.mark.parametrize("info", [VEC, SEQ], ids=["vector", "sequence"])
-def test_onnx_export_matches_the_model(tmp_path, info):
-    """Utterance-vector features: the text encoder is fused at the kernel level (one
-    Attention per MiniLM layer). Frame sequences: the TorchScript graph holds the fusion
-    attention's shapes fixed, so the dynamo export is served, unfused, and says why. Both
-    give the model's outputs at other batch sizes, text lengths and frame counts."""
+@pytest.mark.parametrize("info,compact", [(VEC, True), (SEQ, True), (SEQ, False)],
+                         ids=["vector", "sequence", "sequence-plain-attention"])
+def test_onnx_export_matches_the_model(tmp_path, monkeypatch, info, compact):
+    """The text encoder is fused at the kernel level (one Attention per MiniLM layer), for
+    utterance vectors and frame sequences alike: the fusion's attention is traced as
+    CompactAttention (its two nn.MultiheadAttention modules swapped). Traced as
+    nn.MultiheadAttention, the TorchScript graph of a frame-sequence student holds the
+    attention's shapes fixed: the dynamo export is served, unfused, and says why. All give
+    the model's outputs at other batch sizes, text lengths and frame counts."""
     for mod in ("onnx", "onnxscript", "onnxruntime"):
         pytest.importorskip(mod, reason=f"{mod} is not installed (the ONNX export is optional; "
                                         "pip install onnx onnxscript onnxruntime to test it)")
     import onnxruntime as ort
 
+    import students.export.onnx as export_onnx_module
     from students.export import export_onnx
 
+    if not compact:
+        monkeypatch.setattr(export_onnx_module, "compact_attention", lambda model: 0)
     model = _student(info)
     export_model(model, tmp_path / "exp")
     export_onnx(tmp_path / "exp")
@@ -160,11 +166,13 @@ def test_onnx_export_matches_the_model(tmp_path, info):
     layers = model.text.model.config.num_hidden_layers
     fusion = spec["onnx"]["fusion"]
     ops = _op_types(tmp_path / "exp" / spec["onnx"]["file"])
-    if info is VEC:
+    if compact:
+        assert fusion["compact_attention"] == 2 * len(model.fusion.modalities)  # gather + scatter
         assert fusion["fused"]["Attention"] == layers, fusion
-        assert fusion["fused"]["SkipLayerNormalization"] == 2 * layers
+        assert fusion["split"]["SkipLayerNormalization"] == 2 * layers  # fused, then split again
         assert fusion["fused"]["BiasGelu"] == layers and fusion["check_max_abs_diff"] <= 1e-5
         assert ops["Attention"] == layers and ops["EmbedLayerNormalization"] == 1
+        assert "SkipLayerNormalization" not in ops
         assert spec["onnx"]["exporter"].startswith("torch.onnx TorchScript")
     else:
         assert fusion["fused"] == {} and "other batch shapes" in fusion["reason"]
@@ -309,3 +317,64 @@ def test_int8_speed_is_only_claimed_where_measured(tmp_path):
     assert f"{speed['speedup']:.2f} x fp32" in text and section["cpu"]["summary"] in text
     with pytest.raises(ValueError, match="at least one batch"):
         time_int8(fp32, int8, [])
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_split_skip_layer_norm_gives_the_fused_nodes_outputs(bias):
+    """A SkipLayerNormalization (with and without its bias; its input+skip+bias sum read
+    downstream) written back as Add nodes and a LayerNormalization: the same outputs in
+    ONNX Runtime, no SkipLayerNormalization left, and a session with the runtime fusion
+    turned off keeps it that way."""
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    from students.export.fuse import DISABLED_OPTIMIZERS, op_counts, split_skip_layer_norm
+
+    d = 16
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(d).astype(np.float32), n)
+             for n in ("gamma", "beta", "bias")]
+    ins = ["x", "s", "gamma", "beta", *(["bias"] if bias else [])]
+    nodes = [helper.make_node("SkipLayerNormalization", ins, ["y", "", "", "sum"], domain="com.microsoft",
+                              epsilon=1e-5, name="sln"),
+             helper.make_node("Mul", ["sum", "y"], ["z"])]
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, None, d]) for n in ("x", "s", "y", "z")]
+    model = helper.make_model(helper.make_graph(nodes, "g", io[:2], io[2:], inits),
+                              opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    split, n = split_skip_layer_norm(model)
+    assert n == 1 and "SkipLayerNormalization" not in op_counts(split)
+    assert op_counts(model)["SkipLayerNormalization"] == 1  # the input is not changed
+    feeds = {k: rng.standard_normal((2, 5, d)).astype(np.float32) for k in ("x", "s")}
+    opts = ort.SessionOptions()
+    want = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = ort.InferenceSession(split.SerializeToString(), opts, providers=["CPUExecutionProvider"],
+                               disabled_optimizers=DISABLED_OPTIMIZERS).run(None, feeds)
+    for a, b in zip(want, got, strict=True):
+        assert np.abs(a - b).max() <= 1e-5
+
+
+def test_compact_attention_computes_what_multihead_attention_does():
+    """Same parameters, same outputs and attention maps (per head and averaged), padded keys
+    ignored; an attn_mask call goes to the module itself; modules it cannot copy (not batch
+    first) are left as they are."""
+    from students.export.compact import CompactAttention, compact_attention
+
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(32, 4, dropout=0.1, batch_first=True).eval()
+    q, k = torch.randn(3, 4, 32), torch.randn(3, 7, 32)
+    pad = torch.zeros(3, 7, dtype=torch.bool)
+    pad[0, 5:], pad[2, 1:] = True, True
+    compact = CompactAttention(mha)
+    for kw in (dict(key_padding_mask=pad, need_weights=False),
+               dict(key_padding_mask=pad, need_weights=True, average_attn_weights=False),
+               dict(need_weights=True), dict(attn_mask=torch.rand(4, 7) > 0.7)):
+        want, got = mha(q, k, k, **kw), compact(q, k, k, **kw)
+        torch.testing.assert_close(got[0], want[0], atol=1e-6, rtol=0)
+        assert (got[1] is None) == (want[1] is None)
+        if want[1] is not None:
+            torch.testing.assert_close(got[1], want[1], atol=1e-6, rtol=0)
+    model = torch.nn.ModuleDict({"a": torch.nn.MultiheadAttention(32, 4, batch_first=True),
+                                 "b": torch.nn.MultiheadAttention(32, 4)})
+    assert compact_attention(model) == 1
+    assert isinstance(model["a"], CompactAttention) and type(model["b"]) is torch.nn.MultiheadAttention
