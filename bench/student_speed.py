@@ -25,7 +25,8 @@ for every model, models alternating batch by batch). Batch 1: p50 / p95 latency 
 single clips, models alternating call by call. Before timing, every path's predictions are
 compared with the adapter's. The compute bound is the encoder's non-embedding FLOPs per
 clip (2 x linear weights x tokens + attention scores) at the mean token count, against the
-measured fp32 matmul rate of a (64 x mean tokens, 384) x (384, 1536) product. Int8's
+measured fp32 matmul rate of a (64 x mean tokens, 384) x (384, 1536) product (measured
+between the rounds of batches, under the load they ran under; the median is used). Int8's
 accuracy change is measured on the whole MOSI test split (non-0 Acc-2). Goals (issue 15):
 best fp32 path >= bare-ort at batch 64; best fp32 batch-1 p50 <= 1.2 x bare-ort's; int8 >=
 1.6 x its fp32 throughput with |delta non0 Acc-2| <= 0.5. Goals (issue 26): the best
@@ -160,7 +161,8 @@ def ort_session(path: Path, threads: int, disabled: list[str] | None = None) -> 
 
 
 def matmul_rate(rows: int, threads: int, reps: int = 20) -> float:
-    """Measured fp32 GFLOP/s of a (rows, 384) x (384, 1536) product (MiniLM's FFN shape)."""
+    """Measured fp32 GFLOP/s of a (rows, 384) x (384, 1536) product (MiniLM's FFN shape):
+    the median of ``reps`` products."""
     torch.set_num_threads(threads)
     a, b = torch.randn(rows, 384), torch.randn(384, 1536)
     for _ in range(3):
@@ -183,10 +185,14 @@ def encoder_flops(config: Any, tokens: float) -> float:
 def time_models(models: dict[str, Callable[[dict[str, Any]], Any]], batches: list[dict],
                 singles: list[dict], runs: int,
                 token_models: dict[str, Callable[[dict[str, Any]], Any]] | None = None,
-                token_batches: list[dict] | None = None) -> dict[str, dict[str, float]]:
+                token_batches: list[dict] | None = None,
+                probe: Callable[[], float] | None = None,
+                probe_out: list[float] | None = None) -> dict[str, dict[str, float]]:
     """Samples/s of each model over ``batches`` (and of each of ``token_models`` over
     ``token_batches``: the same clips cut by token count), models alternating batch by
-    batch; batch-1 p50 / p95 over ``runs`` single clips (``models`` only)."""
+    batch; batch-1 p50 / p95 over ``runs`` single clips (``models`` only). ``probe`` (a
+    measurement, e.g. the matmul rate of the compute bound) runs once per round of batches,
+    under the same load as the models; its values go to ``probe_out``."""
     names = list(models)
     plan = [(n, models[n], batches) for n in names] + [
         (n, fn, token_batches or []) for n, fn in (token_models or {}).items()]
@@ -202,6 +208,8 @@ def time_models(models: dict[str, Callable[[dict[str, Any]], Any]], batches: lis
                 t0 = time.perf_counter()
                 fn(bs[i])
                 big[n] += time.perf_counter() - t0
+        if probe is not None and probe_out is not None:
+            probe_out.append(probe())
     lat: dict[str, list[float]] = {n: [] for n in names}
     for i in range(runs):
         s = singles[i % len(singles)]
@@ -296,10 +304,14 @@ def measure(checkpoint: Path, *, n: int = 256, runs: int = 100, threads: tuple[i
                   "bare-ort-split": functools.partial(bare_ort, sess=bare_split)}
         token_models = {"merged-tok": models["merged"], "ort-tok": models["ort"],
                         "bare-ort-tok": models["bare-ort"]}
+        probes: list[float] = []  # the bound's matmul rate, measured between rounds of batches
         per_threads[t] = time_models(models, [to_device(b, torch.device("cpu"))
                                               for b in batches], singles, runs,
-                                     token_models, tok_batches)
-        rates[t] = matmul_rate(int(batch_size * real_tokens), t)
+                                     token_models, tok_batches,
+                                     probe=functools.partial(matmul_rate, int(batch_size * real_tokens), t,
+                                                             reps=5),
+                                     probe_out=probes)
+        rates[t] = statistics.median(probes)  # under the load the models' rounds ran under
     adapter.serve_merged = False
     flops = encoder_flops(bare.config, real_tokens)
     flops_padded = encoder_flops(bare.config, padded_tokens)
