@@ -325,7 +325,7 @@ def test_student_speed_bench_times_every_path(ck, capsys, monkeypatch):
     res = student_speed.main(["--checkpoint", str(ck["a"]), "--n", "8", "--runs", "3",
                               "--threads", "1", "--batch-size", "4"])
     out = capsys.readouterr().out
-    paths = {"adapter", "merged", "int8", "ort", "ort-int8", "bare-pt", "bare-ort"}
+    paths = {"adapter", "merged", "int8", "ort", "ort-int8", "bare-pt", "bare-ort", "bare-ort-split"}
     token_paths = {"merged-tok", "ort-tok", "bare-ort-tok"}  # batch throughput only
     assert set(res["results"][1]) == paths | token_paths
     for name, m in res["results"][1].items():
