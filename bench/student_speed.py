@@ -186,13 +186,12 @@ def time_models(models: dict[str, Callable[[dict[str, Any]], Any]], batches: lis
                 singles: list[dict], runs: int,
                 token_models: dict[str, Callable[[dict[str, Any]], Any]] | None = None,
                 token_batches: list[dict] | None = None,
-                probe: Callable[[], float] | None = None,
-                probe_out: list[float] | None = None) -> dict[str, dict[str, float]]:
+                probe: Callable[[], object] | None = None) -> dict[str, dict[str, float]]:
     """Samples/s of each model over ``batches`` (and of each of ``token_models`` over
     ``token_batches``: the same clips cut by token count), models alternating batch by
     batch; batch-1 p50 / p95 over ``runs`` single clips (``models`` only). ``probe`` (a
-    measurement, e.g. the matmul rate of the compute bound) runs once per round of batches,
-    under the same load as the models; its values go to ``probe_out``."""
+    measurement, e.g. of the compute bound's matmul rate, that keeps its own values) runs
+    once per round of batches, under the same load as the models."""
     names = list(models)
     plan = [(n, models[n], batches) for n in names] + [
         (n, fn, token_batches or []) for n, fn in (token_models or {}).items()]
@@ -208,8 +207,8 @@ def time_models(models: dict[str, Callable[[dict[str, Any]], Any]], batches: lis
                 t0 = time.perf_counter()
                 fn(bs[i])
                 big[n] += time.perf_counter() - t0
-        if probe is not None and probe_out is not None:
-            probe_out.append(probe())
+        if probe is not None:
+            probe()
     lat: dict[str, list[float]] = {n: [] for n in names}
     for i in range(runs):
         s = singles[i % len(singles)]
@@ -305,12 +304,13 @@ def measure(checkpoint: Path, *, n: int = 256, runs: int = 100, threads: tuple[i
         token_models = {"merged-tok": models["merged"], "ort-tok": models["ort"],
                         "bare-ort-tok": models["bare-ort"]}
         probes: list[float] = []  # the bound's matmul rate, measured between rounds of batches
+
+        def probe(rows: int = int(batch_size * real_tokens), t: int = t, out: list = probes) -> None:
+            out.append(matmul_rate(rows, t, reps=5))
+
         per_threads[t] = time_models(models, [to_device(b, torch.device("cpu"))
                                               for b in batches], singles, runs,
-                                     token_models, tok_batches,
-                                     probe=functools.partial(matmul_rate, int(batch_size * real_tokens), t,
-                                                             reps=5),
-                                     probe_out=probes)
+                                     token_models, tok_batches, probe=probe)
         rates[t] = statistics.median(probes)  # under the load the models' rounds ran under
     adapter.serve_merged = False
     flops = encoder_flops(bare.config, real_tokens)

@@ -211,7 +211,8 @@ class HFLocalTeacher(LocalTransformersTeacher):
                                         getattr(self.model.config, "max_position_embeddings", None),
                                         prefix_cache=self.cfg.prefix_cache):
             log.log(level, "%s", msg)
-        head = self._split_head(rows[0]) if any(score_only(r, self.cfg) for r in reqs) else None
+        head = split_head(self.model, rows[0][:16], self.device) \
+            if any(score_only(r, self.cfg) for r in reqs) else None
         prefix = PrefixKV(self.model, rows[members[0]][:n], self.device, head) if plan.used else None
         # Consecutive batches that run alike go out together: one vocabulary projection and
         # one decoding step for their score-only rows (teachers.scoring.HEAD_ROWS).
@@ -227,17 +228,6 @@ class HFLocalTeacher(LocalTransformersTeacher):
             return self._answer_group(passes[id(unit)], head)
 
         self._send_batches(units, answer, on_result)
-
-    def _split_head(self, probe: list[int]) -> SplitHead | None:
-        """The model as decoder + vocabulary projection (checked once on ``probe``'s first
-        tokens against its own logits); ``None`` where the two differ (each forward pass then
-        projects its own answer positions)."""
-        if not hasattr(self, "_head"):
-            self._head = split_head(self.model, probe[:16], self.device)
-            if self._head is None:
-                log.info("%s: its decoder and vocabulary projection do not give its own logits "
-                         "apart; each batch projects its own answer positions", self.cfg.model)
-        return self._head
 
     def _answer_group(self, passes: list[Pass], head: SplitHead | None) -> list[RawOutput]:
         """A group of forward passes (batches of the plan): score-only rows by one forward pass
@@ -271,22 +261,14 @@ class HFLocalTeacher(LocalTransformersTeacher):
         else pass by pass."""
         import torch
 
-        fwd = []
-        if head is not None:
-            hidden = []
-            for p in passes:
-                inputs = batch_inputs(p.rows, p.prefix, self.tok.pad_token_id, self.device)
-                h, cache = head.hidden(inputs)
-                hidden.append(h)
-                fwd.append((inputs, cache))
-            logits = list(head.logits(torch.cat(hidden)).split([len(p.rows) for p in passes]))
-        else:
-            logits = []
-            for p in passes:
-                inputs = batch_inputs(p.rows, p.prefix, self.tok.pad_token_id, self.device)
-                lg, cache = last_logits(self.model, inputs)
-                logits.append(lg)
-                fwd.append((inputs, cache))
+        fwd, outs = [], []  # per pass: (inputs, cache); its last hidden states or logits
+        for p in passes:
+            inputs = batch_inputs(p.rows, p.prefix, self.tok.pad_token_id, self.device)
+            out, cache = head.hidden(inputs) if head is not None else last_logits(self.model, inputs)
+            outs.append(out)
+            fwd.append((inputs, cache))
+        logits = list(head.logits(torch.cat(outs)).split([len(p.rows) for p in passes])) \
+            if head is not None else outs
         ids = [full_ids(inputs, p.prefix) for (inputs, _), p in zip(fwd, passes, strict=True)]
         chosen = torch.cat([chosen_tokens(lg, i, self.cfg.repetition_penalty)
                             for lg, i in zip(logits, ids, strict=True)]).tolist()

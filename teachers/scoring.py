@@ -46,6 +46,8 @@ from teachers.base import TeacherRequest
 from teachers.softlabel import is_label_token
 from workbench.config import TeacherConfig
 
+log = logging.getLogger(__name__)
+
 MIN_PREFIX = 8
 """Shorter common prefixes are not worth a cache (and its per-batch copy)."""
 
@@ -335,13 +337,14 @@ class SplitHead:
         config = getattr(model.config, "text_config", None) or model.config
         self.cap = getattr(config, "final_logit_softcapping", None)
         self.kwarg = cache_kwarg(self.body)
+        self.model_kwarg = cache_kwarg(model)
 
     def hidden(self, inputs: dict[str, Any]):
         """``(last hidden state of every row, KV cache)`` of one forward pass through the
         decoder (``inputs`` as :func:`batch_inputs` makes them for the whole model)."""
         import torch
 
-        kw = {(self.kwarg if k == cache_kwarg(self.model) else k): v for k, v in inputs.items()}
+        kw = {(self.kwarg if k == self.model_kwarg else k): v for k, v in inputs.items()}
         with torch.inference_mode():
             out = self.body(**kw, use_cache=True)
         return out.last_hidden_state[:, -1, :], getattr(out, self.kwarg)
@@ -374,6 +377,9 @@ def split_head(model, probe: list[int], device: str, atol: float = 1e-5) -> Spli
     key = f"{type(model).__module__}.{type(model).__qualname__}:{model.config.to_json_string()}"
     if key not in _SPLIT_CHECKED:
         _SPLIT_CHECKED[key] = _check_split(model, probe, device, atol)
+        if not _SPLIT_CHECKED[key]:
+            log.info("%s: its decoder and vocabulary projection do not give its own logits "
+                     "apart; each batch projects its own answer positions", type(model).__name__)
     return SplitHead(model) if _SPLIT_CHECKED[key] else None
 
 
@@ -393,17 +399,26 @@ def _check_split(model, probe: list[int], device: str, atol: float) -> bool:
     return mine.shape == theirs.shape and torch.allclose(mine.float(), theirs.float(), atol=atol, rtol=0)
 
 
+def dynamic_layers(cache) -> bool:
+    """Whether every layer of ``cache`` is a plain dynamic full or sliding-window layer (one
+    ``keys`` and one ``values`` tensor, replaced and never written into): the layers whose
+    tensors :func:`fresh_cache` and :func:`merge_caches` may reshape themselves."""
+    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+
+    return all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) for layer in cache.layers)
+
+
 def merge_caches(parts: list[tuple[Any, int]], at: int, window: int | None):
     """One KV cache for the rows of several forward passes' caches (``(cache, width)``: a
-    transformers ``DynamicCache`` of ``width`` positions each): every part padded to the widest
-    by zero positions inserted at ``at`` (after the shared prefix, else at the left: where its
-    own padding is; the rows' attention masks are padded alike, so nothing attends to them;
-    where they go does not change an answer, as the keys carry their positions already and
-    the next position counts the mask's ones), then stacked. ``None`` where that would change an answer or cannot be done: a layer type
-    other than the dynamic full and sliding-window ones, or a sliding layer that has dropped
-    positions (past ``window``)."""
+    transformers ``DynamicCache`` of ``width`` positions each): every part padded to the
+    widest by zero positions inserted at ``at`` (after the shared prefix, else at the left:
+    where its own padding is; the rows' attention masks are padded alike, so nothing attends
+    to them; where they go does not change an answer, as the keys carry their positions
+    already and the next position counts the mask's ones), then stacked. ``None`` where that
+    would change an answer or cannot be done: layers other than :func:`dynamic_layers`, or a
+    sliding layer that has dropped positions (past ``window``)."""
     import torch
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+    from transformers.cache_utils import DynamicSlidingWindowLayer
 
     width = max(w for _, w in parts)
     if window is not None and width >= window:
@@ -411,11 +426,9 @@ def merge_caches(parts: list[tuple[Any, int]], at: int, window: int | None):
     first = parts[0][0]
     n_layers = len(first.layers)
     for cache, w in parts:
-        if len(cache.layers) != n_layers:
+        if (len(cache.layers) != n_layers or not dynamic_layers(cache)
+                or any(layer.keys.shape[-2] != w for layer in cache.layers)):
             return None
-        for layer in cache.layers:
-            if type(layer) not in (DynamicLayer, DynamicSlidingWindowLayer) or layer.keys.shape[-2] != w:
-                return None
     merged = copy.copy(first)
     merged.layers = []
     for i, layer in enumerate(first.layers):
@@ -488,14 +501,10 @@ def fresh_cache(cache, n: int):
     (``expand``, no copy: the pass's ``torch.cat`` writes the rows out once) for the dynamic
     full and sliding-window layers of a one-row prefix, else ``batch_repeat_interleave``.
     Copying the 69-token prefix of Gemma 3 270M to 16 rows took ~22 ms a batch."""
-    from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
-
     fresh = copy.copy(cache)
     fresh.layers = [copy.copy(layer) for layer in cache.layers]
     if n > 1:
-        views = all(type(layer) in (DynamicLayer, DynamicSlidingWindowLayer) and layer.keys.shape[0] == 1
-                    for layer in fresh.layers)
-        if not views:
+        if not (dynamic_layers(fresh) and all(layer.keys.shape[0] == 1 for layer in fresh.layers)):
             fresh.batch_repeat_interleave(n)
             return fresh
         for layer in fresh.layers:
